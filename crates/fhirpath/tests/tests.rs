@@ -1,0 +1,5 @@
+//! One integration-test binary for veil-fhirpath.
+
+mod conformance;
+mod handles;
+mod robustness;

@@ -1,0 +1,93 @@
+//! FHIRPath 2.1 `encode` / `decode` / `escape` / `unescape`.
+
+use crate::compile::Func;
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// Applies one of the four functions with its format argument; `None` when
+/// the format is unknown or the input cannot be decoded.
+pub(crate) fn transcode(func: Func, s: &str, format: &str) -> Option<String> {
+    match (func, format) {
+        (Func::Encode, "base64") => Some(base64_encode(s.as_bytes(), B64)),
+        (Func::Encode, "urlbase64") => Some(base64_encode(s.as_bytes(), B64URL)),
+        (Func::Encode, "hex") => Some(s.bytes().map(|b| format!("{b:02x}")).collect()),
+        (Func::Decode, "base64") => String::from_utf8(base64_decode(s, B64)?).ok(),
+        (Func::Decode, "urlbase64") => String::from_utf8(base64_decode(s, B64URL)?).ok(),
+        (Func::Decode, "hex") => {
+            if s.len() % 2 != 0 {
+                return None;
+            }
+            let bytes: Option<Vec<u8>> =
+                (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect();
+            String::from_utf8(bytes?).ok()
+        }
+        (Func::Escape, "html") => Some(
+            s.chars()
+                .map(|c| match c {
+                    '&' => "&amp;".to_string(),
+                    '<' => "&lt;".to_string(),
+                    '>' => "&gt;".to_string(),
+                    '"' => "&quot;".to_string(),
+                    '\'' => "&#39;".to_string(),
+                    c => c.to_string(),
+                })
+                .collect(),
+        ),
+        (Func::Unescape, "html") => Some(
+            s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'").replace("&amp;", "&"),
+        ),
+        (Func::Escape, "json") => {
+            let quoted = serde_json::to_string(s).ok()?;
+            Some(quoted[1..quoted.len() - 1].to_string())
+        }
+        (Func::Unescape, "json") => {
+            // Quotes may appear bare or escaped: escape bare ones, then let JSON read it.
+            let mut quoted = String::with_capacity(s.len() + 2);
+            quoted.push('"');
+            let mut escaped = false;
+            for c in s.chars() {
+                if c == '"' && !escaped {
+                    quoted.push('\\');
+                }
+                escaped = c == '\\' && !escaped;
+                quoted.push(c);
+            }
+            quoted.push('"');
+            serde_json::from_str::<String>(&quoted).ok()
+        }
+        _ => None,
+    }
+}
+
+fn base64_encode(bytes: &[u8], alphabet: &[u8; 64]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (*b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(alphabet[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn base64_decode(s: &str, alphabet: &[u8; 64]) -> Option<Vec<u8>> {
+    let s = s.trim_end_matches('=');
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = alphabet.iter().position(|a| *a == c)? as u32;
+        acc = acc << 6 | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits & 0xff) as u8);
+        }
+    }
+    Some(out)
+}
