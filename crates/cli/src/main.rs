@@ -1,1 +1,68 @@
-fn main() {}
+//! `veil`: share FHIR data with researchers without sharing patients.
+//!
+//! This binary only parses arguments and wires the library crates together;
+//! each subcommand lives in its own module.
+
+mod demo;
+mod fhirpath;
+mod input;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Veil de-identifies FHIR R4 data and hands it to researchers.
+///
+/// Today it evaluates FHIRPath over FHIR resources; de-identification,
+/// the FHIR server with Bulk Data $export, share links and aggregate studies
+/// are being built on top of it.
+#[derive(Parser)]
+#[command(name = "veil", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    // Each subcommand's help is the doc comment on its Args struct.
+    Fhirpath(fhirpath::Args),
+    Demo(demo::Args),
+}
+
+/// A failure that is the user's to fix (exit code 2) rather than a failure
+/// while working (exit code 1).
+#[derive(Debug)]
+pub(crate) struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Fhirpath(args) => fhirpath::run(args),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("veil: {err:#}");
+            if err.downcast_ref::<UsageError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}

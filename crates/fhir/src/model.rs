@@ -1,6 +1,6 @@
 //! Indexes over the generated tables, built once.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::OnceLock;
 
 use crate::r4::{self, RawElement};
@@ -150,9 +150,9 @@ pub fn r4() -> &'static Model {
 
 impl Model {
     fn build() -> Model {
-        let mut children: HashMap<&'static str, HashMap<&'static str, Element>> = HashMap::new();
-        let mut by_path = HashMap::with_capacity(r4::ELEMENTS.len());
-        let mut type_names: HashSet<&'static str> = HashSet::new();
+        let mut children: HashMap<&'static str, HashMap<&'static str, Element>> = HashMap::default();
+        let mut by_path = HashMap::default();
+        let mut type_names: HashSet<&'static str> = HashSet::default();
         for RawElement { path, types, repeats, content_ref } in r4::ELEMENTS {
             let (owner, name) = path.rsplit_once('.').expect("generated paths have an owner");
             type_names.extend(types.iter().copied());

@@ -199,6 +199,7 @@ fn with_underscore<'k>(key: &str, buf: &'k mut [u8; 96]) -> Option<&'k str> {
 
 /// Pushes the node(s) held under `key` of `obj` as element `name` of type
 /// `ty` (one per array item), pairing primitives with their `_key` companions.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn push_element<'a>(
     obj: &'a serde_json::Map<String, Json>,
     parent: &LocRef<'a>,
@@ -206,10 +207,11 @@ pub(crate) fn push_element<'a>(
     value: Option<&'a Json>,
     name: &'a str,
     ty: FhirType,
+    may_have_companions: bool,
     out: &mut Coll<'a>,
 ) {
     let primitive = ty.name.is_empty() || ty.name.starts_with(|c: char| c.is_ascii_lowercase());
-    let companion = if primitive {
+    let companion = if primitive && may_have_companions {
         let mut buf = [0u8; 96];
         with_underscore(key, &mut buf).and_then(|k| obj.get_key_value(k))
     } else {
@@ -291,7 +293,7 @@ pub(crate) fn child<'a>(node: &Node<'a>, name: &str, strict: bool, out: &mut Col
     if owner.is_empty() {
         // Not in the model (unknown element, non-FHIR JSON): navigate by key.
         if let Some((key, value)) = obj.get_key_value(name) {
-            push_element(obj, loc, key, Some(value), key, FhirType::UNKNOWN, out);
+            push_element(obj, loc, key, Some(value), key, FhirType::UNKNOWN, true, out);
         }
         return Ok(());
     }
@@ -299,7 +301,8 @@ pub(crate) fn child<'a>(node: &Node<'a>, name: &str, strict: bool, out: &mut Col
         Some(el) if el.is_choice() => {
             for (key, value) in obj {
                 if let Some(t) = el.choice_type_of_key(key) {
-                    push_element(obj, loc, key, Some(value), el.name, FhirType { name: t, owner: el.children_owner(t) }, out);
+                    let ty = FhirType { name: t, owner: el.children_owner(t) };
+                    push_element(obj, loc, key, Some(value), el.name, ty, true, out);
                 }
             }
         }
@@ -307,8 +310,8 @@ pub(crate) fn child<'a>(node: &Node<'a>, name: &str, strict: bool, out: &mut Col
             let t = el.types[0];
             let ty = FhirType { name: t, owner: el.children_owner(t) };
             match obj.get_key_value(name) {
-                Some((key, value)) => push_element(obj, loc, key, Some(value), el.name, ty, out),
-                None => push_element(obj, loc, el.name, None, el.name, ty, out),
+                Some((key, value)) => push_element(obj, loc, key, Some(value), el.name, ty, true, out),
+                None => push_element(obj, loc, el.name, None, el.name, ty, true, out),
             }
         }
         // `Observation.valueQuantity` silently matching nothing would let a
@@ -356,6 +359,8 @@ fn element_for_key(owner: &str, key: &str) -> Option<(&'static veil_fhir::Elemen
 pub(crate) fn children<'a>(node: &Node<'a>, out: &mut Coll<'a>) {
     let Some((obj, loc, in_companion)) = container(node) else { return };
     let owner = if in_companion { "Element" } else { node.ty.owner };
+    // One scan of the keys spares a hash look-up per primitive child.
+    let may_have_companions = obj.keys().any(|k| k.starts_with('_'));
     for (key, value) in obj {
         if key == "resourceType" {
             continue;
@@ -374,7 +379,7 @@ pub(crate) fn children<'a>(node: &Node<'a>, out: &mut Coll<'a>) {
         let value = if bare_key { None } else { Some(value) };
         // The element's name is needed as a key with the right lifetime.
         let key_ref: &'a str = if bare_key { obj.get_key_value(key.as_str()).map(|(k, _)| &k[1..]).unwrap_or(name) } else { key };
-        push_element(obj, loc, key_ref, value, el_name, ty, out);
+        push_element(obj, loc, key_ref, value, el_name, ty, may_have_companions, out);
     }
 }
 
