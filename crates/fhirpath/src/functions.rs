@@ -48,26 +48,39 @@ fn input_string(input: &Coll<'_>, func: &str) -> Result<Option<String>> {
     }
 }
 
-fn arg_string<'a>(ev: &Evaluator<'_, 'a>, args: &[CArg], i: usize, scope: &Scope<'a>, func: &str) -> Result<Option<String>> {
-    match ev.arg(args, i, scope)? {
+/// The single value of argument `i`, converted by `pick`; `None` when the
+/// argument is absent or empty, an error when it has another type.
+fn arg_as<'a, T>(
+    ev: &Evaluator<'_, 'a>,
+    args: &[CArg],
+    i: usize,
+    scope: &Scope<'a>,
+    func: &str,
+    expected: &str,
+    pick: fn(Value) -> Option<T>,
+) -> Result<Option<T>> {
+    let Some(c) = ev.arg(args, i, scope)? else { return Ok(None) };
+    match singleton(&c, func)? {
         None => Ok(None),
-        Some(c) => match singleton(&c, func)? {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(v) => Err(Error::eval(format!("{func}() expects a string argument, found {}", v.type_name()))),
-        },
+        Some(v) => {
+            let type_name = v.type_name();
+            pick(v).map(Some).ok_or_else(|| Error::eval(format!("{func}() expects {expected} argument, found {type_name}")))
+        }
     }
 }
 
+fn arg_string<'a>(ev: &Evaluator<'_, 'a>, args: &[CArg], i: usize, scope: &Scope<'a>, func: &str) -> Result<Option<String>> {
+    arg_as(ev, args, i, scope, func, "a string", |v| match v {
+        Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
 fn arg_integer<'a>(ev: &Evaluator<'_, 'a>, args: &[CArg], i: usize, scope: &Scope<'a>, func: &str) -> Result<Option<i64>> {
-    match ev.arg(args, i, scope)? {
-        None => Ok(None),
-        Some(c) => match singleton(&c, func)? {
-            None => Ok(None),
-            Some(Value::Integer(n)) => Ok(Some(n)),
-            Some(v) => Err(Error::eval(format!("{func}() expects an integer argument, found {}", v.type_name()))),
-        },
-    }
+    arg_as(ev, args, i, scope, func, "an integer", |v| match v {
+        Value::Integer(n) => Some(n),
+        _ => None,
+    })
 }
 
 fn number_of(v: &Value) -> Option<Decimal> {
