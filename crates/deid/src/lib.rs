@@ -1,0 +1,29 @@
+//! De-identification of FHIR R4 resources, driven by Microsoft FHIR
+//! anonymizer configuration files.
+//!
+//! Hospitals already write their de-identification policies as anonymizer
+//! configurations (Azure's de-identified `$export` takes exactly these).
+//! Veil reads them unchanged: [`Policy::parse`] accepts and refuses files as
+//! the anonymizer does, and names the rule, its path and the reason when it
+//! refuses one. The engine that applies a policy to resources is being built
+//! on this (issue 3); today the crate holds the policy model.
+//!
+//! ```
+//! let policy = veil_deid::Policy::parse(r#"{
+//!     "fhirVersion": "R4",
+//!     "fhirPathRules": [
+//!         {"path": "nodesByType('HumanName').use", "method": "keep"},
+//!         {"path": "nodesByType('HumanName')", "method": "redact"}
+//!     ]
+//! }"#)?;
+//! assert_eq!(policy.rules.len(), 2);
+//! assert_eq!(policy.rules[1].resource_type, "");
+//! # Ok::<(), veil_deid::ConfigError>(())
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod config;
+mod json;
+
+pub use config::{ConfigError, DateShiftScope, Method, Parameters, Policy, ProcessingErrors, RangeType, Rule};
