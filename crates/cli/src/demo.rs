@@ -82,12 +82,11 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
                 Ok(items) if !items.is_empty() => {
                     hit_resources += 1;
                     nodes += items.len();
-                    if first.is_none() {
-                        if let Some(n) = items[0].as_node() {
+                    if first.is_none()
+                        && let Some(n) = items[0].as_node() {
                             let root = r.get("resourceType").and_then(Json::as_str).unwrap_or("");
                             first = Some(format!("{root}.{}", n.location()));
                         }
-                    }
                 }
                 Ok(_) => {}
                 Err(_) => errors += 1,

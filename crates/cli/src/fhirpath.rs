@@ -92,8 +92,8 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
 
 fn render_item(item: &Item<'_>, root: &str, with_location: bool) -> Json {
     let mut obj = json!({"type": item.type_name(), "value": item.to_json()});
-    if with_location {
-        if let Item::Node(n) = item {
+    if with_location
+        && let Item::Node(n) = item {
             let loc = n.location().to_string();
             let path = match (root.is_empty(), loc.is_empty()) {
                 (_, true) => root.to_string(),
@@ -102,7 +102,6 @@ fn render_item(item: &Item<'_>, root: &str, with_location: bool) -> Json {
             };
             obj["location"] = Json::String(path);
         }
-    }
     obj
 }
 
@@ -110,11 +109,10 @@ fn render_item(item: &Item<'_>, root: &str, with_location: bool) -> Json {
 /// a caret under the place.
 fn render_expression_error(src: &str, err: &veil_fhirpath::Error) -> String {
     let mut msg = format!("invalid FHIRPath expression: {err}");
-    if let (Some((line, col)), Some(span)) = (err.position(), err.span()) {
-        if let Some(text) = src.lines().nth(line - 1) {
+    if let (Some((line, col)), Some(span)) = (err.position(), err.span())
+        && let Some(text) = src.lines().nth(line - 1) {
             let width = src[span.start.min(src.len())..span.end.min(src.len())].chars().count().max(1);
             msg.push_str(&format!("\n  {text}\n  {}{}", " ".repeat(col - 1), "^".repeat(width)));
         }
-    }
     msg
 }

@@ -78,10 +78,9 @@ pub(crate) fn for_each_json_in_tar_gz(path: &Path, mut each: impl FnMut(&str, Js
 
 /// The resources inside a document: a Bundle's entries, or the document itself.
 pub(crate) fn resources(doc: Json) -> Vec<Json> {
-    if doc.get("resourceType").and_then(Json::as_str) == Some("Bundle") {
-        if let Some(Json::Array(entries)) = doc.get("entry") {
+    if doc.get("resourceType").and_then(Json::as_str) == Some("Bundle")
+        && let Some(Json::Array(entries)) = doc.get("entry") {
             return entries.iter().filter_map(|e| e.get("resource").cloned()).collect();
         }
-    }
     vec![doc]
 }

@@ -197,13 +197,7 @@ impl Model {
             if let Some(e) = self.children.get(owner).and_then(|c| c.get(name)) {
                 return Some(e);
             }
-            owner = match self.parents.get(owner) {
-                Some(p) => p,
-                // Backbone paths inherit from BackboneElement (`id`,
-                // `extension`, `modifierExtension`), which the table lists
-                // under each path anyway; nothing further to try.
-                None => return None,
-            };
+            owner = self.parents.get(owner)?;
         }
     }
 

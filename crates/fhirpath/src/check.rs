@@ -30,7 +30,7 @@ impl Shape {
 
 pub(crate) fn check(op: &Op, root_type: &'static str) -> Result<()> {
     let root = Shape::of(vec![root_type]);
-    shape(op, &root, &root).map(|_| ())
+    shape(op, &root).map(|_| ())
 }
 
 fn navigate(input: &Shape, name: &str) -> Result<Shape> {
@@ -58,7 +58,7 @@ fn navigate(input: &Shape, name: &str) -> Result<Shape> {
     Ok(Shape { types: Some(out), ordered: input.ordered })
 }
 
-fn shape(op: &Op, focus: &Shape, this: &Shape) -> Result<Shape> {
+fn shape(op: &Op, this: &Shape) -> Result<Shape> {
     Ok(match op {
         Op::Ident(name, Some(TypeSpec::Fhir(t))) => {
             // A type name filters the focus.
@@ -75,17 +75,17 @@ fn shape(op: &Op, focus: &Shape, this: &Shape) -> Result<Shape> {
         }
         Op::Ident(name, _) => navigate(this, name)?,
         Op::Member(target, name, _) => {
-            let t = shape(target, focus, this)?;
+            let t = shape(target, this)?;
             navigate(&t, name)?
         }
         Op::This => this.clone(),
         Op::As(inner, ty) => {
-            shape(inner, focus, this)?;
+            shape(inner, this)?;
             typed(ty)
         }
         Op::Call(target, func, args) => {
             let input = match target {
-                Some(t) => shape(t, focus, this)?,
+                Some(t) => shape(t, this)?,
                 None => this.clone(),
             };
             let item = Shape { types: input.types.clone(), ordered: true };
@@ -93,7 +93,7 @@ fn shape(op: &Op, focus: &Shape, this: &Shape) -> Result<Shape> {
                 if let CArg::Lambda(l) | CArg::Value(l) = a {
                     // Lambdas see one input item; value arguments the call's `$this`.
                     let scope = if matches!(a, CArg::Lambda(_)) { &item } else { this };
-                    shape(l, focus, scope)?;
+                    shape(l, scope)?;
                 }
             }
             match func {
@@ -110,7 +110,7 @@ fn shape(op: &Op, focus: &Shape, this: &Shape) -> Result<Shape> {
                     _ => Shape::unknown(),
                 },
                 Func::Select => match args.first() {
-                    Some(CArg::Lambda(l)) => shape(l, focus, &item)?,
+                    Some(CArg::Lambda(l)) => shape(l, &item)?,
                     _ => Shape::unknown(),
                 },
                 Func::Children | Func::Descendants => Shape { types: None, ordered: false },
@@ -118,15 +118,15 @@ fn shape(op: &Op, focus: &Shape, this: &Shape) -> Result<Shape> {
             }
         }
         Op::Indexer(t, i) => {
-            shape(i, focus, this)?;
-            shape(t, focus, this)?
+            shape(i, this)?;
+            shape(t, this)?
         }
         Op::Neg(x) | Op::Is(x, _) => {
-            shape(x, focus, this)?;
+            shape(x, this)?;
             Shape::unknown()
         }
         Op::Binary(op, l, r) => {
-            let (a, b) = (shape(l, focus, this)?, shape(r, focus, this)?);
+            let (a, b) = (shape(l, this)?, shape(r, this)?);
             match (op, a.types, b.types) {
                 (BinOp::Union, Some(mut x), Some(y)) => {
                     x.extend(y);

@@ -109,11 +109,10 @@ impl<'a> Context<'a> {
     /// a single resource node it also becomes `%resource`; locations stay
     /// relative to the outer resource.
     pub fn with_focus(mut self, focus: Vec<Item<'a>>) -> Context<'a> {
-        if let [Item::Node(n)] = focus.as_slice() {
-            if n.is_resource() {
+        if let [Item::Node(n)] = focus.as_slice()
+            && n.is_resource() {
                 self.resource = focus[0].clone();
             }
-        }
         self.focus = focus;
         self
     }
@@ -218,11 +217,10 @@ pub(crate) fn push_element<'a>(
         None
     };
     let resolve_type = |v: &Json| -> FhirType {
-        if ty.name == "Resource" || ty.name.is_empty() {
-            if let Some(rt) = v.get("resourceType").and_then(Json::as_str).and_then(|t| r4().type_name(t)) {
+        if (ty.name == "Resource" || ty.name.is_empty())
+            && let Some(rt) = v.get("resourceType").and_then(Json::as_str).and_then(|t| r4().type_name(t)) {
                 return FhirType::of(rt);
             }
-        }
         ty
     };
     match value {
@@ -247,8 +245,8 @@ pub(crate) fn push_element<'a>(
         }
         Some(Json::Null) | None => {
             // A primitive with only an id or extensions.
-            if let Some((k, ext)) = companion {
-                if ext.is_object() {
+            if let Some((k, ext)) = companion
+                && ext.is_object() {
                     out.push(Item::Node(Node {
                         value: None,
                         ext: Some(ext),
@@ -258,7 +256,6 @@ pub(crate) fn push_element<'a>(
                         ext_loc: push(parent, Step::Key(k.as_str())),
                     }));
                 }
-            }
         }
         Some(v) => {
             let ext = companion.map(|(_, e)| e).filter(|e| e.is_object());
@@ -338,19 +335,17 @@ pub(crate) fn child<'a>(node: &Node<'a>, name: &str, strict: bool, out: &mut Col
 /// choice variant (`valueQuantity` → `value`, `Quantity`).
 fn element_for_key(owner: &str, key: &str) -> Option<(&'static veil_fhir::Element, &'static str)> {
     let model = r4();
-    if let Some(el) = model.child(owner, key) {
-        if !el.is_choice() {
+    if let Some(el) = model.child(owner, key)
+        && !el.is_choice() {
             return Some((el, el.types[0]));
         }
-    }
     // Choice variants: the base name is the key up to its last capitalised part.
     let split = key.char_indices().filter(|(_, c)| c.is_ascii_uppercase()).map(|(i, _)| i);
     for at in split {
-        if let Some(el) = model.child(owner, &key[..at]) {
-            if let Some(t) = el.choice_type_of_key(key) {
+        if let Some(el) = model.child(owner, &key[..at])
+            && let Some(t) = el.choice_type_of_key(key) {
                 return Some((el, t));
             }
-        }
     }
     None
 }
@@ -630,11 +625,10 @@ pub(crate) fn union<'a>(left: Coll<'a>, right: Coll<'a>) -> Coll<'a> {
 
 /// Equality as used for de-duplication (`distinct`, `|`): the same node, or equal values.
 pub(crate) fn same_item(a: &Item<'_>, b: &Item<'_>) -> bool {
-    if let (Item::Node(x), Item::Node(y)) = (a, b) {
-        if x.same_node(y) {
+    if let (Item::Node(x), Item::Node(y)) = (a, b)
+        && x.same_node(y) {
             return true;
         }
-    }
     ops::equal_items(a, b) == Some(true)
 }
 

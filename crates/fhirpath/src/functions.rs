@@ -36,11 +36,10 @@ fn type_arg(args: &[CArg]) -> Option<&TypeSpec> {
 /// The single string of an input collection (`None` when empty); an error
 /// for anything else, as string functions require (N1 §5.6).
 fn input_string(input: &Coll<'_>, func: &str) -> Result<Option<String>> {
-    if let [Item::Node(n)] = input.as_slice() {
-        if n.json().is_some_and(|j| j.is_object() || j.is_array()) {
+    if let [Item::Node(n)] = input.as_slice()
+        && n.json().is_some_and(|j| j.is_object() || j.is_array()) {
             return Err(Error::eval(format!("{func}() expects a string, found {}", n.fhir_type())));
         }
-    }
     match singleton(input, func)? {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -713,7 +712,7 @@ fn to_quantity(v: &Value) -> Option<Value> {
         Value::Boolean(b) => Some(Value::Quantity(if *b { Decimal::ONE } else { Decimal::ZERO }, "1".into())),
         Value::String(s) => {
             let s = s.trim();
-            let (num, rest) = s.split_at(s.find(|c: char| c == ' ' || c == '\'').unwrap_or(s.len()));
+            let (num, rest) = s.split_at(s.find([' ', '\'']).unwrap_or(s.len()));
             let Some(Value::Decimal(d)) = to_decimal(&Value::String(num.to_string())) else { return None };
             let rest = rest.trim();
             if rest.is_empty() {

@@ -84,13 +84,11 @@ impl Expression {
 
     /// Evaluates with a prepared [`Context`] (constants, focus, strictness).
     pub fn evaluate_with<'a>(&self, ctx: &Context<'a>) -> Result<Vec<Item<'a>>, Error> {
-        if ctx.strict {
-            if let [Item::Node(n)] = ctx.focus.as_slice() {
-                if n.is_resource() {
+        if ctx.strict
+            && let [Item::Node(n)] = ctx.focus.as_slice()
+                && n.is_resource() {
                     check::check(&self.op, n.fhir_type())?;
                 }
-            }
-        }
         let now = ctx.now.unwrap_or_else(temporal::now);
         let ev = eval::Evaluator { ctx, now };
         let scope = eval::Scope { this: ctx.focus.clone(), root: true, index: None, total: None };

@@ -15,7 +15,7 @@ pub(crate) fn transcode(func: Func, s: &str, format: &str) -> Option<String> {
         (Func::Decode, "base64") => String::from_utf8(base64_decode(s, B64)?).ok(),
         (Func::Decode, "urlbase64") => String::from_utf8(base64_decode(s, B64URL)?).ok(),
         (Func::Decode, "hex") => {
-            if s.len() % 2 != 0 {
+            if !s.len().is_multiple_of(2) {
                 return None;
             }
             let bytes: Option<Vec<u8>> =

@@ -1,0 +1,137 @@
+//! The anonymizer's `cryptoHash` (reference: ms-anonymizer.md §5.3):
+//! lowercase-hex HMAC-SHA256 of the UTF-8 value, and for references only
+//! their id part, so that hashed references still point at hashed ids.
+
+use std::sync::OnceLock;
+
+use hmac::{Hmac, KeyInit, Mac};
+use regex::Regex;
+use sha2::Sha256;
+
+/// `hex(HMAC-SHA256(key, value))`; the empty string stays empty.
+pub(crate) fn hash(key: &[u8], value: &str) -> String {
+    if value.is_empty() {
+        return String::new();
+    }
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(value.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push(char::from_digit((b >> 4) as u32, 16).expect("nibble"));
+        out.push(char::from_digit((b & 15) as u32, 16).expect("nibble"));
+    }
+    out
+}
+
+/// The three reference forms whose id part alone is transformed, tried in
+/// order; anything else is transformed whole.
+fn reference_patterns() -> &'static [Regex; 3] {
+    static PATTERNS: OnceLock<[Regex; 3]> = OnceLock::new();
+    PATTERNS.get_or_init(|| {
+        let mut types: Vec<&str> = veil_fhir::r4()
+            .resource_types()
+            .filter(|t| !matches!(*t, "Resource" | "DomainResource"))
+            .collect();
+        types.sort_unstable();
+        // The URL character class has no '-', '_' or '~', exactly as the anonymizer's.
+        let literal = format!(
+            r"^(?P<prefix>((http|https)://([A-Za-z0-9/.:%$])*)?({})/)(?P<id>[A-Za-z0-9\-.]{{1,64}})(?P<suffix>/_history/[A-Za-z0-9\-.]{{1,64}})?$",
+            types.join("|")
+        );
+        [
+            Regex::new(&literal).expect("valid"),
+            Regex::new(r"^(?P<prefix>urn:oid:)(?P<id>[0-2](\.(0|[1-9][0-9]*))+)$").expect("valid"),
+            Regex::new(
+                r"^(?P<prefix>urn:uuid:)(?P<id>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$",
+            )
+            .expect("valid"),
+        ]
+    })
+}
+
+/// Applies `transform` to the id part of a `Reference.reference` value:
+/// `#id`, `[base/]Type/id[/_history/v]`, `urn:oid:…`, `urn:uuid:…`; any
+/// other form is transformed whole.
+pub(crate) fn transform_reference(reference: &str, transform: impl Fn(&str) -> String) -> String {
+    if let Some(local) = reference.strip_prefix('#') {
+        return format!("#{}", transform(local));
+    }
+    for re in reference_patterns() {
+        if let Some(c) = re.captures(reference) {
+            let prefix = c.name("prefix").map_or("", |m| m.as_str());
+            let suffix = c.name("suffix").map_or("", |m| m.as_str());
+            return format!("{prefix}{}{suffix}", transform(&c["id"]));
+        }
+    }
+    transform(reference)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"123";
+
+    #[test]
+    fn hmac_vectors() {
+        for (input, want) in [
+            ("abc", "8f16771f9f8851b26f4d460fa17de93e2711c7e51337cb8a608a0f81e1c1b6ae"),
+            ("&*^%$@()=-,/", "33f6f7d6b3602bf5354dcb4b8d988982602349355f50f86798d8ce1ffd61521b"),
+            ("ÆŊŋßſ♫∅", "1a94823f0a0f00a4b1ca771c3446dc5e17958f4dae3588ace2bca8a843eb63d9"),
+            (
+                "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ1234567890!@#$%^&*()=-",
+                "352b5a4af5adb81fa616c2a5b5c492d0b0b544c188a9aa003767a2b5efbd1478",
+            ),
+            ("a", "69e99e82127c1f146f50653e02b92c4bb0c3bc182a6165a5bbce5f4f94e1ccb7"),
+            ("bb6f4872-e456-42d5-a9da-a0d82cb7ea29", "73defcb8fcaf4c0c3d5c77f05b479cadbe502db2ef6e9b1523d2bfee31f3b999"),
+            ("urn:oid:1.2.3.4.5", "6aa8e3e9af18cae990adc9c26dc006ebf633dd1332886867a691ee2d5247dd15"),
+            ("2020-04-12", "1e99c6a8b99d3c8b4906c2e80911ad3b5961fd7498d3bc2b96fb128bc7148f90"),
+            ("example", "698d54f0494528a759f19c8e87a9f99e75a5881b9267ee3926bcf62c992d84ba"),
+            ("1", "ccc8c71905806db18c0241b58a8e36e949ab8a45961041b4226b2a4284568e69"),
+            ("", ""),
+        ] {
+            assert_eq!(hash(KEY, input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn reference_vectors() {
+        let h = |s: &str| hash(KEY, s);
+        for (input, want) in [
+            ("", ""),
+            ("#", "#"),
+            ("#p1", "#a10e6bee4fbeb6a7804153c25688dd4dd7b9c2a005417136026350fc33ac609f"),
+            ("Patient/example", "Patient/698d54f0494528a759f19c8e87a9f99e75a5881b9267ee3926bcf62c992d84ba"),
+            (
+                "http://fhir.hl7.org/svc/StructureDefinition/c8973a22-2b5b-4e76-9c66-00639c99e61b",
+                "http://fhir.hl7.org/svc/StructureDefinition/b0ff9c939b3507a79e2ae3d2d3b595d62819b9b8f6ef10d4099b3058d902642f",
+            ),
+            (
+                "http://example.org/fhir/Observation/apo89654/_history/2",
+                "http://example.org/fhir/Observation/b1e85ca33baf76575ad28588af85b8f10c0dd40e9ed8cd57cdb7ae94ccd75695/_history/2",
+            ),
+            (
+                "urn:uuid:c757873d-ec9a-4326-a141-556f43239520",
+                "urn:uuid:24970eb3f915e516a2b5241c0d6979097a6357a13b89612c6a54b8ab5479df34",
+            ),
+            ("urn:oid:1.2.3.4.5", "urn:oid:0543fb50485f58a47073f51aad1677607aec031c2c83c25ee7b040ade95cfbcc"),
+        ] {
+            assert_eq!(transform_reference(input, h), want, "{input}");
+        }
+        let at = |_: &str| "@ID".to_string();
+        for (input, want) in [
+            ("#p1", "#@ID"),
+            ("Patient/034AB16", "Patient/@ID"),
+            ("urn:uuid:C757873D-EC9A-4326-A141-556F43239520", "urn:uuid:@ID"),
+            ("034AB16", "@ID"),
+            ("Patient/AbcŴΉЙ", "@ID"),
+            ("https://my-server/Patient/1", "@ID"),
+            ("ftp://example.org/fhir/StructureDefinition/x", "@ID"),
+            ("wwurn:uuid:c757873d-ec9a-4326-a141-556f43239520", "@ID"),
+            ("urn:oid:1.2.3=4.5", "@ID"),
+        ] {
+            assert_eq!(transform_reference(input, at), want, "{input}");
+        }
+    }
+}
