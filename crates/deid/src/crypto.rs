@@ -24,6 +24,40 @@ pub(crate) fn hash(key: &[u8], value: &str) -> String {
     out
 }
 
+/// AES-CBC with PKCS7 padding and a fresh random IV; base64 of `IV || ciphertext` (§5.4).
+pub(crate) fn encrypt(key: &[u8], plain: &str) -> String {
+    use aes::cipher::{BlockModeEncrypt, KeyIvInit, block_padding::Pkcs7};
+    let mut iv = [0u8; 16];
+    getrandom::fill(&mut iv).expect("the operating system's random source");
+    let ct = match key.len() {
+        16 => cbc::Encryptor::<aes::Aes128>::new_from_slices(key, &iv).map(|c| c.encrypt_padded_vec::<Pkcs7>(plain.as_bytes())),
+        24 => cbc::Encryptor::<aes::Aes192>::new_from_slices(key, &iv).map(|c| c.encrypt_padded_vec::<Pkcs7>(plain.as_bytes())),
+        _ => cbc::Encryptor::<aes::Aes256>::new_from_slices(key, &iv).map(|c| c.encrypt_padded_vec::<Pkcs7>(plain.as_bytes())),
+    }
+    .expect("key sizes are validated with the configuration");
+    let mut out = iv.to_vec();
+    out.extend(ct);
+    veil_fhir::base64::encode(&out, veil_fhir::base64::STANDARD)
+}
+
+/// The inverse of [`encrypt`]; `None` for text that is not base64 of an IV and whole blocks.
+#[cfg(test)]
+pub(crate) fn decrypt(key: &[u8], text: &str) -> Option<String> {
+    use aes::cipher::{BlockModeDecrypt, KeyIvInit, block_padding::Pkcs7};
+    let bytes = veil_fhir::base64::decode(text, veil_fhir::base64::STANDARD)?;
+    if bytes.len() < 32 {
+        return None;
+    }
+    let (iv, ct) = bytes.split_at(16);
+    let plain = match key.len() {
+        16 => cbc::Decryptor::<aes::Aes128>::new_from_slices(key, iv).ok()?.decrypt_padded_vec::<Pkcs7>(ct).ok()?,
+        24 => cbc::Decryptor::<aes::Aes192>::new_from_slices(key, iv).ok()?.decrypt_padded_vec::<Pkcs7>(ct).ok()?,
+        32 => cbc::Decryptor::<aes::Aes256>::new_from_slices(key, iv).ok()?.decrypt_padded_vec::<Pkcs7>(ct).ok()?,
+        _ => return None,
+    };
+    String::from_utf8(plain).ok()
+}
+
 /// The three reference forms whose id part alone is transformed, tried in
 /// order; anything else is transformed whole.
 fn reference_patterns() -> &'static [Regex; 3] {
@@ -92,6 +126,27 @@ mod tests {
             ("", ""),
         ] {
             assert_eq!(hash(KEY, input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn decrypt_vectors_and_round_trip() {
+        let key = b"704ab12c8e3e46d4bea600ef62a6bec7";
+        for (coded, plain) in [
+            ("qpxGp6T9DP7wB0EYPQwOYVrScQ/pq3c0D+JQ+hjnfkY=", "abc"),
+            ("GI99peR2SpPfcqEgzr7/z7gxYym6qyVPPzvmGc8o8SSwqMpCsW0CRj3v6ZsxFCef", "This is for test"),
+            ("JxNRbbxL6pYYpbrtHWZ+1gPTPcIVrLWmrugPiUR9d6k=", "!@)(*&%^!@#$%@"),
+            ("nQTtB/efLGpEqzOh/Pt4ZRlqZynO7gjePdu7LbLxH2LoqYJXAq6SQWkFeQ1SiqRM", "ͶΆΈΞξτϡϿῧῄᾴѶѾ"),
+            ("zrFYnZ2cIwcfmjCVybP1ZC+LaD7gwGXBHR2bZjuutzA=", "测试"),
+        ] {
+            assert_eq!(decrypt(key, coded).as_deref(), Some(plain));
+        }
+        assert_eq!(decrypt(key, "YWJj"), None);
+        assert_eq!(decrypt(key, "not base64!"), None);
+        for k in [&b"0123456789abcdef"[..], b"0123456789abcdef01234567", key] {
+            let once = encrypt(k, "Peter Chalmers");
+            assert_ne!(once, encrypt(k, "Peter Chalmers"), "a fresh IV each time");
+            assert_eq!(decrypt(k, &once).as_deref(), Some("Peter Chalmers"));
         }
     }
 

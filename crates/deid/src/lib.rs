@@ -24,12 +24,13 @@
 #![forbid(unsafe_code)]
 
 mod config;
-// The methods' arithmetic, tested against the anonymizer's vectors; the
-// engine that applies them to resources is the next step of issue 3.
-#[allow(dead_code)]
 mod crypto;
-#[allow(dead_code)]
 mod dateshift;
+mod engine;
+mod index;
+mod methods;
+mod shape;
 mod json;
 
 pub use config::{ConfigError, DateShiftScope, Method, Parameters, Policy, ProcessingErrors, RangeType, Rule};
+pub use engine::{DeidError, Engine};

@@ -30,6 +30,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod base64;
 pub mod calendar;
 mod model;
 mod r4;

@@ -201,6 +201,26 @@ impl Model {
         }
     }
 
+    /// The element and type that a JSON key holds under `owner`: the key
+    /// itself (`birthDate`), or a choice variant (`valueQuantity` → element
+    /// `value`, type `Quantity`).
+    pub fn element_for_key(&self, owner: &str, key: &str) -> Option<(&Element, &'static str)> {
+        if let Some(el) = self.child(owner, key) {
+            if !el.is_choice() {
+                return Some((el, el.types[0]));
+            }
+        }
+        // Choice variants: the base name is the key up to a capitalised part.
+        for (at, _) in key.char_indices().filter(|(_, c)| c.is_ascii_uppercase()) {
+            if let Some(el) = self.child(owner, &key[..at]) {
+                if let Some(t) = el.choice_type_of_key(key) {
+                    return Some((el, t));
+                }
+            }
+        }
+        None
+    }
+
     /// The element at a full path such as `Observation.referenceRange.low`.
     pub fn element(&self, path: &str) -> Option<&Element> {
         let (owner, name) = self.by_path.get(path)?;

@@ -331,23 +331,8 @@ pub(crate) fn child<'a>(node: &Node<'a>, name: &str, strict: bool, out: &mut Col
     Ok(())
 }
 
-/// The element and type a JSON key holds under `owner`: `name` itself, or a
-/// choice variant (`valueQuantity` → `value`, `Quantity`).
 fn element_for_key(owner: &str, key: &str) -> Option<(&'static veil_fhir::Element, &'static str)> {
-    let model = r4();
-    if let Some(el) = model.child(owner, key)
-        && !el.is_choice() {
-            return Some((el, el.types[0]));
-        }
-    // Choice variants: the base name is the key up to its last capitalised part.
-    let split = key.char_indices().filter(|(_, c)| c.is_ascii_uppercase()).map(|(i, _)| i);
-    for at in split {
-        if let Some(el) = model.child(owner, &key[..at])
-            && let Some(t) = el.choice_type_of_key(key) {
-                return Some((el, t));
-            }
-    }
-    None
+    r4().element_for_key(owner, key)
 }
 
 /// All children of a node, in document order.

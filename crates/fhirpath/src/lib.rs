@@ -49,7 +49,7 @@ mod value;
 
 pub use error::{Error, ErrorKind, Span};
 pub use eval::{Context, Item};
-pub use node::{Location, Node, PathStep, remove_all};
+pub use node::{Location, Node, PathStep, node_at, remove_all};
 pub use temporal::{Precision, Temporal, TemporalKind};
 pub use value::Value;
 

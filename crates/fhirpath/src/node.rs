@@ -109,6 +109,29 @@ impl<'a> Node<'a> {
         Location { steps }
     }
 
+    /// The node's children in document order, typed by the R4 model
+    /// (a primitive's children are its `id` and `extension`).
+    pub fn children(&self) -> Vec<Node<'a>> {
+        let mut items = Vec::new();
+        crate::eval::children(self, &mut items);
+        items
+            .into_iter()
+            .filter_map(|i| match i {
+                crate::Item::Node(n) => Some(n),
+                crate::Item::Value(_) => None,
+            })
+            .collect()
+    }
+
+    /// Whether this node holds a FHIR primitive value (or could: a
+    /// primitive that has only extensions).
+    pub fn is_primitive(&self) -> bool {
+        match self.value {
+            Some(v) => !v.is_object() && !v.is_array(),
+            None => true,
+        }
+    }
+
     /// Whether two nodes are the same place in the same tree.
     pub fn same_node(&self, other: &Node<'_>) -> bool {
         match (self.value, other.value) {
@@ -120,6 +143,26 @@ impl<'a> Node<'a> {
             _ => false,
         }
     }
+}
+
+/// The node at `location` in `root`, typed as a walk from the root would
+/// type it; `None` if there is no node there.
+pub fn node_at<'a>(root: &'a Json, location: &Location) -> Option<Node<'a>> {
+    let mut node = Node::root(root);
+    let target = location.steps();
+    let mut depth = 0;
+    while depth < target.len() {
+        let next = node.children().into_iter().find_map(|c| {
+            let loc = c.location();
+            target.starts_with(loc.steps()).then_some((c, loc.steps().len()))
+        })?;
+        if next.1 <= depth {
+            return None;
+        }
+        node = next.0;
+        depth = next.1;
+    }
+    Some(node)
 }
 
 /// One step of an owned [`Location`].

@@ -2,18 +2,17 @@
 
 use crate::compile::Func;
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+use veil_fhir::base64::{self, STANDARD as B64, URL_SAFE as B64URL};
 
 /// Applies one of the four functions with its format argument; `None` when
 /// the format is unknown or the input cannot be decoded.
 pub(crate) fn transcode(func: Func, s: &str, format: &str) -> Option<String> {
     match (func, format) {
-        (Func::Encode, "base64") => Some(base64_encode(s.as_bytes(), B64)),
-        (Func::Encode, "urlbase64") => Some(base64_encode(s.as_bytes(), B64URL)),
+        (Func::Encode, "base64") => Some(base64::encode(s.as_bytes(), B64)),
+        (Func::Encode, "urlbase64") => Some(base64::encode(s.as_bytes(), B64URL)),
         (Func::Encode, "hex") => Some(s.bytes().map(|b| format!("{b:02x}")).collect()),
-        (Func::Decode, "base64") => String::from_utf8(base64_decode(s, B64)?).ok(),
-        (Func::Decode, "urlbase64") => String::from_utf8(base64_decode(s, B64URL)?).ok(),
+        (Func::Decode, "base64") => String::from_utf8(base64::decode(s, B64)?).ok(),
+        (Func::Decode, "urlbase64") => String::from_utf8(base64::decode(s, B64URL)?).ok(),
         (Func::Decode, "hex") => {
             if !s.len().is_multiple_of(2) {
                 return None;
@@ -58,36 +57,4 @@ pub(crate) fn transcode(func: Func, s: &str, format: &str) -> Option<String> {
         }
         _ => None,
     }
-}
-
-fn base64_encode(bytes: &[u8], alphabet: &[u8; 64]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (*b as u32) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(alphabet[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn base64_decode(s: &str, alphabet: &[u8; 64]) -> Option<Vec<u8>> {
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let v = alphabet.iter().position(|a| *a == c)? as u32;
-        acc = acc << 6 | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits & 0xff) as u8);
-        }
-    }
-    Some(out)
 }

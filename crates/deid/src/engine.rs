@@ -1,0 +1,458 @@
+//! Applying a policy to one resource document (a resource, a Bundle, a
+//! resource with contained resources), as the anonymizer does
+//! (ms-anonymizer.md §1, §4): resource nodes in pre-order, rules in file
+//! order, a visited set shared by the whole document, then security labels
+//! and the pruning of emptied nodes.
+//!
+//! Edits never shift array positions while rules run: a removed value
+//! becomes `null` and is pruned at the end, so that every location taken
+//! from an evaluation stays valid until then.
+
+use std::collections::HashSet;
+
+use serde_json::{Map, Value as Json};
+use veil_fhirpath::{Context, Location, PathStep, node_at};
+
+use crate::config::{DateShiftScope, Method, Policy, ProcessingErrors, Rule};
+use crate::index::Index;
+use crate::methods::{self, Keys, Outcome};
+
+/// Why a document could not be de-identified. Messages name rules, element
+/// paths and types, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeidError {
+    /// The document is not a FHIR resource.
+    #[error("not a FHIR resource: {0}")]
+    Input(String),
+    /// A rule cannot apply here (an unknown method, generalize on a complex
+    /// node): an error in the policy, whatever `processingErrors` says.
+    #[error("rule {index} (path {path:?}): {reason}")]
+    Rule {
+        /// The rule's position.
+        index: usize,
+        /// Its path.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Processing failed on a node (a generalize case that does not
+    /// evaluate, an Age that is not a whole number); with
+    /// `processingErrors: skip` the document becomes an empty resource.
+    #[error("rule {index} (path {path:?}) at {element}: {reason}")]
+    Processing {
+        /// The rule's position.
+        index: usize,
+        /// Its path.
+        path: String,
+        /// Where in the resource (`Patient.name[0].family`).
+        element: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// What a method did, for security labels (§4.7, §4.9).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Records(u8);
+
+impl Records {
+    pub const REDACT: Records = Records(1);
+    pub const ABSTRACT: Records = Records(2);
+    pub const CRYPTOHASH: Records = Records(4);
+    pub const ENCRYPT: Records = Records(8);
+    pub const PERTURB: Records = Records(16);
+    pub const SUBSTITUTE: Records = Records(32);
+    pub const GENERALIZE: Records = Records(64);
+
+    pub fn add(&mut self, other: Records) {
+        self.0 |= other.0;
+    }
+    fn has(self, other: Records) -> bool {
+        self.0 & other.0 != 0
+    }
+    fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+const V3: &str = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue";
+
+/// The labels in their fixed order and exact spelling (CRYTOHASH sic).
+const LABELS: [(Records, Option<&str>, &str, &str); 7] = [
+    (Records::REDACT, Some(V3), "REDACTED", "redacted"),
+    (Records::ABSTRACT, Some(V3), "ABSTRED", "abstracted"),
+    (Records::CRYPTOHASH, Some(V3), "CRYTOHASH", "cryptographic hash function"),
+    (Records::ENCRYPT, Some(V3), "MASKED", "masked"),
+    (Records::PERTURB, None, "PERTURBED", "exact value is replaced with another exact value"),
+    (Records::SUBSTITUTE, None, "SUBSTITUTED", "exact value is replaced with a predefined value"),
+    (Records::GENERALIZE, None, "GENERALIZED", "exact value is replaced with a general value"),
+];
+
+/// A policy ready to run: keys resolved, clock fixed.
+pub struct Engine {
+    policy: Policy,
+    keys: Keys,
+    date_shift_prefix: String,
+}
+
+impl Engine {
+    /// Prepares a policy. Missing keys become random ones, as in the
+    /// anonymizer: outputs then differ from run to run.
+    pub fn new(policy: Policy) -> Engine {
+        let keys = Keys::from_parameters(&policy.parameters);
+        Engine { policy, keys, date_shift_prefix: String::new() }
+    }
+
+    /// The date-shift prefix for the `file` and `folder` scopes: the input
+    /// file's name or the input folder's last segment (§5.2).
+    pub fn with_date_shift_prefix(mut self, prefix: &str) -> Engine {
+        self.date_shift_prefix = match self.policy.parameters.date_shift_scope {
+            Some(DateShiftScope::File) | Some(DateShiftScope::Folder) => prefix.to_string(),
+            _ => String::new(),
+        };
+        self
+    }
+
+    /// Fixes "today" for the over-89 rule (tests, reproducible runs).
+    pub fn with_today(mut self, year: i32, month: u32, day: u32) -> Engine {
+        self.keys.today = (year, month, day);
+        self
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// De-identifies one document. With `processingErrors: skip`, a
+    /// processing failure gives the anonymizer's empty resource of the root
+    /// type, labelled REDACTED.
+    pub fn anonymize(&self, mut doc: Json) -> Result<Json, DeidError> {
+        let root_type = doc
+            .get("resourceType")
+            .and_then(Json::as_str)
+            .filter(|t| veil_fhir::r4().is_resource_type(t))
+            .ok_or_else(|| DeidError::Input("no known resourceType".into()))?
+            .to_string();
+        match self.run(&mut doc) {
+            Ok(()) => Ok(doc),
+            Err(DeidError::Processing { .. }) if self.policy.processing_errors == ProcessingErrors::Skip => {
+                let mut empty = Map::new();
+                empty.insert("resourceType".into(), Json::String(root_type));
+                let mut meta = Map::new();
+                meta.insert("security".into(), Json::Array(vec![label(Records::REDACT)]));
+                empty.insert("meta".into(), Json::Object(meta));
+                Ok(Json::Object(empty))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn run(&self, doc: &mut Json) -> Result<(), DeidError> {
+        crate::shape::normalize_arrays(doc);
+        // Resource nodes in pre-order, found once: edits never move them.
+        let resources = resource_nodes(doc);
+        let mut visited: HashSet<Location> = HashSet::new();
+        let mut records = vec![Records::default(); resources.len()];
+        for (ri, (loc, ty, _)) in resources.iter().enumerate() {
+            let Some(mut index) = Index::build(doc, loc) else { continue };
+            for rule in self.policy.rules.iter().filter(|r| applies(r, ty)) {
+                if let Method::Unknown(m) = &rule.method {
+                    return Err(DeidError::Rule {
+                        index: rule.index,
+                        path: rule.path.clone(),
+                        reason: format!("Anonymization method {} not supported.", m.to_uppercase()),
+                    });
+                }
+                let matches = self.matches(doc, &index, loc, rule)?;
+                let mut restructured = false;
+                for target in matches {
+                    let outcome = self.process(doc, &index, target, rule, &mut visited)?;
+                    records[ri].add(outcome.records);
+                    restructured |= outcome.restructured;
+                }
+                if restructured {
+                    // substitute reshaped a subtree: later rules see the new tree.
+                    index = Index::build(doc, loc).expect("the resource is still there");
+                }
+            }
+        }
+        // Nested results roll up into the resources that contain them (§4.9).
+        for i in (1..resources.len()).rev() {
+            let parent = (0..i).rev().find(|&p| resources[i].0.steps().starts_with(resources[p].0.steps()));
+            if let Some(p) = parent {
+                let r = records[i];
+                records[p].add(r);
+            }
+        }
+        for (i, (loc, _, contained)) in resources.iter().enumerate() {
+            if !*contained && !records[i].is_empty() {
+                if let Some(resource) = loc.get_mut(doc).and_then(Json::as_object_mut) {
+                    add_labels(resource, records[i]);
+                }
+            }
+        }
+        prune(doc);
+        Ok(())
+    }
+
+    /// The nodes a rule selects in one resource (§4.2): the fast paths over
+    /// the index, the resource itself, or the expression's node results.
+    fn matches(&self, doc: &Json, index: &Index, loc: &Location, rule: &Rule) -> Result<Vec<Target>, DeidError> {
+        if let Some((wanted, by_type, child)) = fast_path(&rule.path) {
+            let mut out = Vec::new();
+            for i in index.by_type_or_name(wanted, by_type) {
+                match child {
+                    None => out.push(Target::Indexed(i)),
+                    Some(name) if !index.entries[i].nested_resource => {
+                        out.extend(index.children_named(i, name).into_iter().map(Target::Indexed));
+                    }
+                    Some(_) => {} // a field of a nested resource: left to that resource's own rules
+                }
+            }
+            return Ok(out);
+        }
+        let Some(expr) = &rule.expression else { return Ok(vec![Target::Indexed(0)]) };
+        let focus = node_at(doc, loc).expect("the resource is still there");
+        let ctx = Context::new(doc).with_focus(vec![veil_fhirpath::Item::Node(focus)]);
+        let items = expr.evaluate_with(&ctx).map_err(|e| DeidError::Rule {
+            index: rule.index,
+            path: rule.path.clone(),
+            reason: format!("cannot evaluate: {e}"),
+        })?;
+        // Computed values (`name.family.substring(0,1)`) are not nodes: nothing to change.
+        Ok(items
+            .iter()
+            .filter_map(|i| i.as_node())
+            .map(|n| {
+                let l = n.location();
+                match index.position(&l) {
+                    Some(i) => Target::Indexed(i),
+                    None => Target::Elsewhere(l),
+                }
+            })
+            .collect())
+    }
+
+    /// Applies a rule to a node and its non-resource descendants (§4.3).
+    fn process(
+        &self,
+        doc: &mut Json,
+        index: &Index,
+        target: Target,
+        rule: &Rule,
+        visited: &mut HashSet<Location>,
+    ) -> Result<methods::Applied, DeidError> {
+        let own;
+        let (index, start) = match target {
+            Target::Indexed(i) => (index, i),
+            Target::Elsewhere(loc) => {
+                own = match Index::build(doc, &loc) {
+                    Some(idx) => idx,
+                    None => return Ok(methods::Applied::default()),
+                };
+                (&own, 0)
+            }
+        };
+        let mut applied = methods::Applied::default();
+        let end = index.entries[start].end;
+        let mut j = start;
+        while j < end {
+            let entry = &index.entries[j];
+            if visited.contains(&entry.loc) || (j != start && entry.nested_resource) {
+                j = entry.end;
+                continue;
+            }
+            let parent_ty = index.entries.get(entry.parent).map_or("", |p| p.ty);
+            let outcome = methods::apply(&rule.method, doc, entry, parent_ty, &self.keys, &self.date_shift_prefix, &self.policy.parameters, visited)
+                .map_err(|e| match e {
+                    methods::Failure::Rule(reason) => DeidError::Rule { index: rule.index, path: rule.path.clone(), reason },
+                    methods::Failure::Processing(reason) => DeidError::Processing {
+                        index: rule.index,
+                        path: rule.path.clone(),
+                        element: entry.loc.to_string(),
+                        reason,
+                    },
+                })?;
+            visited.insert(entry.loc.clone());
+            applied.records.add(outcome.records);
+            match outcome.outcome {
+                Outcome::Continue => j += 1,
+                Outcome::SubtreeDone { restructured } => {
+                    // The method handled the whole subtree and marked it visited.
+                    applied.restructured |= restructured;
+                    for e in &index.entries[j + 1..entry.end] {
+                        visited.insert(e.loc.clone());
+                    }
+                    j = entry.end;
+                }
+            }
+        }
+        Ok(applied)
+    }
+}
+
+enum Target {
+    Indexed(usize),
+    Elsewhere(Location),
+}
+
+/// Whether a rule scoped to `rule.resource_type` applies to a resource of type `ty` (§4.1).
+fn applies(rule: &Rule, ty: &str) -> bool {
+    // DomainResource applies to Bundle, Binary and Parameters too (as in the anonymizer).
+    matches!(rule.resource_type.as_str(), "" | "Resource" | "DomainResource") || rule.resource_type == ty
+}
+
+/// `nodesByType('X')` / `nodesByName('x')`, optionally with `.field`, as
+/// the whole path: answered from the index (§4.2 a, b).
+fn fast_path(path: &str) -> Option<(&str, bool, Option<&str>)> {
+    let (by_type, rest) = if let Some(r) = path.strip_prefix("nodesByType(") {
+        (true, r)
+    } else {
+        (false, path.strip_prefix("nodesByName(")?)
+    };
+    let quote = |c: char| matches!(c, '\'' | '"' | '|');
+    let rest = rest.strip_prefix(quote)?;
+    let end = rest.find(|c: char| !c.is_ascii_alphanumeric())?;
+    let (wanted, rest) = rest.split_at(end);
+    let rest = rest.strip_prefix(quote)?.strip_prefix(')')?;
+    if wanted.is_empty() {
+        return None;
+    }
+    match rest {
+        "" => Some((wanted, by_type, None)),
+        r => {
+            let field = r.strip_prefix('.')?;
+            (!field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric())).then_some((wanted, by_type, Some(field)))
+        }
+    }
+}
+
+/// Every resource node of the document in pre-order: (location, type,
+/// whether it sits in `contained`).
+fn resource_nodes(doc: &Json) -> Vec<(Location, &'static str, bool)> {
+    let root = node_at(doc, &Location::default()).expect("the root");
+    let mut out = vec![(Location::default(), root.fhir_type(), false)];
+    let mut stack = root.children();
+    stack.reverse();
+    while let Some(n) = stack.pop() {
+        if n.is_resource() {
+            let loc = n.location();
+            let contained = matches!(loc.steps(), [.., PathStep::Key(k), PathStep::Index(_)] if k == "contained");
+            out.push((loc, n.fhir_type(), contained));
+        }
+        let mut kids = n.children();
+        kids.reverse();
+        stack.extend(kids);
+    }
+    out
+}
+
+fn label(r: Records) -> Json {
+    let (_, system, code, display) = LABELS.iter().find(|l| l.0 == r).expect("a label");
+    let mut m = Map::new();
+    if let Some(s) = system {
+        m.insert("system".into(), Json::String((*s).into()));
+    }
+    m.insert("code".into(), Json::String((*code).into()));
+    m.insert("display".into(), Json::String((*display).into()));
+    Json::Object(m)
+}
+
+/// Appends the labels for `records` to `meta.security`, skipping codes
+/// already there; a new `meta` goes last (§4.9).
+fn add_labels(resource: &mut Map<String, Json>, records: Records) {
+    let meta = resource.entry("meta").or_insert_with(|| Json::Object(Map::new()));
+    let Some(meta) = meta.as_object_mut() else { return };
+    let security = meta.entry("security").or_insert_with(|| Json::Array(Vec::new()));
+    let Some(security) = security.as_array_mut() else { return };
+    for (r, ..) in LABELS {
+        if !records.has(r) {
+            continue;
+        }
+        let code = label(r)["code"].as_str().unwrap_or_default().to_string();
+        let present = security
+            .iter()
+            .any(|c| c.get("code").and_then(Json::as_str).is_some_and(|x| x.eq_ignore_ascii_case(&code)));
+        if !present {
+            security.push(label(r));
+        }
+    }
+    // Firely writes Meta's elements in canonical order.
+    const ORDER: [&str; 6] = ["versionId", "lastUpdated", "source", "profile", "security", "tag"];
+    let mut sorted = Map::new();
+    for k in ORDER {
+        if let Some(v) = meta.shift_remove(k) {
+            sorted.insert(k.to_string(), v);
+        }
+    }
+    sorted.append(meta);
+    *meta = sorted;
+}
+
+/// Removes what processing emptied, bottom-up (§4.8): null values, and
+/// objects and arrays with nothing left, keeping resources (which always
+/// keep their `resourceType`) and a primitive's `_` companion while it
+/// carries anything.
+pub(crate) fn prune(v: &mut Json) {
+    match v {
+        Json::Object(map) => {
+            for child in map.values_mut() {
+                prune(child);
+            }
+            let keys: Vec<String> = map.keys().filter(|k| !k.starts_with('_')).cloned().collect();
+            for k in keys {
+                let companion = format!("_{k}");
+                if let Some(Json::Array(items)) = map.get(&k) {
+                    // Keep array positions aligned with the companion array.
+                    let ext = map.get(&companion).and_then(Json::as_array).cloned();
+                    let mut kept = Vec::new();
+                    let mut kept_ext = Vec::new();
+                    for (i, item) in items.iter().enumerate() {
+                        let e = ext.as_ref().and_then(|e| e.get(i)).cloned().unwrap_or(Json::Null);
+                        if !is_empty(item) || !is_empty(&e) {
+                            kept.push(item.clone());
+                            kept_ext.push(e);
+                        }
+                    }
+                    let any_ext = kept_ext.iter().any(|e| !is_empty(e));
+                    if kept.is_empty() {
+                        map.shift_remove(&k);
+                        map.shift_remove(&companion);
+                    } else {
+                        map.insert(k.clone(), Json::Array(kept));
+                        if any_ext {
+                            map.insert(companion.clone(), Json::Array(kept_ext));
+                        } else {
+                            map.shift_remove(&companion);
+                        }
+                    }
+                } else if map.get(&k).is_some_and(is_empty) {
+                    map.shift_remove(&k);
+                }
+            }
+            let companions: Vec<String> = map.keys().filter(|k| k.starts_with('_')).cloned().collect();
+            for c in companions {
+                if map.get(&c).is_some_and(is_empty) {
+                    map.shift_remove(&c);
+                }
+            }
+        }
+        Json::Array(items) => {
+            for item in items.iter_mut() {
+                prune(item);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_empty(v: &Json) -> bool {
+    match v {
+        Json::Null => true,
+        Json::Object(m) => m.is_empty(),
+        Json::Array(a) => a.iter().all(is_empty),
+        _ => false,
+    }
+}
