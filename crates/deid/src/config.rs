@@ -159,6 +159,9 @@ pub struct Policy {
     pub parameters: Parameters,
     /// Things the anonymizer only warns about (unknown methods, no `fhirVersion`).
     pub warnings: Vec<String>,
+    /// Veil's extension (`"veil": {"onError": "quarantine"}`): leave a
+    /// failing resource out with a reason instead of failing the whole input.
+    pub quarantine: bool,
 }
 
 /// Looks a key up the way Newtonsoft binds typed properties: exact name
@@ -179,14 +182,41 @@ fn dotnet_string(v: &Json) -> String {
     }
 }
 
-/// An empty or absent string setting means "not configured".
+/// A key: inline (`cryptoHashKey`), or Veil's extensions that keep secrets
+/// out of policy files: `cryptoHashKeyFromEnv` names an environment
+/// variable, `cryptoHashKeyFile` a file whose content (trimmed) is the key.
+/// An empty or absent setting means "not configured" (a random key).
 fn key_setting(params: &Map<String, Json>, name: &str) -> Result<Option<String>, ConfigError> {
-    match get_ci(params, name) {
-        None | Some(Json::Null) => Ok(None),
-        Some(Json::String(s)) if s.is_empty() => Ok(None),
-        Some(Json::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(ConfigError::Setting(format!("parameters.{name} must be a string"))),
+    let string = |k: &str| -> Result<Option<String>, ConfigError> {
+        match get_ci(params, k) {
+            None | Some(Json::Null) => Ok(None),
+            Some(Json::String(s)) if s.is_empty() => Ok(None),
+            Some(Json::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ConfigError::Setting(format!("parameters.{k} must be a string"))),
+        }
+    };
+    let env_key = format!("{name}FromEnv");
+    let file_key = format!("{name}File");
+    let sources = [string(name)?.is_some(), string(&env_key)?.is_some(), string(&file_key)?.is_some()];
+    if sources.iter().filter(|s| **s).count() > 1 {
+        return Err(ConfigError::Setting(format!("parameters: give only one of {name}, {env_key} and {file_key}")));
     }
+    if let Some(var) = string(&env_key)? {
+        // The message names the variable, never its value.
+        let v = std::env::var(&var)
+            .map_err(|_| ConfigError::Setting(format!("parameters.{env_key}: environment variable {var} is not set")))?;
+        return Ok(Some(v).filter(|v| !v.is_empty()));
+    }
+    if let Some(path) = string(&file_key)? {
+        let v = std::fs::read_to_string(&path)
+            .map_err(|e| ConfigError::Setting(format!("parameters.{file_key}: cannot read {path}: {e}")))?;
+        let v = v.trim().to_string();
+        if v.is_empty() {
+            return Err(ConfigError::Setting(format!("parameters.{file_key}: {path} is empty")));
+        }
+        return Ok(Some(v));
+    }
+    string(name)
 }
 
 fn bool_setting(params: &Map<String, Json>, name: &str) -> Result<bool, ConfigError> {
@@ -251,6 +281,23 @@ impl Policy {
             Some(_) => return Err(ConfigError::Setting("parameters must be an object".into())),
         };
         let parameters = parse_parameters(params)?;
+        let quarantine = match get_ci(&top, "veil").and_then(|v| v.get("onError")) {
+            None | Some(Json::Null) => false,
+            Some(Json::String(s)) if s.eq_ignore_ascii_case("quarantine") => true,
+            Some(Json::String(s)) if s.eq_ignore_ascii_case("fail") => false,
+            Some(_) => return Err(ConfigError::Setting("veil.onError must be \"fail\" or \"quarantine\"".into())),
+        };
+        for (name, key) in [
+            ("dateShiftKey", &parameters.date_shift_key),
+            ("cryptoHashKey", &parameters.crypto_hash_key),
+            ("encryptKey", &parameters.encrypt_key),
+        ] {
+            if key.is_none() {
+                warnings.push(format!(
+                    "parameters.{name} is empty: a random key is used, so outputs will not be reproducible"
+                ));
+            }
+        }
 
         // 4. encryptKey size (before random defaults, which are always valid).
         if let Some(key) = &parameters.encrypt_key {
@@ -261,7 +308,7 @@ impl Policy {
                 )));
             }
         }
-        Ok(Policy { processing_errors, rules, parameters, warnings })
+        Ok(Policy { processing_errors, rules, parameters, warnings, quarantine })
     }
 }
 
@@ -522,7 +569,35 @@ mod tests {
         let p = Policy::parse(r#"{"fhirPathRules": [{"path": "Patient", "method": "skip"}, {"path": "nodesByType('date')", "method": "dateshift"}]}"#).unwrap();
         assert!(matches!(p.rules[0].method, Method::Unknown(_)));
         assert!(matches!(p.rules[1].method, Method::DateShift));
-        assert_eq!(p.warnings.len(), 2);
+        assert_eq!(p.warnings.iter().filter(|w| w.contains("not built in")).count(), 1);
+    }
+
+    #[test]
+    fn keys_from_the_environment_and_files() {
+        // cargo sets CARGO_PKG_NAME for the tests it runs.
+        let p = Policy::parse(r#"{"fhirPathRules": [], "parameters": {"cryptoHashKeyFromEnv": "CARGO_PKG_NAME"}}"#).unwrap();
+        assert_eq!(p.parameters.crypto_hash_key.as_deref(), Some("veil-deid"));
+        let e = Policy::parse(r#"{"fhirPathRules": [], "parameters": {"cryptoHashKeyFromEnv": "VEIL_TEST_UNSET_VARIABLE"}}"#).unwrap_err();
+        assert_eq!(e.to_string(), "parameters.cryptoHashKeyFromEnv: environment variable VEIL_TEST_UNSET_VARIABLE is not set");
+        let dir = std::env::temp_dir().join(format!("veil-key-{}", std::process::id()));
+        std::fs::write(&dir, "0123456789abcdef\n").unwrap();
+        let cfg = format!(r#"{{"fhirPathRules": [], "parameters": {{"encryptKeyFile": {:?}}}}}"#, dir.display().to_string());
+        let p = Policy::parse(&cfg).unwrap();
+        assert_eq!(p.parameters.encrypt_key.as_deref(), Some("0123456789abcdef"));
+        std::fs::write(&dir, "too short").unwrap();
+        let e = Policy::parse(&cfg).unwrap_err();
+        assert!(e.to_string().starts_with("Invalid encrypt key size"), "the size check applies to keys from files: {e}");
+        assert!(!e.to_string().contains("too short"), "no key in messages");
+        std::fs::remove_file(&dir).unwrap();
+        let both = r#"{"fhirPathRules": [], "parameters": {"dateShiftKey": "a", "dateShiftKeyFromEnv": "X"}}"#;
+        assert!(Policy::parse(both).unwrap_err().to_string().contains("only one of"));
+    }
+
+    #[test]
+    fn quarantine_extension() {
+        assert!(Policy::parse(r#"{"fhirPathRules": [], "veil": {"onError": "quarantine"}}"#).unwrap().quarantine);
+        assert!(!Policy::parse(r#"{"fhirPathRules": []}"#).unwrap().quarantine);
+        assert!(Policy::parse(r#"{"fhirPathRules": [], "veil": {"onError": "ignore"}}"#).is_err());
     }
 
     #[test]

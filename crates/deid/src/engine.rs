@@ -8,7 +8,7 @@
 //! becomes `null` and is pruned at the end, so that every location taken
 //! from an evaluation stays valid until then.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value as Json};
 use veil_fhirpath::{Context, Location, PathStep, node_at};
@@ -71,7 +71,7 @@ impl Records {
     fn has(self, other: Records) -> bool {
         self.0 & other.0 != 0
     }
-    fn is_empty(self) -> bool {
+    pub fn is_empty(self) -> bool {
         self.0 == 0
     }
 }
@@ -89,11 +89,44 @@ const LABELS: [(Records, Option<&str>, &str, &str); 7] = [
     (Records::GENERALIZE, None, "GENERALIZED", "exact value is replaced with a general value"),
 ];
 
+/// How many nodes each method changed in one document (or many, added up).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Changed nodes per method name (`redact`, `dateShift`, …).
+    pub changed: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl Stats {
+    /// Adds another document's counts.
+    pub fn add(&mut self, other: &Stats) {
+        for (k, v) in &other.changed {
+            *self.changed.entry(k).or_default() += v;
+        }
+    }
+}
+
+fn method_name(m: &Method) -> &'static str {
+    match m {
+        Method::Redact => "redact",
+        Method::DateShift => "dateShift",
+        Method::CryptoHash => "cryptoHash",
+        Method::Encrypt => "encrypt",
+        Method::Substitute { .. } => "substitute",
+        Method::Perturb { .. } => "perturb",
+        Method::Generalize { .. } => "generalize",
+        Method::Keep => "keep",
+        Method::Unknown(_) => "unknown",
+    }
+}
+
 /// A policy ready to run: keys resolved, clock fixed.
 pub struct Engine {
     policy: Policy,
     keys: Keys,
     date_shift_prefix: String,
+    /// For `dateShiftScope: "patient"`: per resource type, the compartment's
+    /// search-parameter expressions that lead to its patient.
+    patient_links: HashMap<&'static str, Vec<veil_fhirpath::Expression>>,
 }
 
 impl Engine {
@@ -101,7 +134,12 @@ impl Engine {
     /// anonymizer: outputs then differ from run to run.
     pub fn new(policy: Policy) -> Engine {
         let keys = Keys::from_parameters(&policy.parameters);
-        Engine { policy, keys, date_shift_prefix: String::new() }
+        let patient_links = if policy.parameters.date_shift_scope == Some(DateShiftScope::Patient) {
+            patient_links()
+        } else {
+            HashMap::new()
+        };
+        Engine { policy, keys, date_shift_prefix: String::new(), patient_links }
     }
 
     /// The date-shift prefix for the `file` and `folder` scopes: the input
@@ -128,28 +166,34 @@ impl Engine {
     /// De-identifies one document. With `processingErrors: skip`, a
     /// processing failure gives the anonymizer's empty resource of the root
     /// type, labelled REDACTED.
-    pub fn anonymize(&self, mut doc: Json) -> Result<Json, DeidError> {
+    pub fn anonymize(&self, doc: Json) -> Result<Json, DeidError> {
+        self.anonymize_counted(doc).map(|(d, _)| d)
+    }
+
+    /// Like [`Engine::anonymize`], also counting the nodes each method changed.
+    pub fn anonymize_counted(&self, mut doc: Json) -> Result<(Json, Stats), DeidError> {
+        let mut stats = Stats::default();
         let root_type = doc
             .get("resourceType")
             .and_then(Json::as_str)
             .filter(|t| veil_fhir::r4().is_resource_type(t))
             .ok_or_else(|| DeidError::Input("no known resourceType".into()))?
             .to_string();
-        match self.run(&mut doc) {
-            Ok(()) => Ok(doc),
+        match self.run(&mut doc, &mut stats) {
+            Ok(()) => Ok((doc, stats)),
             Err(DeidError::Processing { .. }) if self.policy.processing_errors == ProcessingErrors::Skip => {
                 let mut empty = Map::new();
                 empty.insert("resourceType".into(), Json::String(root_type));
                 let mut meta = Map::new();
                 meta.insert("security".into(), Json::Array(vec![label(Records::REDACT)]));
                 empty.insert("meta".into(), Json::Object(meta));
-                Ok(Json::Object(empty))
+                Ok((Json::Object(empty), Stats::default()))
             }
             Err(e) => Err(e),
         }
     }
 
-    fn run(&self, doc: &mut Json) -> Result<(), DeidError> {
+    fn run(&self, doc: &mut Json, stats: &mut Stats) -> Result<(), DeidError> {
         crate::shape::normalize_arrays(doc);
         // Resource nodes in pre-order, found once: edits never move them.
         let resources = resource_nodes(doc);
@@ -157,6 +201,12 @@ impl Engine {
         let mut records = vec![Records::default(); resources.len()];
         for (ri, (loc, ty, _)) in resources.iter().enumerate() {
             let Some(mut index) = Index::build(doc, loc) else { continue };
+            // Read before any rule runs, so hashing ids cannot change it.
+            let prefix = if self.patient_links.is_empty() {
+                self.date_shift_prefix.clone()
+            } else {
+                self.patient_of(doc, loc, ty).unwrap_or_default()
+            };
             for rule in self.policy.rules.iter().filter(|r| applies(r, ty)) {
                 if let Method::Unknown(m) = &rule.method {
                     return Err(DeidError::Rule {
@@ -168,9 +218,12 @@ impl Engine {
                 let matches = self.matches(doc, &index, loc, rule)?;
                 let mut restructured = false;
                 for target in matches {
-                    let outcome = self.process(doc, &index, target, rule, &mut visited)?;
+                    let outcome = self.process(doc, &index, target, rule, &prefix, &mut visited)?;
                     records[ri].add(outcome.records);
                     restructured |= outcome.restructured;
+                    if outcome.changed > 0 {
+                        *stats.changed.entry(method_name(&rule.method)).or_default() += outcome.changed;
+                    }
                 }
                 if restructured {
                     // substitute reshaped a subtree: later rules see the new tree.
@@ -242,6 +295,7 @@ impl Engine {
         index: &Index,
         target: Target,
         rule: &Rule,
+        prefix: &str,
         visited: &mut HashSet<Location>,
     ) -> Result<methods::Applied, DeidError> {
         let own;
@@ -265,7 +319,7 @@ impl Engine {
                 continue;
             }
             let parent_ty = index.entries.get(entry.parent).map_or("", |p| p.ty);
-            let outcome = methods::apply(&rule.method, doc, entry, parent_ty, &self.keys, &self.date_shift_prefix, &self.policy.parameters, visited)
+            let outcome = methods::apply(&rule.method, doc, entry, parent_ty, &self.keys, prefix, &self.policy.parameters, visited)
                 .map_err(|e| match e {
                     methods::Failure::Rule(reason) => DeidError::Rule { index: rule.index, path: rule.path.clone(), reason },
                     methods::Failure::Processing(reason) => DeidError::Processing {
@@ -276,6 +330,9 @@ impl Engine {
                     },
                 })?;
             visited.insert(entry.loc.clone());
+            if !outcome.records.is_empty() {
+                applied.changed += 1;
+            }
             applied.records.add(outcome.records);
             match outcome.outcome {
                 Outcome::Continue => j += 1,
@@ -291,6 +348,61 @@ impl Engine {
         }
         Ok(applied)
     }
+}
+
+impl Engine {
+    /// The id of the patient a resource belongs to, through the R4 Patient
+    /// compartment: its own id for a Patient, else the first `Patient/…` (or
+    /// `urn:uuid:…`, as in transaction Bundles) reference among the
+    /// compartment's links.
+    fn patient_of(&self, doc: &Json, loc: &Location, ty: &str) -> Option<String> {
+        let resource = loc.get(doc)?;
+        if ty == "Patient" {
+            return resource.get("id").and_then(Json::as_str).map(str::to_string);
+        }
+        let focus = node_at(doc, loc)?;
+        let ctx = Context::new(doc).with_focus(vec![veil_fhirpath::Item::Node(focus)]);
+        for expr in self.patient_links.get(ty)? {
+            for item in expr.evaluate_with(&ctx).ok()? {
+                let reference = item.as_node().and_then(|n| n.json()).and_then(|j| j.get("reference")).and_then(Json::as_str);
+                if let Some(id) = reference.and_then(patient_id_of_reference) {
+                    return Some(id.to_string());
+                }
+            }
+        }
+        None
+    }
+}
+
+fn patient_id_of_reference(reference: &str) -> Option<&str> {
+    if let Some(uuid) = reference.strip_prefix("urn:uuid:") {
+        return Some(uuid);
+    }
+    let path = reference.split("/_history/").next()?;
+    let mut parts = path.rsplit('/');
+    let id = parts.next()?;
+    (parts.next()? == "Patient" && !id.is_empty()).then_some(id)
+}
+
+/// Compiles, per resource type, the expressions of the search parameters
+/// that put it in the Patient compartment.
+fn patient_links() -> HashMap<&'static str, Vec<veil_fhirpath::Expression>> {
+    let model = veil_fhir::r4();
+    let mut out = HashMap::new();
+    for ty in model.resource_types() {
+        let Some(params) = model.patient_compartment(ty) else { continue };
+        let exprs: Vec<_> = params
+            .iter()
+            .filter_map(|code| model.search_param(ty, code))
+            // `resolve()` cannot follow `Patient/123` outside a Bundle; the
+            // reference's own type says the same, and is checked afterwards.
+            .filter_map(|p| veil_fhirpath::Expression::compile(&p.expression.replace(".where(resolve() is Patient)", "")).ok())
+            .collect();
+        if !exprs.is_empty() {
+            out.insert(ty, exprs);
+        }
+    }
+    out
 }
 
 enum Target {

@@ -30,7 +30,9 @@ mod engine;
 mod index;
 mod methods;
 mod shape;
+mod stream;
 mod json;
 
 pub use config::{ConfigError, DateShiftScope, Method, Parameters, Policy, ProcessingErrors, RangeType, Rule};
-pub use engine::{DeidError, Engine};
+pub use engine::{DeidError, Engine, Stats};
+pub use stream::{OnError, Quarantined, Report, StreamError, anonymize_ndjson};

@@ -66,6 +66,8 @@ pub(crate) struct MethodResult {
 pub(crate) struct Applied {
     pub records: Records,
     pub restructured: bool,
+    /// Nodes whose method recorded a change.
+    pub changed: u64,
 }
 
 pub(crate) enum Failure {

@@ -1,0 +1,190 @@
+//! The NDJSON driver: reads lines in bounded batches, de-identifies each
+//! batch on every core, writes results in input order, and reports what
+//! happened. Memory is bounded by the batch, whatever the input size.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+
+use rayon::prelude::*;
+use serde_json::Value as Json;
+
+use crate::engine::{DeidError, Engine, Stats};
+
+/// What to do with a resource that cannot be de-identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Stop; nothing more is written (the caller discards the partial output).
+    Fail,
+    /// Veil's extension: leave the resource out, record why (without any of
+    /// its values), and go on.
+    Quarantine,
+}
+
+/// A resource left out of the output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// 1-based line number in the input.
+    pub line: u64,
+    /// Its resourceType, if it had a readable one.
+    pub resource_type: String,
+    /// Why, naming rules and element paths, never values.
+    pub reason: String,
+}
+
+/// Counts for a run: resources in and out and quarantined per type, nodes
+/// changed per method.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Resources read, per resourceType.
+    pub resources_in: BTreeMap<String, u64>,
+    /// Resources written, per resourceType.
+    pub resources_out: BTreeMap<String, u64>,
+    /// Resources quarantined, per resourceType.
+    pub quarantined: BTreeMap<String, u64>,
+    /// Nodes changed per method.
+    pub stats: Stats,
+}
+
+impl Report {
+    /// Adds another run's counts (several files).
+    pub fn add(&mut self, other: &Report) {
+        for (mine, theirs) in [
+            (&mut self.resources_in, &other.resources_in),
+            (&mut self.resources_out, &other.resources_out),
+            (&mut self.quarantined, &other.quarantined),
+        ] {
+            for (k, v) in theirs {
+                *mine.entry(k.clone()).or_default() += v;
+            }
+        }
+        self.stats.add(&other.stats);
+    }
+
+    /// Total resources written.
+    pub fn written(&self) -> u64 {
+        self.resources_out.values().sum()
+    }
+}
+
+/// A failure of the whole stream.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// Reading or writing failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A line failed and the policy says to stop.
+    #[error("line {line}: {reason}")]
+    Line {
+        /// 1-based line number.
+        line: u64,
+        /// Why (no values).
+        reason: String,
+    },
+}
+
+/// Lines per batch: enough to keep every core busy, few enough to bound memory.
+const BATCH_LINES: usize = 2048;
+/// And at most this many bytes of input per batch, for very long lines.
+const BATCH_BYTES: usize = 64 << 20;
+
+enum LineResult {
+    Written { ty: String, text: String, stats: Stats },
+    Failed { ty: String, reason: String },
+    Blank,
+}
+
+fn resource_type(doc: &Json) -> String {
+    doc.get("resourceType").and_then(Json::as_str).unwrap_or("(unknown)").to_string()
+}
+
+fn process_line(engine: &Engine, line: &str) -> LineResult {
+    if line.trim().is_empty() {
+        return LineResult::Blank;
+    }
+    let doc: Json = match serde_json::from_str(line) {
+        Ok(d) => d,
+        // serde_json's message names a position and a category, never the text.
+        Err(e) => {
+            let what = match e.classify() {
+                serde_json::error::Category::Syntax => "syntax error",
+                serde_json::error::Category::Eof => "unexpected end of line",
+                _ => "invalid data",
+            };
+            return LineResult::Failed { ty: "(unparsed)".into(), reason: format!("not valid JSON ({what} at column {})", e.column()) };
+        }
+    };
+    let ty = resource_type(&doc);
+    match engine.anonymize_counted(doc) {
+        Ok((out, stats)) => LineResult::Written { ty: resource_type(&out), text: out.to_string(), stats },
+        Err(e) => LineResult::Failed { ty, reason: describe(&e) },
+    }
+}
+
+fn describe(e: &DeidError) -> String {
+    e.to_string()
+}
+
+/// De-identifies NDJSON from `input` to `output`, one compact resource per
+/// line in input order. Blank lines are skipped. `progress` is called with
+/// the number of lines done after each batch.
+pub fn anonymize_ndjson(
+    engine: &Engine,
+    mut input: impl BufRead,
+    mut output: impl Write,
+    on_error: OnError,
+    mut quarantine: impl FnMut(Quarantined),
+    mut progress: impl FnMut(u64),
+) -> Result<Report, StreamError> {
+    let mut report = Report::default();
+    let mut line_no: u64 = 0;
+    let mut batch: Vec<String> = Vec::with_capacity(BATCH_LINES);
+    loop {
+        batch.clear();
+        let mut bytes = 0;
+        while batch.len() < BATCH_LINES && bytes < BATCH_BYTES {
+            let mut line = String::new();
+            if input.read_line(&mut line)? == 0 {
+                break;
+            }
+            bytes += line.len();
+            // A byte-order mark may open the file.
+            if line_no == 0 && batch.is_empty() {
+                if let Some(rest) = line.strip_prefix('\u{feff}') {
+                    line = rest.to_string();
+                }
+            }
+            batch.push(line);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let results: Vec<LineResult> = batch.par_iter().map(|l| process_line(engine, l)).collect();
+        for result in results {
+            line_no += 1;
+            match result {
+                LineResult::Blank => {}
+                LineResult::Written { ty, text, stats } => {
+                    *report.resources_in.entry(ty.clone()).or_default() += 1;
+                    *report.resources_out.entry(ty).or_default() += 1;
+                    report.stats.add(&stats);
+                    output.write_all(text.as_bytes())?;
+                    output.write_all(b"\n")?;
+                }
+                LineResult::Failed { ty, reason } => {
+                    *report.resources_in.entry(ty.clone()).or_default() += 1;
+                    match on_error {
+                        OnError::Fail => return Err(StreamError::Line { line: line_no, reason }),
+                        OnError::Quarantine => {
+                            *report.quarantined.entry(ty.clone()).or_default() += 1;
+                            quarantine(Quarantined { line: line_no, resource_type: ty, reason });
+                        }
+                    }
+                }
+            }
+        }
+        progress(line_no);
+    }
+    output.flush()?;
+    Ok(report)
+}
