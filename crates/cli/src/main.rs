@@ -3,6 +3,7 @@
 //! This binary only parses arguments and wires the library crates together;
 //! each subcommand lives in its own module.
 
+mod deid;
 mod demo;
 mod fhirpath;
 mod input;
@@ -13,9 +14,9 @@ use clap::{Parser, Subcommand};
 
 /// Veil de-identifies FHIR R4 data and hands it to researchers.
 ///
-/// Today it evaluates FHIRPath over FHIR resources; de-identification,
-/// the FHIR server with Bulk Data $export, share links and aggregate studies
-/// are being built on top of it.
+/// Today it de-identifies FHIR files with Microsoft FHIR anonymizer
+/// configurations and evaluates FHIRPath; the FHIR server with Bulk Data
+/// $export, share links and aggregate studies are being built on top of it.
 #[derive(Parser)]
 #[command(name = "veil", version, propagate_version = true)]
 struct Cli {
@@ -27,6 +28,7 @@ struct Cli {
 enum Command {
     // Each subcommand's help is the doc comment on its Args struct.
     Fhirpath(fhirpath::Args),
+    Deid(deid::Args),
     Demo(demo::Args),
 }
 
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Fhirpath(args) => fhirpath::run(args),
+        Command::Deid(args) => deid::run(args),
         Command::Demo(args) => demo::run(args),
     };
     match result {

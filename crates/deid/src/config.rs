@@ -8,6 +8,8 @@ use veil_fhirpath::Expression;
 
 use crate::json;
 
+const SAFE_HARBOR: &str = include_str!("../policies/safe-harbor.json");
+
 /// A configuration the anonymizer would refuse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -231,6 +233,12 @@ fn bool_setting(params: &Map<String, Json>, name: &str) -> Result<bool, ConfigEr
 }
 
 impl Policy {
+    /// The HIPAA Safe Harbor sample that ships with the anonymizer's
+    /// command-line tool, unchanged (`policies/safe-harbor.json`).
+    pub fn safe_harbor() -> Policy {
+        Policy::parse(SAFE_HARBOR).expect("the built-in policy is valid")
+    }
+
     /// Parses and validates a configuration file's text.
     pub fn parse(text: &str) -> Result<Policy, ConfigError> {
         let doc = json::parse(text).map_err(|e| ConfigError::Parse { line: e.line, reason: e.reason })?;
@@ -621,8 +629,7 @@ mod tests {
 
     #[test]
     fn the_shipped_safe_harbor_policy_loads() {
-        let text = include_str!("../../../conformance/ms-anonymizer/configurations/safe-harbor-sample.json");
-        let p = Policy::parse(text).unwrap();
+        let p = Policy::safe_harbor();
         assert_eq!(p.rules.len(), 193);
         assert!(p.parameters.partial_dates && p.parameters.partial_ages && p.parameters.partial_zip_codes);
         assert_eq!(p.parameters.restricted_zip3.len(), 14);

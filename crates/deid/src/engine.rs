@@ -119,7 +119,9 @@ fn method_name(m: &Method) -> &'static str {
     }
 }
 
-/// A policy ready to run: keys resolved, clock fixed.
+/// A policy ready to run: keys resolved, clock fixed. Cloning keeps the
+/// keys, random ones included, so clones produce consistent output.
+#[derive(Clone)]
 pub struct Engine {
     policy: Policy,
     keys: Keys,

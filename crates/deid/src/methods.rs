@@ -14,6 +14,7 @@ use crate::index::{Entry, Index};
 use crate::{crypto, dateshift};
 
 /// Keys and clock for one engine.
+#[derive(Clone)]
 pub(crate) struct Keys {
     pub hash: Vec<u8>,
     pub date: String,
