@@ -100,12 +100,11 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
             name.clone()
         };
         let engine = engine.clone().with_date_shift_prefix(&prefix);
-        if let Some(out) = &job.output {
-            if args.skip && out.exists() {
+        if let Some(out) = &job.output
+            && args.skip && out.exists() {
                 eprintln!("veil deid: {}: output exists, skipped (-s)", job.input.display());
                 continue;
             }
-        }
         bytes_in += fs::metadata(&job.input).map(|m| m.len()).unwrap_or(0);
         let result = if job.ndjson {
             run_ndjson(&engine, job, on_error, &name)
@@ -175,11 +174,10 @@ fn plan(args: &Args) -> Result<Vec<Job>> {
             Some(o) if single && !o.is_dir() => Some(o.clone()),
             Some(o) => Some(o.join(f.file_name().unwrap_or_default())),
         };
-        if let Some(o) = &output {
-            if fs::canonicalize(f).ok() == fs::canonicalize(o).ok() {
+        if let Some(o) = &output
+            && fs::canonicalize(f).ok() == fs::canonicalize(o).ok() {
                 bail!(UsageError(format!("{} would overwrite its own input", o.display())));
             }
-        }
         jobs.push(Job { input: f.clone(), output, ndjson });
     }
     Ok(jobs)
@@ -249,9 +247,9 @@ fn run_ndjson(engine: &Engine, job: &Job, on_error: OnError, name: &str) -> Resu
                     _ => Err(io::Error::other("de-identification failed")),
                 }
             })
-            .or_else(|e| match result.take() {
-                Some(Err(inner)) => Err(inner),
-                _ => Err(e),
+            .map_err(|e| match result.take() {
+                Some(Err(inner)) => inner,
+                _ => e,
             })?;
             match result {
                 Some(Ok(r)) => r,

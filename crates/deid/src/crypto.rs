@@ -8,14 +8,35 @@ use hmac::{Hmac, KeyInit, Mac};
 use regex::Regex;
 use sha2::Sha256;
 
-/// `hex(HMAC-SHA256(key, value))`; the empty string stays empty.
-pub(crate) fn hash(key: &[u8], value: &str) -> String {
-    if value.is_empty() {
-        return String::new();
+/// HMAC-SHA256 with its key prepared once: the keyed inner and outer
+/// states are computed at construction and cloned per value, which halves
+/// the work for the short values (ids, references) hashed most.
+#[derive(Clone)]
+pub(crate) struct Hasher(Hmac<Sha256>);
+
+impl Hasher {
+    pub fn new(key: &[u8]) -> Hasher {
+        Hasher(<Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length"))
     }
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(value.as_bytes());
-    let digest = mac.finalize().into_bytes();
+
+    /// `hex(HMAC-SHA256(key, value))`; the empty string stays empty.
+    pub fn hash(&self, value: &str) -> String {
+        if value.is_empty() {
+            return String::new();
+        }
+        let mut mac = self.0.clone();
+        mac.update(value.as_bytes());
+        hex(&mac.finalize().into_bytes())
+    }
+}
+
+/// `hex(HMAC-SHA256(key, value))`; the empty string stays empty.
+#[cfg(test)]
+pub(crate) fn hash(key: &[u8], value: &str) -> String {
+    Hasher::new(key).hash(value)
+}
+
+fn hex(digest: &[u8]) -> String {
     let mut out = String::with_capacity(64);
     for b in digest {
         out.push(char::from_digit((b >> 4) as u32, 16).expect("nibble"));
@@ -58,45 +79,73 @@ pub(crate) fn decrypt(key: &[u8], text: &str) -> Option<String> {
     String::from_utf8(plain).ok()
 }
 
-/// The three reference forms whose id part alone is transformed, tried in
-/// order; anything else is transformed whole.
-fn reference_patterns() -> &'static [Regex; 3] {
-    static PATTERNS: OnceLock<[Regex; 3]> = OnceLock::new();
-    PATTERNS.get_or_init(|| {
-        let mut types: Vec<&str> = veil_fhir::r4()
-            .resource_types()
-            .filter(|t| !matches!(*t, "Resource" | "DomainResource"))
-            .collect();
-        types.sort_unstable();
-        // The URL character class has no '-', '_' or '~', exactly as the anonymizer's.
-        let literal = format!(
-            r"^(?P<prefix>((http|https)://([A-Za-z0-9/.:%$])*)?({})/)(?P<id>[A-Za-z0-9\-.]{{1,64}})(?P<suffix>/_history/[A-Za-z0-9\-.]{{1,64}})?$",
-            types.join("|")
-        );
-        [
-            Regex::new(&literal).expect("valid"),
-            Regex::new(r"^(?P<prefix>urn:oid:)(?P<id>[0-2](\.(0|[1-9][0-9]*))+)$").expect("valid"),
-            Regex::new(
-                r"^(?P<prefix>urn:uuid:)(?P<id>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$",
-            )
-            .expect("valid"),
-        ]
+fn uuid_pattern() -> &'static Regex {
+    static P: OnceLock<Regex> = OnceLock::new();
+    P.get_or_init(|| {
+        Regex::new(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$").expect("valid")
     })
+}
+
+fn is_id(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+fn is_oid(s: &str) -> bool {
+    // [0-2](\.(0|[1-9][0-9]*))+
+    let mut parts = s.split('.');
+    let first_ok = parts.next().is_some_and(|p| matches!(p, "0" | "1" | "2"));
+    let mut n = 0;
+    let rest_ok = parts.all(|p| {
+        n += 1;
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (p == "0" || !p.starts_with('0'))
+    });
+    first_ok && n > 0 && rest_ok
+}
+
+/// Splits a literal reference `[http(s)://host/path/]Type/id[/_history/v]`
+/// into (prefix up to and including `Type/`, id, suffix), with the
+/// anonymizer's character classes: the URL part allows `A-Za-z0-9/.:%$` only
+/// (no `-`, `_` or `~`), and the type must be an R4 resource type.
+fn split_literal(reference: &str) -> Option<(&str, &str, &str)> {
+    let (body, suffix) = match reference.rfind("/_history/") {
+        Some(at) if is_id(&reference[at + 10..]) => (&reference[..at], &reference[at..]),
+        _ => (reference, ""),
+    };
+    let slash = body.rfind('/')?;
+    let (head, id) = (&body[..slash], &body[slash + 1..]);
+    if !is_id(id) {
+        return None;
+    }
+    let type_start = head.rfind('/').map_or(0, |i| i + 1);
+    let ty = &head[type_start..];
+    let model = veil_fhir::r4();
+    if !model.is_resource_type(ty) || matches!(ty, "Resource" | "DomainResource") {
+        return None;
+    }
+    let base = &head[..type_start];
+    let base_ok = base.is_empty()
+        || ["http://", "https://"].iter().any(|scheme| {
+            base.strip_prefix(scheme)
+                .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_alphanumeric() || b"/.:%$".contains(&b)))
+        });
+    base_ok.then(|| (&reference[..slash + 1], id, suffix))
 }
 
 /// Applies `transform` to the id part of a `Reference.reference` value:
 /// `#id`, `[base/]Type/id[/_history/v]`, `urn:oid:…`, `urn:uuid:…`; any
-/// other form is transformed whole.
+/// other form is transformed whole (ms-anonymizer.md §5.3).
 pub(crate) fn transform_reference(reference: &str, transform: impl Fn(&str) -> String) -> String {
     if let Some(local) = reference.strip_prefix('#') {
         return format!("#{}", transform(local));
     }
-    for re in reference_patterns() {
-        if let Some(c) = re.captures(reference) {
-            let prefix = c.name("prefix").map_or("", |m| m.as_str());
-            let suffix = c.name("suffix").map_or("", |m| m.as_str());
-            return format!("{prefix}{}{suffix}", transform(&c["id"]));
-        }
+    if let Some((prefix, id, suffix)) = split_literal(reference) {
+        return format!("{prefix}{}{suffix}", transform(id));
+    }
+    if let Some(oid) = reference.strip_prefix("urn:oid:").filter(|o| is_oid(o)) {
+        return format!("urn:oid:{}", transform(oid));
+    }
+    if let Some(uuid) = reference.strip_prefix("urn:uuid:").filter(|u| uuid_pattern().is_match(u)) {
+        return format!("urn:uuid:{}", transform(uuid));
     }
     transform(reference)
 }

@@ -8,7 +8,9 @@
 //! becomes `null` and is pruned at the end, so that every location taken
 //! from an evaluation stays valid until then.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
+use rustc_hash::FxHashSet as HashSet;
 
 use serde_json::{Map, Value as Json};
 use veil_fhirpath::{Context, Location, PathStep, node_at};
@@ -199,7 +201,7 @@ impl Engine {
         crate::shape::normalize_arrays(doc);
         // Resource nodes in pre-order, found once: edits never move them.
         let resources = resource_nodes(doc);
-        let mut visited: HashSet<Location> = HashSet::new();
+        let mut visited: HashSet<Location> = HashSet::default();
         let mut records = vec![Records::default(); resources.len()];
         for (ri, (loc, ty, _)) in resources.iter().enumerate() {
             let Some(mut index) = Index::build(doc, loc) else { continue };
@@ -242,11 +244,10 @@ impl Engine {
             }
         }
         for (i, (loc, _, contained)) in resources.iter().enumerate() {
-            if !*contained && !records[i].is_empty() {
-                if let Some(resource) = loc.get_mut(doc).and_then(Json::as_object_mut) {
+            if !*contained && !records[i].is_empty()
+                && let Some(resource) = loc.get_mut(doc).and_then(Json::as_object_mut) {
                     add_labels(resource, records[i]);
                 }
-            }
         }
         prune(doc);
         Ok(())
@@ -464,6 +465,12 @@ fn resource_nodes(doc: &Json) -> Vec<(Location, &'static str, bool)> {
 }
 
 fn label(r: Records) -> Json {
+    static BUILT: std::sync::OnceLock<Vec<(Records, Json)>> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| LABELS.iter().map(|l| (l.0, build_label(l.0))).collect());
+    built.iter().find(|(k, _)| *k == r).map(|(_, j)| j.clone()).expect("a label")
+}
+
+fn build_label(r: Records) -> Json {
     let (_, system, code, display) = LABELS.iter().find(|l| l.0 == r).expect("a label");
     let mut m = Map::new();
     if let Some(s) = system {
@@ -485,10 +492,10 @@ fn add_labels(resource: &mut Map<String, Json>, records: Records) {
         if !records.has(r) {
             continue;
         }
-        let code = label(r)["code"].as_str().unwrap_or_default().to_string();
+        let code = LABELS.iter().find(|l| l.0 == r).map_or("", |l| l.2);
         let present = security
             .iter()
-            .any(|c| c.get("code").and_then(Json::as_str).is_some_and(|x| x.eq_ignore_ascii_case(&code)));
+            .any(|c| c.get("code").and_then(Json::as_str).is_some_and(|x| x.eq_ignore_ascii_case(code)));
         if !present {
             security.push(label(r));
         }
@@ -508,50 +515,44 @@ fn add_labels(resource: &mut Map<String, Json>, records: Records) {
 /// Removes what processing emptied, bottom-up (§4.8): null values, and
 /// objects and arrays with nothing left, keeping resources (which always
 /// keep their `resourceType`) and a primitive's `_` companion while it
-/// carries anything.
+/// carries anything. Works in place: nothing is copied.
 pub(crate) fn prune(v: &mut Json) {
     match v {
         Json::Object(map) => {
             for child in map.values_mut() {
                 prune(child);
             }
-            let keys: Vec<String> = map.keys().filter(|k| !k.starts_with('_')).cloned().collect();
-            for k in keys {
+            // Arrays paired with a `_` companion array lose their positions together.
+            let paired: Vec<String> = map
+                .iter()
+                .filter(|(k, v)| !k.starts_with('_') && v.is_array())
+                .filter(|(k, _)| map.get(&format!("_{k}")).is_some_and(Json::is_array))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in paired {
                 let companion = format!("_{k}");
-                if let Some(Json::Array(items)) = map.get(&k) {
-                    // Keep array positions aligned with the companion array.
-                    let ext = map.get(&companion).and_then(Json::as_array).cloned();
-                    let mut kept = Vec::new();
-                    let mut kept_ext = Vec::new();
-                    for (i, item) in items.iter().enumerate() {
-                        let e = ext.as_ref().and_then(|e| e.get(i)).cloned().unwrap_or(Json::Null);
-                        if !is_empty(item) || !is_empty(&e) {
-                            kept.push(item.clone());
-                            kept_ext.push(e);
-                        }
+                let Some(Json::Array(ext)) = map.shift_remove(&companion) else { continue };
+                let Some(Json::Array(items)) = map.get_mut(&k) else { continue };
+                let mut kept_ext = Vec::with_capacity(items.len());
+                let mut ext = ext.into_iter();
+                items.retain(|item| {
+                    let e = ext.next().unwrap_or(Json::Null);
+                    let keep = !is_empty(item) || !is_empty(&e);
+                    if keep {
+                        kept_ext.push(e);
                     }
-                    let any_ext = kept_ext.iter().any(|e| !is_empty(e));
-                    if kept.is_empty() {
-                        map.shift_remove(&k);
-                        map.shift_remove(&companion);
-                    } else {
-                        map.insert(k.clone(), Json::Array(kept));
-                        if any_ext {
-                            map.insert(companion.clone(), Json::Array(kept_ext));
-                        } else {
-                            map.shift_remove(&companion);
-                        }
-                    }
-                } else if map.get(&k).is_some_and(is_empty) {
-                    map.shift_remove(&k);
+                    keep
+                });
+                if kept_ext.iter().any(|e| !is_empty(e)) {
+                    map.insert(companion, Json::Array(kept_ext));
                 }
             }
-            let companions: Vec<String> = map.keys().filter(|k| k.starts_with('_')).cloned().collect();
-            for c in companions {
-                if map.get(&c).is_some_and(is_empty) {
-                    map.shift_remove(&c);
+            map.retain(|_, v| {
+                if let Json::Array(items) = v {
+                    items.retain(|item| !is_empty(item));
                 }
-            }
+                !is_empty(v)
+            });
         }
         Json::Array(items) => {
             for item in items.iter_mut() {

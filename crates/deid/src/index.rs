@@ -4,7 +4,9 @@
 //! and a node's subtree is a contiguous range, so "process the node and every
 //! non-resource descendant, skipping visited subtrees" (§4.3) is a loop.
 
-use std::collections::HashMap;
+use std::cell::OnceCell;
+
+use rustc_hash::FxHashMap;
 
 use serde_json::Value as Json;
 use veil_fhirpath::{Location, Node, node_at};
@@ -15,8 +17,8 @@ pub(crate) struct Entry {
     pub loc: Location,
     /// FHIR type name (`date`, `HumanName`, `Patient`); empty if unknown.
     pub ty: &'static str,
-    /// Element name (a choice's base name).
-    pub name: String,
+    /// Element name (a choice's base name); the model's copy when it has one.
+    pub name: std::borrow::Cow<'static, str>,
     /// Index of the parent entry (`usize::MAX` for the first).
     pub parent: usize,
     /// One past the last entry of this node's subtree.
@@ -29,7 +31,8 @@ pub(crate) struct Entry {
 
 pub(crate) struct Index {
     pub entries: Vec<Entry>,
-    by_loc: HashMap<Location, usize>,
+    /// Built on first use: most resources only meet the fast paths.
+    by_loc: OnceCell<FxHashMap<Location, usize>>,
 }
 
 impl Index {
@@ -54,7 +57,10 @@ impl Index {
             entries.push(Entry {
                 loc: node.location(),
                 ty: node.fhir_type(),
-                name: node.name().to_string(),
+                name: match veil_fhir::r4().json_key(node.name()) {
+                    Some(k) => k.into(),
+                    None => node.name().to_string().into(),
+                },
                 parent,
                 end: i + 1,
                 nested_resource: nested,
@@ -71,12 +77,26 @@ impl Index {
         for i in open {
             entries[i].end = n;
         }
-        let by_loc = entries.iter().enumerate().map(|(i, e)| (e.loc.clone(), i)).collect();
-        Some(Index { entries, by_loc })
+        Some(Index { entries, by_loc: OnceCell::new() })
     }
 
     pub fn position(&self, loc: &Location) -> Option<usize> {
-        self.by_loc.get(loc).copied()
+        // A direct child of the resource (`Resource.id`, `Patient.name`) is
+        // found among the first level without building the map.
+        if let Some(root) = self.entries.first()
+            && loc.steps().len() <= root.loc.steps().len() + 2 && loc.steps().starts_with(root.loc.steps()) {
+                let mut j = 1;
+                while j < self.entries.len() {
+                    if self.entries[j].loc == *loc {
+                        return Some(j);
+                    }
+                    j = self.entries[j].end;
+                }
+            }
+        self.by_loc
+            .get_or_init(|| self.entries.iter().enumerate().map(|(i, e)| (e.loc.clone(), i)).collect())
+            .get(loc)
+            .copied()
     }
 
     /// The anonymizer's cache look-up: every node but the resource itself

@@ -1,7 +1,7 @@
 //! The eight methods, each applied to one indexed node with the
 //! anonymizer's exact algorithm (ms-anonymizer.md §5).
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet as HashSet;
 use std::sync::OnceLock;
 
 use rust_decimal::prelude::*;
@@ -16,7 +16,7 @@ use crate::{crypto, dateshift};
 /// Keys and clock for one engine.
 #[derive(Clone)]
 pub(crate) struct Keys {
-    pub hash: Vec<u8>,
+    pub hash: crypto::Hasher,
     pub date: String,
     pub encrypt: Vec<u8>,
     pub fixed_offset: Option<i64>,
@@ -37,7 +37,7 @@ impl Keys {
         static PROCESS_KEY: OnceLock<String> = OnceLock::new();
         let process_key = || PROCESS_KEY.get_or_init(random_key).clone();
         Keys {
-            hash: p.crypto_hash_key.clone().unwrap_or_else(process_key).into_bytes(),
+            hash: crypto::Hasher::new(p.crypto_hash_key.clone().unwrap_or_else(process_key).as_bytes()),
             date: p.date_shift_key.clone().unwrap_or_else(random_key),
             encrypt: p.encrypt_key.clone().unwrap_or_else(process_key).into_bytes(),
             fixed_offset: p.date_shift_fixed_offset_in_days,
@@ -153,9 +153,9 @@ pub(crate) fn apply(
             }
             let Some(text) = current() else { return done(Records::default()) };
             let hashed = if entry.name.eq_ignore_ascii_case("reference") && parent_ty == "Reference" {
-                crypto::transform_reference(&text, |id| crypto::hash(&keys.hash, id))
+                crypto::transform_reference(&text, |id| keys.hash.hash(id))
             } else {
-                crypto::hash(&keys.hash, &text)
+                keys.hash.hash(&text)
             };
             set(doc, &entry.loc, Json::String(hashed));
             done(Records::CRYPTOHASH)
@@ -247,7 +247,7 @@ fn companion(loc: &Location) -> Option<Location> {
         _ => return None,
     };
     if let PathStep::Key(k) = &steps[key_at] {
-        steps[key_at] = PathStep::Key(format!("_{k}"));
+        steps[key_at] = PathStep::Key(format!("_{k}").into());
     }
     Some(Location::from_steps(steps))
 }
@@ -268,11 +268,10 @@ fn substitute(doc: &mut Json, entry: &Entry, replace_with: &Json, visited: &mut 
         };
         set(doc, &entry.loc, new);
         // The primitive's id and extensions go, unless an earlier rule touched them.
-        if let Some(c) = companion(&entry.loc) {
-            if c.get(doc).is_some() && !has_visited_within(&c, visited) {
+        if let Some(c) = companion(&entry.loc)
+            && c.get(doc).is_some() && !has_visited_within(&c, visited) {
                 set(doc, &c, Json::Null);
             }
-        }
         return Ok(MethodResult { records: Records::SUBSTITUTE, outcome: Outcome::SubtreeDone { restructured: false } });
     }
     let replacement = match replace_with {
@@ -290,7 +289,10 @@ fn substitute(doc: &mut Json, entry: &Entry, replace_with: &Json, visited: &mut 
 
 fn child_loc(base: &Location, key: &str, index: Option<usize>) -> Location {
     let mut steps = base.steps().to_vec();
-    steps.push(PathStep::Key(key.to_string()));
+    steps.push(PathStep::Key(match veil_fhir::r4().json_key(key) {
+        Some(k) => k.into(),
+        None => key.to_string().into(),
+    }));
     if let Some(i) = index {
         steps.push(PathStep::Index(i));
     }

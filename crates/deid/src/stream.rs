@@ -149,11 +149,10 @@ pub fn anonymize_ndjson(
             }
             bytes += line.len();
             // A byte-order mark may open the file.
-            if line_no == 0 && batch.is_empty() {
-                if let Some(rest) = line.strip_prefix('\u{feff}') {
+            if line_no == 0 && batch.is_empty()
+                && let Some(rest) = line.strip_prefix('\u{feff}') {
                     line = rest.to_string();
                 }
-            }
             batch.push(line);
         }
         if batch.is_empty() {

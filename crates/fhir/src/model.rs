@@ -140,6 +140,7 @@ pub struct Model {
     type_names: HashSet<&'static str>,
     search: Vec<SearchParam>,
     compartment: HashMap<&'static str, &'static [&'static str]>,
+    json_keys: HashSet<&'static str>,
 }
 
 /// The R4 model, built on first use (a few milliseconds) and shared.
@@ -177,7 +178,31 @@ impl Model {
                 targets: p.targets,
             })
             .collect();
+        // Every property name FHIR JSON can use: element names, choice
+        // variants (`valueQuantity`) and primitive companions (`_birthDate`).
+        // Built once and leaked, so locations can refer to them for free.
+        let mut json_keys: HashSet<&'static str> = HashSet::default();
+        for owner in children.values() {
+            for el in owner.values() {
+                json_keys.insert(el.name);
+                let mut variants: Vec<String> = vec![format!("_{}", el.name)];
+                if el.is_choice() {
+                    for t in el.types {
+                        let key = el.json_key(t);
+                        variants.push(format!("_{key}"));
+                        variants.push(key);
+                    }
+                }
+                for v in variants {
+                    if !json_keys.contains(v.as_str()) {
+                        json_keys.insert(Box::leak(v.into_boxed_str()));
+                    }
+                }
+            }
+        }
+        json_keys.insert("resourceType");
         Model {
+            json_keys,
             children,
             by_path,
             parents: r4::TYPE_PARENTS.iter().copied().collect(),
@@ -205,20 +230,24 @@ impl Model {
     /// itself (`birthDate`), or a choice variant (`valueQuantity` → element
     /// `value`, type `Quantity`).
     pub fn element_for_key(&self, owner: &str, key: &str) -> Option<(&Element, &'static str)> {
-        if let Some(el) = self.child(owner, key) {
-            if !el.is_choice() {
+        if let Some(el) = self.child(owner, key)
+            && !el.is_choice() {
                 return Some((el, el.types[0]));
             }
-        }
         // Choice variants: the base name is the key up to a capitalised part.
         for (at, _) in key.char_indices().filter(|(_, c)| c.is_ascii_uppercase()) {
-            if let Some(el) = self.child(owner, &key[..at]) {
-                if let Some(t) = el.choice_type_of_key(key) {
+            if let Some(el) = self.child(owner, &key[..at])
+                && let Some(t) = el.choice_type_of_key(key) {
                     return Some((el, t));
                 }
-            }
         }
         None
+    }
+
+    /// The model's `'static` copy of a JSON property name FHIR defines
+    /// (`given`, `valueQuantity`, `_birthDate`), if it is one.
+    pub fn json_key(&self, key: &str) -> Option<&'static str> {
+        self.json_keys.get(key).copied()
     }
 
     /// The element at a full path such as `Observation.referenceRange.low`.

@@ -1,6 +1,7 @@
 //! Nodes of a resource tree and their locations: what makes a result a
 //! *handle* that a caller can follow back into the resource and edit.
 
+use std::borrow::Cow;
 use std::fmt::{self, Write};
 use std::rc::Rc;
 
@@ -100,7 +101,7 @@ impl<'a> Node<'a> {
         let mut cur = self.loc.as_deref();
         while let Some(l) = cur {
             steps.push(match l.step {
-                Step::Key(k) => PathStep::Key(k.to_string()),
+                Step::Key(k) => PathStep::Key(intern(k)),
                 Step::Index(i) => PathStep::Index(i),
             });
             cur = l.parent.as_deref();
@@ -165,11 +166,22 @@ pub fn node_at<'a>(root: &'a Json, location: &Location) -> Option<Node<'a>> {
     Some(node)
 }
 
+/// A property name as a location step: the model's static copy when FHIR
+/// defines it, an owned copy otherwise.
+pub(crate) fn intern(key: &str) -> Cow<'static, str> {
+    match veil_fhir::r4().json_key(key) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(key.to_string()),
+    }
+}
+
 /// One step of an owned [`Location`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PathStep {
-    /// An object property, as written in the JSON (`valueQuantity`, `_birthDate`).
-    Key(String),
+    /// An object property, as written in the JSON (`valueQuantity`,
+    /// `_birthDate`); names FHIR defines are borrowed from the model, so
+    /// locations are cheap to build and clone.
+    Key(Cow<'static, str>),
     /// An array position.
     Index(usize),
 }
@@ -199,17 +211,14 @@ impl Location {
     /// Follows the location in `root`.
     pub fn get<'v>(&self, root: &'v Json) -> Option<&'v Json> {
         self.steps.iter().try_fold(root, |v, s| match s {
-            PathStep::Key(k) => v.get(k.as_str()),
+            PathStep::Key(k) => v.get(k.as_ref()),
             PathStep::Index(i) => v.get(*i),
         })
     }
 
     /// Follows the location in `root`, mutably.
     pub fn get_mut<'v>(&self, root: &'v mut Json) -> Option<&'v mut Json> {
-        self.steps.iter().try_fold(root, |v, s| match s {
-            PathStep::Key(k) => v.get_mut(k.as_str()),
-            PathStep::Index(i) => v.get_mut(*i),
-        })
+        follow_mut(root, &self.steps)
     }
 
     /// Replaces the node's value, returning the old one. A primitive's `_`
@@ -219,9 +228,15 @@ impl Location {
             return Ok(std::mem::replace(root, new));
         }
         let (parent_steps, last) = self.steps.split_at(self.steps.len() - 1);
-        let parent = Location::from_steps(parent_steps.to_vec()).get_mut(root).ok_or_else(gone)?;
+        let parent = follow_mut(root, parent_steps).ok_or_else(gone)?;
         match (&last[0], parent) {
-            (PathStep::Key(k), Json::Object(map)) => Ok(map.insert(k.clone(), new).unwrap_or(Json::Null)),
+            (PathStep::Key(k), Json::Object(map)) => match map.get_mut(k.as_ref()) {
+                Some(slot) => Ok(std::mem::replace(slot, new)),
+                None => {
+                    map.insert(k.to_string(), new);
+                    Ok(Json::Null)
+                }
+            },
             (PathStep::Index(i), Json::Array(items)) if *i < items.len() => {
                 Ok(std::mem::replace(&mut items[*i], new))
             }
@@ -243,7 +258,7 @@ impl Location {
             [] => Err(Error::new(ErrorKind::Location, "cannot delete the root of the resource")),
             [.., PathStep::Key(k)] => {
                 let map = self.parent_object(root, n - 1)?;
-                let old = map.shift_remove(k.as_str());
+                let old = map.shift_remove(k.as_ref());
                 let companion = map.shift_remove(&companion_key(k));
                 old.or(companion).ok_or_else(gone)
             }
@@ -265,11 +280,15 @@ impl Location {
     }
 
     fn parent_object<'v>(&self, root: &'v mut Json, len: usize) -> Result<&'v mut Map<String, Json>> {
-        Location::from_steps(self.steps[..len].to_vec())
-            .get_mut(root)
-            .and_then(Json::as_object_mut)
-            .ok_or_else(gone)
+        follow_mut(root, &self.steps[..len]).and_then(Json::as_object_mut).ok_or_else(gone)
     }
+}
+
+fn follow_mut<'v>(root: &'v mut Json, steps: &[PathStep]) -> Option<&'v mut Json> {
+    steps.iter().try_fold(root, |v, s| match s {
+        PathStep::Key(k) => v.get_mut(k.as_ref()),
+        PathStep::Index(i) => v.get_mut(*i),
+    })
 }
 
 fn remove_index(map: &mut Map<String, Json>, key: &str, i: usize) -> Result<Json> {
