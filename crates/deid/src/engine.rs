@@ -13,10 +13,10 @@ use std::collections::HashMap;
 use rustc_hash::FxHashSet as HashSet;
 
 use serde_json::{Map, Value as Json};
-use veil_fhirpath::{Context, Location, PathStep, node_at};
+use veil_fhirpath::{Context, Location, node_at};
 
 use crate::config::{DateShiftScope, Method, Policy, ProcessingErrors, Rule};
-use crate::index::Index;
+use crate::index::{Index, Wanted};
 use crate::methods::{self, Keys, Outcome};
 
 /// Why a document could not be de-identified. Messages name rules, element
@@ -131,6 +131,8 @@ pub struct Engine {
     /// For `dateShiftScope: "patient"`: per resource type, the compartment's
     /// search-parameter expressions that lead to its patient.
     patient_links: HashMap<&'static str, Vec<veil_fhirpath::Expression>>,
+    /// The types and names the fast-path rules look up.
+    wanted: Wanted,
 }
 
 impl Engine {
@@ -143,7 +145,13 @@ impl Engine {
         } else {
             HashMap::new()
         };
-        Engine { policy, keys, date_shift_prefix: String::new(), patient_links }
+        let mut wanted = Wanted::default();
+        for rule in &policy.rules {
+            if let Some((name, by_type, _)) = fast_path(&rule.path) {
+                if by_type { &mut wanted.types } else { &mut wanted.names }.insert(name.to_string());
+            }
+        }
+        Engine { policy, keys, date_shift_prefix: String::new(), patient_links, wanted }
     }
 
     /// The date-shift prefix for the `file` and `folder` scopes: the input
@@ -198,18 +206,33 @@ impl Engine {
     }
 
     fn run(&self, doc: &mut Json, stats: &mut Stats) -> Result<(), DeidError> {
-        crate::shape::normalize_arrays(doc);
-        // Resource nodes in pre-order, found once: edits never move them.
-        let resources = resource_nodes(doc);
+        // Nodes an earlier rule processed: bits per index for the resource at
+        // hand, and locations for what crosses indexes (an outer rule reaching
+        // into a nested resource, a subtree reshaped by substitute).
         let mut visited: HashSet<Location> = HashSet::default();
-        let mut records = vec![Records::default(); resources.len()];
-        for (ri, (loc, ty, _)) in resources.iter().enumerate() {
-            let Some(mut index) = Index::build(doc, loc) else { continue };
+        // Resource nodes in pre-order: (location, type, in `contained`, enclosing resource).
+        let mut resources: Vec<(Location, &'static str, bool, Option<usize>)> = Vec::new();
+        let mut records: Vec<Records> = Vec::new();
+        let mut pending = vec![(Location::default(), false, None)];
+        while let Some((loc, contained, parent)) = pending.pop() {
+            let Some(mut index) = Index::build(doc, &loc, &self.wanted) else { continue };
+            if index.needs_arrays {
+                crate::shape::normalize_arrays(doc);
+                index = Index::build(doc, &loc, &self.wanted).expect("the resource is still there");
+            }
+            let ri = resources.len();
+            let ty = index.entries[0].ty;
+            resources.push((loc.clone(), ty, contained, parent));
+            records.push(Records::default());
+            // Its nested resources come next, in document order.
+            let nested: Vec<_> = index.entries.iter().filter(|e| e.nested_resource).map(|e| (e.loc.clone(), e.name == "contained", Some(ri))).collect();
+            pending.extend(nested.into_iter().rev());
+
             // Read before any rule runs, so hashing ids cannot change it.
             let prefix = if self.patient_links.is_empty() {
                 self.date_shift_prefix.clone()
             } else {
-                self.patient_of(doc, loc, ty).unwrap_or_default()
+                self.patient_of(doc, &loc, ty).unwrap_or_default()
             };
             for rule in self.policy.rules.iter().filter(|r| applies(r, ty)) {
                 if let Method::Unknown(m) = &rule.method {
@@ -219,10 +242,10 @@ impl Engine {
                         reason: format!("Anonymization method {} not supported.", m.to_uppercase()),
                     });
                 }
-                let matches = self.matches(doc, &index, loc, rule)?;
+                let matches = self.matches(doc, &index, &loc, rule)?;
                 let mut restructured = false;
                 for target in matches {
-                    let outcome = self.process(doc, &index, target, rule, &prefix, &mut visited)?;
+                    let outcome = self.process(doc, &mut index, target, rule, &prefix, &mut visited)?;
                     records[ri].add(outcome.records);
                     restructured |= outcome.restructured;
                     if outcome.changed > 0 {
@@ -230,24 +253,26 @@ impl Engine {
                     }
                 }
                 if restructured {
-                    // substitute reshaped a subtree: later rules see the new tree.
-                    index = Index::build(doc, loc).expect("the resource is still there");
+                    // substitute reshaped a subtree: later rules see the new
+                    // tree, and what was visited stays visited by location.
+                    remember_visited(&index, &mut visited);
+                    index = Index::build(doc, &loc, &self.wanted).expect("the resource is still there");
                 }
             }
         }
         // Nested results roll up into the resources that contain them (§4.9).
         for i in (1..resources.len()).rev() {
-            let parent = (0..i).rev().find(|&p| resources[i].0.steps().starts_with(resources[p].0.steps()));
-            if let Some(p) = parent {
+            if let Some(p) = resources[i].3 {
                 let r = records[i];
                 records[p].add(r);
             }
         }
-        for (i, (loc, _, contained)) in resources.iter().enumerate() {
-            if !*contained && !records[i].is_empty()
-                && let Some(resource) = loc.get_mut(doc).and_then(Json::as_object_mut) {
+        for (i, (loc, _, contained, _)) in resources.iter().enumerate() {
+            if !*contained && !records[i].is_empty() {
+                if let Some(resource) = loc.get_mut(doc).and_then(Json::as_object_mut) {
                     add_labels(resource, records[i]);
                 }
+            }
         }
         prune(doc);
         Ok(())
@@ -258,7 +283,7 @@ impl Engine {
     fn matches(&self, doc: &Json, index: &Index, loc: &Location, rule: &Rule) -> Result<Vec<Target>, DeidError> {
         if let Some((wanted, by_type, child)) = fast_path(&rule.path) {
             let mut out = Vec::new();
-            for i in index.by_type_or_name(wanted, by_type) {
+            for &i in index.by_type_or_name(wanted, by_type) {
                 match child {
                     None => out.push(Target::Indexed(i)),
                     Some(name) if !index.entries[i].nested_resource => {
@@ -295,31 +320,56 @@ impl Engine {
     fn process(
         &self,
         doc: &mut Json,
-        index: &Index,
+        index: &mut Index,
         target: Target,
         rule: &Rule,
         prefix: &str,
         visited: &mut HashSet<Location>,
     ) -> Result<methods::Applied, DeidError> {
-        let own;
-        let (index, start) = match target {
-            Target::Indexed(i) => (index, i),
+        let start = match target {
+            Target::Indexed(i) => i,
             Target::Elsewhere(loc) => {
-                own = match Index::build(doc, &loc) {
+                // A node inside a nested resource, reached by an outer rule:
+                // its marks must outlive this index, so they go by location.
+                let mut own = match Index::build_subtree(doc, &loc, &self.wanted) {
                     Some(idx) => idx,
                     None => return Ok(methods::Applied::default()),
                 };
-                (&own, 0)
+                let applied = self.process_range(doc, &mut own, 0, rule, prefix, visited)?;
+                remember_visited(&own, visited);
+                return Ok(applied);
             }
         };
+        self.process_range(doc, index, start, rule, prefix, visited)
+    }
+
+    fn process_range(
+        &self,
+        doc: &mut Json,
+        index: &mut Index,
+        start: usize,
+        rule: &Rule,
+        prefix: &str,
+        visited: &mut HashSet<Location>,
+    ) -> Result<methods::Applied, DeidError> {
         let mut applied = methods::Applied::default();
         let end = index.entries[start].end;
+        let check_global = !visited.is_empty();
         let mut j = start;
         while j < end {
             let entry = &index.entries[j];
-            if visited.contains(&entry.loc) || (j != start && entry.nested_resource) {
+            let seen = index.visited[j] || (check_global && visited.contains(&entry.loc));
+            if seen || (j != start && entry.nested_resource) {
                 j = entry.end;
                 continue;
+            }
+            if matches!(rule.method, Method::Substitute { .. } | Method::Perturb { .. }) {
+                // These look at what earlier rules did below the node.
+                for k in j..entry.end {
+                    if index.visited[k] {
+                        visited.insert(index.entries[k].loc.clone());
+                    }
+                }
             }
             let parent_ty = index.entries.get(entry.parent).map_or("", |p| p.ty);
             let outcome = methods::apply(&rule.method, doc, entry, parent_ty, &self.keys, prefix, &self.policy.parameters, visited)
@@ -332,7 +382,7 @@ impl Engine {
                         reason,
                     },
                 })?;
-            visited.insert(entry.loc.clone());
+            index.visited[j] = true;
             if !outcome.records.is_empty() {
                 applied.changed += 1;
             }
@@ -340,16 +390,26 @@ impl Engine {
             match outcome.outcome {
                 Outcome::Continue => j += 1,
                 Outcome::SubtreeDone { restructured } => {
-                    // The method handled the whole subtree and marked it visited.
+                    // The method handled the whole subtree, which is now visited.
                     applied.restructured |= restructured;
-                    for e in &index.entries[j + 1..entry.end] {
-                        visited.insert(e.loc.clone());
+                    let subtree_end = index.entries[j].end;
+                    for v in &mut index.visited[j + 1..subtree_end] {
+                        *v = true;
                     }
-                    j = entry.end;
+                    j = subtree_end;
                 }
             }
         }
         Ok(applied)
+    }
+}
+
+/// Carries an index's visited marks over to the location set.
+fn remember_visited(index: &Index, visited: &mut HashSet<Location>) {
+    for (e, seen) in index.entries.iter().zip(&index.visited) {
+        if *seen {
+            visited.insert(e.loc.clone());
+        }
     }
 }
 
@@ -442,26 +502,6 @@ fn fast_path(path: &str) -> Option<(&str, bool, Option<&str>)> {
             (!field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric())).then_some((wanted, by_type, Some(field)))
         }
     }
-}
-
-/// Every resource node of the document in pre-order: (location, type,
-/// whether it sits in `contained`).
-fn resource_nodes(doc: &Json) -> Vec<(Location, &'static str, bool)> {
-    let root = node_at(doc, &Location::default()).expect("the root");
-    let mut out = vec![(Location::default(), root.fhir_type(), false)];
-    let mut stack = root.children();
-    stack.reverse();
-    while let Some(n) = stack.pop() {
-        if n.is_resource() {
-            let loc = n.location();
-            let contained = matches!(loc.steps(), [.., PathStep::Key(k), PathStep::Index(_)] if k == "contained");
-            out.push((loc, n.fhir_type(), contained));
-        }
-        let mut kids = n.children();
-        kids.reverse();
-        stack.extend(kids);
-    }
-    out
 }
 
 fn label(r: Records) -> Json {

@@ -281,7 +281,7 @@ fn substitute(doc: &mut Json, entry: &Entry, replace_with: &Json, visited: &mut 
     };
     merge(doc, &entry.loc, &replacement, visited);
     // Everything under the substituted node, new nodes included, is now visited.
-    if let Some(idx) = Index::build(doc, &entry.loc) {
+    if let Some(idx) = Index::build_subtree(doc, &entry.loc, &Default::default()) {
         visited.extend(idx.entries.into_iter().map(|e| e.loc));
     }
     Ok(MethodResult { records: Records::SUBSTITUTE, outcome: Outcome::SubtreeDone { restructured: true } })
