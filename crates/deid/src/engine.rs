@@ -133,6 +133,54 @@ pub struct Engine {
     patient_links: HashMap<&'static str, Vec<veil_fhirpath::Expression>>,
     /// The types and names the fast-path rules look up.
     wanted: Wanted,
+    /// How each rule (by position) finds its nodes.
+    plans: Vec<Plan>,
+}
+
+/// How a rule finds its nodes, decided once per policy.
+#[derive(Clone)]
+enum Plan {
+    /// `nodesByType('X')[.field]` / `nodesByName('x')[.field]`: the index's buckets.
+    Fast { wanted: String, by_type: bool, child: Option<String> },
+    /// A plain path of element names (`name.given`, `id`) that the R4 model
+    /// resolves from the rule's resource type: walked in the index, which is
+    /// what FHIRPath would return, without evaluating it.
+    Chain(Vec<String>),
+    /// The resource itself (`"path": "Patient"`).
+    Resource,
+    /// Anything else: FHIRPath.
+    Expression,
+}
+
+fn plan_for(rule: &Rule) -> Plan {
+    if let Some((wanted, by_type, child)) = fast_path(&rule.path) {
+        return Plan::Fast { wanted: wanted.to_string(), by_type, child: child.map(str::to_string) };
+    }
+    let Some(expr) = &rule.expression else { return Plan::Resource };
+    let src = expr.source();
+    let steps: Vec<&str> = src.split('.').collect();
+    let plain = steps.iter().all(|s| {
+        s.starts_with(|c: char| c.is_ascii_lowercase()) && s.chars().all(|c| c.is_ascii_alphanumeric())
+    });
+    if !plain {
+        return Plan::Expression;
+    }
+    let model = veil_fhir::r4();
+    let mut owner: &str = match rule.resource_type.as_str() {
+        "" => return Plan::Expression,
+        t => t,
+    };
+    for (i, step) in steps.iter().enumerate() {
+        // Only names the model defines (no choice variants), never through a
+        // nested resource (`contained.id` would need FHIRPath's walk into it).
+        let Some(el) = model.child(owner, step) else { return Plan::Expression };
+        let last = i + 1 == steps.len();
+        if el.types.contains(&"Resource") || (el.is_choice() && !last) {
+            return Plan::Expression;
+        }
+        owner = el.children_owner(el.types[0]);
+    }
+    Plan::Chain(steps.iter().map(|s| s.to_string()).collect())
 }
 
 impl Engine {
@@ -151,7 +199,8 @@ impl Engine {
                 if by_type { &mut wanted.types } else { &mut wanted.names }.insert(name.to_string());
             }
         }
-        Engine { policy, keys, date_shift_prefix: String::new(), patient_links, wanted }
+        let plans = policy.rules.iter().map(plan_for).collect();
+        Engine { policy, keys, date_shift_prefix: String::new(), patient_links, wanted, plans }
     }
 
     /// The date-shift prefix for the `file` and `folder` scopes: the input
@@ -281,18 +330,32 @@ impl Engine {
     /// The nodes a rule selects in one resource (§4.2): the fast paths over
     /// the index, the resource itself, or the expression's node results.
     fn matches(&self, doc: &Json, index: &Index, loc: &Location, rule: &Rule) -> Result<Vec<Target>, DeidError> {
-        if let Some((wanted, by_type, child)) = fast_path(&rule.path) {
-            let mut out = Vec::new();
-            for &i in index.by_type_or_name(wanted, by_type) {
-                match child {
-                    None => out.push(Target::Indexed(i)),
-                    Some(name) if !index.entries[i].nested_resource => {
-                        out.extend(index.children_named(i, name).into_iter().map(Target::Indexed));
+        match &self.plans[rule.index] {
+            Plan::Fast { wanted, by_type, child } => {
+                let mut out = Vec::new();
+                for &i in index.by_type_or_name(wanted, *by_type) {
+                    match child {
+                        None => out.push(Target::Indexed(i)),
+                        Some(name) if !index.entries[i].nested_resource => {
+                            out.extend(index.children_named(i, name).into_iter().map(Target::Indexed));
+                        }
+                        Some(_) => {} // a field of a nested resource: left to that resource's own rules
                     }
-                    Some(_) => {} // a field of a nested resource: left to that resource's own rules
                 }
+                return Ok(out);
             }
-            return Ok(out);
+            Plan::Chain(steps) => {
+                let mut current = vec![0];
+                for step in steps {
+                    current = current.into_iter().flat_map(|i| index.children_named(i, step)).collect();
+                    // Names the model does not know under a known type are
+                    // not FHIRPath nodes (FHIRPath would find nothing there).
+                    current.retain(|&i| !index.entries[i].ty.is_empty() || index.entries[i].nested_resource);
+                }
+                return Ok(current.into_iter().map(Target::Indexed).collect());
+            }
+            Plan::Resource => return Ok(vec![Target::Indexed(0)]),
+            Plan::Expression => {}
         }
         let Some(expr) = &rule.expression else { return Ok(vec![Target::Indexed(0)]) };
         let focus = node_at(doc, loc).expect("the resource is still there");
@@ -563,12 +626,13 @@ pub(crate) fn prune(v: &mut Json) {
                 prune(child);
             }
             // Arrays paired with a `_` companion array lose their positions together.
-            let paired: Vec<String> = map
+            let has_companions = map.keys().any(|k| k.starts_with('_'));
+            let paired: Vec<String> = if !has_companions { Vec::new() } else { map
                 .iter()
                 .filter(|(k, v)| !k.starts_with('_') && v.is_array())
                 .filter(|(k, _)| map.get(&format!("_{k}")).is_some_and(Json::is_array))
                 .map(|(k, _)| k.clone())
-                .collect();
+                .collect() };
             for k in paired {
                 let companion = format!("_{k}");
                 let Some(Json::Array(ext)) = map.shift_remove(&companion) else { continue };
@@ -609,5 +673,61 @@ fn is_empty(v: &Json) -> bool {
         Json::Object(m) => m.is_empty(),
         Json::Array(a) => a.iter().all(is_empty),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every rule the Safe Harbor policy resolves through the index
+    /// (`Plan::Chain`) selects exactly what FHIRPath selects, on the bundled
+    /// Synthea resources.
+    #[test]
+    fn index_plans_agree_with_fhirpath() {
+        use std::io::Read;
+        let engine = Engine::new(Policy::safe_harbor());
+        let chains = engine.plans.iter().filter(|p| matches!(p, Plan::Chain(_))).count();
+        assert!(chains > 100, "{chains} rules use the index walk");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/synthea-r4-100.tar.gz");
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()));
+        let mut checked = 0;
+        for entry in archive.entries().unwrap().take(12) {
+            let mut text = String::new();
+            entry.unwrap().read_to_string(&mut text).unwrap();
+            let bundle: Json = serde_json::from_str(&text).unwrap();
+            for e in bundle["entry"].as_array().into_iter().flatten() {
+                let doc = e["resource"].clone();
+                let index = Index::build(&doc, &Location::default(), &engine.wanted).unwrap();
+                let ty = index.entries[0].ty;
+                for rule in engine.policy.rules.iter().filter(|r| applies(r, ty)) {
+                    if !matches!(engine.plans[rule.index], Plan::Chain(_)) {
+                        continue;
+                    }
+                    let by_index: Vec<String> = engine
+                        .matches(&doc, &index, &Location::default(), rule)
+                        .unwrap()
+                        .into_iter()
+                        .map(|t| match t {
+                            Target::Indexed(i) => index.entries[i].loc.to_string(),
+                            Target::Elsewhere(l) => l.to_string(),
+                        })
+                        .collect();
+                    let ctx = Context::new(&doc);
+                    let by_fhirpath: Vec<String> = rule
+                        .expression
+                        .as_ref()
+                        .unwrap()
+                        .evaluate_with(&ctx)
+                        .unwrap()
+                        .iter()
+                        .filter_map(|i| i.as_node().map(|n| n.location().to_string()))
+                        .collect();
+                    assert_eq!(by_index, by_fhirpath, "rule {} ({}) on {ty}", rule.index, rule.path);
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked} comparisons");
     }
 }
