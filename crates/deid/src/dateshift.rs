@@ -8,8 +8,19 @@ use veil_fhir::calendar::{civil_from_days, days_from_civil};
 /// `prefix + key`. Not a secret-keyed hash, but the anonymizer's; kept
 /// byte-for-byte so that outputs match.
 pub(crate) fn offset_days(prefix: &str, key: &str) -> i64 {
-    let o = prefix.bytes().chain(key.bytes()).fold(0i64, |o, b| (o * 131 + b as i64) % 101);
-    o - 50
+    // One resource shifts many dates with the same prefix: remember the last.
+    thread_local! {
+        static LAST: std::cell::RefCell<(String, String, i64)> = const { std::cell::RefCell::new((String::new(), String::new(), 0)) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 == prefix && last.1 == key && !(prefix.is_empty() && key.is_empty()) {
+            return last.2;
+        }
+        let o = prefix.bytes().chain(key.bytes()).fold(0i64, |o, b| (o * 131 + b as i64) % 101) - 50;
+        *last = (prefix.to_string(), key.to_string(), o);
+        o
+    })
 }
 
 /// A date or date-time as written, split into its parts.

@@ -135,6 +135,8 @@ pub struct Engine {
     wanted: Wanted,
     /// How each rule (by position) finds its nodes.
     plans: Vec<Plan>,
+    /// The rules that apply to each resource type, in order (filled as types are met).
+    applicable: std::sync::Arc<std::sync::RwLock<HashMap<&'static str, std::sync::Arc<Vec<usize>>>>>,
 }
 
 /// How a rule finds its nodes, decided once per policy.
@@ -200,7 +202,7 @@ impl Engine {
             }
         }
         let plans = policy.rules.iter().map(plan_for).collect();
-        Engine { policy, keys, date_shift_prefix: String::new(), patient_links, wanted, plans }
+        Engine { policy, keys, date_shift_prefix: String::new(), patient_links, wanted, plans, applicable: Default::default() }
     }
 
     /// The date-shift prefix for the `file` and `folder` scopes: the input
@@ -283,7 +285,8 @@ impl Engine {
             } else {
                 self.patient_of(doc, &loc, ty).unwrap_or_default()
             };
-            for rule in self.policy.rules.iter().filter(|r| applies(r, ty)) {
+            for &ri_rule in self.rules_for(ty).iter() {
+                let rule = &self.policy.rules[ri_rule];
                 if let Method::Unknown(m) = &rule.method {
                     return Err(DeidError::Rule {
                         index: rule.index,
@@ -477,6 +480,19 @@ fn remember_visited(index: &Index, visited: &mut HashSet<Location>) {
 }
 
 impl Engine {
+    /// The rules scoped to a resource type, computed once per type.
+    fn rules_for(&self, ty: &'static str) -> std::sync::Arc<Vec<usize>> {
+        if let Some(r) = self.applicable.read().ok().and_then(|m| m.get(ty).cloned()) {
+            return r;
+        }
+        let list: std::sync::Arc<Vec<usize>> =
+            std::sync::Arc::new(self.policy.rules.iter().filter(|r| applies(r, ty)).map(|r| r.index).collect());
+        if let Ok(mut m) = self.applicable.write() {
+            m.insert(ty, list.clone());
+        }
+        list
+    }
+
     /// The id of the patient a resource belongs to, through the R4 Patient
     /// compartment: its own id for a Patient, else the first `Patient/…` (or
     /// `urn:uuid:…`, as in transaction Bundles) reference among the

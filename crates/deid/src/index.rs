@@ -62,9 +62,13 @@ fn key_step(key: &str) -> PathStep {
 }
 
 fn child_loc(parent: &Location, key: &str, index: Option<usize>) -> Location {
+    child_loc_step(parent, key_step(key), index)
+}
+
+fn child_loc_step(parent: &Location, step: PathStep, index: Option<usize>) -> Location {
     let mut steps = Vec::with_capacity(parent.steps().len() + 2);
     steps.extend_from_slice(parent.steps());
-    steps.push(key_step(key));
+    steps.push(step);
     if let Some(i) = index {
         steps.push(PathStep::Index(i));
     }
@@ -113,6 +117,11 @@ impl Builder<'_> {
                 None => (Cow::Owned(name.to_string()), "", "", false),
             };
             let companion = if may_have_companions { obj.get(&format!("_{name}")) } else { None };
+            // The model's own copy of the key when the key is the element's name.
+            let step = || match &el_name {
+                Cow::Borrowed(n) if *n == name => PathStep::Key(Cow::Borrowed(*n)),
+                _ => key_step(name),
+            };
             match value {
                 Some(Json::Array(items)) => {
                     let ext = companion.and_then(Json::as_array);
@@ -121,7 +130,7 @@ impl Builder<'_> {
                         if item.is_null() && ext_item.is_none() {
                             continue;
                         }
-                        let item_loc = child_loc(loc, name, Some(i));
+                        let item_loc = child_loc_step(loc, step(), Some(i));
                         let ext_loc = ext_item.map(|_| child_loc(loc, &format!("_{name}"), Some(i)));
                         self.node(item, ext_item, ext_loc, item_loc, el_name.clone(), ty, child_owner, parent);
                     }
@@ -132,7 +141,8 @@ impl Builder<'_> {
                     }
                     let ext = companion.filter(|e| e.is_object());
                     let ext_loc = ext.map(|_| child_loc(loc, &format!("_{name}"), None));
-                    self.node(v, ext, ext_loc, child_loc(loc, name, None), el_name, ty, child_owner, parent);
+                    let item_loc = child_loc_step(loc, step(), None);
+                    self.node(v, ext, ext_loc, item_loc, el_name, ty, child_owner, parent);
                 }
                 None => {
                     // Only a companion: a primitive with an id or extensions and no value.
