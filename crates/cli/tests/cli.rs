@@ -114,3 +114,162 @@ fn demo_runs_on_the_bundled_sample() {
     assert!(cols[1].parse::<usize>().unwrap() >= 100, "{names}");
     assert!(names.ends_with("Patient.name[0]"), "{names}");
 }
+
+// ---- veil deid ----------------------------------------------------------
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("veil-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.0.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+    fn files(&self, rel: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.0.join(rel))
+            .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const POLICY: &str = r#"{"fhirVersion": "R4", "fhirPathRules": [
+  {"path": "Resource.id", "method": "cryptoHash"},
+  {"path": "nodesByType('HumanName')", "method": "redact"},
+  {"path": "nodesByType('date')", "method": "dateShift"}
+], "parameters": {"dateShiftKey": "k1", "cryptoHashKey": "k2"}}"#;
+
+fn patient_line(id: &str, family: &str) -> String {
+    format!(r#"{{"resourceType":"Patient","id":"{id}","name":[{{"family":"{family}"}}],"birthDate":"1980-04-02"}}"#)
+}
+
+#[test]
+fn deid_folders_like_the_microsoft_tool() {
+    let t = TempDir::new("folders");
+    let policy = t.write("policy.json", POLICY);
+    t.write("in/a.json", &patient_line("a", "Zebulon"));
+    t.write("in/sub/b.json", &patient_line("b", "Quincy"));
+    t.write("in/c.ndjson", &(patient_line("c", "Xavier") + "\n" + &patient_line("d", "Yolanda") + "\n"));
+    let p = |x: &str| t.0.join(x).to_string_lossy().into_owned();
+    let out = veil(&["deid", "-c", &p("policy.json"), "-i", &p("in"), "-o", &p("out"), "-r"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(t.files("out"), ["a.json", "sub"]);
+    let a: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(t.0.join("out/a.json")).unwrap()).unwrap();
+    assert!(a.get("name").is_none());
+    assert_ne!(a["id"], "a");
+    assert!(std::fs::read_to_string(t.0.join("out/a.json")).unwrap().contains("\n  \"resourceType\""), "pretty, as the Microsoft tool writes files");
+    // -b: NDJSON, one compact line per resource, input order kept.
+    let out = veil(&["deid", "-c", &p("policy.json"), "-i", &p("in"), "-o", &p("out"), "-b"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(t.0.join("out/c.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().all(|l| l["birthDate"] != "1980-04-02" && l.get("name").is_none()));
+    let err = text(&out.stderr);
+    assert!(err.contains("2 resources in, 2 out, 0 quarantined"), "{err}");
+    assert!(err.contains("nodes changed: cryptoHash 2, dateShift 2, redact 2"), "{err}");
+    // -s skips outputs that exist.
+    std::fs::write(t.0.join("out/c.ndjson"), "kept").unwrap();
+    let out = veil(&["deid", "-c", &p("policy.json"), "-i", &p("in"), "-o", &p("out"), "-b", "-s"], None);
+    assert!(out.status.success());
+    assert_eq!(std::fs::read_to_string(t.0.join("out/c.ndjson")).unwrap(), "kept");
+    // Input and output folders must differ.
+    let out = veil(&["deid", "-c", &p("policy.json"), "-i", &p("in"), "-o", &p("in")], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("Input and output folders are the same!"));
+    // Same keys, same output: the run is reproducible.
+    let again = veil(&["deid", "-c", policy.to_str().unwrap()], Some(&patient_line("a", "Zebulon")));
+    let once = veil(&["deid", "-c", policy.to_str().unwrap()], Some(&patient_line("a", "Zebulon")));
+    assert_eq!(again.stdout, once.stdout);
+}
+
+#[test]
+fn deid_bad_input_fails_cleanly_or_is_quarantined() {
+    let t = TempDir::new("bad");
+    let p = |x: &str| t.0.join(x).to_string_lossy().into_owned();
+    t.write("policy.json", POLICY);
+    let deep = "[".repeat(5000) + &"]".repeat(5000);
+    let bad = [
+        patient_line("a", "Zebulon"),
+        "{\"resourceType\": \"Patient\", \"name\": [{\"family\": \"Quincy\"".to_string(),
+        r#"{"resourceType": "DeviceComponent", "note": "Xavier"}"#.to_string(),
+        r#"{"not": "fhir", "who": "Yolanda"}"#.to_string(),
+        deep,
+        patient_line("b", "Wilhelmina"),
+    ]
+    .join("\n");
+    t.write("in/bad.ndjson", &bad);
+    // Without quarantine: the first bad line stops the file, no output is left.
+    let out = veil(&["deid", "-c", &p("policy.json"), "-i", &p("in"), "-o", &p("out"), "-b"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("bad.ndjson: line 2: not valid JSON"), "{err}");
+    assert!(t.files("out").is_empty(), "no partial or temporary file: {:?}", t.files("out"));
+    // With quarantine: the good lines go through, the bad ones are listed.
+    let out = veil(&["deid", "-c", &p("policy.json"), "-i", &p("in"), "-o", &p("out"), "-b", "--quarantine", &p("q.ndjson")], None);
+    assert_eq!(out.status.code(), Some(1), "finished, but not everything went through");
+    let written = std::fs::read_to_string(t.0.join("out/bad.ndjson")).unwrap();
+    assert_eq!(written.lines().count(), 2);
+    let q = std::fs::read_to_string(t.0.join("q.ndjson")).unwrap();
+    let lines: Vec<u64> = q.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["line"].as_u64().unwrap()).collect();
+    assert_eq!(lines, [2, 3, 4, 5]);
+    let err = text(&out.stderr);
+    for secret in ["Zebulon", "Quincy", "Xavier", "Yolanda", "Wilhelmina", "1980-04-02"] {
+        assert!(!err.contains(secret) && !q.contains(secret), "{secret} leaked: {err}\n{q}");
+    }
+    // An empty file gives an empty output; a broken JSON file is named with its line.
+    t.write("json/empty.ndjson", "");
+    let out = veil(&["deid", "-c", &p("policy.json"), &p("json/empty.ndjson"), "-o", &p("empty.out.ndjson")], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(t.0.join("empty.out.ndjson")).unwrap(), "");
+    t.write("json/broken.json", "{\n  \"resourceType\": \"Patient\",\n  \"name\": Zebulon\n}");
+    let out = veil(&["deid", "-c", &p("policy.json"), &p("json/broken.json"), "-o", &p("broken.out.json")], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("broken.json: not valid JSON at line 3"), "{err}");
+    assert!(!err.contains("Zebulon"));
+    assert!(!t.0.join("broken.out.json").exists());
+}
+
+#[test]
+fn deid_a_fifty_megabyte_line() {
+    let t = TempDir::new("big");
+    let p = |x: &str| t.0.join(x).to_string_lossy().into_owned();
+    let big = format!(
+        r#"{{"resourceType":"Patient","id":"x","text":{{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\">{}</div>"}},"gender":"female"}}"#,
+        "Zebulon ".repeat(50 << 17)
+    );
+    assert!(big.len() > 50 << 20);
+    t.write("big.ndjson", &(big + "\n"));
+    let out = veil(&["deid", "-c", "safe-harbor", &p("big.ndjson"), "-o", &p("out.ndjson")], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let written = std::fs::read_to_string(t.0.join("out.ndjson")).unwrap();
+    assert!(written.len() < 2000 && !written.contains("Zebulon"), "the narrative is redacted");
+    assert!(text(&out.stderr).contains("random key"), "empty keys are announced");
+}
+
+#[test]
+fn deid_invalid_policy_names_the_rule() {
+    let t = TempDir::new("policy");
+    let p = t.write("p.json", r#"{"fhirPathRules": [{"path": "Patient.name", "method": "redact"}, {"path": "Patient.x", "method": "perturb", "span": -1}]}"#);
+    let out = veil(&["deid", "-c", p.to_str().unwrap()], Some(""));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("rule 1 (path \"Patient.x\"): Span value is invalid at Patient.x."), "{}", text(&out.stderr));
+}

@@ -164,6 +164,11 @@ pub struct Policy {
     /// Veil's extension (`"veil": {"onError": "quarantine"}`): leave a
     /// failing resource out with a reason instead of failing the whole input.
     pub quarantine: bool,
+    /// Veil's extension (`"veil": {"exactDateShift": true}`): reproduce the
+    /// anonymizer's offsets exactly, including the zero offset that one
+    /// prefix in 101 gets (and which leaves its dates unchanged). Off by
+    /// default: Veil shifts those by 51 days instead.
+    pub exact_date_shift: bool,
 }
 
 /// Looks a key up the way Newtonsoft binds typed properties: exact name
@@ -295,6 +300,11 @@ impl Policy {
             Some(Json::String(s)) if s.eq_ignore_ascii_case("fail") => false,
             Some(_) => return Err(ConfigError::Setting("veil.onError must be \"fail\" or \"quarantine\"".into())),
         };
+        let exact_date_shift = match get_ci(&top, "veil").and_then(|v| v.get("exactDateShift")) {
+            None | Some(Json::Null) => false,
+            Some(Json::Bool(b)) => *b,
+            Some(_) => return Err(ConfigError::Setting("veil.exactDateShift must be true or false".into())),
+        };
         for (name, key) in [
             ("dateShiftKey", &parameters.date_shift_key),
             ("cryptoHashKey", &parameters.crypto_hash_key),
@@ -316,7 +326,7 @@ impl Policy {
                 )));
             }
         }
-        Ok(Policy { processing_errors, rules, parameters, warnings, quarantine })
+        Ok(Policy { processing_errors, rules, parameters, warnings, quarantine, exact_date_shift })
     }
 }
 

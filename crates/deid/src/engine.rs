@@ -189,7 +189,8 @@ impl Engine {
     /// Prepares a policy. Missing keys become random ones, as in the
     /// anonymizer: outputs then differ from run to run.
     pub fn new(policy: Policy) -> Engine {
-        let keys = Keys::from_parameters(&policy.parameters);
+        let mut keys = Keys::from_parameters(&policy.parameters);
+        keys.exact_date_shift = policy.exact_date_shift;
         let patient_links = if policy.parameters.date_shift_scope == Some(DateShiftScope::Patient) {
             patient_links()
         } else {

@@ -21,6 +21,8 @@ pub(crate) struct Keys {
     pub encrypt: Vec<u8>,
     pub fixed_offset: Option<i64>,
     pub today: (i32, u32, u32),
+    /// Whether a computed offset of 0 stays 0 (the anonymizer) or becomes 51 (Veil).
+    pub exact_date_shift: bool,
 }
 
 /// 32 random hex characters, like the GUID the anonymizer generates.
@@ -42,6 +44,7 @@ impl Keys {
             encrypt: p.encrypt_key.clone().unwrap_or_else(process_key).into_bytes(),
             fixed_offset: p.date_shift_fixed_offset_in_days,
             today: today(),
+            exact_date_shift: false,
         }
     }
 }
@@ -136,7 +139,13 @@ pub(crate) fn apply(
                     } else {
                         prefix.to_string()
                     };
-                    dateshift::offset_days(&id, &keys.date)
+                    match dateshift::offset_days(&id, &keys.date) {
+                        // A zero shift would leave real dates in the output;
+                        // 51 is outside the anonymizer's range, so no other
+                        // prefix's dates are confused with these.
+                        0 if !keys.exact_date_shift => 51,
+                        n => n,
+                    }
                 }
             };
             match dateshift::shift(&text, days) {

@@ -149,3 +149,15 @@ fn errors_carry_no_values() {
     let err = e.anonymize(json!({"resourceType": "NotAResource", "x": "Zebulon"})).unwrap_err();
     assert!(!err.to_string().contains("Zebulon"), "{err}");
 }
+
+#[test]
+fn zero_date_shifts_are_avoided_unless_exactness_is_asked_for() {
+    // "d" hashed with key "k2", then folded with "k1", gives the anonymizer's offset 0.
+    let rules = r#"{"path": "Resource.id", "method": "cryptoHash"}, {"path": "nodesByType('date')", "method": "dateShift"}"#;
+    let doc = json!({"resourceType": "Patient", "id": "d", "birthDate": "1980-04-02"});
+    let veil = engine(rules, r#""dateShiftKey": "k1", "cryptoHashKey": "k2""#);
+    assert_eq!(run(&veil, doc.clone())["birthDate"], "1980-05-23", "shifted by 51 days");
+    let cfg = format!(r#"{{"fhirPathRules": [{rules}], "parameters": {{"dateShiftKey": "k1", "cryptoHashKey": "k2"}}, "veil": {{"exactDateShift": true}}}}"#);
+    let exact = Engine::new(Policy::parse(&cfg).unwrap());
+    assert_eq!(run(&exact, doc)["birthDate"], "1980-04-02", "the anonymizer's own result");
+}
