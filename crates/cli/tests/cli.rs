@@ -113,6 +113,11 @@ fn demo_runs_on_the_bundled_sample() {
     let cols: Vec<&str> = names.split_whitespace().collect();
     assert!(cols[1].parse::<usize>().unwrap() >= 100, "{names}");
     assert!(names.ends_with("Patient.name[0]"), "{names}");
+    // Then Safe Harbor over all of it, checked with FHIRPath.
+    assert!(stdout.contains("De-identified 38971 resources with the HIPAA Safe Harbor policy"), "{stdout}");
+    for kind in ["names", "street addresses and cities", "phone numbers and emails", "identifier values", "narratives"] {
+        assert!(stdout.contains(&format!("  {kind} left outside organizations: 0 ")), "{kind}: {stdout}");
+    }
 }
 
 // ---- veil deid ----------------------------------------------------------
