@@ -135,8 +135,8 @@ pub struct Engine {
     wanted: Wanted,
     /// How each rule (by position) finds its nodes.
     plans: Vec<Plan>,
-    /// The rules that apply to each resource type, in order (filled as types are met).
-    applicable: std::sync::Arc<std::sync::RwLock<HashMap<&'static str, std::sync::Arc<Vec<usize>>>>>,
+    /// The rules that apply to each resource type, in order.
+    applicable: HashMap<&'static str, Vec<usize>>,
 }
 
 /// How a rule finds its nodes, decided once per policy.
@@ -203,7 +203,11 @@ impl Engine {
             }
         }
         let plans = policy.rules.iter().map(plan_for).collect();
-        Engine { policy, keys, date_shift_prefix: String::new(), patient_links, wanted, plans, applicable: Default::default() }
+        let applicable = veil_fhir::r4()
+            .resource_types()
+            .map(|ty| (ty, policy.rules.iter().filter(|r| applies(r, ty)).map(|r| r.index).collect()))
+            .collect();
+        Engine { policy, keys, date_shift_prefix: String::new(), patient_links, wanted, plans, applicable }
     }
 
     /// The date-shift prefix for the `file` and `folder` scopes: the input
@@ -268,6 +272,11 @@ impl Engine {
         let mut pending = vec![(Location::default(), false, None)];
         while let Some((loc, contained, parent)) = pending.pop() {
             let Some(mut index) = Index::build(doc, &loc, &self.wanted) else { continue };
+            if let Some(at) = &index.unknown {
+                // The element's name is FHIR structure, not patient data.
+                let ty = index.entries[0].ty;
+                return Err(DeidError::Input(format!("{ty}.{at}: not an element of FHIR R4")));
+            }
             if index.needs_arrays {
                 crate::shape::normalize_arrays(doc);
                 index = Index::build(doc, &loc, &self.wanted).expect("the resource is still there");
@@ -286,7 +295,7 @@ impl Engine {
             } else {
                 self.patient_of(doc, &loc, ty).unwrap_or_default()
             };
-            for &ri_rule in self.rules_for(ty).iter() {
+            for &ri_rule in self.applicable.get(ty).map_or(&[][..], Vec::as_slice) {
                 let rule = &self.policy.rules[ri_rule];
                 if let Method::Unknown(m) = &rule.method {
                     return Err(DeidError::Rule {
@@ -321,11 +330,10 @@ impl Engine {
             }
         }
         for (i, (loc, _, contained, _)) in resources.iter().enumerate() {
-            if !*contained && !records[i].is_empty() {
-                if let Some(resource) = loc.get_mut(doc).and_then(Json::as_object_mut) {
+            if !*contained && !records[i].is_empty()
+                && let Some(resource) = loc.get_mut(doc).and_then(Json::as_object_mut) {
                     add_labels(resource, records[i]);
                 }
-            }
         }
         prune(doc);
         Ok(())
@@ -481,19 +489,6 @@ fn remember_visited(index: &Index, visited: &mut HashSet<Location>) {
 }
 
 impl Engine {
-    /// The rules scoped to a resource type, computed once per type.
-    fn rules_for(&self, ty: &'static str) -> std::sync::Arc<Vec<usize>> {
-        if let Some(r) = self.applicable.read().ok().and_then(|m| m.get(ty).cloned()) {
-            return r;
-        }
-        let list: std::sync::Arc<Vec<usize>> =
-            std::sync::Arc::new(self.policy.rules.iter().filter(|r| applies(r, ty)).map(|r| r.index).collect());
-        if let Ok(mut m) = self.applicable.write() {
-            m.insert(ty, list.clone());
-        }
-        list
-    }
-
     /// The id of the patient a resource belongs to, through the R4 Patient
     /// compartment: its own id for a Patient, else the first `Patient/…` (or
     /// `urn:uuid:…`, as in transaction Bundles) reference among the

@@ -50,6 +50,8 @@ pub(crate) struct Index {
     by_name: FxHashMap<Cow<'static, str>, Vec<usize>>,
     /// Whether a repeating element was written as a single value.
     pub needs_arrays: bool,
+    /// The first property R4 does not define where it stands, if any.
+    pub unknown: Option<Location>,
     /// Built on first use: most resources only meet the fast paths.
     by_loc: OnceCell<FxHashMap<Location, usize>>,
 }
@@ -81,6 +83,7 @@ struct Builder<'w> {
     by_type: FxHashMap<&'static str, Vec<usize>>,
     by_name: FxHashMap<Cow<'static, str>, Vec<usize>>,
     needs_arrays: bool,
+    unknown: Option<Location>,
 }
 
 impl Builder<'_> {
@@ -112,6 +115,11 @@ impl Builder<'_> {
                 None => (key.as_str(), Some(value)),
             };
             let found = if owner.is_empty() { None } else { r4().element_for_key(owner, name) };
+            if found.is_none() && !owner.is_empty() && self.unknown.is_none() {
+                // Not R4: the anonymizer refuses such input, and an untyped
+                // element would escape every nodesByType rule.
+                self.unknown = Some(child_loc(loc, key, None));
+            }
             let (el_name, ty, child_owner, repeats): (Cow<'static, str>, &'static str, &'static str, bool) = match found {
                 Some((el, t)) => (Cow::Borrowed(el.name), t, el.children_owner(t), el.repeats),
                 None => (Cow::Owned(name.to_string()), "", "", false),
@@ -167,11 +175,11 @@ impl Builder<'_> {
         owner: &'static str,
         parent: usize,
     ) {
-        let resource_type = value
-            .get("resourceType")
-            .and_then(Json::as_str)
-            .and_then(|t| r4().type_name(t))
-            .filter(|t| r4().is_resource_type(t));
+        let declared = value.get("resourceType").and_then(Json::as_str);
+        let resource_type = declared.and_then(|t| r4().type_name(t)).filter(|t| r4().is_resource_type(t));
+        if declared.is_some() && resource_type.is_none() && self.unknown.is_none() && ty == "Resource" {
+            self.unknown = Some(loc.clone());
+        }
         if let Some(rt) = resource_type {
             // A nested resource: a leaf here, processed in its own pass.
             let i = self.push(Entry { loc, ty: rt, name, parent, end: 0, nested_resource: true, primitive: false });
@@ -236,7 +244,7 @@ impl Index {
         let json = loc.get(doc)?;
         let obj = json.as_object()?;
         let rt = obj.get("resourceType").and_then(Json::as_str).and_then(|t| r4().type_name(t))?;
-        let mut b = Builder { entries: Vec::with_capacity(64), wanted, by_type: FxHashMap::default(), by_name: FxHashMap::default(), needs_arrays: false };
+        let mut b = Builder { entries: Vec::with_capacity(64), wanted, by_type: FxHashMap::default(), by_name: FxHashMap::default(), needs_arrays: false, unknown: None };
         b.push(Entry { loc: loc.clone(), ty: rt, name: Cow::Borrowed(rt), parent: usize::MAX, end: 0, nested_resource: false, primitive: false });
         b.object(obj, rt, loc, 0);
         let n = b.entries.len();
@@ -247,6 +255,7 @@ impl Index {
             by_type: b.by_type,
             by_name: b.by_name,
             needs_arrays: b.needs_arrays,
+            unknown: b.unknown,
             by_loc: OnceCell::new(),
         })
     }
@@ -259,7 +268,7 @@ impl Index {
         if json.get("resourceType").is_some() {
             return Index::build(doc, loc, wanted);
         }
-        let mut b = Builder { entries: Vec::new(), wanted, by_type: FxHashMap::default(), by_name: FxHashMap::default(), needs_arrays: false };
+        let mut b = Builder { entries: Vec::new(), wanted, by_type: FxHashMap::default(), by_name: FxHashMap::default(), needs_arrays: false, unknown: None };
         let ty = node.fhir_type();
         let owner = if ty.is_empty() { "" } else { r4().element_for_key(parent_owner(doc, loc)?, node.name()).map_or(ty, |(el, t)| el.children_owner(t)) };
         let name = Cow::Owned(node.name().to_string());
@@ -267,14 +276,14 @@ impl Index {
         let ext = ext_loc.as_ref().and_then(|l| l.get(doc)).filter(|e| e.is_object());
         b.node(json, ext, ext_loc.filter(|_| ext.is_some()), loc.clone(), name, ty, owner, usize::MAX);
         let n = b.entries.len();
-        Some(Index { visited: vec![false; n], entries: b.entries, by_type: b.by_type, by_name: b.by_name, needs_arrays: false, by_loc: OnceCell::new() })
+        Some(Index { visited: vec![false; n], entries: b.entries, by_type: b.by_type, by_name: b.by_name, needs_arrays: false, unknown: None, by_loc: OnceCell::new() })
     }
 
     pub fn position(&self, loc: &Location) -> Option<usize> {
         // A direct child of the resource (`Resource.id`, `Patient.name`) is
         // found among the first level without building the map.
-        if let Some(root) = self.entries.first() {
-            if loc.steps().len() <= root.loc.steps().len() + 2 && loc.steps().starts_with(root.loc.steps()) {
+        if let Some(root) = self.entries.first()
+            && loc.steps().len() <= root.loc.steps().len() + 2 && loc.steps().starts_with(root.loc.steps()) {
                 let mut j = 1;
                 while j < self.entries.len() {
                     if self.entries[j].loc == *loc {
@@ -283,7 +292,6 @@ impl Index {
                     j = self.entries[j].end;
                 }
             }
-        }
         self.by_loc
             .get_or_init(|| self.entries.iter().enumerate().map(|(i, e)| (e.loc.clone(), i)).collect())
             .get(loc)

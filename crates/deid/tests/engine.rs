@@ -161,3 +161,16 @@ fn zero_date_shifts_are_avoided_unless_exactness_is_asked_for() {
     let exact = Engine::new(Policy::parse(&cfg).unwrap());
     assert_eq!(run(&exact, doc)["birthDate"], "1980-04-02", "the anonymizer's own result");
 }
+
+#[test]
+fn input_that_is_not_r4_is_refused() {
+    let e = engine(r#"{"path": "nodesByType('HumanName')", "method": "redact"}"#, "");
+    // An STU3-only element: the anonymizer refuses it, and untyped it would escape every rule.
+    let err = e.anonymize(json!({"resourceType": "Account", "active": "Zebulon"})).unwrap_err();
+    assert_eq!(err.to_string(), "not a FHIR resource: Account.active: not an element of FHIR R4");
+    let err = e.anonymize(json!({"resourceType": "Patient", "name": [{"family": "F", "nickname": "Zebulon"}]})).unwrap_err();
+    assert!(err.to_string().contains("name[0].nickname"), "{err}");
+    let err = e.anonymize(json!({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "DeviceComponent"}}]})).unwrap_err();
+    assert!(err.to_string().contains("entry[0].resource"), "{err}");
+    assert!(e.anonymize(json!({"resourceType": "DeviceComponent"})).is_err());
+}
