@@ -63,7 +63,8 @@ fn key_step(key: &str) -> PathStep {
     })
 }
 
-fn child_loc(parent: &Location, key: &str, index: Option<usize>) -> Location {
+/// `parent` + `key` (+ `[index]`).
+pub(crate) fn child_loc(parent: &Location, key: &str, index: Option<usize>) -> Location {
     child_loc_step(parent, key_step(key), index)
 }
 
@@ -224,7 +225,7 @@ fn parent_owner(doc: &Json, loc: &Location) -> Option<&'static str> {
 }
 
 /// The `_name` companion location of a primitive's location.
-fn companion_of(loc: &Location) -> Option<Location> {
+pub(crate) fn companion_of(loc: &Location) -> Option<Location> {
     let mut steps = loc.steps().to_vec();
     let at = match steps.as_slice() {
         [.., PathStep::Key(_), PathStep::Index(_)] => steps.len() - 2,

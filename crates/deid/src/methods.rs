@@ -1,16 +1,17 @@
 //! The eight methods, each applied to one indexed node with the
 //! anonymizer's exact algorithm (ms-anonymizer.md §5).
 
-use rustc_hash::FxHashSet as HashSet;
 use std::sync::OnceLock;
+
+use rustc_hash::FxHashSet as HashSet;
 
 use rust_decimal::prelude::*;
 use serde_json::{Map, Value as Json};
-use veil_fhirpath::{Context, Item, Location, PathStep, Value, node_at};
+use veil_fhirpath::{Context, Item, Location, Value, node_at};
 
 use crate::config::{Method, Parameters, RangeType};
 use crate::engine::Records;
-use crate::index::{Entry, Index};
+use crate::index::{Entry, Index, child_loc, companion_of};
 use crate::{crypto, dateshift};
 
 /// Keys and clock for one engine.
@@ -247,20 +248,6 @@ fn redact_date(doc: &mut Json, entry: &Entry, text: &str, keys: &Keys, partial: 
 
 // ---- substitute ------------------------------------------------------------
 
-/// The `_name` companion location of a primitive's location.
-fn companion(loc: &Location) -> Option<Location> {
-    let mut steps = loc.steps().to_vec();
-    let key_at = match steps.as_slice() {
-        [.., PathStep::Key(_)] => steps.len() - 1,
-        [.., PathStep::Key(_), PathStep::Index(_)] => steps.len() - 2,
-        _ => return None,
-    };
-    if let PathStep::Key(k) = &steps[key_at] {
-        steps[key_at] = PathStep::Key(format!("_{k}").into());
-    }
-    Some(Location::from_steps(steps))
-}
-
 fn has_visited_within(loc: &Location, visited: &HashSet<Location>) -> bool {
     visited.iter().any(|v| v.steps().starts_with(loc.steps()))
 }
@@ -277,7 +264,7 @@ fn substitute(doc: &mut Json, entry: &Entry, replace_with: &Json, visited: &mut 
         };
         set(doc, &entry.loc, new);
         // The primitive's id and extensions go, unless an earlier rule touched them.
-        if let Some(c) = companion(&entry.loc)
+        if let Some(c) = companion_of(&entry.loc)
             && c.get(doc).is_some() && !has_visited_within(&c, visited) {
                 set(doc, &c, Json::Null);
             }
@@ -294,18 +281,6 @@ fn substitute(doc: &mut Json, entry: &Entry, replace_with: &Json, visited: &mut 
         visited.extend(idx.entries.into_iter().map(|e| e.loc));
     }
     Ok(MethodResult { records: Records::SUBSTITUTE, outcome: Outcome::SubtreeDone { restructured: true } })
-}
-
-fn child_loc(base: &Location, key: &str, index: Option<usize>) -> Location {
-    let mut steps = base.steps().to_vec();
-    steps.push(PathStep::Key(match veil_fhir::r4().json_key(key) {
-        Some(k) => k.into(),
-        None => key.to_string().into(),
-    }));
-    if let Some(i) = index {
-        steps.push(PathStep::Index(i));
-    }
-    Location::from_steps(steps)
 }
 
 /// The anonymizer's `SubstituteNode` (§5.5): positional merge by element
