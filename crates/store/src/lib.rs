@@ -1,0 +1,209 @@
+//! Where Veil keeps FHIR resources and export jobs: an embedded SQLite file
+//! by default, PostgreSQL at scale, behind one [`Store`] trait.
+//!
+//! Resources are kept as the JSON they were written with (their current
+//! version; a deletion leaves a tombstone, which Bulk Data's `deleted`
+//! output needs), with their Patient compartment and Group membership
+//! supplied by the caller, who knows the FHIR rules for them. Export jobs are
+//! durable: claimed with a lease by one worker at a time, renewed by
+//! heartbeat, and taken over by another worker when the lease lapses.
+//!
+//! * [`open`] chooses the implementation from a URL: `sqlite:veil.db`,
+//!   `sqlite::memory:`, `postgres://user@host/db`.
+//! * [`Store::put`] writes a batch in one transaction; [`Store::scan`]
+//!   streams what an export selects.
+//!
+//! ```
+//! let store = veil_store::open("sqlite::memory:")?;
+//! let body = r#"{"resourceType":"Patient","id":"p1"}"#;
+//! store.put(&[veil_store::Write { resource_type: "Patient", id: "p1", body, patients: &["p1".into()], group_members: None }])?;
+//! assert_eq!(store.get("Patient", "p1")?.unwrap().version, 1);
+//! # Ok::<(), veil_store::StoreError>(())
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod pg;
+mod sqlite;
+mod time;
+
+use std::collections::BTreeMap;
+
+pub use time::now_instant;
+
+/// A store failure. Messages name tables and operations, never resource content.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The URL names no known store (`sqlite:…`, `postgres://…`).
+    #[error("unknown store URL (expected sqlite:PATH, sqlite::memory: or postgres://…)")]
+    Url,
+    /// SQLite failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL failed.
+    #[error("postgres: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// A caller's callback failed.
+    #[error("{0}")]
+    Callback(String),
+}
+
+/// Shorthand.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One resource to write.
+#[derive(Debug, Clone, Copy)]
+pub struct Write<'a> {
+    /// `resourceType`.
+    pub resource_type: &'a str,
+    /// `id`.
+    pub id: &'a str,
+    /// The resource's JSON as it is to be stored.
+    pub body: &'a str,
+    /// The ids of the patients whose compartment it is in.
+    pub patients: &'a [String],
+    /// For a Group: the patient ids among its members (replacing earlier ones).
+    pub group_members: Option<&'a [String]>,
+}
+
+/// A stored resource (or a tombstone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// `resourceType`.
+    pub resource_type: String,
+    /// `id`.
+    pub id: String,
+    /// 1 for the first write, then one more per write or delete.
+    pub version: i64,
+    /// When it was last written, as a FHIR instant in UTC (`2026-11-22T17:40:00.123Z`).
+    pub last_updated: String,
+    /// Position in the store's change order.
+    pub seq: i64,
+    /// The JSON, or `None` once deleted.
+    pub body: Option<String>,
+}
+
+/// What a scan selects. Every field narrows the selection.
+#[derive(Debug, Clone, Default)]
+pub struct ScanFilter {
+    /// Only these resource types.
+    pub types: Option<Vec<String>>,
+    /// Only resources written after this instant (exclusive, `_since`).
+    pub since: Option<String>,
+    /// Only resources written at or before this instant (`_until`, the export's transaction time).
+    pub until: Option<String>,
+    /// Only resources in these patients' compartments.
+    pub patients: Option<Vec<String>>,
+    /// Tombstones instead of live resources.
+    pub deleted: bool,
+}
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// Waiting for a worker.
+    Queued,
+    /// A worker holds its lease.
+    Running,
+    /// Finished; its result is the manifest.
+    Completed,
+    /// Finished with an error.
+    Failed,
+    /// Cancelled by the client; the worker stops at its next heartbeat.
+    Cancelled,
+}
+
+impl JobState {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+    fn parse(s: &str) -> JobState {
+        match s {
+            "running" => JobState::Running,
+            "completed" => JobState::Completed,
+            "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
+            _ => JobState::Queued,
+        }
+    }
+}
+
+/// A durable job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// Its id (the status URL's last segment).
+    pub id: String,
+    /// The request, as JSON the caller defines.
+    pub request: String,
+    /// Where it stands.
+    pub state: JobState,
+    /// When it was created (the export's transaction time).
+    pub created: String,
+    /// Who holds the lease, while running.
+    pub lease_owner: Option<String>,
+    /// Until when.
+    pub lease_until: Option<String>,
+    /// How many times a worker claimed it.
+    pub attempts: i64,
+    /// Progress the worker last reported (JSON the caller defines).
+    pub progress: Option<String>,
+    /// The result once completed (the manifest).
+    pub result: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// Persistence, implemented for SQLite and PostgreSQL.
+pub trait Store: Send + Sync {
+    /// Creates or replaces resources, all in one transaction; each gets the
+    /// next version and the current time.
+    fn put(&self, writes: &[Write<'_>]) -> Result<Vec<Stored>>;
+    /// The current version of a resource, a tombstone included.
+    fn get(&self, resource_type: &str, id: &str) -> Result<Option<Stored>>;
+    /// Deletes a resource, leaving a tombstone; `None` if there was none.
+    fn delete(&self, resource_type: &str, id: &str) -> Result<Option<Stored>>;
+    /// Streams the selected resources in (type, id) order to `each`, which
+    /// returns `false` to stop early.
+    fn scan(&self, filter: &ScanFilter, each: &mut dyn FnMut(Stored) -> Result<bool>) -> Result<()>;
+    /// Live resources per type.
+    fn counts(&self) -> Result<BTreeMap<String, u64>>;
+    /// A Group's patient members, or `None` if no such Group was written.
+    fn group_members(&self, group_id: &str) -> Result<Option<Vec<String>>>;
+    /// Queues a new job.
+    fn create_job(&self, id: &str, request: &str) -> Result<Job>;
+    /// A job by id.
+    fn job(&self, id: &str) -> Result<Option<Job>>;
+    /// Takes the oldest queued job, or a running one whose lease lapsed,
+    /// for `lease_secs`; each job is given to one worker at a time.
+    fn claim_job(&self, owner: &str, lease_secs: i64) -> Result<Option<Job>>;
+    /// Renews the lease and records progress; `false` if the job is no
+    /// longer this worker's (cancelled, or taken over).
+    fn heartbeat(&self, id: &str, owner: &str, lease_secs: i64, progress: Option<&str>) -> Result<bool>;
+    /// Ends a job as completed (with its result) or failed (with its error);
+    /// `false` if the job is no longer this worker's.
+    fn finish_job(&self, id: &str, owner: &str, state: JobState, outcome: &str) -> Result<bool>;
+    /// Marks a job cancelled; `false` if there is no such job.
+    fn cancel_job(&self, id: &str) -> Result<bool>;
+    /// Forgets a job; `false` if there is no such job.
+    fn delete_job(&self, id: &str) -> Result<bool>;
+}
+
+/// Opens a store from a URL: `sqlite:PATH`, `sqlite::memory:`, or
+/// `postgres://…` / `postgresql://…` (with `?schema=NAME` to use a schema
+/// of its own). Tables are created when missing.
+pub fn open(url: &str) -> Result<Box<dyn Store>> {
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        return Ok(Box::new(sqlite::SqliteStore::open(path)?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Box::new(pg::PgStore::open(url)?));
+    }
+    Err(StoreError::Url)
+}

@@ -1,0 +1,284 @@
+//! PostgreSQL: the same tables as SQLite; jobs are claimed with
+//! `FOR UPDATE SKIP LOCKED`, so several `veil serve` processes can share the
+//! queue and each job runs once.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use postgres::{Client, NoTls, Row};
+
+use crate::sqlite::scan_sql;
+use crate::time::{instant_in, now_instant};
+use crate::{Job, JobState, Result, ScanFilter, Store, Stored, Write};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS resources (
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    last_updated TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    body TEXT,
+    PRIMARY KEY (type, id)
+);
+CREATE INDEX IF NOT EXISTS resources_updated ON resources (last_updated);
+CREATE TABLE IF NOT EXISTS compartment (
+    patient TEXT NOT NULL,
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (patient, type, id)
+);
+CREATE INDEX IF NOT EXISTS compartment_resource ON compartment (type, id);
+CREATE TABLE IF NOT EXISTS group_members (
+    group_id TEXT NOT NULL,
+    patient TEXT NOT NULL,
+    PRIMARY KEY (group_id, patient)
+);
+CREATE SEQUENCE IF NOT EXISTS resource_seq;
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    request TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created TEXT NOT NULL,
+    lease_owner TEXT,
+    lease_until TEXT,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    progress TEXT,
+    result TEXT,
+    error TEXT
+);
+";
+
+pub(crate) struct PgStore {
+    client: Mutex<Client>,
+}
+
+impl PgStore {
+    /// Connects; a `schema=NAME` query parameter (Veil's, not libpq's)
+    /// puts the tables in a schema of their own, created if missing.
+    pub fn open(url: &str) -> Result<PgStore> {
+        let (url, schema) = split_schema(url);
+        let mut client = Client::connect(&url, NoTls)?;
+        if let Some(schema) = &schema {
+            // The name is quoted as an identifier; it is configuration, not data.
+            let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
+            client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {quoted}; SET search_path TO {quoted}"))?;
+        }
+        // Concurrent first starts may race to create the same tables.
+        client.batch_execute("SELECT pg_advisory_lock(7357001)")?;
+        let created = client.batch_execute(SCHEMA);
+        client.batch_execute("SELECT pg_advisory_unlock(7357001)")?;
+        created?;
+        Ok(PgStore { client: Mutex::new(client) })
+    }
+
+    fn client(&self) -> std::sync::MutexGuard<'_, Client> {
+        self.client.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn split_schema(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else { return (url.to_string(), None) };
+    let mut schema = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.strip_prefix("schema=") {
+            Some(s) => {
+                schema = Some(s.to_string());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let url = if rest.is_empty() { base.to_string() } else { format!("{base}?{}", rest.join("&")) };
+    (url, schema)
+}
+
+fn stored(r: &Row) -> Stored {
+    Stored {
+        resource_type: r.get(0),
+        id: r.get(1),
+        version: r.get(2),
+        last_updated: r.get(3),
+        seq: r.get(4),
+        body: r.get(5),
+    }
+}
+
+fn job(r: &Row) -> Job {
+    Job {
+        id: r.get(0),
+        request: r.get(1),
+        state: JobState::parse(r.get(2)),
+        created: r.get(3),
+        lease_owner: r.get(4),
+        lease_until: r.get(5),
+        attempts: r.get(6),
+        progress: r.get(7),
+        result: r.get(8),
+        error: r.get(9),
+    }
+}
+
+const COLS: &str = "type, id, version, last_updated, seq, body";
+const JOB_COLS: &str = "id, request, state, created, lease_owner, lease_until, attempts, progress, result, error";
+
+impl Store for PgStore {
+    fn put(&self, writes: &[Write<'_>]) -> Result<Vec<Stored>> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        let now = now_instant();
+        let upsert = tx.prepare(
+            "INSERT INTO resources (type, id, version, last_updated, seq, body) VALUES ($1, $2, 1, $3, nextval('resource_seq'), $4)
+             ON CONFLICT (type, id) DO UPDATE SET version = resources.version + 1, last_updated = $3,
+                 seq = nextval('resource_seq'), body = $4
+             RETURNING version, seq",
+        )?;
+        let clear = tx.prepare("DELETE FROM compartment WHERE type = $1 AND id = $2")?;
+        let member = tx.prepare("INSERT INTO compartment (patient, type, id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")?;
+        let clear_group = tx.prepare("DELETE FROM group_members WHERE group_id = $1")?;
+        let group = tx.prepare("INSERT INTO group_members (group_id, patient) VALUES ($1, $2) ON CONFLICT DO NOTHING")?;
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            let row = tx.query_one(&upsert, &[&w.resource_type, &w.id, &now, &w.body])?;
+            tx.execute(&clear, &[&w.resource_type, &w.id])?;
+            for p in w.patients {
+                tx.execute(&member, &[p, &w.resource_type, &w.id])?;
+            }
+            if let Some(members) = w.group_members {
+                tx.execute(&clear_group, &[&w.id])?;
+                for p in members {
+                    tx.execute(&group, &[&w.id, p])?;
+                }
+            }
+            out.push(Stored {
+                resource_type: w.resource_type.to_string(),
+                id: w.id.to_string(),
+                version: row.get(0),
+                last_updated: now.clone(),
+                seq: row.get(1),
+                body: Some(w.body.to_string()),
+            });
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn get(&self, resource_type: &str, id: &str) -> Result<Option<Stored>> {
+        let mut client = self.client();
+        let sql = format!("SELECT {COLS} FROM resources WHERE type = $1 AND id = $2");
+        Ok(client.query_opt(&sql, &[&resource_type, &id])?.as_ref().map(stored))
+    }
+
+    fn delete(&self, resource_type: &str, id: &str) -> Result<Option<Stored>> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        let sql = format!(
+            "UPDATE resources SET version = version + 1, last_updated = $3, seq = nextval('resource_seq'), body = NULL
+             WHERE type = $1 AND id = $2 AND body IS NOT NULL RETURNING {COLS}"
+        );
+        let gone = tx.query_opt(&sql, &[&resource_type, &id, &now_instant()])?.as_ref().map(stored);
+        tx.execute("DELETE FROM compartment WHERE type = $1 AND id = $2", &[&resource_type, &id])?;
+        if resource_type == "Group" {
+            tx.execute("DELETE FROM group_members WHERE group_id = $1", &[&id])?;
+        }
+        tx.commit()?;
+        Ok(gone)
+    }
+
+    fn scan(&self, filter: &ScanFilter, each: &mut dyn FnMut(Stored) -> Result<bool>) -> Result<()> {
+        let mut after: (String, String) = (String::new(), String::new());
+        loop {
+            let batch: Vec<Stored> = {
+                let mut client = self.client();
+                let (sql, values) = scan_sql(filter, &after);
+                // PostgreSQL sorts text by the database's collation; the keyset
+                // comparison must use the same order as ORDER BY, so both use "C".
+                let sql = sql
+                    .replace("r.type > $1 OR (r.type = $1 AND r.id > $2)", "r.type COLLATE \"C\" > $1 OR (r.type = $1 AND r.id COLLATE \"C\" > $2)")
+                    .replace("ORDER BY r.type, r.id", "ORDER BY r.type COLLATE \"C\", r.id COLLATE \"C\"");
+                let params: Vec<&(dyn postgres::types::ToSql + Sync)> = values.iter().map(|v| v as _).collect();
+                client.query(&sql, &params)?.iter().map(stored).collect()
+            };
+            let last = batch.last().map(|s| (s.resource_type.clone(), s.id.clone()));
+            let full = batch.len() == 2000;
+            for s in batch {
+                if !each(s)? {
+                    return Ok(());
+                }
+            }
+            match last {
+                Some(l) if full => after = l,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn counts(&self) -> Result<BTreeMap<String, u64>> {
+        let mut client = self.client();
+        let rows = client.query("SELECT type, COUNT(*) FROM resources WHERE body IS NOT NULL GROUP BY type", &[])?;
+        Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect())
+    }
+
+    fn group_members(&self, group_id: &str) -> Result<Option<Vec<String>>> {
+        let mut client = self.client();
+        if client.query_opt("SELECT 1 FROM resources WHERE type = 'Group' AND id = $1 AND body IS NOT NULL", &[&group_id])?.is_none() {
+            return Ok(None);
+        }
+        let rows = client.query("SELECT patient FROM group_members WHERE group_id = $1 ORDER BY patient COLLATE \"C\"", &[&group_id])?;
+        Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
+    }
+
+    fn create_job(&self, id: &str, request: &str) -> Result<Job> {
+        let mut client = self.client();
+        let sql = format!("INSERT INTO jobs (id, request, state, created) VALUES ($1, $2, 'queued', $3) RETURNING {JOB_COLS}");
+        Ok(job(&client.query_one(&sql, &[&id, &request, &now_instant()])?))
+    }
+
+    fn job(&self, id: &str) -> Result<Option<Job>> {
+        let mut client = self.client();
+        Ok(client.query_opt(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"), &[&id])?.as_ref().map(job))
+    }
+
+    fn claim_job(&self, owner: &str, lease_secs: i64) -> Result<Option<Job>> {
+        let mut client = self.client();
+        let sql = format!(
+            "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1
+             WHERE id = (SELECT id FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_until < $3)
+                         ORDER BY created, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING {JOB_COLS}"
+        );
+        Ok(client.query_opt(&sql, &[&owner, &instant_in(lease_secs), &now_instant()])?.as_ref().map(job))
+    }
+
+    fn heartbeat(&self, id: &str, owner: &str, lease_secs: i64, progress: Option<&str>) -> Result<bool> {
+        let mut client = self.client();
+        let n = client.execute(
+            "UPDATE jobs SET lease_until = $3, progress = COALESCE($4, progress)
+             WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+            &[&id, &owner, &instant_in(lease_secs), &progress],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn finish_job(&self, id: &str, owner: &str, state: JobState, outcome: &str) -> Result<bool> {
+        let mut client = self.client();
+        let (result, error) = if state == JobState::Completed { (Some(outcome), None) } else { (None, Some(outcome)) };
+        let n = client.execute(
+            "UPDATE jobs SET state = $3, result = $4, error = $5, lease_until = NULL
+             WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+            &[&id, &owner, &state.as_str(), &result, &error],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn cancel_job(&self, id: &str) -> Result<bool> {
+        let mut client = self.client();
+        Ok(client.execute("UPDATE jobs SET state = 'cancelled' WHERE id = $1", &[&id])? == 1)
+    }
+
+    fn delete_job(&self, id: &str) -> Result<bool> {
+        let mut client = self.client();
+        Ok(client.execute("DELETE FROM jobs WHERE id = $1", &[&id])? == 1)
+    }
+}

@@ -1,0 +1,323 @@
+//! The embedded store: one SQLite file (WAL), one connection behind a mutex.
+//! Writes are serialised anyway in SQLite; reads during an export hold the
+//! lock only per batch of rows.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::time::{instant_in, now_instant};
+use crate::{Job, JobState, Result, ScanFilter, Store, StoreError, Stored, Write};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS resources (
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    last_updated TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    body TEXT,
+    PRIMARY KEY (type, id)
+);
+CREATE INDEX IF NOT EXISTS resources_updated ON resources (last_updated);
+CREATE TABLE IF NOT EXISTS compartment (
+    patient TEXT NOT NULL,
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (patient, type, id)
+);
+CREATE INDEX IF NOT EXISTS compartment_resource ON compartment (type, id);
+CREATE TABLE IF NOT EXISTS group_members (
+    group_id TEXT NOT NULL,
+    patient TEXT NOT NULL,
+    PRIMARY KEY (group_id, patient)
+);
+CREATE TABLE IF NOT EXISTS seq (n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    request TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created TEXT NOT NULL,
+    lease_owner TEXT,
+    lease_until TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    progress TEXT,
+    result TEXT,
+    error TEXT
+);
+";
+
+pub(crate) struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+/// Rows per lock hold while scanning, so that writers get a turn.
+const SCAN_BATCH: i64 = 2000;
+
+impl SqliteStore {
+    pub fn open(path: &str) -> Result<SqliteStore> {
+        let conn = if path == ":memory:" { Connection::open_in_memory()? } else { Connection::open(path)? };
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.execute_batch(SCHEMA)?;
+        let has_seq: i64 = conn.query_row("SELECT COUNT(*) FROM seq", [], |r| r.get(0))?;
+        if has_seq == 0 {
+            conn.execute("INSERT INTO seq (n) VALUES (0)", [])?;
+        }
+        Ok(SqliteStore { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic elsewhere while holding the lock leaves SQLite consistent
+        // (transactions roll back), so the connection is still usable.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
+    Ok(Stored {
+        resource_type: r.get(0)?,
+        id: r.get(1)?,
+        version: r.get(2)?,
+        last_updated: r.get(3)?,
+        seq: r.get(4)?,
+        body: r.get(5)?,
+    })
+}
+
+fn job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: r.get(0)?,
+        request: r.get(1)?,
+        state: JobState::parse(&r.get::<_, String>(2)?),
+        created: r.get(3)?,
+        lease_owner: r.get(4)?,
+        lease_until: r.get(5)?,
+        attempts: r.get(6)?,
+        progress: r.get(7)?,
+        result: r.get(8)?,
+        error: r.get(9)?,
+    })
+}
+
+const COLS: &str = "type, id, version, last_updated, seq, body";
+const JOB_COLS: &str = "id, request, state, created, lease_owner, lease_until, attempts, progress, result, error";
+
+impl Store for SqliteStore {
+    fn put(&self, writes: &[Write<'_>]) -> Result<Vec<Stored>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let now = now_instant();
+        let mut out = Vec::with_capacity(writes.len());
+        {
+            let mut next_seq = tx.prepare_cached("UPDATE seq SET n = n + 1 RETURNING n")?;
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO resources (type, id, version, last_updated, seq, body) VALUES (?1, ?2, 1, ?3, ?4, ?5)
+                 ON CONFLICT (type, id) DO UPDATE SET version = version + 1, last_updated = ?3, seq = ?4, body = ?5
+                 RETURNING version",
+            )?;
+            let mut clear = tx.prepare_cached("DELETE FROM compartment WHERE type = ?1 AND id = ?2")?;
+            let mut member = tx.prepare_cached("INSERT OR IGNORE INTO compartment (patient, type, id) VALUES (?1, ?2, ?3)")?;
+            let mut clear_group = tx.prepare_cached("DELETE FROM group_members WHERE group_id = ?1")?;
+            let mut group = tx.prepare_cached("INSERT OR IGNORE INTO group_members (group_id, patient) VALUES (?1, ?2)")?;
+            for w in writes {
+                let seq: i64 = next_seq.query_row([], |r| r.get(0))?;
+                let version: i64 = upsert.query_row(params![w.resource_type, w.id, now, seq, w.body], |r| r.get(0))?;
+                clear.execute(params![w.resource_type, w.id])?;
+                for p in w.patients {
+                    member.execute(params![p, w.resource_type, w.id])?;
+                }
+                if let Some(members) = w.group_members {
+                    clear_group.execute(params![w.id])?;
+                    for p in members {
+                        group.execute(params![w.id, p])?;
+                    }
+                }
+                out.push(Stored {
+                    resource_type: w.resource_type.to_string(),
+                    id: w.id.to_string(),
+                    version,
+                    last_updated: now.clone(),
+                    seq,
+                    body: Some(w.body.to_string()),
+                });
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn get(&self, resource_type: &str, id: &str) -> Result<Option<Stored>> {
+        let conn = self.conn();
+        let sql = format!("SELECT {COLS} FROM resources WHERE type = ?1 AND id = ?2");
+        Ok(conn.query_row(&sql, params![resource_type, id], stored).optional()?)
+    }
+
+    fn delete(&self, resource_type: &str, id: &str) -> Result<Option<Stored>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let now = now_instant();
+        let seq: i64 = tx.query_row("UPDATE seq SET n = n + 1 RETURNING n", [], |r| r.get(0))?;
+        let sql = format!(
+            "UPDATE resources SET version = version + 1, last_updated = ?3, seq = ?4, body = NULL
+             WHERE type = ?1 AND id = ?2 AND body IS NOT NULL RETURNING {COLS}"
+        );
+        let gone = tx.query_row(&sql, params![resource_type, id, now, seq], stored).optional()?;
+        tx.execute("DELETE FROM compartment WHERE type = ?1 AND id = ?2", params![resource_type, id])?;
+        if resource_type == "Group" {
+            tx.execute("DELETE FROM group_members WHERE group_id = ?1", params![id])?;
+        }
+        tx.commit()?;
+        Ok(gone)
+    }
+
+    fn scan(&self, filter: &ScanFilter, each: &mut dyn FnMut(Stored) -> Result<bool>) -> Result<()> {
+        // Keyset pagination on (type, id): each batch is a fresh query, so
+        // the lock is released between batches and memory stays bounded.
+        let mut after: (String, String) = (String::new(), String::new());
+        loop {
+            let batch: Vec<Stored> = {
+                let conn = self.conn();
+                let (sql, values) = scan_sql(filter, &after);
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let rows = stmt.query_map(rusqlite::params_from_iter(values.iter()), stored)?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let last = batch.last().map(|s| (s.resource_type.clone(), s.id.clone()));
+            let full = batch.len() as i64 == SCAN_BATCH;
+            for s in batch {
+                if !each(s)? {
+                    return Ok(());
+                }
+            }
+            match last {
+                Some(l) if full => after = l,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn counts(&self) -> Result<BTreeMap<String, u64>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT type, COUNT(*) FROM resources WHERE body IS NOT NULL GROUP BY type")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn group_members(&self, group_id: &str) -> Result<Option<Vec<String>>> {
+        let conn = self.conn();
+        let exists: bool = conn
+            .query_row("SELECT 1 FROM resources WHERE type = 'Group' AND id = ?1 AND body IS NOT NULL", [group_id], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !exists {
+            return Ok(None);
+        }
+        let mut stmt = conn.prepare("SELECT patient FROM group_members WHERE group_id = ?1 ORDER BY patient")?;
+        let rows = stmt.query_map([group_id], |r| r.get::<_, String>(0))?;
+        Ok(Some(rows.collect::<rusqlite::Result<_>>()?))
+    }
+
+    fn create_job(&self, id: &str, request: &str) -> Result<Job> {
+        let conn = self.conn();
+        let sql = format!("INSERT INTO jobs (id, request, state, created) VALUES (?1, ?2, 'queued', ?3) RETURNING {JOB_COLS}");
+        Ok(conn.query_row(&sql, params![id, request, now_instant()], job)?)
+    }
+
+    fn job(&self, id: &str) -> Result<Option<Job>> {
+        let conn = self.conn();
+        Ok(conn.query_row(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"), [id], job).optional()?)
+    }
+
+    fn claim_job(&self, owner: &str, lease_secs: i64) -> Result<Option<Job>> {
+        let conn = self.conn();
+        let sql = format!(
+            "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_until = ?2, attempts = attempts + 1
+             WHERE id = (SELECT id FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_until < ?3)
+                         ORDER BY created, id LIMIT 1)
+             RETURNING {JOB_COLS}"
+        );
+        Ok(conn.query_row(&sql, params![owner, instant_in(lease_secs), now_instant()], job).optional()?)
+    }
+
+    fn heartbeat(&self, id: &str, owner: &str, lease_secs: i64, progress: Option<&str>) -> Result<bool> {
+        let conn = self.conn();
+        let n = conn.execute(
+            "UPDATE jobs SET lease_until = ?3, progress = COALESCE(?4, progress)
+             WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
+            params![id, owner, instant_in(lease_secs), progress],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn finish_job(&self, id: &str, owner: &str, state: JobState, outcome: &str) -> Result<bool> {
+        let conn = self.conn();
+        let (result, error) = if state == JobState::Completed { (Some(outcome), None) } else { (None, Some(outcome)) };
+        let n = conn.execute(
+            "UPDATE jobs SET state = ?3, result = ?4, error = ?5, lease_until = NULL
+             WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
+            params![id, owner, state.as_str(), result, error],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn cancel_job(&self, id: &str) -> Result<bool> {
+        let conn = self.conn();
+        Ok(conn.execute("UPDATE jobs SET state = 'cancelled' WHERE id = ?1", [id])? == 1)
+    }
+
+    fn delete_job(&self, id: &str) -> Result<bool> {
+        let conn = self.conn();
+        Ok(conn.execute("DELETE FROM jobs WHERE id = ?1", [id])? == 1)
+    }
+}
+
+/// The scan query for one batch after `after` in (type, id) order, with
+/// positional parameters; shared by both stores (PostgreSQL numbers its
+/// parameters the same way).
+pub(crate) fn scan_sql(filter: &ScanFilter, after: &(String, String)) -> (String, Vec<String>) {
+    let mut sql = format!("SELECT {COLS} FROM resources r WHERE ");
+    let mut values: Vec<String> = Vec::new();
+    let param = |v: String, values: &mut Vec<String>| {
+        values.push(v);
+        format!("${}", values.len())
+    };
+    sql.push_str(if filter.deleted { "r.body IS NULL" } else { "r.body IS NOT NULL" });
+    let (t, i) = (param(after.0.clone(), &mut values), param(after.1.clone(), &mut values));
+    sql.push_str(&format!(" AND (r.type > {t} OR (r.type = {t} AND r.id > {i}))"));
+    if let Some(types) = &filter.types {
+        let list: Vec<String> = types.iter().map(|ty| param(ty.clone(), &mut values)).collect();
+        if list.is_empty() {
+            sql.push_str(" AND 1 = 0");
+        } else {
+            sql.push_str(&format!(" AND r.type IN ({})", list.join(", ")));
+        }
+    }
+    if let Some(since) = &filter.since {
+        sql.push_str(&format!(" AND r.last_updated > {}", param(since.clone(), &mut values)));
+    }
+    if let Some(until) = &filter.until {
+        sql.push_str(&format!(" AND r.last_updated <= {}", param(until.clone(), &mut values)));
+    }
+    if let Some(patients) = &filter.patients {
+        let list: Vec<String> = patients.iter().map(|p| param(p.clone(), &mut values)).collect();
+        if list.is_empty() {
+            sql.push_str(" AND 1 = 0");
+        } else {
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM compartment c WHERE c.type = r.type AND c.id = r.id AND c.patient IN ({}))",
+                list.join(", ")
+            ));
+        }
+    }
+    sql.push_str(&format!(" ORDER BY r.type, r.id LIMIT {SCAN_BATCH}"));
+    (sql, values)
+}
+
+impl From<String> for StoreError {
+    fn from(s: String) -> StoreError {
+        StoreError::Callback(s)
+    }
+}

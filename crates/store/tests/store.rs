@@ -1,0 +1,221 @@
+//! One suite, run against both stores: SQLite in a temporary file and the
+//! PostgreSQL server at `VEIL_TEST_POSTGRES` (default: the machine's own on
+//! 127.0.0.1:5432; `.ci/run` starts one where there is none). Each
+//! PostgreSQL test works in a schema of its own, dropped afterwards.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use veil_store::{JobState, ScanFilter, Store, Write, open};
+
+fn pg_url() -> String {
+    std::env::var("VEIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A store for one test, removed when dropped.
+struct Fixture {
+    store: Box<dyn Store>,
+    cleanup: Box<dyn Fn()>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        (self.cleanup)();
+    }
+}
+
+fn sqlite(name: &str) -> Fixture {
+    let path: PathBuf = std::env::temp_dir().join(format!("veil-store-{name}-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let store = open(&format!("sqlite:{}", path.display())).unwrap();
+    Fixture {
+        store,
+        cleanup: Box::new(move || {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+        }),
+    }
+}
+
+fn postgres(name: &str) -> Fixture {
+    let schema = format!("veil_test_{}_{name}", std::process::id());
+    let url = format!("{}?schema={schema}", pg_url());
+    let store = open(&url).unwrap_or_else(|e| {
+        panic!("PostgreSQL is needed for the store tests ({e}); set VEIL_TEST_POSTGRES or run .ci/run, which starts one")
+    });
+    Fixture {
+        store,
+        cleanup: Box::new(move || {
+            if let Ok(mut c) = postgres::Client::connect(&pg_url(), postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"));
+            }
+        }),
+    }
+}
+
+/// Runs each test body against both stores.
+macro_rules! both {
+    ($($name:ident => $body:expr;)*) => {
+        mod on_sqlite { use super::*; $( #[test] fn $name() { let f = sqlite(stringify!($name)); ($body)(&*f.store); } )* }
+        mod on_postgres { use super::*; $( #[test] fn $name() { let f = postgres(stringify!($name)); ($body)(&*f.store); } )* }
+    };
+}
+
+fn patient(id: &str) -> String {
+    format!(r#"{{"resourceType":"Patient","id":"{id}","birthDate":"1970-01-01","note":"1.50"}}"#)
+}
+
+fn put(store: &dyn Store, ty: &str, id: &str, body: &str, patients: &[&str]) {
+    let patients: Vec<String> = patients.iter().map(|p| p.to_string()).collect();
+    store.put(&[Write { resource_type: ty, id, body, patients: &patients, group_members: None }]).unwrap();
+}
+
+fn scan(store: &dyn Store, filter: &ScanFilter) -> Vec<String> {
+    let mut out = Vec::new();
+    store
+        .scan(filter, &mut |s| {
+            out.push(format!("{}/{}", s.resource_type, s.id));
+            Ok(true)
+        })
+        .unwrap();
+    out
+}
+
+both! {
+    writes_read_back_exactly_with_versions => |s: &dyn Store| {
+        let body = patient("p1");
+        put(s, "Patient", "p1", &body, &["p1"]);
+        let first = s.get("Patient", "p1").unwrap().unwrap();
+        assert_eq!((first.version, first.body.as_deref()), (1, Some(body.as_str())));
+        assert_eq!(first.last_updated.len(), 24);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        put(s, "Patient", "p1", &patient("p1"), &["p1"]);
+        let second = s.get("Patient", "p1").unwrap().unwrap();
+        assert_eq!(second.version, 2);
+        assert!(second.last_updated > first.last_updated && second.seq > first.seq);
+        assert!(s.get("Patient", "nope").unwrap().is_none());
+        assert!(s.get("Observation", "p1").unwrap().is_none(), "ids are per type");
+    };
+
+    deletes_leave_tombstones => |s: &dyn Store| {
+        put(s, "Patient", "p1", &patient("p1"), &["p1"]);
+        put(s, "Patient", "p2", &patient("p2"), &["p2"]);
+        let gone = s.delete("Patient", "p1").unwrap().unwrap();
+        assert_eq!((gone.version, gone.body), (2, None));
+        assert!(s.delete("Patient", "p1").unwrap().is_none(), "already deleted");
+        assert!(s.delete("Patient", "never").unwrap().is_none());
+        assert_eq!(s.counts().unwrap(), BTreeMap::from([("Patient".to_string(), 1)]));
+        assert_eq!(scan(s, &ScanFilter::default()), ["Patient/p2"]);
+        assert_eq!(scan(s, &ScanFilter { deleted: true, ..Default::default() }), ["Patient/p1"]);
+        put(s, "Patient", "p1", &patient("p1"), &["p1"]);
+        assert_eq!(s.get("Patient", "p1").unwrap().unwrap().version, 3, "recreated after delete");
+    };
+
+    scans_filter_and_stream_in_order => |s: &dyn Store| {
+        // More than one scan batch (2,000), written in one transaction.
+        let bodies: Vec<(String, String)> = (0..4500).map(|i| (format!("o{i:05}"), format!(r#"{{"resourceType":"Observation","id":"o{i:05}"}}"#))).collect();
+        let pats: Vec<Vec<String>> = (0..4500).map(|i| vec![format!("p{}", i % 3)]).collect();
+        let writes: Vec<Write<'_>> = bodies.iter().zip(&pats).map(|((id, b), p)| Write { resource_type: "Observation", id, body: b, patients: p, group_members: None }).collect();
+        s.put(&writes).unwrap();
+        put(s, "Patient", "p0", &patient("p0"), &["p0"]);
+        let all = scan(s, &ScanFilter::default());
+        assert_eq!(all.len(), 4501);
+        let mut sorted = all.clone();
+        sorted.sort();
+        assert_eq!(all, sorted, "(type, id) order");
+        assert_eq!(scan(s, &ScanFilter { types: Some(vec!["Patient".into()]), ..Default::default() }), ["Patient/p0"]);
+        assert!(scan(s, &ScanFilter { types: Some(vec![]), ..Default::default() }).is_empty());
+        let p0 = scan(s, &ScanFilter { patients: Some(vec!["p0".into()]), ..Default::default() });
+        assert_eq!(p0.len(), 1501, "1,500 observations and the patient");
+        let both = scan(s, &ScanFilter { patients: Some(vec!["p1".into(), "p2".into()]), types: Some(vec!["Observation".into()]), ..Default::default() });
+        assert_eq!(both.len(), 3000);
+        // Time windows: everything so far is before a later write.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let cut = veil_store::now_instant();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        put(s, "Patient", "late", &patient("late"), &["late"]);
+        assert_eq!(scan(s, &ScanFilter { since: Some(cut.clone()), ..Default::default() }), ["Patient/late"]);
+        assert_eq!(scan(s, &ScanFilter { until: Some(cut), ..Default::default() }).len(), 4501);
+        // Early stop.
+        let mut n = 0;
+        s.scan(&ScanFilter::default(), &mut |_| { n += 1; Ok(n < 10) }).unwrap();
+        assert_eq!(n, 10);
+    };
+
+    groups_keep_their_members => |s: &dyn Store| {
+        let members = vec!["p1".to_string(), "p2".to_string()];
+        s.put(&[Write { resource_type: "Group", id: "g", body: r#"{"resourceType":"Group","id":"g"}"#, patients: &[], group_members: Some(&members) }]).unwrap();
+        assert_eq!(s.group_members("g").unwrap(), Some(members));
+        let fewer = vec!["p3".to_string()];
+        s.put(&[Write { resource_type: "Group", id: "g", body: r#"{"resourceType":"Group","id":"g"}"#, patients: &[], group_members: Some(&fewer) }]).unwrap();
+        assert_eq!(s.group_members("g").unwrap(), Some(fewer));
+        assert_eq!(s.group_members("other").unwrap(), None);
+        s.delete("Group", "g").unwrap();
+        assert_eq!(s.group_members("g").unwrap(), None);
+    };
+
+    jobs_are_leased_to_one_worker => |s: &dyn Store| {
+        let j = s.create_job("j1", r#"{"kind":"system"}"#).unwrap();
+        assert_eq!((j.state, j.attempts), (JobState::Queued, 0));
+        let claimed = s.claim_job("w1", 60).unwrap().unwrap();
+        assert_eq!((claimed.id.as_str(), claimed.state, claimed.attempts), ("j1", JobState::Running, 1));
+        assert!(s.claim_job("w2", 60).unwrap().is_none(), "a live lease is not taken");
+        assert!(s.heartbeat("j1", "w1", 60, Some(r#"{"done":10}"#)).unwrap());
+        assert!(!s.heartbeat("j1", "w2", 60, None).unwrap());
+        assert_eq!(s.job("j1").unwrap().unwrap().progress.as_deref(), Some(r#"{"done":10}"#));
+        assert!(s.finish_job("j1", "w1", JobState::Completed, r#"{"output":[]}"#).unwrap());
+        let done = s.job("j1").unwrap().unwrap();
+        assert_eq!((done.state, done.result.as_deref()), (JobState::Completed, Some(r#"{"output":[]}"#)));
+        assert!(!s.finish_job("j1", "w1", JobState::Failed, "late").unwrap(), "finished once");
+        assert!(s.delete_job("j1").unwrap());
+        assert!(s.job("j1").unwrap().is_none());
+        assert!(!s.delete_job("j1").unwrap());
+    };
+
+    lapsed_leases_are_taken_over_and_cancellation_stops_the_worker => |s: &dyn Store| {
+        s.create_job("j2", "{}").unwrap();
+        // A lease that has already lapsed: the worker "died".
+        assert!(s.claim_job("dead", -1).unwrap().is_some());
+        let again = s.claim_job("w2", 60).unwrap().unwrap();
+        assert_eq!((again.lease_owner.as_deref(), again.attempts), (Some("w2"), 2));
+        assert!(!s.heartbeat("j2", "dead", 60, None).unwrap(), "the old worker learns it lost the job");
+        assert!(!s.finish_job("j2", "dead", JobState::Completed, "{}").unwrap());
+        assert!(s.cancel_job("j2").unwrap());
+        assert!(!s.heartbeat("j2", "w2", 60, None).unwrap(), "cancelled: the worker stops");
+        assert_eq!(s.job("j2").unwrap().unwrap().state, JobState::Cancelled);
+        assert!(!s.cancel_job("none").unwrap());
+    };
+}
+
+/// Several processes sharing one PostgreSQL queue: every job is claimed once.
+#[test]
+fn postgres_workers_share_the_queue() {
+    let f = postgres("shared_queue");
+    for i in 0..40 {
+        f.store.create_job(&format!("job{i:02}"), "{}").unwrap();
+    }
+    let schema = format!("veil_test_{}_shared_queue", std::process::id());
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let url = format!("{}?schema={schema}", pg_url());
+            std::thread::spawn(move || {
+                let store = open(&url).unwrap();
+                let mut mine = Vec::new();
+                while let Some(j) = store.claim_job(&format!("w{w}"), 60).unwrap() {
+                    mine.push(j.id);
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all: Vec<String> = workers.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    all.sort();
+    let expected: Vec<String> = (0..40).map(|i| format!("job{i:02}")).collect();
+    assert_eq!(all, expected, "each job exactly once");
+}
+
+#[test]
+fn unknown_urls_are_refused() {
+    assert!(open("mysql://x").is_err());
+}
