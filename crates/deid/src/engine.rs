@@ -128,9 +128,8 @@ pub struct Engine {
     policy: Policy,
     keys: Keys,
     date_shift_prefix: String,
-    /// For `dateShiftScope: "patient"`: per resource type, the compartment's
-    /// search-parameter expressions that lead to its patient.
-    patient_links: HashMap<&'static str, Vec<veil_fhirpath::Expression>>,
+    /// `dateShiftScope: "patient"`: offsets by the patient each resource belongs to.
+    patient_scope: bool,
     /// The types and names the fast-path rules look up.
     wanted: Wanted,
     /// How each rule (by position) finds its nodes.
@@ -191,11 +190,7 @@ impl Engine {
     pub fn new(policy: Policy) -> Engine {
         let mut keys = Keys::from_parameters(&policy.parameters);
         keys.exact_date_shift = policy.exact_date_shift;
-        let patient_links = if policy.parameters.date_shift_scope == Some(DateShiftScope::Patient) {
-            patient_links()
-        } else {
-            HashMap::new()
-        };
+        let patient_scope = policy.parameters.date_shift_scope == Some(DateShiftScope::Patient);
         let mut wanted = Wanted::default();
         for rule in &policy.rules {
             if let Some((name, by_type, _)) = fast_path(&rule.path) {
@@ -207,7 +202,7 @@ impl Engine {
             .resource_types()
             .map(|ty| (ty, policy.rules.iter().filter(|r| applies(r, ty)).map(|r| r.index).collect()))
             .collect();
-        Engine { policy, keys, date_shift_prefix: String::new(), patient_links, wanted, plans, applicable }
+        Engine { policy, keys, date_shift_prefix: String::new(), patient_scope, wanted, plans, applicable }
     }
 
     /// The date-shift prefix for the `file` and `folder` scopes: the input
@@ -290,10 +285,12 @@ impl Engine {
             pending.extend(nested.into_iter().rev());
 
             // Read before any rule runs, so hashing ids cannot change it.
-            let prefix = if self.patient_links.is_empty() {
-                self.date_shift_prefix.clone()
+            let prefix = if self.patient_scope {
+                node_at(doc, &loc)
+                    .and_then(|n| veil_fhirpath::compartment::patients_of(doc, veil_fhirpath::Item::Node(n)).into_iter().next())
+                    .unwrap_or_default()
             } else {
-                self.patient_of(doc, &loc, ty).unwrap_or_default()
+                self.date_shift_prefix.clone()
             };
             for &ri_rule in self.applicable.get(ty).map_or(&[][..], Vec::as_slice) {
                 let rule = &self.policy.rules[ri_rule];
@@ -486,61 +483,6 @@ fn remember_visited(index: &Index, visited: &mut HashSet<Location>) {
             visited.insert(e.loc.clone());
         }
     }
-}
-
-impl Engine {
-    /// The id of the patient a resource belongs to, through the R4 Patient
-    /// compartment: its own id for a Patient, else the first `Patient/…` (or
-    /// `urn:uuid:…`, as in transaction Bundles) reference among the
-    /// compartment's links.
-    fn patient_of(&self, doc: &Json, loc: &Location, ty: &str) -> Option<String> {
-        let resource = loc.get(doc)?;
-        if ty == "Patient" {
-            return resource.get("id").and_then(Json::as_str).map(str::to_string);
-        }
-        let focus = node_at(doc, loc)?;
-        let ctx = Context::new(doc).with_focus(vec![veil_fhirpath::Item::Node(focus)]);
-        for expr in self.patient_links.get(ty)? {
-            for item in expr.evaluate_with(&ctx).ok()? {
-                let reference = item.as_node().and_then(|n| n.json()).and_then(|j| j.get("reference")).and_then(Json::as_str);
-                if let Some(id) = reference.and_then(patient_id_of_reference) {
-                    return Some(id.to_string());
-                }
-            }
-        }
-        None
-    }
-}
-
-fn patient_id_of_reference(reference: &str) -> Option<&str> {
-    if let Some(uuid) = reference.strip_prefix("urn:uuid:") {
-        return Some(uuid);
-    }
-    let path = reference.split("/_history/").next()?;
-    let mut parts = path.rsplit('/');
-    let id = parts.next()?;
-    (parts.next()? == "Patient" && !id.is_empty()).then_some(id)
-}
-
-/// Compiles, per resource type, the expressions of the search parameters
-/// that put it in the Patient compartment.
-fn patient_links() -> HashMap<&'static str, Vec<veil_fhirpath::Expression>> {
-    let model = veil_fhir::r4();
-    let mut out = HashMap::new();
-    for ty in model.resource_types() {
-        let Some(params) = model.patient_compartment(ty) else { continue };
-        let exprs: Vec<_> = params
-            .iter()
-            .filter_map(|code| model.search_param(ty, code))
-            // `resolve()` cannot follow `Patient/123` outside a Bundle; the
-            // reference's own type says the same, and is checked afterwards.
-            .filter_map(|p| veil_fhirpath::Expression::compile(&p.expression.replace(".where(resolve() is Patient)", "")).ok())
-            .collect();
-        if !exprs.is_empty() {
-            out.insert(ty, exprs);
-        }
-    }
-    out
 }
 
 enum Target {

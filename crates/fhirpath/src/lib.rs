@@ -35,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 mod check;
+pub mod compartment;
 mod compile;
 mod error;
 mod eval;
