@@ -7,6 +7,7 @@ mod deid;
 mod demo;
 mod fhirpath;
 mod input;
+mod load;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,7 @@ enum Command {
     // Each subcommand's help is the doc comment on its Args struct.
     Fhirpath(fhirpath::Args),
     Deid(deid::Args),
+    Load(load::Args),
     Demo(demo::Args),
 }
 
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Fhirpath(args) => fhirpath::run(args),
         Command::Deid(args) => deid::run(args),
+        Command::Load(args) => load::run(args),
         Command::Demo(args) => demo::run(args),
     };
     match result {

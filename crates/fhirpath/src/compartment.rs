@@ -47,6 +47,11 @@ pub fn patient_id_of_reference(reference: &str) -> Option<&str> {
     (parts.next()? == "Patient" && !id.is_empty()).then_some(id)
 }
 
+/// The ids of the patients whose compartment the resource `doc` is in.
+pub fn patients_of_resource(doc: &Json) -> Vec<String> {
+    patients_of(doc, Item::Node(crate::Node::root(doc)))
+}
+
 /// The ids of the patients whose compartment `focus` (a resource node of
 /// `doc`) is in, in the order the compartment definition lists its links:
 /// a Patient's own id, or the patients its linking elements reference.
@@ -79,8 +84,7 @@ mod tests {
     use serde_json::json;
 
     fn of(doc: &Json) -> Vec<String> {
-        let root = Expression::compile("%resource").unwrap().evaluate(doc).unwrap().remove(0);
-        patients_of(doc, root)
+        patients_of_resource(doc)
     }
 
     #[test]

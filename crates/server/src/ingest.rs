@@ -1,0 +1,219 @@
+//! Loading resources into the store: transaction and batch Bundles (the
+//! Synthea sample loads as it is) and NDJSON, with Patient compartment and
+//! Group membership computed on the way in.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value as Json;
+use veil_fhirpath::{Context, Expression, compartment};
+use veil_store::{Store, Write};
+
+/// Why something could not be loaded. Messages name entries and lines, never values.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// Not a resource Veil can store.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed.
+    #[error("{0}")]
+    Store(#[from] veil_store::StoreError),
+}
+
+/// Resources written per type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Written (created or updated) per resourceType.
+    pub written: BTreeMap<String, u64>,
+    /// Deleted per resourceType (`DELETE` entries).
+    pub deleted: BTreeMap<String, u64>,
+}
+
+impl LoadReport {
+    /// Adds another report's counts.
+    pub fn add(&mut self, other: &LoadReport) {
+        for (k, v) in &other.written {
+            *self.written.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.deleted {
+            *self.deleted.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+/// A new resource id: 32 random hex characters.
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system's random source");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn is_valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// Rewrites every `"reference": "<fullUrl>"` that names an entry of the
+/// Bundle to the entry's `Type/id`.
+fn rewrite_references(v: &mut Json, by_full_url: &HashMap<String, String>) {
+    match v {
+        Json::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                if k == "reference" {
+                    if let Json::String(r) = child {
+                        if let Some(local) = by_full_url.get(r.as_str()) {
+                            *r = local.clone();
+                        }
+                    }
+                } else {
+                    rewrite_references(child, by_full_url);
+                }
+            }
+        }
+        Json::Array(items) => items.iter_mut().for_each(|i| rewrite_references(i, by_full_url)),
+        _ => {}
+    }
+}
+
+/// A resource prepared for the store.
+struct Prepared {
+    resource_type: String,
+    id: String,
+    body: String,
+    patients: Vec<String>,
+    group_members: Option<Vec<String>>,
+}
+
+fn group_member_expr() -> &'static Expression {
+    static E: std::sync::OnceLock<Expression> = std::sync::OnceLock::new();
+    E.get_or_init(|| Expression::compile("Group.member.entity.reference").expect("valid"))
+}
+
+fn prepare(resource: Json, what: &dyn Fn() -> String) -> Result<Prepared, LoadError> {
+    let ty = resource
+        .get("resourceType")
+        .and_then(Json::as_str)
+        .filter(|t| veil_fhir::r4().is_resource_type(t) && !matches!(*t, "Resource" | "DomainResource"))
+        .ok_or_else(|| LoadError::Invalid(format!("{}: no known resourceType", what())))?
+        .to_string();
+    let id = resource
+        .get("id")
+        .and_then(Json::as_str)
+        .filter(|id| is_valid_id(id))
+        .ok_or_else(|| LoadError::Invalid(format!("{}: {ty} without a valid id", what())))?
+        .to_string();
+    let patients = compartment::patients_of_resource(&resource);
+    let group_members = (ty == "Group").then(|| {
+        group_member_expr()
+            .evaluate_with(&Context::new(&resource))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|i| i.value().and_then(|v| if let veil_fhirpath::Value::String(s) = v { Some(s) } else { None }))
+            .filter_map(|r| compartment::patient_id_of_reference(&r).map(str::to_string))
+            .collect()
+    });
+    Ok(Prepared { resource_type: ty, id, body: resource.to_string(), patients, group_members })
+}
+
+fn write(store: &dyn Store, prepared: &[Prepared], report: &mut LoadReport) -> Result<(), LoadError> {
+    let writes: Vec<Write<'_>> = prepared
+        .iter()
+        .map(|p| Write {
+            resource_type: &p.resource_type,
+            id: &p.id,
+            body: &p.body,
+            patients: &p.patients,
+            group_members: p.group_members.as_deref(),
+        })
+        .collect();
+    store.put(&writes)?;
+    for p in prepared {
+        *report.written.entry(p.resource_type.clone()).or_default() += 1;
+    }
+    Ok(())
+}
+
+/// Loads one document: a transaction or batch Bundle is unpacked (entries'
+/// `fullUrl` references rewritten to `Type/id`, ids assigned where missing,
+/// `DELETE` requests applied); any other resource is stored as it is.
+/// A transaction's entries are written in one store transaction.
+pub fn load_document(store: &dyn Store, mut doc: Json, name: &str) -> Result<LoadReport, LoadError> {
+    let mut report = LoadReport::default();
+    let is_bundle_to_unpack = doc.get("resourceType").and_then(Json::as_str) == Some("Bundle")
+        && matches!(doc.get("type").and_then(Json::as_str), Some("transaction" | "batch"));
+    if !is_bundle_to_unpack {
+        if doc.get("id").is_none() {
+            doc["id"] = Json::String(new_id());
+        }
+        let p = prepare(doc, &|| name.to_string())?;
+        write(store, &[p], &mut report)?;
+        return Ok(report);
+    }
+    let Some(Json::Array(entries)) = doc.get_mut("entry").map(Json::take) else { return Ok(report) };
+    // First pass: ids, and the map from fullUrl to Type/id.
+    let mut by_full_url = HashMap::new();
+    let mut resources = Vec::new();
+    let mut deletes = Vec::new();
+    for (i, mut entry) in entries.into_iter().enumerate() {
+        let method = entry.pointer("/request/method").and_then(Json::as_str).unwrap_or("PUT").to_ascii_uppercase();
+        if method == "DELETE" {
+            let url = entry.pointer("/request/url").and_then(Json::as_str).unwrap_or("");
+            let mut parts = url.split('/');
+            match (parts.next(), parts.next()) {
+                (Some(t), Some(id)) if !t.is_empty() && !id.is_empty() => deletes.push((t.to_string(), id.to_string())),
+                _ => return Err(LoadError::Invalid(format!("{name}: entry {i}: DELETE needs a url Type/id"))),
+            }
+            continue;
+        }
+        let Some(mut resource) = entry.get_mut("resource").map(Json::take) else { continue };
+        let full_url = entry.get("fullUrl").and_then(Json::as_str).map(str::to_string);
+        let ty = resource.get("resourceType").and_then(Json::as_str).unwrap_or("").to_string();
+        if resource.get("id").and_then(Json::as_str).is_none() {
+            // A transaction's urn:uuid fullUrl becomes the id, so references stay readable.
+            let id = full_url
+                .as_deref()
+                .and_then(|u| u.strip_prefix("urn:uuid:"))
+                .filter(|u| is_valid_id(u))
+                .map_or_else(new_id, str::to_string);
+            resource["id"] = Json::String(id);
+        }
+        if let (Some(url), Some(id)) = (full_url, resource.get("id").and_then(Json::as_str)) {
+            by_full_url.insert(url, format!("{ty}/{id}"));
+        }
+        resources.push((i, resource));
+    }
+    let mut prepared = Vec::with_capacity(resources.len());
+    for (i, mut resource) in resources {
+        rewrite_references(&mut resource, &by_full_url);
+        prepared.push(prepare(resource, &|| format!("{name}: entry {i}"))?);
+    }
+    write(store, &prepared, &mut report)?;
+    for (t, id) in deletes {
+        if store.delete(&t, &id)?.is_some() {
+            *report.deleted.entry(t).or_default() += 1;
+        }
+    }
+    Ok(report)
+}
+
+/// Loads NDJSON, one resource per line, in batches of `batch` lines (one
+/// store transaction each). Errors name the line.
+pub fn load_ndjson(store: &dyn Store, input: impl std::io::BufRead, name: &str, batch: usize) -> Result<LoadReport, LoadError> {
+    let mut report = LoadReport::default();
+    let mut pending = Vec::with_capacity(batch);
+    for (i, line) in input.lines().enumerate() {
+        let line = line.map_err(|e| LoadError::Invalid(format!("{name}:{}: cannot read ({e})", i + 1)))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let doc: Json = serde_json::from_str(&line).map_err(|e| LoadError::Invalid(format!("{name}:{}: not valid JSON (column {})", i + 1, e.column())))?;
+        pending.push(prepare(doc, &|| format!("{name}:{}", i + 1))?);
+        if pending.len() >= batch {
+            write(store, &pending, &mut report)?;
+            pending.clear();
+        }
+    }
+    if !pending.is_empty() {
+        write(store, &pending, &mut report)?;
+    }
+    Ok(report)
+}
