@@ -68,11 +68,10 @@ pub fn patients_of(doc: &Json, focus: Item<'_>) -> Vec<String> {
         let Ok(items) = expr.evaluate_with(&ctx) else { continue };
         for item in items {
             let reference = item.as_node().and_then(|n| n.json()).and_then(|j| j.get("reference")).and_then(Json::as_str);
-            if let Some(id) = reference.and_then(patient_id_of_reference) {
-                if !out.iter().any(|o| o == id) {
+            if let Some(id) = reference.and_then(patient_id_of_reference)
+                && !out.iter().any(|o| o == id) {
                     out.push(id.to_string());
                 }
-            }
         }
     }
     out

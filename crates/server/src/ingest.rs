@@ -59,11 +59,10 @@ fn rewrite_references(v: &mut Json, by_full_url: &HashMap<String, String>) {
         Json::Object(map) => {
             for (k, child) in map.iter_mut() {
                 if k == "reference" {
-                    if let Json::String(r) = child {
-                        if let Some(local) = by_full_url.get(r.as_str()) {
+                    if let Json::String(r) = child
+                        && let Some(local) = by_full_url.get(r.as_str()) {
                             *r = local.clone();
                         }
-                    }
                 } else {
                     rewrite_references(child, by_full_url);
                 }
