@@ -8,6 +8,7 @@ mod demo;
 mod fhirpath;
 mod input;
 mod load;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -31,6 +32,7 @@ enum Command {
     Fhirpath(fhirpath::Args),
     Deid(deid::Args),
     Load(load::Args),
+    Serve(serve::Args),
     Demo(demo::Args),
 }
 
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Fhirpath(args) => fhirpath::run(args),
         Command::Deid(args) => deid::run(args),
         Command::Load(args) => load::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Demo(args) => demo::run(args),
     };
     match result {

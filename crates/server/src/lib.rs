@@ -22,6 +22,8 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod export;
+pub mod http;
 mod ingest;
 
 pub use ingest::{LoadError, LoadReport, load_document, load_ndjson, new_id};

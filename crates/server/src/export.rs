@@ -1,0 +1,330 @@
+//! Bulk Data `$export` jobs: the request as stored with the job, and the
+//! worker that runs it — scanning the store, de-identifying when asked,
+//! writing NDJSON files into a storage container — and the manifest it ends
+//! with. Files are written under a temporary name and renamed when complete;
+//! the manifest, written last, lists only complete files.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufWriter, Write as _};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value as Json, json};
+use veil_store::{JobState, ScanFilter, Store};
+
+/// What a kick-off asked for, stored as the job's request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportRequest {
+    /// `system`, `patient` or `group`.
+    pub level: Level,
+    /// The kick-off URL, for the manifest's `request`.
+    pub url: String,
+    /// `_type`, if given.
+    pub types: Option<Vec<String>>,
+    /// `_since`.
+    pub since: Option<String>,
+    /// `_until`.
+    pub until: Option<String>,
+    /// `patient` references' ids (POST only).
+    pub patients: Option<Vec<String>>,
+    /// `_anonymizationConfig`: a file name in the `anonymization` container.
+    pub anonymization_config: Option<String>,
+    /// `_container`: where the files go (a container of the server's storage).
+    pub container: Option<String>,
+    /// The base URL that file URLs in the manifest start with.
+    pub base_url: String,
+}
+
+/// The three export levels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Level {
+    /// `[base]/$export`
+    System,
+    /// `[base]/Patient/$export`
+    Patient,
+    /// `[base]/Group/[id]/$export`
+    Group(String),
+}
+
+impl ExportRequest {
+    /// The request as JSON, for the job table.
+    pub fn to_json(&self) -> Json {
+        json!({
+            "level": match &self.level { Level::System => json!("system"), Level::Patient => json!("patient"), Level::Group(g) => json!({"group": g}) },
+            "url": self.url, "types": self.types, "since": self.since, "until": self.until, "patients": self.patients,
+            "anonymizationConfig": self.anonymization_config, "container": self.container, "baseUrl": self.base_url,
+        })
+    }
+
+    /// Reads a request back from the job table.
+    pub fn from_json(v: &Json) -> Option<ExportRequest> {
+        let strings = |k: &str| v.get(k).and_then(Json::as_array).map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect());
+        let string = |k: &str| v.get(k).and_then(Json::as_str).map(str::to_string);
+        let level = match v.get("level")? {
+            Json::String(s) if s == "system" => Level::System,
+            Json::String(s) if s == "patient" => Level::Patient,
+            other => Level::Group(other.get("group")?.as_str()?.to_string()),
+        };
+        Some(ExportRequest {
+            level,
+            url: string("url")?,
+            types: strings("types"),
+            since: string("since"),
+            until: string("until"),
+            patients: strings("patients"),
+            anonymization_config: string("anonymizationConfig"),
+            container: string("container"),
+            base_url: string("baseUrl")?,
+        })
+    }
+}
+
+/// The server's storage: a folder whose subfolders are containers
+/// (`anonymization` holds de-identification configurations).
+#[derive(Debug, Clone)]
+pub struct Storage {
+    root: PathBuf,
+}
+
+impl Storage {
+    /// Storage rooted at `root` (created if missing).
+    pub fn new(root: impl Into<PathBuf>) -> std::io::Result<Storage> {
+        let root = root.into();
+        fs::create_dir_all(root.join("anonymization"))?;
+        Ok(Storage { root })
+    }
+
+    /// The folder of a job's files.
+    pub fn job_dir(&self, job: &str, container: Option<&str>, created: &str) -> PathBuf {
+        match container {
+            // As Azure: a timestamped folder per export inside the named container.
+            Some(c) => {
+                let stamp: String = created.chars().filter(|c| c.is_ascii_digit() || *c == 'T').take(15).collect();
+                self.root.join(c).join(format!("{stamp}-{job}"))
+            }
+            None => self.root.join(format!("export-{job}")),
+        }
+    }
+
+    /// A de-identification configuration from the `anonymization` container.
+    pub fn anonymization_config(&self, name: &str) -> Option<String> {
+        if !is_safe_name(name) {
+            return None;
+        }
+        fs::read_to_string(self.root.join("anonymization").join(name)).ok()
+    }
+
+    /// The root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// Container and file names: no path separators, no dot-dot.
+pub fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name != "."
+        && name != ".."
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Resources per output file before a new one starts.
+pub const DEFAULT_FILE_LIMIT: u64 = 10_000;
+
+/// How a job ended.
+pub enum Outcome {
+    /// Done: the manifest.
+    Completed(Json),
+    /// Failed: an OperationOutcome and the HTTP status the status endpoint reports.
+    Failed(u16, String),
+    /// The job was cancelled or taken over while running; nothing is reported.
+    Abandoned,
+}
+
+/// An OperationOutcome with one issue.
+pub fn operation_outcome(severity: &str, code: &str, text: &str) -> Json {
+    json!({"resourceType": "OperationOutcome", "issue": [{"severity": severity, "code": code, "diagnostics": text}]})
+}
+
+struct OpenFile {
+    tmp: PathBuf,
+    path: PathBuf,
+    out: BufWriter<fs::File>,
+    count: u64,
+}
+
+/// Runs one claimed job to its end.
+pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owner: &str, file_limit: u64) -> Outcome {
+    let Some(req) = serde_json::from_str(&job.request).ok().as_ref().and_then(ExportRequest::from_json) else {
+        return Outcome::Failed(500, "the stored export request is unreadable".into());
+    };
+    // De-identification first: a missing or invalid configuration fails
+    // the job before anything is written (as Azure reports it).
+    let engine = match &req.anonymization_config {
+        None => None,
+        Some(name) => match storage.anonymization_config(name) {
+            None => return Outcome::Failed(400, format!("the anonymization configuration '{name}' was not found in the anonymization container")),
+            Some(text) => match veil_deid::Policy::parse(&text) {
+                Ok(p) => Some(veil_deid::Engine::new(p)),
+                Err(e) => return Outcome::Failed(400, format!("the anonymization configuration '{name}' is invalid: {e}")),
+            },
+        },
+    };
+    let patients = match (&req.level, &req.patients) {
+        (Level::System, _) => None,
+        (Level::Patient, Some(p)) => Some(p.clone()),
+        (Level::Patient, None) => {
+            let mut ids = Vec::new();
+            let r = store.scan(&ScanFilter { types: Some(vec!["Patient".into()]), until: Some(job.created.clone()), ..Default::default() }, &mut |s| {
+                ids.push(s.id);
+                Ok(true)
+            });
+            if let Err(e) = r {
+                return Outcome::Failed(500, format!("cannot list patients: {e}"));
+            }
+            Some(ids)
+        }
+        (Level::Group(g), requested) => match store.group_members(g) {
+            Ok(Some(members)) => Some(match requested {
+                Some(p) => members.into_iter().filter(|m| p.contains(m)).collect(),
+                None => members,
+            }),
+            Ok(None) => return Outcome::Failed(404, format!("Group {g} was not found")),
+            Err(e) => return Outcome::Failed(500, format!("cannot read the group: {e}")),
+        },
+    };
+    let dir = storage.job_dir(&job.id, req.container.as_deref(), &job.created);
+    // A job taken over after a crash starts again from a clean folder.
+    let _ = fs::remove_dir_all(&dir);
+    if let Err(e) = fs::create_dir_all(&dir) {
+        return Outcome::Failed(500, format!("cannot create the export folder: {e}"));
+    }
+    let filter = ScanFilter {
+        types: req.types.clone(),
+        since: req.since.clone(),
+        until: Some(req.until.clone().filter(|u| *u < job.created).unwrap_or_else(|| job.created.clone())),
+        patients,
+        deleted: false,
+    };
+    let mut files: Vec<(String, PathBuf, u64)> = Vec::new();
+    let mut current: Option<(String, OpenFile)> = None;
+    let mut seq: BTreeMap<String, u32> = BTreeMap::new();
+    let mut done: u64 = 0;
+    let mut errors: Vec<Json> = Vec::new();
+    let mut lost = false;
+    let close = |f: OpenFile, ty: String, files: &mut Vec<(String, PathBuf, u64)>| -> std::io::Result<()> {
+        let OpenFile { tmp, path, out, count } = f;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        files.push((ty, path, count));
+        Ok(())
+    };
+    let result = store.scan(&filter, &mut |s| {
+        let Some(body) = s.body else { return Ok(true) };
+        let line = match &engine {
+            None => body,
+            Some(engine) => {
+                let doc: Json = serde_json::from_str(&body).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
+                match engine.anonymize(doc) {
+                    Ok(out) => out.to_string(),
+                    // Fail closed: the resource is left out and the reason recorded, without its values.
+                    Err(e) => {
+                        errors.push(operation_outcome("error", "processing", &format!("{}/{}: not exported: {e}", s.resource_type, s.id)));
+                        return Ok(true);
+                    }
+                }
+            }
+        };
+        let needs_new = match &current {
+            Some((ty, f)) => *ty != s.resource_type || f.count >= file_limit,
+            None => true,
+        };
+        if needs_new {
+            if let Some((ty, f)) = current.take() {
+                close(f, ty, &mut files).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
+            }
+            let n = seq.entry(s.resource_type.clone()).or_insert(0);
+            *n += 1;
+            let name = format!("{}-{}.ndjson", s.resource_type, n);
+            let path = dir.join(&name);
+            let tmp = dir.join(format!(".{name}.tmp"));
+            let file = fs::File::create(&tmp).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
+            current = Some((s.resource_type.clone(), OpenFile { tmp, path, out: BufWriter::with_capacity(1 << 20, file), count: 0 }));
+        }
+        let (_, f) = current.as_mut().expect("a file is open");
+        f.out.write_all(line.as_bytes()).and_then(|_| f.out.write_all(b"\n")).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
+        f.count += 1;
+        done += 1;
+        if done % 5_000 == 0 {
+            // Renew the lease; a cancelled or taken-over job stops here.
+            let progress = json!({"resources": done}).to_string();
+            if !store.heartbeat(&job.id, owner, 60, Some(&progress)).unwrap_or(false) {
+                lost = true;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    });
+    if let Some((ty, f)) = current.take() {
+        if lost || result.is_err() {
+            let _ = fs::remove_file(&f.tmp);
+        } else if let Err(e) = close(f, ty, &mut files) {
+            return Outcome::Failed(500, format!("cannot write the export files: {e}"));
+        }
+    }
+    if lost {
+        let _ = fs::remove_dir_all(&dir);
+        return Outcome::Abandoned;
+    }
+    if let Err(e) = result {
+        let _ = fs::remove_dir_all(&dir);
+        return Outcome::Failed(500, format!("export failed: {e}"));
+    }
+    let mut error_files = Vec::new();
+    if !errors.is_empty() {
+        let path = dir.join("OperationOutcome-1.ndjson");
+        let text: String = errors.iter().map(|e| e.to_string() + "\n").collect();
+        if fs::write(&path, text).is_ok() {
+            error_files.push(json!({"type": "OperationOutcome", "url": file_url(&req, &job.id, &path), "count": errors.len()}));
+        }
+    }
+    let output: Vec<Json> = files.iter().map(|(ty, path, count)| json!({"type": ty, "url": file_url(&req, &job.id, path), "count": count})).collect();
+    Outcome::Completed(json!({
+        "transactionTime": job.created,
+        "request": req.url,
+        "requiresAccessToken": false,
+        "output": output,
+        "deleted": [],
+        "error": error_files,
+    }))
+}
+
+fn file_url(req: &ExportRequest, job: &str, path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    format!("{}/_export/{job}/{name}", req.base_url.trim_end_matches('/'))
+}
+
+/// Claims and runs jobs until `stop` says so; sleeps briefly when idle.
+pub fn worker_loop(store: &dyn Store, storage: &Storage, owner: &str, file_limit: u64, stop: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
+    while !stop.load(Ordering::Relaxed) {
+        let job = match store.claim_job(owner, 60) {
+            Ok(Some(job)) => job,
+            Ok(None) | Err(_) => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+        };
+        match run_job(store, storage, &job, owner, file_limit) {
+            Outcome::Completed(manifest) => {
+                let _ = store.finish_job(&job.id, owner, JobState::Completed, &manifest.to_string());
+            }
+            Outcome::Failed(status, text) => {
+                let body = json!({"status": status, "outcome": operation_outcome("error", "processing", &text)});
+                let _ = store.finish_job(&job.id, owner, JobState::Failed, &body.to_string());
+            }
+            Outcome::Abandoned => {}
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! The HTTP face: FHIR read, `metadata`, Bulk Data `$export` kick-off,
+//! status, cancel and downloads (reference: bulk-export.md §1–§2).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value as Json, json};
+use veil_store::{JobState, Store};
+
+use crate::export::{ExportRequest, Level, Storage, is_safe_name, operation_outcome};
+
+/// What the handlers share.
+pub struct AppState {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Where export files go.
+    pub storage: Storage,
+    /// The base URL of this server as clients see it.
+    pub base_url: String,
+    /// When each job's status was last polled, to answer 429 to clients
+    /// that poll faster than Retry-After.
+    polls: Mutex<HashMap<String, Instant>>,
+}
+
+/// Seconds a client should wait between status polls.
+const RETRY_AFTER_SECS: u64 = 1;
+
+impl AppState {
+    /// Shared state for the router.
+    pub fn new(store: Arc<dyn Store>, storage: Storage, base_url: String) -> Arc<AppState> {
+        Arc::new(AppState { store, storage, base_url, polls: Mutex::new(HashMap::new()) })
+    }
+}
+
+/// The router for all endpoints.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metadata", get(metadata))
+        .route("/$export", get(kickoff_system).post(kickoff_system))
+        .route("/Patient/$export", get(kickoff_patient).post(kickoff_patient))
+        .route("/Group/{id}/$export", get(kickoff_group).post(kickoff_group))
+        .route("/_export-status/{job}", get(status).delete(cancel))
+        .route("/_export/{job}/{file}", get(download))
+        .route("/{type}/{id}", get(read))
+        .with_state(state)
+}
+
+fn fhir_json(status: StatusCode, body: Json) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/fhir+json")], body.to_string()).into_response()
+}
+
+fn outcome(status: StatusCode, code: &str, text: &str) -> Response {
+    fhir_json(status, operation_outcome("error", code, text))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Response> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))
+}
+
+async fn metadata(State(st): State<Arc<AppState>>) -> Response {
+    let export = |name: &str, canonical: &str| json!({"name": name, "definition": canonical});
+    let types: Vec<Json> = {
+        let mut t: Vec<&str> = veil_fhir::r4().resource_types().filter(|t| !matches!(*t, "Resource" | "DomainResource")).collect();
+        t.sort_unstable();
+        t.into_iter()
+            .map(|ty| {
+                let mut r = json!({"type": ty, "interaction": [{"code": "read"}]});
+                match ty {
+                    "Patient" => r["operation"] = json!([export("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export")]),
+                    "Group" => r["operation"] = json!([export("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export")]),
+                    _ => {}
+                }
+                r
+            })
+            .collect()
+    };
+    fhir_json(
+        StatusCode::OK,
+        json!({
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "date": veil_store::now_instant(),
+            "kind": "instance",
+            "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
+            "software": {"name": "Veil", "version": env!("CARGO_PKG_VERSION")},
+            "implementation": {"description": "Veil FHIR server", "url": st.base_url},
+            "fhirVersion": "4.0.1",
+            "format": ["application/fhir+json"],
+            "rest": [{
+                "mode": "server",
+                "resource": types,
+                "operation": [export("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export")]
+            }]
+        }),
+    )
+}
+
+async fn read(State(st): State<Arc<AppState>>, Path((ty, id)): Path<(String, String)>) -> Response {
+    if !veil_fhir::r4().is_resource_type(&ty) {
+        return outcome(StatusCode::NOT_FOUND, "not-found", &format!("unknown resource type {ty}"));
+    }
+    let store = st.store.clone();
+    let (t, i) = (ty.clone(), id.clone());
+    match blocking(move || store.get(&t, &i)).await {
+        Err(r) => r,
+        Ok(Err(_)) => outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the store failed"),
+        Ok(Ok(None)) => outcome(StatusCode::NOT_FOUND, "not-found", &format!("{ty}/{id} is not known")),
+        Ok(Ok(Some(s))) => match s.body {
+            None => outcome(StatusCode::GONE, "deleted", &format!("{ty}/{id} was deleted")),
+            Some(body) => {
+                let etag = format!("W/\"{}\"", s.version);
+                (StatusCode::OK, [(header::CONTENT_TYPE, "application/fhir+json".to_string()), (header::ETAG, etag)], body).into_response()
+            }
+        },
+    }
+}
+
+async fn kickoff_system(st: State<Arc<AppState>>, m: Method, h: HeaderMap, q: RawQuery, body: String) -> Response {
+    kickoff(st, Level::System, m, h, q, body).await
+}
+async fn kickoff_patient(st: State<Arc<AppState>>, m: Method, h: HeaderMap, q: RawQuery, body: String) -> Response {
+    kickoff(st, Level::Patient, m, h, q, body).await
+}
+async fn kickoff_group(st: State<Arc<AppState>>, Path(id): Path<String>, m: Method, h: HeaderMap, q: RawQuery, body: String) -> Response {
+    kickoff(st, Level::Group(id), m, h, q, body).await
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parameters of a kick-off, from the query string (GET) or a Parameters body (POST).
+fn parameters(method: &Method, query: Option<&str>, body: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = query
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect();
+    if *method == Method::POST && !body.trim().is_empty() {
+        let doc: Json = serde_json::from_str(body).map_err(|_| "the body is not a FHIR Parameters resource".to_string())?;
+        if doc.get("resourceType").and_then(Json::as_str) != Some("Parameters") {
+            return Err("the body is not a FHIR Parameters resource".into());
+        }
+        for p in doc.get("parameter").and_then(Json::as_array).into_iter().flatten() {
+            let Some(name) = p.get("name").and_then(Json::as_str) else { continue };
+            let value = p.as_object().and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")).map(|(_, v)| v.clone()));
+            let text = match value {
+                Some(Json::String(s)) => s,
+                Some(Json::Object(o)) => o.get("reference").and_then(Json::as_str).unwrap_or("").to_string(),
+                Some(Json::Bool(b)) => b.to_string(),
+                _ => continue,
+            };
+            out.push((name.to_string(), text));
+        }
+    }
+    Ok(out)
+}
+
+/// A FHIR instant (a time zone is required), in the store's UTC form.
+fn instant(text: &str) -> Option<String> {
+    let t = veil_fhirpath::Temporal::parse_datetime(text)?;
+    if t.precision < veil_fhirpath::Precision::Second || text.len() < 20 {
+        return None;
+    }
+    // Re-read the parts we need from the validated text.
+    let (date, rest) = text.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
+    let zone_at = rest.find(['Z', '+', '-'])?;
+    let (clock, zone) = rest.split_at(zone_at);
+    let mut c = clock.splitn(3, ':');
+    let (h, mi) = (c.next()?.parse::<i64>().ok()?, c.next()?.parse::<i64>().ok()?);
+    let sec_text = c.next()?;
+    let (s, frac) = sec_text.split_once('.').unwrap_or((sec_text, "0"));
+    let s: i64 = s.parse().ok()?;
+    let ms: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
+    let offset_min = match zone {
+        "Z" => 0,
+        z => {
+            let sign = if z.starts_with('-') { -1 } else { 1 };
+            let (zh, zm) = z[1..].split_once(':')?;
+            sign * (zh.parse::<i64>().ok()? * 60 + zm.parse::<i64>().ok()?)
+        }
+    };
+    let days = veil_fhir::calendar::days_from_civil(y as i32, mo as u32, da as u32);
+    let total_ms = ((days * 86_400 + h * 3600 + mi * 60 + s - offset_min * 60) * 1000) + ms;
+    let (days, rem) = (total_ms.div_euclid(86_400_000), total_ms.rem_euclid(86_400_000));
+    let (y, m, d) = veil_fhir::calendar::civil_from_days(days);
+    Some(format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000))
+}
+
+async fn kickoff(State(st): State<Arc<AppState>>, level: Level, method: Method, headers: HeaderMap, RawQuery(query): RawQuery, body: String) -> Response {
+    let bad = |text: &str| outcome(StatusCode::BAD_REQUEST, "invalid", text);
+    if let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
+        // Accept what a client of this server can read; refuse only what it cannot.
+        if !["application/fhir+json", "application/json", "*/*"].iter().any(|a| accept.contains(a)) {
+            return bad(&format!("the Accept header '{accept}' is not supported: use application/fhir+json"));
+        }
+    }
+    let lenient = headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("handling=lenient"));
+    let params = match parameters(&method, query.as_deref(), &body) {
+        Ok(p) => p,
+        Err(e) => return bad(&e),
+    };
+    let mut req = ExportRequest {
+        level: level.clone(),
+        url: format!("{}{}", st.base_url, match &level {
+            Level::System => "/$export".to_string(),
+            Level::Patient => "/Patient/$export".to_string(),
+            Level::Group(g) => format!("/Group/{g}/$export"),
+        }) + &query.as_deref().map(|q| format!("?{q}")).unwrap_or_default(),
+        types: None,
+        since: None,
+        until: None,
+        patients: None,
+        anonymization_config: None,
+        container: None,
+        base_url: st.base_url.clone(),
+    };
+    let mut etag = None;
+    for (name, value) in &params {
+        match name.as_str() {
+            "_outputFormat" => {
+                if !matches!(value.as_str(), "application/fhir+ndjson" | "application/ndjson" | "ndjson") {
+                    return bad(&format!("the _outputFormat '{value}' is not supported: use application/fhir+ndjson"));
+                }
+            }
+            "_since" | "_until" => match instant(value) {
+                Some(i) if name == "_since" => req.since = Some(i),
+                Some(i) => req.until = Some(i),
+                None => return bad(&format!("{name} must be a FHIR instant with a time zone, e.g. 2024-01-01T00:00:00Z")),
+            },
+            "_type" => {
+                for t in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    if !veil_fhir::r4().is_resource_type(t) || matches!(t, "Resource" | "DomainResource") {
+                        if lenient {
+                            continue;
+                        }
+                        return bad(&format!("the _type '{t}' is not a FHIR R4 resource type"));
+                    }
+                    req.types.get_or_insert_with(Vec::new).push(t.to_string());
+                }
+            }
+            "patient" => {
+                if method != Method::POST {
+                    return bad("the patient parameter is only available in POST requests");
+                }
+                if level == Level::System {
+                    return bad("the patient parameter is not valid for a system-level export");
+                }
+                let id = veil_fhirpath::compartment::patient_id_of_reference(value).unwrap_or(value);
+                req.patients.get_or_insert_with(Vec::new).push(id.to_string());
+            }
+            "_anonymizationConfig" => {
+                if !is_safe_name(value) {
+                    return bad("_anonymizationConfig must name a file in the anonymization container");
+                }
+                req.anonymization_config = Some(value.clone());
+            }
+            "_anonymizationConfigEtag" => etag = Some(value.clone()),
+            "_container" => {
+                if !is_safe_name(value) || value == "anonymization" {
+                    return bad("_container must be a container name (letters, digits, '-', '_', '.'), not 'anonymization'");
+                }
+                req.container = Some(value.clone());
+            }
+            "_typeFilter" | "_elements" | "includeAssociatedData" | "organizeOutputBy" if !lenient => {
+                return outcome(StatusCode::BAD_REQUEST, "not-supported", &format!("the {name} parameter is not supported yet"));
+            }
+            _ => {}
+        }
+    }
+    if etag.is_some() && req.anonymization_config.is_none() {
+        return bad("_anonymizationConfigEtag needs _anonymizationConfig");
+    }
+    if let (Some(s), Some(u)) = (&req.since, &req.until) {
+        if u < s {
+            return bad("_until is before _since");
+        }
+    }
+    let store = st.store.clone();
+    let request = req.to_json().to_string();
+    let group = match &level {
+        Level::Group(g) => Some(g.clone()),
+        _ => None,
+    };
+    let created = blocking(move || -> Result<Option<String>, String> {
+        if let Some(g) = group {
+            if store.group_members(&g).map_err(|e| e.to_string())?.is_none() {
+                return Ok(None);
+            }
+        }
+        let id = crate::new_id();
+        store.create_job(&id, &request).map_err(|e| e.to_string())?;
+        Ok(Some(id))
+    })
+    .await;
+    match created {
+        Err(r) => r,
+        Ok(Err(_)) => outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the store failed"),
+        Ok(Ok(None)) => outcome(StatusCode::NOT_FOUND, "not-found", "the group is not known"),
+        Ok(Ok(Some(id))) => {
+            let location = format!("{}/_export-status/{id}", st.base_url);
+            let mut r = fhir_json(
+                StatusCode::ACCEPTED,
+                operation_outcome("information", "informational", &format!("Your request has been accepted. You can check its status at {location}")),
+            );
+            r.headers_mut().insert(header::CONTENT_LOCATION, HeaderValue::from_str(&location).expect("ascii"));
+            r
+        }
+    }
+}
+
+async fn status(State(st): State<Arc<AppState>>, Path(job): Path<String>) -> Response {
+    let store = st.store.clone();
+    let id = job.clone();
+    let found = match blocking(move || store.job(&id)).await {
+        Err(r) => return r,
+        Ok(Err(_)) => return outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the store failed"),
+        Ok(Ok(j)) => j,
+    };
+    let Some(j) = found.filter(|j| j.state != JobState::Cancelled) else {
+        return outcome(StatusCode::NOT_FOUND, "not-found", "the export was not found");
+    };
+    match j.state {
+        JobState::Queued | JobState::Running => {
+            // Polling faster than Retry-After says gets 429.
+            let now = Instant::now();
+            let too_soon = {
+                let mut polls = st.polls.lock().unwrap_or_else(|e| e.into_inner());
+                polls.retain(|_, t| now.duration_since(*t) < Duration::from_secs(600));
+                let soon = polls.get(&job).is_some_and(|t| now.duration_since(*t) < Duration::from_millis(RETRY_AFTER_SECS * 1000 - 50));
+                if !soon {
+                    polls.insert(job.clone(), now);
+                }
+                soon
+            };
+            let retry = (header::RETRY_AFTER, RETRY_AFTER_SECS.to_string());
+            if too_soon {
+                return (StatusCode::TOO_MANY_REQUESTS, [retry], fhir_body(operation_outcome("error", "throttled", "polled faster than Retry-After"))).into_response();
+            }
+            let progress = match (&j.state, j.progress.as_deref().and_then(|p| serde_json::from_str::<Json>(p).ok())) {
+                (JobState::Queued, _) => "queued".to_string(),
+                (_, Some(p)) => format!("{} resources exported", p["resources"]),
+                _ => "in progress".to_string(),
+            };
+            (StatusCode::ACCEPTED, [retry, (header::HeaderName::from_static("x-progress"), progress)]).into_response()
+        }
+        JobState::Completed => {
+            let body = j.result.unwrap_or_else(|| "{}".into());
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        JobState::Failed | JobState::Cancelled => {
+            let stored: Json = j.error.as_deref().and_then(|e| serde_json::from_str(e).ok()).unwrap_or(Json::Null);
+            let code = stored["status"].as_u64().and_then(|c| StatusCode::from_u16(c as u16).ok()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = if stored["outcome"].is_object() { stored["outcome"].clone() } else { operation_outcome("error", "exception", "the export failed") };
+            fhir_json(code, body)
+        }
+    }
+}
+
+fn fhir_body(v: Json) -> String {
+    v.to_string()
+}
+
+async fn cancel(State(st): State<Arc<AppState>>, Path(job): Path<String>) -> Response {
+    let store = st.store.clone();
+    let storage = st.storage.clone();
+    let result = blocking(move || -> Result<bool, String> {
+        let Some(j) = store.job(&job).map_err(|e| e.to_string())? else { return Ok(false) };
+        if j.state == JobState::Cancelled {
+            return Ok(false);
+        }
+        // Cancel first, so a running worker stops at its next heartbeat, then forget the job.
+        store.cancel_job(&job).map_err(|e| e.to_string())?;
+        let container = ExportRequest::from_json(&serde_json::from_str(&j.request).unwrap_or(Json::Null)).and_then(|r| r.container);
+        let _ = std::fs::remove_dir_all(storage.job_dir(&job, container.as_deref(), &j.created));
+        store.delete_job(&job).map_err(|e| e.to_string())?;
+        Ok(true)
+    })
+    .await;
+    match result {
+        Err(r) => r,
+        Ok(Err(_)) => outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the store failed"),
+        Ok(Ok(false)) => outcome(StatusCode::NOT_FOUND, "not-found", "the export was not found"),
+        Ok(Ok(true)) => fhir_json(StatusCode::ACCEPTED, operation_outcome("information", "informational", "the export was cancelled and its files deleted")),
+    }
+}
+
+async fn download(State(st): State<Arc<AppState>>, Path((job, file)): Path<(String, String)>) -> Response {
+    if !is_safe_name(&file) || file.starts_with('.') {
+        return outcome(StatusCode::NOT_FOUND, "not-found", "no such file");
+    }
+    let store = st.store.clone();
+    let storage = st.storage.clone();
+    let path = blocking(move || -> Option<std::path::PathBuf> {
+        let j = store.job(&job).ok()??;
+        if j.state != JobState::Completed {
+            return None;
+        }
+        let container = ExportRequest::from_json(&serde_json::from_str(&j.request).ok()?).and_then(|r| r.container);
+        let path = storage.job_dir(&job, container.as_deref(), &j.created).join(&file);
+        path.is_file().then_some(path)
+    })
+    .await;
+    let Ok(Some(path)) = path else { return outcome(StatusCode::NOT_FOUND, "not-found", "no such file") };
+    match tokio::fs::File::open(&path).await {
+        Ok(f) => {
+            let stream = FileStream { file: f, buf: vec![0; 64 * 1024] };
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/fhir+ndjson")], Body::from_stream(stream)).into_response()
+        }
+        Err(_) => outcome(StatusCode::NOT_FOUND, "not-found", "no such file"),
+    }
+}
+
+/// Binds `addr` for [`serve`]. Refuses addresses beyond loopback: there
+/// is no authentication yet.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    if !addr.ip().is_loopback() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "veil serve listens on loopback only until SMART Backend Services authorization lands: anything else would hand patient data to anyone who can connect",
+        ));
+    }
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// Serves on `listener` until `shutdown` resolves.
+pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+/// A file as a stream of 64 KiB chunks, so downloads never hold a whole
+/// file in memory.
+struct FileStream {
+    file: tokio::fs::File,
+    buf: Vec<u8>,
+}
+
+impl futures_core::Stream for FileStream {
+    type Item = Result<axum::body::Bytes, std::io::Error>;
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        use tokio::io::AsyncRead;
+        let this = self.get_mut();
+        let mut rb = tokio::io::ReadBuf::new(&mut this.buf);
+        match std::pin::Pin::new(&mut this.file).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(None),
+            Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(axum::body::Bytes::copy_from_slice(rb.filled())))),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
