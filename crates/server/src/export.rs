@@ -256,7 +256,7 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
         f.out.write_all(line.as_bytes()).and_then(|_| f.out.write_all(b"\n")).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
         f.count += 1;
         done += 1;
-        if done % 5_000 == 0 {
+        if done.is_multiple_of(5_000) {
             // Renew the lease; a cancelled or taken-over job stops here.
             let progress = json!({"resources": done}).to_string();
             if !store.heartbeat(&job.id, owner, 60, Some(&progress)).unwrap_or(false) {

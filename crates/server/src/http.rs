@@ -251,11 +251,10 @@ async fn kickoff(State(st): State<Arc<AppState>>, level: Level, method: Method, 
     let mut etag = None;
     for (name, value) in &params {
         match name.as_str() {
-            "_outputFormat" => {
-                if !matches!(value.as_str(), "application/fhir+ndjson" | "application/ndjson" | "ndjson") {
+            "_outputFormat"
+                if !matches!(value.as_str(), "application/fhir+ndjson" | "application/ndjson" | "ndjson") => {
                     return bad(&format!("the _outputFormat '{value}' is not supported: use application/fhir+ndjson"));
                 }
-            }
             "_since" | "_until" => match instant(value) {
                 Some(i) if name == "_since" => req.since = Some(i),
                 Some(i) => req.until = Some(i),
@@ -304,11 +303,10 @@ async fn kickoff(State(st): State<Arc<AppState>>, level: Level, method: Method, 
     if etag.is_some() && req.anonymization_config.is_none() {
         return bad("_anonymizationConfigEtag needs _anonymizationConfig");
     }
-    if let (Some(s), Some(u)) = (&req.since, &req.until) {
-        if u < s {
+    if let (Some(s), Some(u)) = (&req.since, &req.until)
+        && u < s {
             return bad("_until is before _since");
         }
-    }
     let store = st.store.clone();
     let request = req.to_json().to_string();
     let group = match &level {
@@ -316,11 +314,10 @@ async fn kickoff(State(st): State<Arc<AppState>>, level: Level, method: Method, 
         _ => None,
     };
     let created = blocking(move || -> Result<Option<String>, String> {
-        if let Some(g) = group {
-            if store.group_members(&g).map_err(|e| e.to_string())?.is_none() {
+        if let Some(g) = group
+            && store.group_members(&g).map_err(|e| e.to_string())?.is_none() {
                 return Ok(None);
             }
-        }
         let id = crate::new_id();
         store.create_job(&id, &request).map_err(|e| e.to_string())?;
         Ok(Some(id))

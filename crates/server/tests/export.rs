@@ -1,1 +1,326 @@
+//! Bulk Data `$export` against a real server listening on loopback, on
+//! SQLite and on PostgreSQL: kick-off, status, manifest, downloads, cancel,
+//! errors, and de-identified export (bulk-export.md §5).
 
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use reqwest::blocking::{Client, Response};
+use serde_json::{Value as Json, json};
+use veil_server::export::{Storage, worker_loop};
+use veil_server::http::{AppState, bind, serve};
+use veil_store::{ScanFilter, Store};
+
+struct Server {
+    base: String,
+    store: Arc<dyn Store>,
+    storage: PathBuf,
+    stop: Arc<AtomicBool>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    cleanup: Box<dyn Fn()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.storage);
+        (self.cleanup)();
+    }
+}
+
+const PLANTED: [&str; 4] = ["Zyxwplanted", "555-867-5309", "999-12-3456", "742 Evergreen Terrace"];
+
+fn load_sample(store: &dyn Store) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/synthea-r4-100.tar.gz");
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()));
+    let mut bundles = 0;
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut text = String::new();
+        entry.read_to_string(&mut text).unwrap();
+        let doc: Json = serde_json::from_str(&text).unwrap();
+        let is_group = name.starts_with("groupInformation");
+        // Twelve patients keep a debug build quick; the Group always loads.
+        if !is_group && bundles >= 12 {
+            continue;
+        }
+        bundles += usize::from(!is_group);
+        veil_server::load_document(store, doc, &name).unwrap();
+    }
+    // A patient with planted identifiers, for the de-identified export.
+    let planted = json!({"resourceType": "Patient", "id": "planted", "name": [{"family": "Zyxwplanted", "given": ["Qwert"]}],
+        "telecom": [{"system": "phone", "value": "555-867-5309"}], "identifier": [{"system": "http://hl7.org/fhir/sid/us-ssn", "value": "999-12-3456"}],
+        "address": [{"line": ["742 Evergreen Terrace"], "city": "Springfield", "postalCode": "99950"}], "birthDate": "1961-07-04"});
+    veil_server::load_document(store, planted, "planted").unwrap();
+}
+
+fn start(name: &str, postgres: bool) -> Server {
+    let (url, cleanup): (String, Box<dyn Fn()>) = if postgres {
+        let base = std::env::var("VEIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let schema = format!("veil_export_{}_{name}", std::process::id());
+        let drop_url = base.clone();
+        let s2 = schema.clone();
+        (
+            format!("{base}?schema={schema}"),
+            Box::new(move || {
+                if let Ok(mut c) = postgres::Client::connect(&drop_url, postgres::NoTls) {
+                    let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{s2}\" CASCADE"));
+                }
+            }),
+        )
+    } else {
+        let db = std::env::temp_dir().join(format!("veil-export-{name}-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&db);
+        let d2 = db.clone();
+        (
+            format!("sqlite:{}", db.display()),
+            Box::new(move || {
+                for s in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{s}", d2.display()));
+                }
+            }),
+        )
+    };
+    let store: Arc<dyn Store> = Arc::from(veil_store::open(&url).expect("store (PostgreSQL: see scripts/test)"));
+    load_sample(&*store);
+    let storage_dir = std::env::temp_dir().join(format!("veil-export-storage-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&storage_dir);
+    let storage = Storage::new(&storage_dir).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deid/policies/safe-harbor.json"),
+        storage_dir.join("anonymization/safe-harbor.json"),
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for i in 0..2 {
+        let (store, storage, stop) = (store.clone(), storage.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || worker_loop(&*store, &storage, &format!("test-{i}"), 500, &stop)));
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (st, sg) = (store.clone(), storage.clone());
+    threads.push(std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let state = AppState::new(st, sg, format!("http://{addr}"));
+            addr_tx.send(addr).unwrap();
+            serve(state, listener, async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+    }));
+    let addr = addr_rx.recv().unwrap();
+    Server { base: format!("http://{addr}"), store, storage: storage_dir, stop, shutdown: Some(tx), threads, cleanup }
+}
+
+fn client() -> Client {
+    Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+fn kickoff(s: &Server, path: &str) -> Response {
+    client().get(format!("{}{path}", s.base)).header("Accept", "application/fhir+json").header("Prefer", "respond-async").send().unwrap()
+}
+
+fn status_url(r: &Response) -> String {
+    assert_eq!(r.status(), 202, "kick-off accepted");
+    r.headers()["content-location"].to_str().unwrap().to_string()
+}
+
+/// Polls as a well-behaved client, honouring Retry-After, until the export ends.
+fn wait(url: &str) -> Response {
+    for _ in 0..300 {
+        let r = client().get(url).send().unwrap();
+        if r.status() != 202 {
+            return r;
+        }
+        assert!(r.headers().contains_key("x-progress"));
+        let secs: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        std::thread::sleep(Duration::from_millis(secs * 1000 + 50));
+    }
+    panic!("the export did not finish");
+}
+
+/// Downloads every output file: counts per type, checking each line.
+fn download(manifest: &Json) -> (BTreeMap<String, u64>, String) {
+    let mut counts = BTreeMap::new();
+    let mut all = String::new();
+    for item in manifest["output"].as_array().unwrap() {
+        let r = client().get(item["url"].as_str().unwrap()).send().unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/fhir+ndjson");
+        let text = r.text().unwrap();
+        let ty = item["type"].as_str().unwrap();
+        let lines: Vec<Json> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len() as u64, item["count"].as_u64().unwrap());
+        assert!(lines.iter().all(|l| l["resourceType"] == ty));
+        *counts.entry(ty.to_string()).or_default() += lines.len() as u64;
+        all.push_str(&text);
+    }
+    (counts, all)
+}
+
+fn store_counts(store: &dyn Store, filter: &ScanFilter) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    store
+        .scan(filter, &mut |s| {
+            *counts.entry(s.resource_type).or_default() += 1;
+            Ok(true)
+        })
+        .unwrap();
+    counts
+}
+
+fn checklist(s: &Server) {
+    // metadata lists what works.
+    let cap: Json = client().get(format!("{}/metadata", s.base)).send().unwrap().json().unwrap();
+    assert_eq!(cap["instantiates"][0], "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data");
+
+    // System export: everything, split into files of at most 500 resources.
+    let url = status_url(&kickoff(s, "/$export"));
+    assert!(url.starts_with(&s.base), "absolute Content-Location");
+    // Polling again at once is too fast.
+    let first = client().get(&url).send().unwrap();
+    if first.status() == 202 {
+        let again = client().get(&url).send().unwrap();
+        assert_eq!(again.status(), 429);
+        assert!(again.headers().contains_key("retry-after"));
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let done = wait(&url);
+    assert_eq!(done.status(), 200);
+    assert_eq!(done.headers()["content-type"], "application/json");
+    let manifest: Json = done.json().unwrap();
+    assert!(manifest["transactionTime"].as_str().unwrap().ends_with('Z'));
+    assert!(manifest["request"].as_str().unwrap().ends_with("/$export"));
+    assert_eq!(manifest["requiresAccessToken"], false);
+    assert_eq!(manifest["error"], json!([]));
+    assert!(manifest["output"].as_array().unwrap().iter().all(|o| o["count"].as_u64().unwrap() <= 500));
+    let (counts, _) = download(&manifest);
+    assert_eq!(counts, s.store.counts().unwrap(), "every resource exactly once");
+
+    // Patient and Group level: the patients' compartments.
+    let mut patients = Vec::new();
+    s.store.scan(&ScanFilter { types: Some(vec!["Patient".into()]), ..Default::default() }, &mut |r| { patients.push(r.id); Ok(true) }).unwrap();
+    let expected = store_counts(&*s.store, &ScanFilter { patients: Some(patients.clone()), ..Default::default() });
+    let manifest: Json = wait(&status_url(&kickoff(s, "/Patient/$export"))).json().unwrap();
+    assert_eq!(download(&manifest).0, expected);
+    let mut group = String::new();
+    s.store.scan(&ScanFilter { types: Some(vec!["Group".into()]), ..Default::default() }, &mut |r| { group = r.id; Ok(true) }).unwrap();
+    let members = s.store.group_members(&group).unwrap().unwrap();
+    let in_group: Vec<String> = patients.iter().filter(|p| members.contains(p)).cloned().collect();
+    let expected_group = store_counts(&*s.store, &ScanFilter { patients: Some(in_group), ..Default::default() });
+    let manifest: Json = wait(&status_url(&kickoff(s, &format!("/Group/{group}/$export?_type=Patient,Encounter")))).json().unwrap();
+    let got = download(&manifest).0;
+    assert_eq!(got.get("Patient"), expected_group.get("Patient"));
+    assert_eq!(got.get("Encounter"), expected_group.get("Encounter"));
+    assert_eq!(got.len(), 2, "_type limits the output");
+
+    // _since after everything: an empty export, still a manifest.
+    let future = "2999-01-01T00:00:00Z";
+    let manifest: Json = wait(&status_url(&kickoff(s, &format!("/$export?_since={future}")))).json().unwrap();
+    assert_eq!(manifest["output"], json!([]));
+
+    // POST with a Parameters body: one patient.
+    let one = &patients[0];
+    let body = json!({"resourceType": "Parameters", "parameter": [{"name": "patient", "valueReference": {"reference": format!("Patient/{one}")}}, {"name": "_type", "valueString": "Patient,Condition"}]});
+    let r = client().post(format!("{}/Patient/$export", s.base)).header("Accept", "application/fhir+json").body(body.to_string()).send().unwrap();
+    let manifest: Json = wait(&status_url(&r)).json().unwrap();
+    let (got, text) = download(&manifest);
+    assert_eq!(got.get("Patient"), Some(&1));
+    assert!(text.contains(one.as_str()));
+
+    // The three NDJSON spellings are accepted; anything else is a 400 with an OperationOutcome.
+    for f in ["application/fhir+ndjson", "application/ndjson", "ndjson"] {
+        let r = kickoff(s, &format!("/$export?_type=Device&_outputFormat={}", f.replace('+', "%2B")));
+        let url = status_url(&r);
+        assert_eq!(client().delete(&url).send().unwrap().status(), 202);
+    }
+    for (path, status) in [
+        ("/$export?_outputFormat=text/csv", 400),
+        ("/$export?_type=NotAType", 400),
+        ("/$export?_since=yesterday", 400),
+        ("/$export?_since=2024-01-01T00:00:00", 400),
+        ("/$export?_since=2024-02-01T00:00:00Z&_until=2024-01-01T00:00:00Z", 400),
+        ("/Patient/$export?patient=Patient/x", 400),
+        ("/$export?_typeFilter=Observation%3Fstatus%3Dfinal", 400),
+        ("/$export?_anonymizationConfigEtag=x", 400),
+        ("/$export?_container=../up", 400),
+        ("/Group/nope/$export", 404),
+    ] {
+        let r = kickoff(s, path);
+        assert_eq!(r.status(), status, "{path}");
+        let body: Json = r.json().unwrap();
+        assert_eq!(body["resourceType"], "OperationOutcome", "{path}");
+    }
+    let lenient = client()
+        .get(format!("{}/$export?_type=Device&_typeFilter=Observation%3Fstatus%3Dfinal", s.base))
+        .header("Prefer", "respond-async, handling=lenient")
+        .send()
+        .unwrap();
+    client().delete(status_url(&lenient)).send().unwrap();
+
+    // DELETE: the job and its files go at once; the status is then 404.
+    let url = status_url(&kickoff(s, "/$export"));
+    assert_eq!(client().delete(&url).send().unwrap().status(), 202);
+    assert_eq!(client().get(&url).send().unwrap().status(), 404);
+    assert_eq!(client().delete(&url).send().unwrap().status(), 404);
+
+    // De-identified export into a named container, as Azure does it.
+    let url = status_url(&kickoff(s, "/$export?_type=Patient&_anonymizationConfig=safe-harbor.json&_container=research"));
+    let manifest: Json = wait(&url).json().unwrap();
+    let (counts, text) = download(&manifest);
+    assert_eq!(counts["Patient"], s.store.counts().unwrap()["Patient"]);
+    for p in PLANTED {
+        assert!(!text.contains(p), "{p} in a de-identified export");
+    }
+    let research: Vec<_> = std::fs::read_dir(s.storage.join("research")).unwrap().collect();
+    assert_eq!(research.len(), 1, "one timestamped folder in the container");
+    // The same export without de-identification does carry them (the test can fail).
+    let (_, raw) = download(&wait(&status_url(&kickoff(s, "/$export?_type=Patient"))).json().unwrap());
+    assert!(raw.contains(PLANTED[0]));
+    // A configuration that is not there: the job fails, with an OperationOutcome.
+    let failed = wait(&status_url(&kickoff(s, "/$export?_anonymizationConfig=missing.json")));
+    assert_eq!(failed.status(), 400);
+    let body: Json = failed.json().unwrap();
+    assert!(body["issue"][0]["diagnostics"].as_str().unwrap().contains("not found"));
+
+    // Reads.
+    let p: Json = client().get(format!("{}/Patient/{one}", s.base)).send().unwrap().json().unwrap();
+    assert_eq!(p["id"], one.as_str());
+    assert_eq!(client().get(format!("{}/Patient/nope", s.base)).send().unwrap().status(), 404);
+}
+
+#[test]
+fn export_checklist_on_sqlite() {
+    checklist(&start("sqlite", false));
+}
+
+#[test]
+fn export_checklist_on_postgres() {
+    checklist(&start("postgres", true));
+}
+
+#[test]
+fn refuses_to_listen_beyond_loopback() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let err = rt.block_on(bind("0.0.0.0:0".parse().unwrap())).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+    assert!(err.to_string().contains("loopback only"));
+}
