@@ -24,6 +24,9 @@ pub(crate) struct Args {
     /// The sample archive (a .tar.gz of FHIR JSON files).
     #[arg(long, value_name = "PATH", default_value = "data/synthea-r4-100.tar.gz", env = "VEIL_DEMO_DATA")]
     data: PathBuf,
+    /// Where the demo's store and export go (emptied first).
+    #[arg(long, value_name = "DIR", default_value = "demo-output")]
+    out: PathBuf,
 }
 
 /// What the demo evaluates: the shapes of real anonymizer rules and views.
@@ -109,7 +112,9 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     println!();
     deidentify(&all)?;
     println!();
-    println!("Next on the path: the FHIR server's de-identified $export (veil serve).");
+    serve_and_export(&args.data, &args.out)?;
+    println!();
+    println!("Next on the path: authorization (SMART Backend Services), share links and studies.");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -158,6 +163,74 @@ fn deidentify(all: &[Json]) -> Result<()> {
         let left: usize = docs.iter().map(|d| expr.evaluate(d).map(|r| r.len()).unwrap_or(0)).sum();
         println!("  {what} left outside organizations: {left}   ({src})");
     }
+    Ok(())
+}
+
+/// The third step: an empty store, the sample loaded into it, `veil serve`
+/// started on loopback, and a de-identified `$export` asked of it over HTTP,
+/// as Azure's de-identified export is asked.
+fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out)?;
+    let db = format!("sqlite:{}", out.join("veil.db").display());
+    let store: Arc<dyn veil_store::Store> = Arc::from(veil_store::open(&db)?);
+    let t = Instant::now();
+    let mut loaded = 0u64;
+    for_each_json_in_tar_gz(data, |name, doc| {
+        loaded += veil_server::load_document(&*store, doc, name)?.written.values().sum::<u64>();
+        Ok(())
+    })?;
+    println!("Loaded {loaded} resources into an empty store ({db}) in {}", ms(t.elapsed()));
+
+    let storage = veil_server::export::Storage::new(out.join("storage"))?;
+    std::fs::write(out.join("storage/anonymization/safe-harbor.json"), include_str!("../../deid/policies/safe-harbor.json"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (store, storage, stop) = (store.clone(), storage.clone(), stop.clone());
+        std::thread::spawn(move || veil_server::export::worker_loop(&*store, &storage, "demo", 10_000, &stop))
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let listener = runtime.block_on(veil_server::http::bind("127.0.0.1:0".parse()?))?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let state = veil_server::http::AppState::new(store.clone(), storage, base.clone());
+    let server = runtime.spawn(veil_server::http::serve(state, listener, async move {
+        let _ = rx.await;
+    }));
+    println!("veil serve is listening on {base}");
+
+    let kickoff = format!("{base}/$export?_anonymizationConfig=safe-harbor.json&_container=research");
+    println!("GET {kickoff}");
+    let client = reqwest::blocking::Client::new();
+    let t = Instant::now();
+    let r = client.get(&kickoff).header("Accept", "application/fhir+json").header("Prefer", "respond-async").send()?;
+    let status_url = r.headers().get("content-location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    println!("  {} Content-Location: {status_url}", r.status());
+    let manifest: Json = loop {
+        std::thread::sleep(Duration::from_millis(1000));
+        let r = client.get(&status_url).send()?;
+        if r.status() == 200 {
+            break r.json()?;
+        }
+        if r.status() != 202 && r.status() != 429 {
+            bail!("the export failed: {}", r.text()?);
+        }
+    };
+    let files = manifest["output"].as_array().map_or(0, Vec::len);
+    let resources: u64 = manifest["output"].as_array().into_iter().flatten().filter_map(|o| o["count"].as_u64()).sum();
+    println!("  200 manifest: {resources} de-identified resources in {files} files, in {}", ms(t.elapsed()));
+    let folder = std::fs::read_dir(out.join("storage/research"))?.next().transpose()?.map(|e| e.path());
+    if let Some(folder) = folder {
+        println!("  files: {}", folder.display());
+    }
+
+    let _ = tx.send(());
+    let _ = runtime.block_on(server);
+    stop.store(true, Ordering::Relaxed);
+    let _ = worker.join();
     Ok(())
 }
 

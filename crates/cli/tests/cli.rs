@@ -104,7 +104,8 @@ fn constants_and_strict_mode() {
 
 #[test]
 fn demo_runs_on_the_bundled_sample() {
-    let out = veil(&["demo"], None);
+    let dir = std::env::temp_dir().join(format!("veil-demo-{}", std::process::id()));
+    let out = veil(&["demo", "--out", dir.to_str().unwrap()], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("Loaded 38971 resources from 103 files"), "{stdout}");
@@ -118,6 +119,13 @@ fn demo_runs_on_the_bundled_sample() {
     for kind in ["names", "street addresses and cities", "phone numbers and emails", "identifier values", "narratives"] {
         assert!(stdout.contains(&format!("  {kind} left outside organizations: 0 ")), "{kind}: {stdout}");
     }
+    // Then the server: an empty store, the sample loaded, a de-identified $export over HTTP.
+    assert!(stdout.contains("Loaded 38971 resources into an empty store"), "{stdout}");
+    // Organizations and practitioners recur across the patients' bundles: 38,473 distinct resources.
+    assert!(stdout.contains("200 manifest: 38473 de-identified resources"), "{stdout}");
+    let files: Vec<_> = std::fs::read_dir(dir.join("storage/research")).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 // ---- veil deid ----------------------------------------------------------
