@@ -190,7 +190,7 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<()>
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {
         let (store, storage, stop) = (store.clone(), storage.clone(), stop.clone());
-        std::thread::spawn(move || veil_server::export::worker_loop(&*store, &storage, "demo", 10_000, &stop))
+        std::thread::spawn(move || veil_server::export::worker_loop(&*store, &storage, "demo", Default::default(), &stop))
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let listener = runtime.block_on(veil_server::http::bind("127.0.0.1:0".parse()?))?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context as _, Result};
-use veil_server::export::{DEFAULT_FILE_LIMIT, Storage, worker_loop};
+use veil_server::export::{DEFAULT_FILE_LIMIT, Storage, WorkerConfig, worker_loop};
 use veil_server::http::{AppState, bind, serve};
 
 use crate::UsageError;
@@ -45,6 +45,10 @@ pub(crate) struct Args {
     /// Resources per output file.
     #[arg(long, default_value_t = DEFAULT_FILE_LIMIT)]
     file_limit: u64,
+    /// Seconds before a job whose worker stopped answering (a crash) is
+    /// taken over by another worker or a restarted server.
+    #[arg(long, default_value_t = 60)]
+    lease_secs: i64,
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
@@ -60,8 +64,8 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let workers: Vec<_> = (0..args.workers.max(1))
         .map(|i| {
             let (store, storage, stop) = (store.clone(), storage.clone(), stop.clone());
-            let limit = args.file_limit;
-            std::thread::spawn(move || worker_loop(&*store, &storage, &format!("veil-{host}-{i}"), limit, &stop))
+            let config = WorkerConfig { file_limit: args.file_limit, lease_secs: args.lease_secs.max(1) };
+            std::thread::spawn(move || worker_loop(&*store, &storage, &format!("veil-{host}-{i}"), config, &stop))
         })
         .collect();
     eprintln!("veil serve: {base_url} (store {}, storage {})", args.db, args.storage.display());

@@ -286,3 +286,86 @@ fn deid_invalid_policy_names_the_rule() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("rule 1 (path \"Patient.x\"): Span value is invalid at Patient.x."), "{}", text(&out.stderr));
 }
+
+// ---- veil serve: a crash in the middle of an export ----------------------
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn_serve(db: &str, storage: &Path, port: u16) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["serve", "--db", db, "--storage", storage.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--file-limit", "100", "--lease-secs", "2", "--workers", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child
+}
+
+#[test]
+fn serve_survives_a_kill_in_the_middle_of_an_export() {
+    let t = TempDir::new("crash");
+    let db = format!("sqlite:{}", t.0.join("veil.db").display());
+    let storage = t.0.join("storage");
+    let load = veil(&["load", "--db", &db, "data/synthea-r4-100.tar.gz"], None);
+    assert!(load.status.success(), "{}", text(&load.stderr));
+    let port = free_port();
+    let mut server = spawn_serve(&db, &storage, port);
+    let http = reqwest::blocking::Client::new();
+    let r = http.get(format!("http://127.0.0.1:{port}/$export")).header("Prefer", "respond-async").send().unwrap();
+    assert_eq!(r.status(), 202);
+    let status = r.headers()["content-location"].to_str().unwrap().to_string();
+    // Wait until the export is under way, then kill the server outright.
+    let mut running = false;
+    for _ in 0..200 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if let Ok(r) = http.get(&status).send() {
+            if r.headers().get("x-progress").and_then(|v| v.to_str().ok()).is_some_and(|p| p.contains("resources exported")) {
+                running = true;
+                break;
+            }
+        }
+    }
+    assert!(running, "the export started");
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+    // Restart: the lapsed job is taken over and run again from a clean folder.
+    let port = free_port();
+    let status = status.replace(&status.split('/').nth(2).unwrap().to_string(), &format!("127.0.0.1:{port}"));
+    let mut server = spawn_serve(&db, &storage, port);
+    let mut manifest = serde_json::Value::Null;
+    for _ in 0..600 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let r = http.get(&status).send().unwrap();
+        if r.status() == 200 {
+            manifest = r.json().unwrap();
+            break;
+        }
+        assert!(r.status() == 202 || r.status() == 429, "{}", r.status());
+    }
+    assert!(manifest.is_object(), "the export completed after the restart");
+    // Every listed file is complete: its line count is its count, every line parses.
+    let mut total = 0;
+    for item in manifest["output"].as_array().unwrap() {
+        let url = item["url"].as_str().unwrap().replace(&item["url"].as_str().unwrap().split('/').nth(2).unwrap().to_string(), &format!("127.0.0.1:{port}"));
+        let body = http.get(&url).send().unwrap().text().unwrap();
+        let lines: Vec<serde_json::Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len() as u64, item["count"].as_u64().unwrap());
+        total += lines.len();
+    }
+    assert_eq!(total, 38473, "every stored resource exactly once");
+    // No temporary files are left among the listed ones.
+    let folder = std::fs::read_dir(&storage).unwrap().map(|e| e.unwrap().path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with("export-")).unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(folder).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".tmp")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

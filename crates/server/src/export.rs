@@ -154,8 +154,25 @@ struct OpenFile {
     count: u64,
 }
 
+/// How a worker runs jobs.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    /// Resources per output file.
+    pub file_limit: u64,
+    /// Seconds a claimed job stays this worker's without a heartbeat; a job
+    /// whose worker died is taken over after this long.
+    pub lease_secs: i64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> WorkerConfig {
+        WorkerConfig { file_limit: DEFAULT_FILE_LIMIT, lease_secs: 60 }
+    }
+}
+
 /// Runs one claimed job to its end.
-pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owner: &str, file_limit: u64) -> Outcome {
+pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owner: &str, config: WorkerConfig) -> Outcome {
+    let file_limit = config.file_limit;
     let Some(req) = serde_json::from_str(&job.request).ok().as_ref().and_then(ExportRequest::from_json) else {
         return Outcome::Failed(500, "the stored export request is unreadable".into());
     };
@@ -259,7 +276,7 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
         if done.is_multiple_of(5_000) {
             // Renew the lease; a cancelled or taken-over job stops here.
             let progress = json!({"resources": done}).to_string();
-            if !store.heartbeat(&job.id, owner, 60, Some(&progress)).unwrap_or(false) {
+            if !store.heartbeat(&job.id, owner, config.lease_secs, Some(&progress)).unwrap_or(false) {
                 lost = true;
                 return Ok(false);
             }
@@ -306,17 +323,17 @@ fn file_url(req: &ExportRequest, job: &str, path: &Path) -> String {
 }
 
 /// Claims and runs jobs until `stop` says so; sleeps briefly when idle.
-pub fn worker_loop(store: &dyn Store, storage: &Storage, owner: &str, file_limit: u64, stop: &std::sync::atomic::AtomicBool) {
+pub fn worker_loop(store: &dyn Store, storage: &Storage, owner: &str, config: WorkerConfig, stop: &std::sync::atomic::AtomicBool) {
     use std::sync::atomic::Ordering;
     while !stop.load(Ordering::Relaxed) {
-        let job = match store.claim_job(owner, 60) {
+        let job = match store.claim_job(owner, config.lease_secs) {
             Ok(Some(job)) => job,
             Ok(None) | Err(_) => {
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 continue;
             }
         };
-        match run_job(store, storage, &job, owner, file_limit) {
+        match run_job(store, storage, &job, owner, config) {
             Outcome::Completed(manifest) => {
                 let _ = store.finish_job(&job.id, owner, JobState::Completed, &manifest.to_string());
             }

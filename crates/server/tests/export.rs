@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use reqwest::blocking::{Client, Response};
 use serde_json::{Value as Json, json};
-use veil_server::export::{Storage, worker_loop};
+use veil_server::export::{Storage, WorkerConfig, worker_loop};
 use veil_server::http::{AppState, bind, serve};
 use veil_store::{ScanFilter, Store};
 
@@ -107,7 +107,7 @@ fn start(name: &str, postgres: bool) -> Server {
     let mut threads = Vec::new();
     for i in 0..2 {
         let (store, storage, stop) = (store.clone(), storage.clone(), stop.clone());
-        threads.push(std::thread::spawn(move || worker_loop(&*store, &storage, &format!("test-{i}"), 500, &stop)));
+        threads.push(std::thread::spawn(move || worker_loop(&*store, &storage, &format!("test-{i}"), WorkerConfig { file_limit: 500, lease_secs: 60 }, &stop)));
     }
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
