@@ -327,12 +327,11 @@ fn serve_survives_a_kill_in_the_middle_of_an_export() {
     let mut running = false;
     for _ in 0..200 {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        if let Ok(r) = http.get(&status).send() {
-            if r.headers().get("x-progress").and_then(|v| v.to_str().ok()).is_some_and(|p| p.contains("resources exported")) {
+        if let Ok(r) = http.get(&status).send()
+            && r.headers().get("x-progress").and_then(|v| v.to_str().ok()).is_some_and(|p| p.contains("resources exported")) {
                 running = true;
                 break;
             }
-        }
     }
     assert!(running, "the export started");
     server.kill().unwrap(); // SIGKILL
