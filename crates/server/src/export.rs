@@ -31,6 +31,10 @@ pub struct ExportRequest {
     pub anonymization_config: Option<String>,
     /// `_container`: where the files go (a container of the server's storage).
     pub container: Option<String>,
+    /// `_typeFilter` queries (`Type?k=v&…`), already checked at kick-off.
+    pub type_filters: Vec<String>,
+    /// What a lenient kick-off ignored, reported in the manifest's `error` files.
+    pub ignored: Vec<String>,
     /// The base URL that file URLs in the manifest start with.
     pub base_url: String,
 }
@@ -53,6 +57,7 @@ impl ExportRequest {
             "level": match &self.level { Level::System => json!("system"), Level::Patient => json!("patient"), Level::Group(g) => json!({"group": g}) },
             "url": self.url, "types": self.types, "since": self.since, "until": self.until, "patients": self.patients,
             "anonymizationConfig": self.anonymization_config, "container": self.container, "baseUrl": self.base_url,
+            "typeFilters": self.type_filters, "ignored": self.ignored,
         })
     }
 
@@ -75,6 +80,8 @@ impl ExportRequest {
             anonymization_config: string("anonymizationConfig"),
             container: string("container"),
             base_url: string("baseUrl")?,
+            type_filters: strings("typeFilters").unwrap_or_default(),
+            ignored: strings("ignored").unwrap_or_default(),
         })
     }
 }
@@ -211,6 +218,14 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
             Err(e) => return Outcome::Failed(500, format!("cannot read the group: {e}")),
         },
     };
+    // _typeFilter: per type, the queries a resource must match one of.
+    let mut filters: BTreeMap<String, Vec<crate::search::Query>> = BTreeMap::new();
+    for f in &req.type_filters {
+        match crate::search::Query::parse_type_filter(f) {
+            Ok(q) => filters.entry(q.resource_type.clone()).or_default().push(q),
+            Err(e) => return Outcome::Failed(400, format!("_typeFilter: {e}")),
+        }
+    }
     let dir = storage.job_dir(&job.id, req.container.as_deref(), &job.created);
     // A job taken over after a crash starts again from a clean folder.
     let _ = fs::remove_dir_all(&dir);
@@ -239,6 +254,12 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
     };
     let result = store.scan(&filter, &mut |s| {
         let Some(body) = s.body else { return Ok(true) };
+        if let Some(queries) = filters.get(&s.resource_type) {
+            let doc: Json = serde_json::from_str(&body).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
+            if !queries.iter().any(|q| q.matches(&doc)) {
+                return Ok(true);
+            }
+        }
         let line = match &engine {
             None => body,
             Some(engine) => {
@@ -297,6 +318,9 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&dir);
         return Outcome::Failed(500, format!("export failed: {e}"));
+    }
+    for what in &req.ignored {
+        errors.push(operation_outcome("information", "informational", &format!("ignored under handling=lenient: {what}")));
     }
     let mut error_files = Vec::new();
     if !errors.is_empty() {

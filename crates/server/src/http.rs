@@ -187,6 +187,29 @@ fn parameters(method: &Method, query: Option<&str>, body: &str) -> Result<Vec<(S
     Ok(out)
 }
 
+/// Splits a `_typeFilter` value at each comma that starts a new `Type?`
+/// query, keeping commas inside values (`status=a,b`).
+fn split_type_filters(value: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut rest = value;
+    while let Some(i) = rest.find(',') {
+        let after = &rest[i + 1..];
+        let starts_query = after.find('?').is_some_and(|q| {
+            let ty = &after[..q];
+            !ty.is_empty() && ty.starts_with(|c: char| c.is_ascii_uppercase()) && ty.chars().all(|c| c.is_ascii_alphabetic())
+        });
+        out.last_mut().expect("non-empty").push_str(&rest[..i]);
+        if starts_query {
+            out.push(String::new());
+        } else {
+            out.last_mut().expect("non-empty").push(',');
+        }
+        rest = after;
+    }
+    out.last_mut().expect("non-empty").push_str(rest);
+    out.into_iter().filter(|s| !s.is_empty()).collect()
+}
+
 /// A FHIR instant (a time zone is required), in the store's UTC form.
 fn instant(text: &str) -> Option<String> {
     let t = veil_fhirpath::Temporal::parse_datetime(text)?;
@@ -247,6 +270,8 @@ async fn kickoff(State(st): State<Arc<AppState>>, level: Level, method: Method, 
         anonymization_config: None,
         container: None,
         base_url: st.base_url.clone(),
+        type_filters: Vec::new(),
+        ignored: Vec::new(),
     };
     let mut etag = None;
     for (name, value) in &params {
@@ -294,8 +319,21 @@ async fn kickoff(State(st): State<Arc<AppState>>, level: Level, method: Method, 
                 }
                 req.container = Some(value.clone());
             }
-            "_typeFilter" | "_elements" | "includeAssociatedData" | "organizeOutputBy" if !lenient => {
-                return outcome(StatusCode::BAD_REQUEST, "not-supported", &format!("the {name} parameter is not supported yet"));
+            "_typeFilter" => {
+                // STU2 packs several queries in one value; split only where a new `Type?` starts.
+                for q in split_type_filters(value) {
+                    match crate::search::Query::parse_type_filter(&q) {
+                        Ok(_) => req.type_filters.push(q),
+                        Err(e) if lenient => req.ignored.push(format!("_typeFilter {q}: {e}")),
+                        Err(e) => return outcome(StatusCode::BAD_REQUEST, "not-supported", &format!("_typeFilter: {e}")),
+                    }
+                }
+            }
+            "_elements" | "includeAssociatedData" | "organizeOutputBy" => {
+                if !lenient {
+                    return outcome(StatusCode::BAD_REQUEST, "not-supported", &format!("the {name} parameter is not supported"));
+                }
+                req.ignored.push(format!("the {name} parameter"));
             }
             _ => {}
         }

@@ -24,6 +24,7 @@
 
 pub mod export;
 pub mod http;
+pub mod search;
 mod ingest;
 
 pub use ingest::{LoadError, LoadReport, load_document, load_ndjson, new_id};

@@ -259,7 +259,8 @@ fn checklist(s: &Server) {
         ("/$export?_since=2024-01-01T00:00:00", 400),
         ("/$export?_since=2024-02-01T00:00:00Z&_until=2024-01-01T00:00:00Z", 400),
         ("/Patient/$export?patient=Patient/x", 400),
-        ("/$export?_typeFilter=Observation%3Fstatus%3Dfinal", 400),
+        ("/$export?_typeFilter=Observation%3Fnonsense%3Dfinal", 400),
+        ("/$export?_elements=id", 400),
         ("/$export?_anonymizationConfigEtag=x", 400),
         ("/$export?_container=../up", 400),
         ("/Group/nope/$export", 404),
@@ -269,12 +270,34 @@ fn checklist(s: &Server) {
         let body: Json = r.json().unwrap();
         assert_eq!(body["resourceType"], "OperationOutcome", "{path}");
     }
+    // Under handling=lenient, what cannot be honoured is ignored and reported.
     let lenient = client()
-        .get(format!("{}/$export?_type=Device&_typeFilter=Observation%3Fstatus%3Dfinal", s.base))
+        .get(format!("{}/$export?_type=Device&_typeFilter=Observation%3Fnonsense%3Dfinal&_elements=id", s.base))
         .header("Prefer", "respond-async, handling=lenient")
         .send()
         .unwrap();
-    client().delete(status_url(&lenient)).send().unwrap();
+    let manifest: Json = wait(&status_url(&lenient)).json().unwrap();
+    let report = client().get(manifest["error"][0]["url"].as_str().unwrap()).send().unwrap().text().unwrap();
+    assert_eq!(report.lines().count(), 2, "{report}");
+    assert!(report.contains("nonsense") && report.contains("_elements"));
+
+    // _typeFilter: search parameters through their FHIRPath definitions.
+    let final_obs = store_counts(&*s.store, &ScanFilter { types: Some(vec!["Observation".into()]), ..Default::default() })["Observation"];
+    let filtered: Json = wait(&status_url(&kickoff(
+        s,
+        "/$export?_type=Observation,Patient&_typeFilter=Observation%3Fcategory%3Dvital-signs%26date%3Dge2000-01-01,Patient%3Fgender%3Dfemale",
+    )))
+    .json()
+    .unwrap();
+    let (got, text) = download(&filtered);
+    assert!(got["Observation"] > 0 && got["Observation"] < final_obs, "{got:?} of {final_obs}");
+    for line in text.lines() {
+        let r: Json = serde_json::from_str(line).unwrap();
+        match r["resourceType"].as_str().unwrap() {
+            "Patient" => assert_eq!(r["gender"], "female"),
+            _ => assert!(r["category"].to_string().contains("vital-signs")),
+        }
+    }
 
     // DELETE: the job and its files go at once; the status is then 404.
     let url = status_url(&kickoff(s, "/$export"));
