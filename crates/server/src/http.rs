@@ -49,7 +49,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/Group/{id}/$export", get(kickoff_group).post(kickoff_group))
         .route("/_export-status/{job}", get(status).delete(cancel))
         .route("/_export/{job}/{file}", get(download))
-        .route("/{type}/{id}", get(read))
+        .route("/", axum::routing::post(transaction))
+        .route("/{type}", get(search).post(create))
+        .route("/{type}/{id}", get(read).put(update).delete(remove))
         .with_state(state)
 }
 
@@ -72,7 +74,13 @@ async fn metadata(State(st): State<Arc<AppState>>) -> Response {
         t.sort_unstable();
         t.into_iter()
             .map(|ty| {
-                let mut r = json!({"type": ty, "interaction": [{"code": "read"}]});
+                let interactions = ["read", "create", "update", "delete", "search-type"].map(|c| json!({"code": c}));
+                let params: Vec<Json> = veil_fhir::r4()
+                    .search_params(ty)
+                    .filter(|p| !matches!(p.kind, veil_fhir::SearchParamKind::Composite | veil_fhir::SearchParamKind::Special))
+                    .map(|p| json!({"name": p.code, "type": format!("{:?}", p.kind).to_lowercase()}))
+                    .collect();
+                let mut r = json!({"type": ty, "interaction": interactions, "searchParam": params});
                 match ty {
                     "Patient" => r["operation"] = json!([export("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export")]),
                     "Group" => r["operation"] = json!([export("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export")]),
@@ -97,6 +105,7 @@ async fn metadata(State(st): State<Arc<AppState>>) -> Response {
             "rest": [{
                 "mode": "server",
                 "resource": types,
+                "interaction": [{"code": "transaction"}, {"code": "batch"}],
                 "operation": [export("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export")]
             }]
         }),
@@ -121,6 +130,192 @@ async fn read(State(st): State<Arc<AppState>>, Path((ty, id)): Path<(String, Str
             }
         },
     }
+}
+
+fn parse_resource(body: &str, ty: &str) -> Result<Json, Response> {
+    let doc: Json = serde_json::from_str(body)
+        .map_err(|e| outcome(StatusCode::BAD_REQUEST, "invalid", &format!("the body is not JSON (line {}, column {})", e.line(), e.column())))?;
+    if doc.get("resourceType").and_then(Json::as_str) != Some(ty) {
+        return Err(outcome(StatusCode::BAD_REQUEST, "invalid", &format!("the body is not a {ty}")));
+    }
+    Ok(doc)
+}
+
+fn written(status: StatusCode, base: &str, location: &str, body: Json) -> Response {
+    let mut r = fhir_json(status, body);
+    let version = location.rsplit('/').next().unwrap_or("1");
+    r.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&format!("{base}/{location}")).unwrap_or(HeaderValue::from_static("")));
+    r.headers_mut().insert(header::ETAG, HeaderValue::from_str(&format!("W/\"{version}\"")).unwrap_or(HeaderValue::from_static("")));
+    r
+}
+
+async fn store_one(st: &Arc<AppState>, doc: Json) -> Result<(String, Json), Response> {
+    let store = st.store.clone();
+    let kept = doc.clone();
+    let r = blocking(move || crate::load_document(&*store, doc, "request")).await?;
+    match r {
+        Ok(report) => Ok((report.locations.first().cloned().unwrap_or_default(), kept)),
+        Err(crate::LoadError::Invalid(e)) => Err(outcome(StatusCode::BAD_REQUEST, "invalid", &e)),
+        Err(_) => Err(outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the store failed")),
+    }
+}
+
+async fn create(State(st): State<Arc<AppState>>, Path(ty): Path<String>, body: String) -> Response {
+    if !veil_fhir::r4().is_resource_type(&ty) {
+        return outcome(StatusCode::NOT_FOUND, "not-found", &format!("unknown resource type {ty}"));
+    }
+    let mut doc = match parse_resource(&body, &ty) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    // The server chooses the id of a created resource.
+    doc["id"] = Json::String(crate::new_id());
+    match store_one(&st, doc).await {
+        Ok((location, doc)) => written(StatusCode::CREATED, &st.base_url, &location, doc),
+        Err(r) => r,
+    }
+}
+
+async fn update(State(st): State<Arc<AppState>>, Path((ty, id)): Path<(String, String)>, body: String) -> Response {
+    if !veil_fhir::r4().is_resource_type(&ty) {
+        return outcome(StatusCode::NOT_FOUND, "not-found", &format!("unknown resource type {ty}"));
+    }
+    let doc = match parse_resource(&body, &ty) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    if doc.get("id").and_then(Json::as_str) != Some(id.as_str()) {
+        return outcome(StatusCode::BAD_REQUEST, "invalid", "the resource's id must equal the id in the URL");
+    }
+    match store_one(&st, doc).await {
+        Ok((location, doc)) => {
+            let status = if location.ends_with("/_history/1") { StatusCode::CREATED } else { StatusCode::OK };
+            written(status, &st.base_url, &location, doc)
+        }
+        Err(r) => r,
+    }
+}
+
+async fn remove(State(st): State<Arc<AppState>>, Path((ty, id)): Path<(String, String)>) -> Response {
+    let store = st.store.clone();
+    match blocking(move || store.delete(&ty, &id)).await {
+        Err(r) => r,
+        Ok(Ok(Some(_))) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Ok(None)) => outcome(StatusCode::NOT_FOUND, "not-found", "no such resource"),
+        Ok(Err(_)) => outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the store failed"),
+    }
+}
+
+async fn transaction(State(st): State<Arc<AppState>>, body: String) -> Response {
+    let doc = match parse_resource(&body, "Bundle") {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let kind = doc.get("type").and_then(Json::as_str).unwrap_or("").to_string();
+    if !matches!(kind.as_str(), "transaction" | "batch") {
+        return outcome(StatusCode::BAD_REQUEST, "invalid", "POST to the base takes a transaction or batch Bundle");
+    }
+    let store = st.store.clone();
+    match blocking(move || crate::load_document(&*store, doc, "request")).await {
+        Err(r) => r,
+        Ok(Err(crate::LoadError::Invalid(e))) => outcome(StatusCode::BAD_REQUEST, "invalid", &e),
+        Ok(Err(_)) => outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the store failed"),
+        Ok(Ok(report)) => {
+            let entries: Vec<Json> = report
+                .locations
+                .iter()
+                .map(|l| {
+                    let status = if l.ends_with("/_history/1") { "201 Created" } else { "200 OK" };
+                    json!({"response": {"status": status, "location": l}})
+                })
+                .collect();
+            fhir_json(StatusCode::OK, json!({"resourceType": "Bundle", "type": format!("{kind}-response"), "entry": entries}))
+        }
+    }
+}
+
+/// Search: any supported search parameter (see [`crate::search`]), with
+/// `_count` (default 50, at most 1000) and paging by `_offset`.
+async fn search(State(st): State<Arc<AppState>>, Path(ty): Path<String>, RawQuery(query): RawQuery) -> Response {
+    if !veil_fhir::r4().is_resource_type(&ty) {
+        return outcome(StatusCode::NOT_FOUND, "not-found", &format!("unknown resource type {ty}"));
+    }
+    let query = query.unwrap_or_default();
+    let params: Vec<(String, String)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect();
+    let number = |name: &str, default: usize| params.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.parse::<usize>().ok()).unwrap_or(default);
+    let count = number("_count", 50).min(1000);
+    let offset = number("_offset", 0);
+    // _lastUpdated narrows the store's scan; everything else is matched on the resources.
+    let mut filter = veil_store::ScanFilter { types: Some(vec![ty.clone()]), ..Default::default() };
+    let mut criteria = Vec::new();
+    for (k, v) in &params {
+        match k.as_str() {
+            "_lastUpdated" => {
+                let (prefix, value) = v.split_at(v.find(|c: char| c.is_ascii_digit()).unwrap_or(0));
+                let Some(at) = instant(value).or_else(|| instant(&format!("{value}T00:00:00Z"))) else {
+                    return outcome(StatusCode::BAD_REQUEST, "invalid", "_lastUpdated takes a prefix and an instant, e.g. gt2024-01-01T00:00:00Z");
+                };
+                match prefix {
+                    "gt" | "ge" | "sa" => filter.since = Some(at),
+                    "lt" | "le" | "eb" => filter.until = Some(at),
+                    _ => return outcome(StatusCode::BAD_REQUEST, "not-supported", "_lastUpdated supports gt, ge, lt and le"),
+                }
+            }
+            "_count" | "_offset" => {}
+            _ => criteria.push(format!("{}={}", k, v)),
+        }
+    }
+    let compiled = match crate::search::Query::parse(&ty, &criteria.join("&").replace('%', "%25")) {
+        Ok(q) => q,
+        Err(e) => return outcome(StatusCode::BAD_REQUEST, "not-supported", &e.to_string()),
+    };
+    let store = st.store.clone();
+    let found = blocking(move || {
+        let mut matches: Vec<String> = Vec::new();
+        let mut seen = 0usize;
+        let r = store.scan(&filter, &mut |s| {
+            let Some(body) = s.body else { return Ok(true) };
+            let doc: Json = serde_json::from_str(&body).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
+            if compiled.matches(&doc) {
+                if seen >= offset && matches.len() <= count {
+                    matches.push(body);
+                }
+                seen += 1;
+            }
+            // One more than a page tells whether there is a next page.
+            Ok(matches.len() <= count)
+        });
+        r.map(|_| matches)
+    })
+    .await;
+    let mut matches = match found {
+        Err(r) => return r,
+        Ok(Err(_)) => return outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the store failed"),
+        Ok(Ok(m)) => m,
+    };
+    let more = matches.len() > count;
+    matches.truncate(count);
+    let base_query: String = params.iter().filter(|(k, _)| k != "_offset").map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+    let mut links = vec![json!({"relation": "self", "url": format!("{}/{ty}?{query}", st.base_url)})];
+    if more {
+        links.push(json!({"relation": "next", "url": format!("{}/{ty}?{base_query}&_offset={}", st.base_url, offset + count)}));
+    }
+    let entries: Vec<Json> = matches
+        .into_iter()
+        .filter_map(|b| serde_json::from_str::<Json>(&b).ok())
+        .map(|r| {
+            let full = format!("{}/{}/{}", st.base_url, ty, r["id"].as_str().unwrap_or(""));
+            json!({"fullUrl": full, "resource": r, "search": {"mode": "match"}})
+        })
+        .collect();
+    fhir_json(StatusCode::OK, json!({"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}))
 }
 
 async fn kickoff_system(st: State<Arc<AppState>>, m: Method, h: HeaderMap, q: RawQuery, body: String) -> Response {

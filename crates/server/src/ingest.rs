@@ -27,6 +27,8 @@ pub struct LoadReport {
     pub written: BTreeMap<String, u64>,
     /// Deleted per resourceType (`DELETE` entries).
     pub deleted: BTreeMap<String, u64>,
+    /// Each written resource as `Type/id/_history/version`, in order.
+    pub locations: Vec<String>,
 }
 
 impl LoadReport {
@@ -38,6 +40,7 @@ impl LoadReport {
         for (k, v) in &other.deleted {
             *self.deleted.entry(k.clone()).or_default() += v;
         }
+        self.locations.extend(other.locations.iter().cloned());
     }
 }
 
@@ -124,9 +127,9 @@ fn write(store: &dyn Store, prepared: &[Prepared], report: &mut LoadReport) -> R
             group_members: p.group_members.as_deref(),
         })
         .collect();
-    store.put(&writes)?;
-    for p in prepared {
-        *report.written.entry(p.resource_type.clone()).or_default() += 1;
+    for stored in store.put(&writes)? {
+        *report.written.entry(stored.resource_type.clone()).or_default() += 1;
+        report.locations.push(format!("{}/{}/_history/{}", stored.resource_type, stored.id, stored.version));
     }
     Ok(())
 }

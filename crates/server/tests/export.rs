@@ -328,6 +328,57 @@ fn checklist(s: &Server) {
     let p: Json = client().get(format!("{}/Patient/{one}", s.base)).send().unwrap().json().unwrap();
     assert_eq!(p["id"], one.as_str());
     assert_eq!(client().get(format!("{}/Patient/nope", s.base)).send().unwrap().status(), 404);
+    rest(s, one);
+}
+
+fn rest(s: &Server, patient: &str) {
+    let c = client();
+    // Create: the server chooses the id.
+    let r = c.post(format!("{}/Patient", s.base)).body(r#"{"resourceType":"Patient","id":"mine","name":[{"family":"Restful"}],"gender":"other"}"#).send().unwrap();
+    assert_eq!(r.status(), 201);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(&format!("{}/Patient/", s.base)) && location.ends_with("/_history/1"), "{location}");
+    let id = location.split('/').rev().nth(2).unwrap().to_string();
+    assert_ne!(id, "mine");
+    // Update.
+    let body = format!(r#"{{"resourceType":"Patient","id":"{id}","name":[{{"family":"Restful"}}],"gender":"female"}}"#);
+    let r = c.put(format!("{}/Patient/{id}", s.base)).body(body).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["etag"], "W/\"2\"");
+    let r = c.put(format!("{}/Patient/{id}", s.base)).body(r#"{"resourceType":"Patient","id":"other"}"#).send().unwrap();
+    assert_eq!(r.status(), 400);
+    // Search.
+    let found: Json = c.get(format!("{}/Patient?family=restf&gender=female", s.base)).send().unwrap().json().unwrap();
+    assert_eq!(found["type"], "searchset");
+    assert_eq!(found["entry"].as_array().unwrap().len(), 1);
+    let page1: Json = c.get(format!("{}/Observation?patient={patient}&_count=5", s.base)).send().unwrap().json().unwrap();
+    assert_eq!(page1["entry"].as_array().unwrap().len(), 5);
+    let next = page1["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"].as_str().unwrap().to_string();
+    let page2: Json = c.get(&next).send().unwrap().json().unwrap();
+    assert_ne!(page1["entry"][0]["resource"]["id"], page2["entry"][0]["resource"]["id"]);
+    assert!(page2["entry"].as_array().unwrap().iter().all(|e| e["resource"]["subject"]["reference"] == format!("Patient/{patient}")));
+    let none: Json = c.get(format!("{}/Observation?_lastUpdated=gt2999-01-01T00:00:00Z", s.base)).send().unwrap().json().unwrap();
+    assert_eq!(none["entry"], json!([]));
+    let some: Json = c.get(format!("{}/Patient?_id={patient}", s.base)).send().unwrap().json().unwrap();
+    assert_eq!(some["entry"][0]["resource"]["id"], patient);
+    assert_eq!(c.get(format!("{}/Patient?nonsense=1", s.base)).send().unwrap().status(), 400);
+    // Delete: 204, then gone.
+    assert_eq!(c.delete(format!("{}/Patient/{id}", s.base)).send().unwrap().status(), 204);
+    assert_eq!(c.get(format!("{}/Patient/{id}", s.base)).send().unwrap().status(), 410);
+    assert_eq!(c.delete(format!("{}/Patient/{id}", s.base)).send().unwrap().status(), 404);
+    // A transaction Bundle.
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:4a0c59a5-0000-4000-8000-000000000001", "resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": "urn:uuid:4a0c59a5-0000-4000-8000-000000000001"}}, "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    let resp: Json = c.post(&s.base).body(tx.to_string()).send().unwrap().json().unwrap();
+    assert_eq!(resp["type"], "transaction-response");
+    assert_eq!(resp["entry"].as_array().unwrap().len(), 2);
+    assert_eq!(resp["entry"][1]["response"]["status"], "201 Created");
+    let obs_location = resp["entry"][1]["response"]["location"].as_str().unwrap();
+    let obs_id = obs_location.split('/').nth(1).unwrap();
+    let obs: Json = c.get(format!("{}/Observation/{obs_id}", s.base)).send().unwrap().json().unwrap();
+    assert_eq!(obs["subject"]["reference"], "Patient/4a0c59a5-0000-4000-8000-000000000001");
 }
 
 #[test]
