@@ -35,6 +35,8 @@ pub struct ExportRequest {
     pub type_filters: Vec<String>,
     /// What a lenient kick-off ignored, reported in the manifest's `error` files.
     pub ignored: Vec<String>,
+    /// `_elements`: `element` or `Type.element` entries, already checked.
+    pub elements: Vec<String>,
     /// The base URL that file URLs in the manifest start with.
     pub base_url: String,
 }
@@ -57,7 +59,7 @@ impl ExportRequest {
             "level": match &self.level { Level::System => json!("system"), Level::Patient => json!("patient"), Level::Group(g) => json!({"group": g}) },
             "url": self.url, "types": self.types, "since": self.since, "until": self.until, "patients": self.patients,
             "anonymizationConfig": self.anonymization_config, "container": self.container, "baseUrl": self.base_url,
-            "typeFilters": self.type_filters, "ignored": self.ignored,
+            "typeFilters": self.type_filters, "ignored": self.ignored, "elements": self.elements,
         })
     }
 
@@ -82,6 +84,7 @@ impl ExportRequest {
             base_url: string("baseUrl")?,
             type_filters: strings("typeFilters").unwrap_or_default(),
             ignored: strings("ignored").unwrap_or_default(),
+            elements: strings("elements").unwrap_or_default(),
         })
     }
 }
@@ -134,6 +137,41 @@ pub fn is_safe_name(name: &str) -> bool {
         && name != "."
         && name != ".."
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// `_elements`: keeps `resourceType`, `id`, `meta` and the listed elements
+/// that apply to the resource's type (a choice by its base name, with its
+/// primitive extensions), tagged SUBSETTED; types with no listed element
+/// are left whole.
+pub fn project(resource: &mut Json, elements: &[String]) {
+    let Some(ty) = resource.get("resourceType").and_then(Json::as_str).map(str::to_string) else { return };
+    let keep: Vec<&str> = elements
+        .iter()
+        .filter_map(|e| match e.split_once('.') {
+            Some((t, el)) if t == ty => Some(el),
+            Some(_) => None,
+            None => Some(e.as_str()),
+        })
+        .collect();
+    if keep.is_empty() {
+        return;
+    }
+    let Some(map) = resource.as_object_mut() else { return };
+    map.retain(|k, _| {
+        let base = k.strip_prefix('_').unwrap_or(k);
+        if matches!(base, "resourceType" | "id" | "meta") {
+            return true;
+        }
+        let element = veil_fhir::r4().element_for_key(&ty, base).map_or(base, |(el, _)| el.name);
+        keep.contains(&element)
+    });
+    let meta = map.entry("meta").or_insert_with(|| json!({}));
+    if let Some(meta) = meta.as_object_mut() {
+        let tags = meta.entry("tag").or_insert_with(|| json!([]));
+        if let Some(tags) = tags.as_array_mut() {
+            tags.push(json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED", "display": "subsetted"}));
+        }
+    }
 }
 
 /// Resources per output file before a new one starts.
@@ -261,11 +299,19 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
             }
         }
         let line = match &engine {
-            None => body,
+            None if req.elements.is_empty() => body,
+            None => {
+                let mut doc: Json = serde_json::from_str(&body).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
+                project(&mut doc, &req.elements);
+                doc.to_string()
+            }
             Some(engine) => {
                 let doc: Json = serde_json::from_str(&body).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
                 match engine.anonymize(doc) {
-                    Ok(out) => out.to_string(),
+                    Ok(mut out) => {
+                        project(&mut out, &req.elements);
+                        out.to_string()
+                    }
                     // Fail closed: the resource is left out and the reason recorded, without its values.
                     Err(e) => {
                         errors.push(operation_outcome("error", "processing", &format!("{}/{}: not exported: {e}", s.resource_type, s.id)));

@@ -470,6 +470,7 @@ async fn kickoff(State(st): State<Arc<AppState>>, level: Level, method: Method, 
         base_url: st.base_url.clone(),
         type_filters: Vec::new(),
         ignored: Vec::new(),
+        elements: Vec::new(),
     };
     let mut etag = None;
     for (name, value) in &params {
@@ -527,7 +528,19 @@ async fn kickoff(State(st): State<Arc<AppState>>, level: Level, method: Method, 
                     }
                 }
             }
-            "_elements" | "includeAssociatedData" | "organizeOutputBy" => {
+            "_elements" => {
+                for e in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                    let known = match e.split_once('.') {
+                        Some((t, el)) => veil_fhir::r4().is_resource_type(t) && veil_fhir::r4().child(t, el).is_some(),
+                        None => e.chars().all(|c| c.is_ascii_alphanumeric()) && e.starts_with(|c: char| c.is_ascii_lowercase()),
+                    };
+                    if !known {
+                        return bad(&format!("_elements: '{e}' is not an element (element or Type.element)"));
+                    }
+                    req.elements.push(e.to_string());
+                }
+            }
+            "includeAssociatedData" | "organizeOutputBy" => {
                 if !lenient {
                     return outcome(StatusCode::BAD_REQUEST, "not-supported", &format!("the {name} parameter is not supported"));
                 }

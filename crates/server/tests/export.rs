@@ -260,7 +260,8 @@ fn checklist(s: &Server) {
         ("/$export?_since=2024-02-01T00:00:00Z&_until=2024-01-01T00:00:00Z", 400),
         ("/Patient/$export?patient=Patient/x", 400),
         ("/$export?_typeFilter=Observation%3Fnonsense%3Dfinal", 400),
-        ("/$export?_elements=id", 400),
+        ("/$export?_elements=Patient.nonsense", 400),
+        ("/$export?organizeOutputBy=Patient", 400),
         ("/$export?_anonymizationConfigEtag=x", 400),
         ("/$export?_container=../up", 400),
         ("/Group/nope/$export", 404),
@@ -272,14 +273,23 @@ fn checklist(s: &Server) {
     }
     // Under handling=lenient, what cannot be honoured is ignored and reported.
     let lenient = client()
-        .get(format!("{}/$export?_type=Device&_typeFilter=Observation%3Fnonsense%3Dfinal&_elements=id", s.base))
+        .get(format!("{}/$export?_type=Device&_typeFilter=Observation%3Fnonsense%3Dfinal&organizeOutputBy=Patient", s.base))
         .header("Prefer", "respond-async, handling=lenient")
         .send()
         .unwrap();
     let manifest: Json = wait(&status_url(&lenient)).json().unwrap();
     let report = client().get(manifest["error"][0]["url"].as_str().unwrap()).send().unwrap().text().unwrap();
     assert_eq!(report.lines().count(), 2, "{report}");
-    assert!(report.contains("nonsense") && report.contains("_elements"));
+    assert!(report.contains("nonsense") && report.contains("organizeOutputBy"));
+
+    // _elements: only what was asked, plus id and meta, tagged SUBSETTED.
+    let (_, text) = download(&wait(&status_url(&kickoff(s, "/$export?_type=Patient,Device&_elements=Patient.gender,birthDate"))).json().unwrap());
+    for line in text.lines() {
+        let r: Json = serde_json::from_str(line).unwrap();
+        let keys: Vec<&String> = r.as_object().unwrap().keys().collect();
+        assert!(keys.iter().all(|k| ["resourceType", "id", "meta", "gender", "birthDate", "_birthDate"].contains(&k.as_str())), "{keys:?}");
+        assert!(r["meta"]["tag"].to_string().contains("SUBSETTED"));
+    }
 
     // _typeFilter: search parameters through their FHIRPath definitions.
     let final_obs = store_counts(&*s.store, &ScanFilter { types: Some(vec!["Observation".into()]), ..Default::default() })["Observation"];
