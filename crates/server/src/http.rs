@@ -562,21 +562,36 @@ async fn kickoff(State(st): State<Arc<AppState>>, level: Level, method: Method, 
         Level::Group(g) => Some(g.clone()),
         _ => None,
     };
-    let created = blocking(move || -> Result<Option<String>, String> {
-        if let Some(g) = group
-            && store.group_members(&g).map_err(|e| e.to_string())?.is_none() {
-                return Ok(None);
+    let wanted_patients = req.patients.clone();
+    let created = blocking(move || -> Result<Result<String, Response>, String> {
+        let members = match &group {
+            Some(g) => match store.group_members(g).map_err(|e| e.to_string())? {
+                Some(m) => Some(m),
+                None => return Ok(Err(outcome(StatusCode::NOT_FOUND, "not-found", "the group is not known"))),
+            },
+            None => None,
+        };
+        // `patient` must name patients the export could include (bulk-export.md §5.B 22).
+        for p in wanted_patients.iter().flatten() {
+            let known = match &members {
+                Some(m) => m.contains(p),
+                None => store.get("Patient", p).map_err(|e| e.to_string())?.is_some_and(|s| s.body.is_some()),
+            };
+            if !known && !lenient {
+                let why = if members.is_some() { "is not a member of the group" } else { "is not known" };
+                return Ok(Err(outcome(StatusCode::BAD_REQUEST, "invalid", &format!("patient {p} {why}"))));
             }
+        }
         let id = crate::new_id();
         store.create_job(&id, &request).map_err(|e| e.to_string())?;
-        Ok(Some(id))
+        Ok(Ok(id))
     })
     .await;
     match created {
         Err(r) => r,
         Ok(Err(_)) => outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the store failed"),
-        Ok(Ok(None)) => outcome(StatusCode::NOT_FOUND, "not-found", "the group is not known"),
-        Ok(Ok(Some(id))) => {
+        Ok(Ok(Err(r))) => r,
+        Ok(Ok(Ok(id))) => {
             let location = format!("{}/_export-status/{id}", st.base_url);
             let mut r = fhir_json(
                 StatusCode::ACCEPTED,
@@ -625,7 +640,9 @@ async fn status(State(st): State<Arc<AppState>>, Path(job): Path<String>) -> Res
         }
         JobState::Completed => {
             let body = j.result.unwrap_or_else(|| "{}".into());
-            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+            // Files stay until the export is DELETEd; promise a day.
+            let expires = httpdate_in(24 * 3600);
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json".to_string()), (header::EXPIRES, expires)], body).into_response()
         }
         JobState::Failed | JobState::Cancelled => {
             let stored: Json = j.error.as_deref().and_then(|e| serde_json::from_str(e).ok()).unwrap_or(Json::Null);
@@ -634,6 +651,16 @@ async fn status(State(st): State<Arc<AppState>>, Path(job): Path<String>) -> Res
             fhir_json(code, body)
         }
     }
+}
+
+/// An HTTP date (RFC 9110 IMF-fixdate) `secs` from now.
+fn httpdate_in(secs: u64) -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) + secs;
+    let days = (t / 86_400) as i64;
+    let (y, m, d) = veil_fhir::calendar::civil_from_days(days);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][m as usize - 1];
+    format!("{weekday}, {d:02} {month} {y} {:02}:{:02}:{:02} GMT", t / 3600 % 24, t / 60 % 60, t % 60)
 }
 
 fn fhir_body(v: Json) -> String {

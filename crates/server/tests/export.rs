@@ -39,12 +39,16 @@ impl Drop for Server {
     }
 }
 
-const PLANTED: [&str; 4] = ["Zyxwplanted", "555-867-5309", "999-12-3456", "742 Evergreen Terrace"];
+/// Fake identifiers planted in every place identifiers hide, as in veil-deid's Safe Harbor test.
+const PLANTED: [&str; 10] = [
+    "Zyxwplanted", "Qwertplanted", "555-867-5309", "999-12-3456", "742 Evergreen Terrace", "planted.person@example.org",
+    "MRN-PLANTED-0001", "PLANTED-EXT-SECRET", "Containedplanted", "Springfieldplanted",
+];
 
 fn load_sample(store: &dyn Store) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/synthea-r4-100.tar.gz");
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()));
-    let mut bundles = 0;
+    let mut bundles = 0usize;
     for entry in archive.entries().unwrap() {
         let mut entry = entry.unwrap();
         let name = entry.path().unwrap().to_string_lossy().into_owned();
@@ -52,18 +56,24 @@ fn load_sample(store: &dyn Store) {
         entry.read_to_string(&mut text).unwrap();
         let doc: Json = serde_json::from_str(&text).unwrap();
         let is_group = name.starts_with("groupInformation");
-        // Twelve patients keep a debug build quick; the Group always loads.
-        if !is_group && bundles >= 12 {
-            continue;
-        }
         bundles += usize::from(!is_group);
         veil_server::load_document(store, doc, &name).unwrap();
     }
+    assert!(bundles >= 100);
+    assert_eq!(store.counts().unwrap()["Patient"], 100, "all 100 Synthea patients");
     // A patient with planted identifiers, for the de-identified export.
-    let planted = json!({"resourceType": "Patient", "id": "planted", "name": [{"family": "Zyxwplanted", "given": ["Qwert"]}],
-        "telecom": [{"system": "phone", "value": "555-867-5309"}], "identifier": [{"system": "http://hl7.org/fhir/sid/us-ssn", "value": "999-12-3456"}],
-        "address": [{"line": ["742 Evergreen Terrace"], "city": "Springfield", "postalCode": "99950"}], "birthDate": "1961-07-04"});
+    let planted = json!({"resourceType": "Patient", "id": "planted",
+        "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Qwertplanted Zyxwplanted</div>"},
+        "contained": [{"resourceType": "Practitioner", "id": "gp", "name": [{"family": "Containedplanted"}]}],
+        "name": [{"family": "Zyxwplanted", "given": ["Qwertplanted"]}],
+        "telecom": [{"system": "phone", "value": "555-867-5309"}, {"system": "email", "value": "planted.person@example.org"}],
+        "identifier": [{"system": "http://hl7.org/fhir/sid/us-ssn", "value": "999-12-3456"}, {"system": "http://example.org/mrn", "value": "MRN-PLANTED-0001"}],
+        "address": [{"line": ["742 Evergreen Terrace"], "city": "Springfieldplanted", "postalCode": "99950"}],
+        "birthDate": "1961-07-04", "_birthDate": {"extension": [{"url": "http://example.org/note", "valueString": "PLANTED-EXT-SECRET"}]}});
     veil_server::load_document(store, planted, "planted").unwrap();
+    let note = json!({"resourceType": "Condition", "id": "planted-note", "subject": {"reference": "Patient/planted"},
+        "code": {"text": "x"}, "note": [{"text": "Seen with Qwertplanted Zyxwplanted, call 555-867-5309"}]});
+    veil_server::load_document(store, note, "planted-note").unwrap();
 }
 
 fn start(name: &str, postgres: bool) -> Server {
@@ -206,6 +216,7 @@ fn checklist(s: &Server) {
     let done = wait(&url);
     assert_eq!(done.status(), 200);
     assert_eq!(done.headers()["content-type"], "application/json");
+    assert!(done.headers()["expires"].to_str().unwrap().ends_with(" GMT"));
     let manifest: Json = done.json().unwrap();
     assert!(manifest["transactionTime"].as_str().unwrap().ends_with('Z'));
     assert!(manifest["request"].as_str().unwrap().ends_with("/$export"));
@@ -231,6 +242,7 @@ fn checklist(s: &Server) {
     assert_eq!(got.get("Patient"), expected_group.get("Patient"));
     assert_eq!(got.get("Encounter"), expected_group.get("Encounter"));
     assert_eq!(got.len(), 2, "_type limits the output");
+    assert!(got["Patient"] >= 2, "at least two patients in the group export");
 
     // _since after everything: an empty export, still a manifest.
     let future = "2999-01-01T00:00:00Z";
@@ -245,6 +257,15 @@ fn checklist(s: &Server) {
     let (got, text) = download(&manifest);
     assert_eq!(got.get("Patient"), Some(&1));
     assert!(text.contains(one.as_str()));
+
+    // A patient the export cannot include is an error.
+    let body = json!({"resourceType": "Parameters", "parameter": [{"name": "patient", "valueReference": {"reference": "Patient/not-there"}}]});
+    let r = client().post(format!("{}/Patient/$export", s.base)).body(body.to_string()).send().unwrap();
+    assert_eq!(r.status(), 400);
+    // Repeated _type is the comma-joined list.
+    let manifest: Json = wait(&status_url(&kickoff(s, "/$export?_type=Patient&_type=Device"))).json().unwrap();
+    let types: Vec<&str> = manifest["output"].as_array().unwrap().iter().map(|o| o["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["Device", "Patient"]);
 
     // The three NDJSON spellings are accepted; anything else is a 400 with an OperationOutcome.
     for f in ["application/fhir+ndjson", "application/ndjson", "ndjson"] {
@@ -265,6 +286,7 @@ fn checklist(s: &Server) {
         ("/$export?_anonymizationConfigEtag=x", 400),
         ("/$export?_container=../up", 400),
         ("/Group/nope/$export", 404),
+        ("/$export?_type=Patient&_type=Nope", 400),
     ] {
         let r = kickoff(s, path);
         assert_eq!(r.status(), status, "{path}");
@@ -316,7 +338,7 @@ fn checklist(s: &Server) {
     assert_eq!(client().delete(&url).send().unwrap().status(), 404);
 
     // De-identified export into a named container, as Azure does it.
-    let url = status_url(&kickoff(s, "/$export?_type=Patient&_anonymizationConfig=safe-harbor.json&_container=research"));
+    let url = status_url(&kickoff(s, "/$export?_type=Patient,Condition&_anonymizationConfig=safe-harbor.json&_container=research"));
     let manifest: Json = wait(&url).json().unwrap();
     let (counts, text) = download(&manifest);
     assert_eq!(counts["Patient"], s.store.counts().unwrap()["Patient"]);
@@ -326,8 +348,8 @@ fn checklist(s: &Server) {
     let research: Vec<_> = std::fs::read_dir(s.storage.join("research")).unwrap().collect();
     assert_eq!(research.len(), 1, "one timestamped folder in the container");
     // The same export without de-identification does carry them (the test can fail).
-    let (_, raw) = download(&wait(&status_url(&kickoff(s, "/$export?_type=Patient"))).json().unwrap());
-    assert!(raw.contains(PLANTED[0]));
+    let (_, raw) = download(&wait(&status_url(&kickoff(s, "/$export?_type=Patient,Condition"))).json().unwrap());
+    assert!(PLANTED.iter().all(|p| raw.contains(p)), "the plain export carries every planted value");
     // A configuration that is not there: the job fails, with an OperationOutcome.
     let failed = wait(&status_url(&kickoff(s, "/$export?_anonymizationConfig=missing.json")));
     assert_eq!(failed.status(), 400);
