@@ -368,3 +368,49 @@ fn serve_survives_a_kill_in_the_middle_of_an_export() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn two_servers_share_one_postgres_job_queue() {
+    let base = std::env::var("VEIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let schema = format!("veil_cli_queue_{}", std::process::id());
+    let db = format!("{base}?schema={schema}");
+    let t = TempDir::new("queue");
+    // Enough resources that one export takes longer than a worker's idle poll.
+    let lines: String = (0..20000).map(|i| format!("{{\"resourceType\":\"Patient\",\"id\":\"p{i}\"}}\n")).collect();
+    let input = t.write("patients.ndjson", &lines);
+    let load = veil(&["load", "--db", &db, input.to_str().unwrap()], None);
+    assert!(load.status.success(), "{}", text(&load.stderr));
+    let ports = [free_port(), free_port()];
+    let mut servers: Vec<_> = ports.iter().map(|p| spawn_serve(&db, &t.0.join("storage"), *p)).collect();
+    let http = reqwest::blocking::Client::new();
+    // Six exports kicked off at the first server; both servers' workers take them.
+    let urls: Vec<String> = (0..6)
+        .map(|_| {
+            let r = http.get(format!("http://127.0.0.1:{}/$export", ports[0])).send().unwrap();
+            r.headers()["content-location"].to_str().unwrap().to_string()
+        })
+        .collect();
+    for url in &urls {
+        let mut done = false;
+        for _ in 0..240 {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            if http.get(url).send().unwrap().status() == 200 {
+                done = true;
+                break;
+            }
+        }
+        assert!(done, "{url} finished");
+    }
+    for s in &mut servers {
+        s.kill().unwrap();
+        s.wait().unwrap();
+    }
+    let mut c = postgres::Client::connect(&base, postgres::NoTls).unwrap();
+    let rows = c.query(&format!("SELECT lease_owner, attempts, state FROM \"{schema}\".jobs"), &[]).unwrap();
+    let _ = c.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"));
+    assert_eq!(rows.len(), 6);
+    assert!(rows.iter().all(|r| r.get::<_, i64>(1) == 1 && r.get::<_, String>(2) == "completed"), "each job ran once");
+    let owners: std::collections::BTreeSet<String> =
+        rows.iter().map(|r| r.get::<_, String>(0).split('-').nth(1).unwrap().to_string()).collect();
+    assert_eq!(owners.len(), 2, "both processes took jobs: {owners:?}");
+}

@@ -29,6 +29,8 @@ pub struct ExportRequest {
     pub patients: Option<Vec<String>>,
     /// `_anonymizationConfig`: a file name in the `anonymization` container.
     pub anonymization_config: Option<String>,
+    /// `_anonymizationConfigEtag`: the configuration must still be this version.
+    pub anonymization_config_etag: Option<String>,
     /// `_container`: where the files go (a container of the server's storage).
     pub container: Option<String>,
     /// `_typeFilter` queries (`Type?k=v&…`), already checked at kick-off.
@@ -58,7 +60,7 @@ impl ExportRequest {
         json!({
             "level": match &self.level { Level::System => json!("system"), Level::Patient => json!("patient"), Level::Group(g) => json!({"group": g}) },
             "url": self.url, "types": self.types, "since": self.since, "until": self.until, "patients": self.patients,
-            "anonymizationConfig": self.anonymization_config, "container": self.container, "baseUrl": self.base_url,
+            "anonymizationConfig": self.anonymization_config, "anonymizationConfigEtag": self.anonymization_config_etag, "container": self.container, "baseUrl": self.base_url,
             "typeFilters": self.type_filters, "ignored": self.ignored, "elements": self.elements,
         })
     }
@@ -80,6 +82,7 @@ impl ExportRequest {
             until: string("until"),
             patients: strings("patients"),
             anonymization_config: string("anonymizationConfig"),
+            anonymization_config_etag: string("anonymizationConfigEtag"),
             container: string("container"),
             base_url: string("baseUrl")?,
             type_filters: strings("typeFilters").unwrap_or_default(),
@@ -128,6 +131,13 @@ impl Storage {
     pub fn root(&self) -> &Path {
         &self.root
     }
+}
+
+/// A configuration's ETag in local storage: the hex SHA-256 of its bytes
+/// (what `sha256sum` prints), so a caller can pin the version it reviewed.
+pub fn etag(content: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(content.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Container and file names: no path separators, no dot-dot.
@@ -227,6 +237,9 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
         None => None,
         Some(name) => match storage.anonymization_config(name) {
             None => return Outcome::Failed(400, format!("the anonymization configuration '{name}' was not found in the anonymization container")),
+            Some(text) if req.anonymization_config_etag.as_deref().is_some_and(|e| e.trim_matches('"') != etag(&text)) => {
+                return Outcome::Failed(400, format!("the anonymization configuration '{name}' has changed: its ETag does not match _anonymizationConfigEtag"));
+            }
             Some(text) => match veil_deid::Policy::parse(&text) {
                 Ok(p) => Some(veil_deid::Engine::new(p)),
                 Err(e) => return Outcome::Failed(400, format!("the anonymization configuration '{name}' is invalid: {e}")),

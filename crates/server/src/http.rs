@@ -466,6 +466,7 @@ async fn kickoff(State(st): State<Arc<AppState>>, level: Level, method: Method, 
         until: None,
         patients: None,
         anonymization_config: None,
+        anonymization_config_etag: None,
         container: None,
         base_url: st.base_url.clone(),
         type_filters: Vec::new(),
@@ -552,6 +553,7 @@ async fn kickoff(State(st): State<Arc<AppState>>, level: Level, method: Method, 
     if etag.is_some() && req.anonymization_config.is_none() {
         return bad("_anonymizationConfigEtag needs _anonymizationConfig");
     }
+    req.anonymization_config_etag = etag;
     if let (Some(s), Some(u)) = (&req.since, &req.until)
         && u < s {
             return bad("_until is before _since");

@@ -350,6 +350,13 @@ fn checklist(s: &Server) {
     // The same export without de-identification does carry them (the test can fail).
     let (_, raw) = download(&wait(&status_url(&kickoff(s, "/$export?_type=Patient,Condition"))).json().unwrap());
     assert!(PLANTED.iter().all(|p| raw.contains(p)), "the plain export carries every planted value");
+    // _anonymizationConfigEtag pins the configuration's version (its SHA-256 in local storage).
+    let config = std::fs::read_to_string(s.storage.join("anonymization/safe-harbor.json")).unwrap();
+    let tag = veil_server::export::etag(&config);
+    let ok = wait(&status_url(&kickoff(s, &format!("/$export?_type=Device&_anonymizationConfig=safe-harbor.json&_anonymizationConfigEtag=%22{tag}%22"))));
+    assert_eq!(ok.status(), 200);
+    let stale = wait(&status_url(&kickoff(s, "/$export?_type=Device&_anonymizationConfig=safe-harbor.json&_anonymizationConfigEtag=0x8D9")));
+    assert_eq!(stale.status(), 400);
     // A configuration that is not there: the job fails, with an OperationOutcome.
     let failed = wait(&status_url(&kickoff(s, "/$export?_anonymizationConfig=missing.json")));
     assert_eq!(failed.status(), 400);
