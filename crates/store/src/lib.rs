@@ -195,6 +195,27 @@ pub trait Store: Send + Sync {
     fn delete_job(&self, id: &str) -> Result<bool>;
 }
 
+/// The tables, in the SQL both databases speak; `int` is the 64-bit integer
+/// type's name and `sequence` the statement that creates the change counter.
+pub(crate) fn schema(int: &str, sequence: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS resources (
+            type TEXT NOT NULL, id TEXT NOT NULL, version {int} NOT NULL, last_updated TEXT NOT NULL,
+            seq {int} NOT NULL, body TEXT, PRIMARY KEY (type, id));
+        CREATE INDEX IF NOT EXISTS resources_updated ON resources (last_updated);
+        CREATE TABLE IF NOT EXISTS compartment (
+            patient TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (patient, type, id));
+        CREATE INDEX IF NOT EXISTS compartment_resource ON compartment (type, id);
+        CREATE TABLE IF NOT EXISTS group_members (
+            group_id TEXT NOT NULL, patient TEXT NOT NULL, PRIMARY KEY (group_id, patient));
+        {sequence}
+        CREATE TABLE IF NOT EXISTS jobs (
+            id TEXT PRIMARY KEY, request TEXT NOT NULL, state TEXT NOT NULL, created TEXT NOT NULL,
+            lease_owner TEXT, lease_until TEXT, attempts {int} NOT NULL DEFAULT 0,
+            progress TEXT, result TEXT, error TEXT);"
+    )
+}
+
 /// Opens a store from a URL: `sqlite:PATH`, `sqlite::memory:`, or
 /// `postgres://…` / `postgresql://…` (with `?schema=NAME` to use a schema
 /// of its own). Tables are created when missing.

@@ -11,43 +11,6 @@ use crate::sqlite::scan_sql;
 use crate::time::{instant_in, now_instant};
 use crate::{Job, JobState, Result, ScanFilter, Store, Stored, Write};
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS resources (
-    type TEXT NOT NULL,
-    id TEXT NOT NULL,
-    version BIGINT NOT NULL,
-    last_updated TEXT NOT NULL,
-    seq BIGINT NOT NULL,
-    body TEXT,
-    PRIMARY KEY (type, id)
-);
-CREATE INDEX IF NOT EXISTS resources_updated ON resources (last_updated);
-CREATE TABLE IF NOT EXISTS compartment (
-    patient TEXT NOT NULL,
-    type TEXT NOT NULL,
-    id TEXT NOT NULL,
-    PRIMARY KEY (patient, type, id)
-);
-CREATE INDEX IF NOT EXISTS compartment_resource ON compartment (type, id);
-CREATE TABLE IF NOT EXISTS group_members (
-    group_id TEXT NOT NULL,
-    patient TEXT NOT NULL,
-    PRIMARY KEY (group_id, patient)
-);
-CREATE SEQUENCE IF NOT EXISTS resource_seq;
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    request TEXT NOT NULL,
-    state TEXT NOT NULL,
-    created TEXT NOT NULL,
-    lease_owner TEXT,
-    lease_until TEXT,
-    attempts BIGINT NOT NULL DEFAULT 0,
-    progress TEXT,
-    result TEXT,
-    error TEXT
-);
-";
 
 pub(crate) struct PgStore {
     client: Mutex<Client>,
@@ -66,7 +29,7 @@ impl PgStore {
         }
         // Concurrent first starts may race to create the same tables.
         client.batch_execute("SELECT pg_advisory_lock(7357001)")?;
-        let created = client.batch_execute(SCHEMA);
+        let created = client.batch_execute(&crate::schema("BIGINT", "CREATE SEQUENCE IF NOT EXISTS resource_seq;"));
         client.batch_execute("SELECT pg_advisory_unlock(7357001)")?;
         created?;
         Ok(PgStore { client: Mutex::new(client) })

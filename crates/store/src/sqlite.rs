@@ -10,43 +10,6 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::time::{instant_in, now_instant};
 use crate::{Job, JobState, Result, ScanFilter, Store, StoreError, Stored, Write};
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS resources (
-    type TEXT NOT NULL,
-    id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    last_updated TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    body TEXT,
-    PRIMARY KEY (type, id)
-);
-CREATE INDEX IF NOT EXISTS resources_updated ON resources (last_updated);
-CREATE TABLE IF NOT EXISTS compartment (
-    patient TEXT NOT NULL,
-    type TEXT NOT NULL,
-    id TEXT NOT NULL,
-    PRIMARY KEY (patient, type, id)
-);
-CREATE INDEX IF NOT EXISTS compartment_resource ON compartment (type, id);
-CREATE TABLE IF NOT EXISTS group_members (
-    group_id TEXT NOT NULL,
-    patient TEXT NOT NULL,
-    PRIMARY KEY (group_id, patient)
-);
-CREATE TABLE IF NOT EXISTS seq (n INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    request TEXT NOT NULL,
-    state TEXT NOT NULL,
-    created TEXT NOT NULL,
-    lease_owner TEXT,
-    lease_until TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    progress TEXT,
-    result TEXT,
-    error TEXT
-);
-";
 
 pub(crate) struct SqliteStore {
     conn: Mutex<Connection>,
@@ -61,7 +24,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(&crate::schema("INTEGER", "CREATE TABLE IF NOT EXISTS seq (n INTEGER NOT NULL);"))?;
         let has_seq: i64 = conn.query_row("SELECT COUNT(*) FROM seq", [], |r| r.get(0))?;
         if has_seq == 0 {
             conn.execute("INSERT INTO seq (n) VALUES (0)", [])?;
