@@ -323,19 +323,25 @@ fn serve_survives_a_kill_in_the_middle_of_an_export() {
     let r = http.get(format!("http://127.0.0.1:{port}/$export")).header("Prefer", "respond-async").send().unwrap();
     assert_eq!(r.status(), 202);
     let status = r.headers()["content-location"].to_str().unwrap().to_string();
-    // Wait until the export is under way, then kill the server outright.
+    // Wait until the export is under way (files are appearing), then kill
+    // the server outright.
+    let job = status.rsplit('/').next().unwrap().to_string();
+    let folder = storage.join(format!("export-{job}"));
     let mut running = false;
-    for _ in 0..200 {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        if let Ok(r) = http.get(&status).send()
-            && r.headers().get("x-progress").and_then(|v| v.to_str().ok()).is_some_and(|p| p.contains("resources exported")) {
-                running = true;
-                break;
-            }
+    for _ in 0..2000 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        if std::fs::read_dir(&folder).map(|d| d.count()).unwrap_or(0) >= 3 {
+            running = true;
+            break;
+        }
     }
     assert!(running, "the export started");
     server.kill().unwrap(); // SIGKILL
     server.wait().unwrap();
+    // The kill really interrupted it: the job is still marked running.
+    let store = veil_store::open(&db).unwrap();
+    assert_eq!(store.job(&job).unwrap().unwrap().state, veil_store::JobState::Running, "killed mid-export");
+    drop(store);
     // Restart: the lapsed job is taken over and run again from a clean folder.
     let port = free_port();
     let status = status.replace(&status.split('/').nth(2).unwrap().to_string(), &format!("127.0.0.1:{port}"));
