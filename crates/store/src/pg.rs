@@ -57,6 +57,15 @@ fn split_schema(url: &str) -> (String, Option<String>) {
     (url, schema)
 }
 
+fn replace_group(tx: &mut postgres::Transaction<'_>, group: &str, members: &[String]) -> Result<()> {
+    tx.execute("DELETE FROM group_members WHERE group_id = $1", &[&group])?;
+    tx.execute(
+        "INSERT INTO group_members (group_id, patient) SELECT $1, p FROM UNNEST($2::text[]) AS u(p) ON CONFLICT DO NOTHING",
+        &[&group, &members],
+    )?;
+    Ok(())
+}
+
 fn stored(r: &Row) -> Stored {
     Stored {
         resource_type: r.get(0),
@@ -91,6 +100,62 @@ impl Store for PgStore {
         let mut client = self.client();
         let mut tx = client.transaction()?;
         let now = now_instant();
+        // One round trip per batch (arrays unnested server-side) instead of
+        // one per row: PostgreSQL is usually across a network. A batch that
+        // names one resource twice falls back to row by row, because one
+        // INSERT … ON CONFLICT cannot update a row twice.
+        let mut seen = std::collections::HashSet::with_capacity(writes.len());
+        let unique = writes.iter().all(|w| seen.insert((w.resource_type, w.id)));
+        let mut out = Vec::with_capacity(writes.len());
+        if unique && !writes.is_empty() {
+            let types: Vec<&str> = writes.iter().map(|w| w.resource_type).collect();
+            let ids: Vec<&str> = writes.iter().map(|w| w.id).collect();
+            let bodies: Vec<&str> = writes.iter().map(|w| w.body).collect();
+            let rows = tx.query(
+                "INSERT INTO resources (type, id, version, last_updated, seq, body)
+                 SELECT t, i, 1, $3, nextval('resource_seq'), b FROM UNNEST($1::text[], $2::text[], $4::text[]) AS u(t, i, b)
+                 ON CONFLICT (type, id) DO UPDATE SET version = resources.version + 1, last_updated = $3,
+                     seq = nextval('resource_seq'), body = EXCLUDED.body
+                 RETURNING type, id, version, seq",
+                &[&types, &ids, &now, &bodies],
+            )?;
+            let mut written: std::collections::HashMap<(String, String), (i64, i64)> =
+                rows.iter().map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3)))).collect();
+            tx.execute(
+                "DELETE FROM compartment c USING UNNEST($1::text[], $2::text[]) AS u(t, i) WHERE c.type = u.t AND c.id = u.i",
+                &[&types, &ids],
+            )?;
+            let (mut pt, mut pty, mut pid) = (Vec::new(), Vec::new(), Vec::new());
+            for w in writes {
+                for p in w.patients {
+                    pt.push(p.as_str());
+                    pty.push(w.resource_type);
+                    pid.push(w.id);
+                }
+            }
+            if !pt.is_empty() {
+                tx.execute(
+                    "INSERT INTO compartment (patient, type, id) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+                    &[&pt, &pty, &pid],
+                )?;
+            }
+            for w in writes {
+                if let Some(members) = w.group_members {
+                    replace_group(&mut tx, w.id, members)?;
+                }
+                let (version, seq) = written.remove(&(w.resource_type.to_string(), w.id.to_string())).unwrap_or((1, 0));
+                out.push(Stored {
+                    resource_type: w.resource_type.to_string(),
+                    id: w.id.to_string(),
+                    version,
+                    last_updated: now.clone(),
+                    seq,
+                    body: Some(w.body.to_string()),
+                });
+            }
+            tx.commit()?;
+            return Ok(out);
+        }
         let upsert = tx.prepare(
             "INSERT INTO resources (type, id, version, last_updated, seq, body) VALUES ($1, $2, 1, $3, nextval('resource_seq'), $4)
              ON CONFLICT (type, id) DO UPDATE SET version = resources.version + 1, last_updated = $3,
@@ -99,9 +164,6 @@ impl Store for PgStore {
         )?;
         let clear = tx.prepare("DELETE FROM compartment WHERE type = $1 AND id = $2")?;
         let member = tx.prepare("INSERT INTO compartment (patient, type, id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")?;
-        let clear_group = tx.prepare("DELETE FROM group_members WHERE group_id = $1")?;
-        let group = tx.prepare("INSERT INTO group_members (group_id, patient) VALUES ($1, $2) ON CONFLICT DO NOTHING")?;
-        let mut out = Vec::with_capacity(writes.len());
         for w in writes {
             let row = tx.query_one(&upsert, &[&w.resource_type, &w.id, &now, &w.body])?;
             tx.execute(&clear, &[&w.resource_type, &w.id])?;
@@ -109,10 +171,7 @@ impl Store for PgStore {
                 tx.execute(&member, &[p, &w.resource_type, &w.id])?;
             }
             if let Some(members) = w.group_members {
-                tx.execute(&clear_group, &[&w.id])?;
-                for p in members {
-                    tx.execute(&group, &[&w.id, p])?;
-                }
+                replace_group(&mut tx, w.id, members)?;
             }
             out.push(Stored {
                 resource_type: w.resource_type.to_string(),

@@ -143,6 +143,27 @@ both! {
         assert_eq!(n, 10);
     };
 
+    a_batch_may_name_a_resource_twice => |s: &dyn Store| {
+        let a = patient("p1");
+        let writes = [
+            Write { resource_type: "Patient", id: "p1", body: &a, patients: &[], group_members: None },
+            Write { resource_type: "Patient", id: "p1", body: &a, patients: &[], group_members: None },
+        ];
+        let stored = s.put(&writes).unwrap();
+        assert_eq!(stored.iter().map(|x| x.version).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(s.get("Patient", "p1").unwrap().unwrap().version, 2);
+        // A batch of distinct resources reports each one's version.
+        let b = patient("p2");
+        let writes = [
+            Write { resource_type: "Patient", id: "p1", body: &a, patients: &["p1".into()], group_members: None },
+            Write { resource_type: "Patient", id: "p2", body: &b, patients: &["p2".into()], group_members: None },
+        ];
+        let stored = s.put(&writes).unwrap();
+        assert_eq!(stored.iter().map(|x| (x.id.as_str(), x.version)).collect::<Vec<_>>(), [("p1", 3), ("p2", 1)]);
+        assert!(stored[1].seq > stored[0].seq || stored[0].seq > 0);
+        assert_eq!(scan(s, &ScanFilter { patients: Some(vec!["p2".into()]), ..Default::default() }), ["Patient/p2"]);
+    };
+
     groups_keep_their_members => |s: &dyn Store| {
         let members = vec!["p1".to_string(), "p2".to_string()];
         s.put(&[Write { resource_type: "Group", id: "g", body: r#"{"resourceType":"Group","id":"g"}"#, patients: &[], group_members: Some(&members) }]).unwrap();
