@@ -390,14 +390,49 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
         }
     }
     let output: Vec<Json> = files.iter().map(|(ty, path, count)| json!({"type": ty, "url": file_url(&req, &job.id, path), "count": count})).collect();
+    let deleted = match deleted_files(store, &req, &filter, &dir) {
+        Ok(d) => d.iter().map(|(ty, path, count)| json!({"type": ty, "url": file_url(&req, &job.id, path), "count": count})).collect::<Vec<_>>(),
+        Err(e) => return Outcome::Failed(500, format!("cannot list deletions: {e}")),
+    };
     Outcome::Completed(json!({
         "transactionTime": job.created,
         "request": req.url,
         "requiresAccessToken": false,
         "output": output,
-        "deleted": [],
+        "deleted": deleted,
         "error": error_files,
     }))
+}
+
+/// With `_since`, the deletions in the window, one file per type: each line
+/// a transaction Bundle with one `DELETE` entry (bulk-export.md §2.6).
+/// Tombstones leave their compartments, so only system-level exports list
+/// them.
+fn deleted_files(store: &dyn Store, req: &ExportRequest, filter: &ScanFilter, dir: &Path) -> std::io::Result<Vec<(String, PathBuf, u64)>> {
+    if req.since.is_none() || req.level != Level::System {
+        return Ok(Vec::new());
+    }
+    let mut by_type: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let gone = ScanFilter { deleted: true, patients: None, ..filter.clone() };
+    store
+        .scan(&gone, &mut |s| {
+            by_type.entry(s.resource_type.clone()).or_default().push(format!("{}/{}", s.resource_type, s.id));
+            Ok(true)
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut out = Vec::new();
+    for (ty, urls) in by_type {
+        let path = dir.join(format!("{ty}-deleted-1.ndjson"));
+        let text: String = urls
+            .iter()
+            .map(|u| json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "DELETE", "url": u}}]}).to_string() + "\n")
+            .collect();
+        let tmp = dir.join(format!(".{ty}-deleted-1.ndjson.tmp"));
+        fs::write(&tmp, text)?;
+        fs::rename(&tmp, &path)?;
+        out.push((ty, path, urls.len() as u64));
+    }
+    Ok(out)
 }
 
 fn file_url(req: &ExportRequest, job: &str, path: &Path) -> String {

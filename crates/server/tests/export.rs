@@ -405,7 +405,16 @@ fn rest(s: &Server, patient: &str) {
     assert_eq!(some["entry"][0]["resource"]["id"], patient);
     assert_eq!(c.get(format!("{}/Patient?nonsense=1", s.base)).send().unwrap().status(), 400);
     // Delete: 204, then gone.
+    let before_delete = veil_store::now_instant();
+    std::thread::sleep(Duration::from_millis(5));
     assert_eq!(c.delete(format!("{}/Patient/{id}", s.base)).send().unwrap().status(), 204);
+    // A system export since then lists the deletion, not the resource.
+    let manifest: Json = wait(&status_url(&kickoff(s, &format!("/$export?_since={before_delete}")))).json().unwrap();
+    assert!(manifest["output"].as_array().unwrap().iter().all(|o| o["type"] != "Patient"));
+    let deleted = &manifest["deleted"][0];
+    assert_eq!((deleted["type"].as_str(), deleted["count"].as_u64()), (Some("Patient"), Some(1)));
+    let line: Json = serde_json::from_str(c.get(deleted["url"].as_str().unwrap()).send().unwrap().text().unwrap().trim()).unwrap();
+    assert_eq!(line["entry"][0]["request"], json!({"method": "DELETE", "url": format!("Patient/{id}")}));
     assert_eq!(c.get(format!("{}/Patient/{id}", s.base)).send().unwrap().status(), 410);
     assert_eq!(c.delete(format!("{}/Patient/{id}", s.base)).send().unwrap().status(), 404);
     // A transaction Bundle.
