@@ -9,6 +9,7 @@ mod fhirpath;
 mod input;
 mod load;
 mod serve;
+mod view;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,7 @@ enum Command {
     Deid(deid::Args),
     Load(load::Args),
     Serve(serve::Args),
+    View(view::Args),
     Demo(demo::Args),
 }
 
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Deid(args) => deid::run(args),
         Command::Load(args) => load::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::View(args) => view::run(args),
         Command::Demo(args) => demo::run(args),
     };
     match result {

@@ -420,3 +420,28 @@ fn two_servers_share_one_postgres_job_queue() {
         rows.iter().map(|r| r.get::<_, String>(0).split('-').nth(1).unwrap().to_string()).collect();
     assert_eq!(owners.len(), 2, "both processes took jobs: {owners:?}");
 }
+
+#[test]
+fn view_run_writes_csv_and_ndjson() {
+    let t = TempDir::new("view");
+    let view = t.write("v.json", r#"{"resource":"Patient","select":[{"column":[{"name":"id","path":"id"},{"name":"family","path":"name.first().family"}]},{"forEachOrNull":"telecom","column":[{"name":"phone","path":"value"}]}]}"#);
+    let input = t.write(
+        "in/Patient.ndjson",
+        "{\"resourceType\":\"Patient\",\"id\":\"a\",\"name\":[{\"family\":\"O'Brien, Jr\"}],\"telecom\":[{\"value\":\"1\"},{\"value\":\"2\"}]}\n{\"resourceType\":\"Observation\",\"id\":\"o\"}\n{\"resourceType\":\"Patient\",\"id\":\"b\"}\n",
+    );
+    let out = veil(&["view", "run", "--view", view.to_str().unwrap(), "--input", t.0.join("in").to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "id,family,phone\r\na,\"O'Brien, Jr\",1\r\na,\"O'Brien, Jr\",2\r\nb,,\r\n");
+    let csv = t.0.join("out.ndjson");
+    let out = veil(&["view", "run", "--view", view.to_str().unwrap(), "--input", input.to_str().unwrap(), "--format", "ndjson", "-o", csv.to_str().unwrap()], None);
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&csv).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[2], serde_json::json!({"id": "b", "family": null, "phone": null}));
+    // An invalid view is refused before any data is read.
+    let bad = t.write("bad.json", r#"{"resource":"Patient","select":[{"column":[{"name":"id","path":"id"},{"name":"id","path":"gender"}]}]}"#);
+    let out = veil(&["view", "run", "--view", bad.to_str().unwrap(), "--input", "/nonexistent"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("Column Already Defined"), "{}", text(&out.stderr));
+    let out = veil(&["view", "run", "--view", view.to_str().unwrap(), "--input", input.to_str().unwrap(), "--format", "parquet"], None);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -338,3 +338,39 @@ fn cross(left: Vec<Partial>, right: Vec<Partial>) -> Vec<Partial> {
     }
     out
 }
+
+/// RFC 4180 CSV: a field quoted when it holds a comma, quote, CR or LF;
+/// null is the empty field; arrays and objects are written as JSON.
+pub fn csv_line(fields: &[Json]) -> String {
+    let mut line = String::new();
+    for (i, v) in fields.iter().enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        let text = match v {
+            Json::Null => String::new(),
+            Json::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if text.contains([',', '"', '\r', '\n']) {
+            line.push('"');
+            line.push_str(&text.replace('"', "\"\""));
+            line.push('"');
+        } else {
+            line.push_str(&text);
+        }
+    }
+    line.push_str("\r\n");
+    line
+}
+
+#[cfg(test)]
+mod csv_tests {
+    use serde_json::json;
+
+    #[test]
+    fn rfc4180_quoting() {
+        assert_eq!(super::csv_line(&[json!("a"), json!(null), json!(1.50), json!(true)]), "a,,1.50,true\r\n");
+        assert_eq!(super::csv_line(&[json!("x,y"), json!("say \"hi\""), json!(["a", "b"])]), "\"x,y\",\"say \"\"hi\"\"\",\"[\"\"a\"\",\"\"b\"\"]\"\r\n");
+    }
+}

@@ -1,0 +1,118 @@
+//! `veil view run`: apply a SQL on FHIR ViewDefinition to NDJSON.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use serde_json::Value as Json;
+use veil_views::{View, csv_line};
+
+use crate::UsageError;
+
+/// Work with SQL on FHIR v2 ViewDefinitions.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    Run(RunArgs),
+}
+
+/// Flatten FHIR resources into a table with a ViewDefinition.
+///
+/// Reads NDJSON (a de-identified export's files, for example): a file, or
+/// every *.ndjson file in a folder. The view is checked before any data is
+/// read. Writes CSV (RFC 4180, with a header) or NDJSON (one object per
+/// row), to standard output unless -o is given.
+///
+///   veil view run --view patient_demographics.json --input export/ --format csv -o patients.csv
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+struct RunArgs {
+    /// The ViewDefinition (JSON).
+    #[arg(long, value_name = "FILE")]
+    view: PathBuf,
+    /// NDJSON file, or a folder of them.
+    #[arg(long, value_name = "PATH")]
+    input: PathBuf,
+    /// Output format: csv or ndjson (parquet is not available yet).
+    #[arg(long, default_value = "csv")]
+    format: String,
+    /// Output file (written complete, then renamed into place).
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+pub(crate) fn run(args: Args) -> Result<ExitCode> {
+    let Command::Run(args) = args.command;
+    let text = std::fs::read_to_string(&args.view).with_context(|| format!("cannot read {}", args.view.display()))?;
+    let json: Json = serde_json::from_str(&text).map_err(|e| UsageError(format!("{}: not JSON (line {})", args.view.display(), e.line())))?;
+    let view = View::parse(&json).map_err(|e| UsageError(format!("{}: invalid ViewDefinition: {e}", args.view.display())))?;
+    if !matches!(args.format.as_str(), "csv" | "ndjson") {
+        return Err(UsageError(format!("--format {} is not available: use csv or ndjson (Parquet output is not built yet)", args.format)).into());
+    }
+    let mut inputs = Vec::new();
+    if args.input.is_dir() {
+        for e in std::fs::read_dir(&args.input)? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "ndjson") {
+                inputs.push(p);
+            }
+        }
+        inputs.sort();
+    } else {
+        inputs.push(args.input.clone());
+    }
+    let tmp = args.output.as_ref().map(|o| o.with_file_name(format!(".{}.veil-tmp", o.file_name().unwrap_or_default().to_string_lossy())));
+    let sink: Box<dyn Write> = match &tmp {
+        Some(t) => Box::new(File::create(t).with_context(|| format!("cannot write {}", t.display()))?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut out = BufWriter::new(sink);
+    if args.format == "csv" {
+        let header: Vec<Json> = view.columns().iter().map(|c| Json::String(c.clone())).collect();
+        out.write_all(csv_line(&header).as_bytes())?;
+    }
+    let mut rows = 0u64;
+    let result = (|| -> Result<()> {
+        for input in &inputs {
+            let name = input.display().to_string();
+            let reader = BufReader::new(File::open(input).with_context(|| format!("cannot open {name}"))?);
+            for (i, line) in reader.lines().enumerate() {
+                let line = line.with_context(|| format!("{name}:{}: cannot read", i + 1))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let doc: Json = serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("{name}:{}: not valid JSON (column {})", i + 1, e.column()))?;
+                for row in view.rows(&doc).map_err(|e| anyhow::anyhow!("{name}:{}: {e}", i + 1))? {
+                    rows += 1;
+                    if args.format == "csv" {
+                        out.write_all(csv_line(&row.values).as_bytes())?;
+                    } else {
+                        let obj: serde_json::Map<String, Json> = view.columns().iter().cloned().zip(row.values).collect();
+                        out.write_all(Json::Object(obj).to_string().as_bytes())?;
+                        out.write_all(b"\n")?;
+                    }
+                }
+            }
+        }
+        out.flush()?;
+        Ok(())
+    })();
+    drop(out);
+    match (result, &tmp, &args.output) {
+        (Ok(()), Some(t), Some(o)) => std::fs::rename(t, o).with_context(|| format!("cannot write {}", o.display()))?,
+        (Err(e), Some(t), _) => {
+            let _ = std::fs::remove_file(t);
+            return Err(e);
+        }
+        (r, _, _) => r?,
+    }
+    eprintln!("veil view: {rows} rows");
+    Ok(ExitCode::SUCCESS)
+}
