@@ -370,7 +370,8 @@ mod csv_tests {
 
     #[test]
     fn rfc4180_quoting() {
-        assert_eq!(super::csv_line(&[json!("a"), json!(null), json!(1.50), json!(true)]), "a,,1.50,true\r\n");
+        let decimal: serde_json::Value = serde_json::from_str("1.50").unwrap();
+        assert_eq!(super::csv_line(&[json!("a"), json!(null), decimal, json!(true)]), "a,,1.50,true\r\n");
         assert_eq!(super::csv_line(&[json!("x,y"), json!("say \"hi\""), json!(["a", "b"])]), "\"x,y\",\"say \"\"hi\"\"\",\"[\"\"a\"\",\"\"b\"\"]\"\r\n");
     }
 }
