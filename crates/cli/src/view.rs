@@ -40,7 +40,7 @@ struct RunArgs {
     /// NDJSON file, or a folder of them.
     #[arg(long, value_name = "PATH")]
     input: PathBuf,
-    /// Output format: csv or ndjson (parquet is not available yet).
+    /// Output format: csv, ndjson or parquet (parquet needs -o).
     #[arg(long, default_value = "csv")]
     format: String,
     /// Output file (written complete, then renamed into place).
@@ -53,8 +53,11 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.view).with_context(|| format!("cannot read {}", args.view.display()))?;
     let json: Json = serde_json::from_str(&text).map_err(|e| UsageError(format!("{}: not JSON (line {})", args.view.display(), e.line())))?;
     let view = View::parse(&json).map_err(|e| UsageError(format!("{}: invalid ViewDefinition: {e}", args.view.display())))?;
-    if !matches!(args.format.as_str(), "csv" | "ndjson") {
-        return Err(UsageError(format!("--format {} is not available: use csv or ndjson (Parquet output is not built yet)", args.format)).into());
+    if !matches!(args.format.as_str(), "csv" | "ndjson" | "parquet") {
+        return Err(UsageError(format!("--format {} is not available: use csv, ndjson or parquet", args.format)).into());
+    }
+    if args.format == "parquet" && args.output.is_none() {
+        return Err(UsageError("--format parquet writes a file: give -o FILE".into()).into());
     }
     let mut inputs = Vec::new();
     if args.input.is_dir() {
@@ -74,6 +77,11 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         None => Box::new(std::io::stdout().lock()),
     };
     let mut out = BufWriter::new(sink);
+    let mut parquet = None;
+    if args.format == "parquet" {
+        let file = File::create(tmp.as_ref().expect("checked above")).context("cannot write the output")?;
+        parquet = Some(veil_views::ParquetWriter::new(&view, file).map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
     if args.format == "csv" {
         let header: Vec<Json> = view.columns().iter().map(|c| Json::String(c.clone())).collect();
         out.write_all(csv_line(&header).as_bytes())?;
@@ -91,7 +99,9 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
                 let doc: Json = serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("{name}:{}: not valid JSON (column {})", i + 1, e.column()))?;
                 for row in view.rows(&doc).map_err(|e| anyhow::anyhow!("{name}:{}: {e}", i + 1))? {
                     rows += 1;
-                    if args.format == "csv" {
+                    if let Some(p) = parquet.as_mut() {
+                        p.write(row).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    } else if args.format == "csv" {
                         out.write_all(csv_line(&row.values).as_bytes())?;
                     } else {
                         let obj: serde_json::Map<String, Json> = view.columns().iter().cloned().zip(row.values).collect();
@@ -102,6 +112,9 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
             }
         }
         out.flush()?;
+        if let Some(p) = parquet.take() {
+            p.finish().map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
         Ok(())
     })();
     drop(out);

@@ -443,5 +443,10 @@ fn view_run_writes_csv_and_ndjson() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("Column Already Defined"), "{}", text(&out.stderr));
     let out = veil(&["view", "run", "--view", view.to_str().unwrap(), "--input", input.to_str().unwrap(), "--format", "parquet"], None);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(2), "parquet needs -o");
+    let pq = t.0.join("out.parquet");
+    let out = veil(&["view", "run", "--view", view.to_str().unwrap(), "--input", input.to_str().unwrap(), "--format", "parquet", "-o", pq.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let bytes = std::fs::read(&pq).unwrap();
+    assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"), "a complete Parquet file");
 }

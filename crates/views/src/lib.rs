@@ -21,6 +21,10 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod parquet_out;
+
+pub use parquet_out::ParquetWriter;
+
 use serde_json::{Map, Value as Json};
 use veil_fhirpath::{Context, Expression, Item, Temporal, Value};
 
@@ -209,6 +213,13 @@ impl View {
     /// The output columns, in order.
     pub fn columns(&self) -> &[String] {
         &self.columns
+    }
+
+    /// The output columns' declarations, in order.
+    pub fn column_defs(&self) -> Vec<&Column> {
+        let mut cols = Vec::new();
+        all_columns(&self.root, &mut cols);
+        cols
     }
 
     fn context<'a>(&self, resource: &'a Json, focus: Item<'a>, row_index: i64) -> Context<'a> {
