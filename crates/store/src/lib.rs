@@ -216,6 +216,33 @@ pub(crate) fn schema(int: &str, sequence: &str) -> String {
     )
 }
 
+/// Rows per scan query.
+pub(crate) const SCAN_BATCH: usize = 2000;
+
+/// Keyset pagination on (type, id), shared by both stores: `fetch` runs one
+/// query for the batch after a key (so locks and connections are released
+/// between batches and memory stays bounded), `each` sees every row.
+pub(crate) fn paginate(
+    mut fetch: impl FnMut(&(String, String)) -> Result<Vec<Stored>>,
+    each: &mut dyn FnMut(Stored) -> Result<bool>,
+) -> Result<()> {
+    let mut after = (String::new(), String::new());
+    loop {
+        let batch = fetch(&after)?;
+        let full = batch.len() == SCAN_BATCH;
+        let last = batch.last().map(|s| (s.resource_type.clone(), s.id.clone()));
+        for s in batch {
+            if !each(s)? {
+                return Ok(());
+            }
+        }
+        match last {
+            Some(l) if full => after = l,
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// Opens a store from a URL: `sqlite:PATH`, `sqlite::memory:`, or
 /// `postgres://…` / `postgresql://…` (with `?schema=NAME` to use a schema
 /// of its own). Tables are created when missing.

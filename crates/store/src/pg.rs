@@ -209,31 +209,20 @@ impl Store for PgStore {
     }
 
     fn scan(&self, filter: &ScanFilter, each: &mut dyn FnMut(Stored) -> Result<bool>) -> Result<()> {
-        let mut after: (String, String) = (String::new(), String::new());
-        loop {
-            let batch: Vec<Stored> = {
+        crate::paginate(
+            |after| {
                 let mut client = self.client();
-                let (sql, values) = scan_sql(filter, &after);
+                let (sql, values) = scan_sql(filter, after);
                 // PostgreSQL sorts text by the database's collation; the keyset
                 // comparison must use the same order as ORDER BY, so both use "C".
                 let sql = sql
                     .replace("r.type > $1 OR (r.type = $1 AND r.id > $2)", "r.type COLLATE \"C\" > $1 OR (r.type = $1 AND r.id COLLATE \"C\" > $2)")
                     .replace("ORDER BY r.type, r.id", "ORDER BY r.type COLLATE \"C\", r.id COLLATE \"C\"");
                 let params: Vec<&(dyn postgres::types::ToSql + Sync)> = values.iter().map(|v| v as _).collect();
-                client.query(&sql, &params)?.iter().map(stored).collect()
-            };
-            let last = batch.last().map(|s| (s.resource_type.clone(), s.id.clone()));
-            let full = batch.len() == 2000;
-            for s in batch {
-                if !each(s)? {
-                    return Ok(());
-                }
-            }
-            match last {
-                Some(l) if full => after = l,
-                _ => return Ok(()),
-            }
-        }
+                Ok(client.query(&sql, &params)?.iter().map(stored).collect())
+            },
+            each,
+        )
     }
 
     fn counts(&self) -> Result<BTreeMap<String, u64>> {

@@ -15,8 +15,6 @@ pub(crate) struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
-/// Rows per lock hold while scanning, so that writers get a turn.
-const SCAN_BATCH: i64 = 2000;
 
 impl SqliteStore {
     pub fn open(path: &str) -> Result<SqliteStore> {
@@ -137,29 +135,16 @@ impl Store for SqliteStore {
     }
 
     fn scan(&self, filter: &ScanFilter, each: &mut dyn FnMut(Stored) -> Result<bool>) -> Result<()> {
-        // Keyset pagination on (type, id): each batch is a fresh query, so
-        // the lock is released between batches and memory stays bounded.
-        let mut after: (String, String) = (String::new(), String::new());
-        loop {
-            let batch: Vec<Stored> = {
+        crate::paginate(
+            |after| {
                 let conn = self.conn();
-                let (sql, values) = scan_sql(filter, &after);
+                let (sql, values) = scan_sql(filter, after);
                 let mut stmt = conn.prepare_cached(&sql)?;
                 let rows = stmt.query_map(rusqlite::params_from_iter(values.iter()), stored)?;
-                rows.collect::<rusqlite::Result<_>>()?
-            };
-            let last = batch.last().map(|s| (s.resource_type.clone(), s.id.clone()));
-            let full = batch.len() as i64 == SCAN_BATCH;
-            for s in batch {
-                if !each(s)? {
-                    return Ok(());
-                }
-            }
-            match last {
-                Some(l) if full => after = l,
-                _ => return Ok(()),
-            }
-        }
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            },
+            each,
+        )
     }
 
     fn counts(&self) -> Result<BTreeMap<String, u64>> {
@@ -275,7 +260,7 @@ pub(crate) fn scan_sql(filter: &ScanFilter, after: &(String, String)) -> (String
             ));
         }
     }
-    sql.push_str(&format!(" ORDER BY r.type, r.id LIMIT {SCAN_BATCH}"));
+    sql.push_str(&format!(" ORDER BY r.type, r.id LIMIT {}", crate::SCAN_BATCH));
     (sql, values)
 }
 
