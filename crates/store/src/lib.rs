@@ -67,6 +67,20 @@ pub struct Write<'a> {
     pub group_members: Option<&'a [String]>,
 }
 
+impl Write<'_> {
+    /// What the store holds after this write.
+    pub(crate) fn stored(&self, version: i64, seq: i64, now: &str) -> Stored {
+        Stored {
+            resource_type: self.resource_type.to_string(),
+            id: self.id.to_string(),
+            version,
+            last_updated: now.to_string(),
+            seq,
+            body: Some(self.body.to_string()),
+        }
+    }
+}
+
 /// A stored resource (or a tombstone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {

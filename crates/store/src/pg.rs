@@ -144,14 +144,7 @@ impl Store for PgStore {
                     replace_group(&mut tx, w.id, members)?;
                 }
                 let (version, seq) = written.remove(&(w.resource_type.to_string(), w.id.to_string())).unwrap_or((1, 0));
-                out.push(Stored {
-                    resource_type: w.resource_type.to_string(),
-                    id: w.id.to_string(),
-                    version,
-                    last_updated: now.clone(),
-                    seq,
-                    body: Some(w.body.to_string()),
-                });
+                out.push(w.stored(version, seq, &now));
             }
             tx.commit()?;
             return Ok(out);
@@ -173,14 +166,7 @@ impl Store for PgStore {
             if let Some(members) = w.group_members {
                 replace_group(&mut tx, w.id, members)?;
             }
-            out.push(Stored {
-                resource_type: w.resource_type.to_string(),
-                id: w.id.to_string(),
-                version: row.get(0),
-                last_updated: now.clone(),
-                seq: row.get(1),
-                body: Some(w.body.to_string()),
-            });
+            out.push(w.stored(row.get(0), row.get(1), &now));
         }
         tx.commit()?;
         Ok(out)

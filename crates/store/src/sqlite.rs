@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::time::{instant_in, now_instant};
-use crate::{Job, JobState, Result, ScanFilter, Store, StoreError, Stored, Write};
+use crate::{Job, JobState, Result, ScanFilter, Store, Stored, Write};
 
 
 pub(crate) struct SqliteStore {
@@ -96,14 +96,7 @@ impl Store for SqliteStore {
                         group.execute(params![w.id, p])?;
                     }
                 }
-                out.push(Stored {
-                    resource_type: w.resource_type.to_string(),
-                    id: w.id.to_string(),
-                    version,
-                    last_updated: now.clone(),
-                    seq,
-                    body: Some(w.body.to_string()),
-                });
+                out.push(w.stored(version, seq, &now));
             }
         }
         tx.commit()?;
@@ -262,10 +255,4 @@ pub(crate) fn scan_sql(filter: &ScanFilter, after: &(String, String)) -> (String
     }
     sql.push_str(&format!(" ORDER BY r.type, r.id LIMIT {}", crate::SCAN_BATCH));
     (sql, values)
-}
-
-impl From<String> for StoreError {
-    fn from(s: String) -> StoreError {
-        StoreError::Callback(s)
-    }
 }
