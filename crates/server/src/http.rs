@@ -19,6 +19,7 @@ use serde_json::{Value as Json, json};
 use veil_store::{JobState, Store};
 
 use crate::export::{ExportRequest, Level, Storage, is_safe_name, operation_outcome};
+use crate::search::query_pairs;
 
 /// What the handlers share.
 pub struct AppState {
@@ -244,14 +245,7 @@ async fn search(State(st): State<Arc<AppState>>, Path(ty): Path<String>, RawQuer
         return outcome(StatusCode::NOT_FOUND, "not-found", &format!("unknown resource type {ty}"));
     }
     let query = query.unwrap_or_default();
-    let params: Vec<(String, String)> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect();
+    let params = query_pairs(&query);
     let number = |name: &str, default: usize| params.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.parse::<usize>().ok()).unwrap_or(default);
     let count = number("_count", 50).min(1000);
     let offset = number("_offset", 0);
@@ -272,10 +266,10 @@ async fn search(State(st): State<Arc<AppState>>, Path(ty): Path<String>, RawQuer
                 }
             }
             "_count" | "_offset" => {}
-            _ => criteria.push(format!("{}={}", k, v)),
+            _ => criteria.push((k.clone(), v.clone())),
         }
     }
-    let compiled = match crate::search::Query::parse(&ty, &criteria.join("&").replace('%', "%25")) {
+    let compiled = match crate::search::Query::from_pairs(&ty, &criteria) {
         Ok(q) => q,
         Err(e) => return outcome(StatusCode::BAD_REQUEST, "not-supported", &e.to_string()),
     };
@@ -331,40 +325,10 @@ async fn kickoff_group(st: State<Arc<AppState>>, Path(id): Path<String>, m: Meth
     kickoff(st, Level::Group(id), m, h, q, body).await
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// Parameters of a kick-off, from the query string (GET) or a Parameters body (POST).
 fn parameters(method: &Method, query: Option<&str>, body: &str) -> Result<Vec<(String, String)>, String> {
-    let mut out: Vec<(String, String)> = query
-        .unwrap_or("")
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect();
+    let mut out = query_pairs(query.unwrap_or(""));
     if *method == Method::POST && !body.trim().is_empty() {
         let doc: Json = serde_json::from_str(body).map_err(|_| "the body is not a FHIR Parameters resource".to_string())?;
         if doc.get("resourceType").and_then(Json::as_str) != Some("Parameters") {
@@ -631,7 +595,7 @@ async fn status(State(st): State<Arc<AppState>>, Path(job): Path<String>) -> Res
             };
             let retry = (header::RETRY_AFTER, RETRY_AFTER_SECS.to_string());
             if too_soon {
-                return (StatusCode::TOO_MANY_REQUESTS, [retry], fhir_body(operation_outcome("error", "throttled", "polled faster than Retry-After"))).into_response();
+                return (StatusCode::TOO_MANY_REQUESTS, [retry], operation_outcome("error", "throttled", "polled faster than Retry-After").to_string()).into_response();
             }
             let progress = match (&j.state, j.progress.as_deref().and_then(|p| serde_json::from_str::<Json>(p).ok())) {
                 (JobState::Queued, _) => "queued".to_string(),
@@ -663,10 +627,6 @@ fn httpdate_in(secs: u64) -> String {
     let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
     let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][m as usize - 1];
     format!("{weekday}, {d:02} {month} {y} {:02}:{:02}:{:02} GMT", t / 3600 % 24, t / 60 % 60, t % 60)
-}
-
-fn fhir_body(v: Json) -> String {
-    v.to_string()
 }
 
 async fn cancel(State(st): State<Arc<AppState>>, Path(job): Path<String>) -> Response {

@@ -29,7 +29,8 @@ pub struct Query {
     criteria: Vec<Criterion>,
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes a query-string component (`%XX` and `+`), once.
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -44,6 +45,18 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The decoded `(name, value)` pairs of a query string.
+pub(crate) fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
 }
 
 /// `X.where(resolve() is Patient)` → `X.where(reference.startsWith('Patient/'))`:
@@ -61,11 +74,14 @@ impl Query {
     /// Compiles `k=v&k=v` for `resource_type`. Parameters Veil cannot
     /// evaluate are errors naming the parameter.
     pub fn parse(resource_type: &str, query: &str) -> Result<Query, SearchError> {
+        Query::from_pairs(resource_type, &query_pairs(query))
+    }
+
+    /// Compiles already-decoded `(name[:modifier], value)` pairs.
+    pub fn from_pairs(resource_type: &str, pairs: &[(String, String)]) -> Result<Query, SearchError> {
         let model = veil_fhir::r4();
         let mut criteria = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let (k, v) = (percent_decode(k), percent_decode(v));
+        for (k, v) in pairs {
             if CONTROL.contains(&k.as_str()) {
                 continue;
             }
