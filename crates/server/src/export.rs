@@ -295,6 +295,7 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
     let mut seq: BTreeMap<String, u32> = BTreeMap::new();
     let mut done: u64 = 0;
     let mut errors: Vec<Json> = Vec::new();
+    let mut skipped = 0u64;
     let mut lost = false;
     let close = |f: OpenFile, ty: String, files: &mut Vec<(String, PathBuf, u64)>| -> std::io::Result<()> {
         let OpenFile { tmp, path, out, count } = f;
@@ -305,33 +306,34 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
     };
     let result = store.scan(&filter, &mut |s| {
         let Some(body) = s.body else { return Ok(true) };
-        if let Some(queries) = filters.get(&s.resource_type) {
-            let doc: Json = serde_json::from_str(&body).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
-            if !queries.iter().any(|q| q.matches(&doc)) {
+        let queries = filters.get(&s.resource_type);
+        // Parsed once, and only when something needs the tree.
+        let line = if queries.is_none() && engine.is_none() && req.elements.is_empty() {
+            body
+        } else {
+            let mut doc: Json = serde_json::from_str(&body).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
+            if queries.is_some_and(|qs| !qs.iter().any(|q| q.matches(&doc))) {
                 return Ok(true);
             }
-        }
-        let line = match &engine {
-            None if req.elements.is_empty() => body,
-            None => {
-                let mut doc: Json = serde_json::from_str(&body).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
-                project(&mut doc, &req.elements);
-                doc.to_string()
-            }
-            Some(engine) => {
-                let doc: Json = serde_json::from_str(&body).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
-                match engine.anonymize(doc) {
-                    Ok(mut out) => {
-                        project(&mut out, &req.elements);
-                        out.to_string()
-                    }
-                    // Fail closed: the resource is left out and the reason recorded, without its values.
+            if let Some(engine) = &engine {
+                doc = match engine.anonymize(doc) {
+                    Ok(out) => out,
+                    // Fail closed: the resource is left out. The error file sits
+                    // beside de-identified data, so it names the resource by type
+                    // and position in the export, never by its (identifying) id.
                     Err(e) => {
-                        errors.push(operation_outcome("error", "processing", &format!("{}/{}: not exported: {e}", s.resource_type, s.id)));
+                        skipped += 1;
+                        errors.push(operation_outcome(
+                            "error",
+                            "processing",
+                            &format!("{} #{skipped} of the export's skipped resources: not exported: {e}", s.resource_type),
+                        ));
                         return Ok(true);
                     }
-                }
+                };
             }
+            project(&mut doc, &req.elements);
+            doc.to_string()
         };
         let needs_new = match &current {
             Some((ty, f)) => *ty != s.resource_type || f.count >= file_limit,

@@ -74,6 +74,9 @@ fn load_sample(store: &dyn Store) {
     let note = json!({"resourceType": "Condition", "id": "planted-note", "subject": {"reference": "Patient/planted"},
         "code": {"text": "x"}, "note": [{"text": "Seen with Qwertplanted Zyxwplanted, call 555-867-5309"}]});
     veil_server::load_document(store, note, "planted-note").unwrap();
+    // Not R4 (an element FHIR does not define): de-identification refuses it.
+    let odd = json!({"resourceType": "Patient", "id": "MRN-ODD-4242", "nickname": "Zyxwplanted"});
+    veil_server::load_document(store, odd, "odd").unwrap();
 }
 
 fn start(name: &str, postgres: bool) -> Server {
@@ -344,10 +347,14 @@ fn checklist(s: &Server) {
     let url = status_url(&kickoff(s, "/$export?_type=Patient,Condition&_anonymizationConfig=safe-harbor.json&_container=research"));
     let manifest: Json = wait(&url).json().unwrap();
     let (counts, text) = download(&manifest);
-    assert_eq!(counts["Patient"], s.store.counts().unwrap()["Patient"]);
+    assert_eq!(counts["Patient"], s.store.counts().unwrap()["Patient"] - 1, "the resource that is not R4 is left out");
     for p in PLANTED {
         assert!(!text.contains(p), "{p} in a de-identified export");
     }
+    // …and reported beside the data without its id (which could identify someone).
+    let report = client().get(manifest["error"][0]["url"].as_str().unwrap()).send().unwrap().text().unwrap();
+    assert!(report.contains("Patient #1") && report.contains("nickname"), "{report}");
+    assert!(!report.contains("MRN-ODD-4242") && !report.contains("Zyxwplanted"), "{report}");
     let research: Vec<_> = std::fs::read_dir(s.storage.join("research")).unwrap().collect();
     assert_eq!(research.len(), 1, "one timestamped folder in the container");
     // The same export without de-identification does carry them (the test can fail).
