@@ -25,6 +25,11 @@ pub enum Item<'a> {
 }
 
 impl<'a> Item<'a> {
+    /// The resource itself, as the root node that locations start from.
+    pub fn root(resource: &'a Json) -> Item<'a> {
+        Item::Node(Node::root(resource))
+    }
+
     /// The node, if this item is one.
     pub fn as_node(&self) -> Option<&Node<'a>> {
         match self {
@@ -93,7 +98,7 @@ impl<'a> Context<'a> {
     /// Evaluate against `resource`, which is also the starting focus,
     /// `%resource`, `%rootResource` and `%context`.
     pub fn new(resource: &'a Json) -> Context<'a> {
-        let root = Item::Node(Node::root(resource));
+        let root = Item::root(resource);
         Context {
             resource: root.clone(),
             root_resource: root.clone(),

@@ -236,8 +236,7 @@ impl View {
         if resource.get("resourceType").and_then(Json::as_str) != Some(self.resource.as_str()) {
             return Ok(Vec::new());
         }
-        let root = Expression::compile("%resource").expect("valid").evaluate(resource).map_err(|e| ViewError(e.to_string()))?;
-        let Some(root) = root.into_iter().next() else { return Ok(Vec::new()) };
+        let root = Item::root(resource);
         for w in &self.wheres {
             let r = w.evaluate_with(&self.context(resource, root.clone(), 0)).map_err(|e| ViewError(format!("where: {e}")))?;
             match r.as_slice() {
