@@ -1,7 +1,7 @@
 //! `veil deid`: de-identify FHIR files with an anonymizer configuration.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, IsTerminal, Write};
+use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -11,6 +11,7 @@ use serde_json::{Value as Json, json};
 use veil_deid::{Engine, OnError, Policy, Quarantined, Report, anonymize_ndjson};
 
 use crate::UsageError;
+use crate::output::{Progress, write_atomically};
 
 /// De-identify FHIR R4 resources with a Microsoft FHIR anonymizer configuration.
 ///
@@ -199,25 +200,6 @@ fn collect(dir: &Path, ext: &str, recursive: bool, out: &mut Vec<PathBuf>) -> Re
 
 /// Writes `path` through a temporary file in the same folder, renamed into
 /// place only when `write` succeeded: readers never see a partial file.
-fn write_atomically(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.veil-{}.tmp", std::process::id()));
-    let result = (|| -> io::Result<()> {
-        let mut w = BufWriter::new(File::create(&tmp)?);
-        write(&mut w)?;
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()
-    })();
-    match result {
-        Ok(()) => fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display())),
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e).with_context(|| format!("cannot write {}", path.display()))
-        }
-    }
-}
-
 type Outcome = (Report, Vec<Quarantined>);
 
 fn run_ndjson(engine: &Engine, job: &Job, on_error: OnError, name: &str) -> Result<Outcome> {
@@ -293,36 +275,6 @@ fn run_json(engine: &Engine, job: &Job, on_error: OnError, name: &str) -> Result
         None => println!("{pretty}"),
     }
     Ok((report, Vec::new()))
-}
-
-/// A progress line on a terminal; silent in pipes.
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl Progress {
-    fn new(name: &str) -> Progress {
-        if !io::stderr().is_terminal() {
-            return Progress { bar: None };
-        }
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {msg} {pos} resources, {per_sec}, {elapsed}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        bar.set_message(name.to_string());
-        Progress { bar: Some(bar) }
-    }
-    fn lines(&self, n: u64) {
-        if let Some(b) = &self.bar {
-            b.set_position(n);
-        }
-    }
-    fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
-    }
 }
 
 fn report_json(r: &Report, quarantined: usize, started: Instant) -> Json {

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde_json::Value as Json;
@@ -83,4 +83,48 @@ pub(crate) fn resources(doc: Json) -> Vec<Json> {
             return entries.iter().filter_map(|e| e.get("resource").cloned()).collect();
         }
     vec![doc]
+}
+
+/// The NDJSON files at `path`: the file itself, or every `*.ndjson` in a
+/// folder and its subfolders (a Bulk Data export's output), in name order.
+pub(crate) fn ndjson_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        if !path.exists() {
+            return Err(crate::UsageError(format!("{}: no such file or folder", path.display())).into());
+        }
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    let mut folders = vec![path.to_path_buf()];
+    while let Some(dir) = folders.pop() {
+        for e in std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                folders.push(p);
+            } else if p.extension().is_some_and(|x| x == "ndjson") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Calls `each` with every resource in NDJSON `files`, streamed line by
+/// line. Errors say file and line, never the content.
+pub(crate) fn for_each_ndjson_resource(files: &[PathBuf], mut each: impl FnMut(Json) -> Result<()>) -> Result<()> {
+    for file in files {
+        let name = file.display().to_string();
+        let reader = BufReader::new(File::open(file).with_context(|| format!("cannot open {name}"))?);
+        for (i, line) in reader.lines().enumerate() {
+            let line = line.with_context(|| format!("{name}:{}: cannot read", i + 1))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let doc: Json = serde_json::from_str(&line)
+                .map_err(|e| anyhow::anyhow!("{name}:{}: not valid JSON ({})", i + 1, e.classify_name()))?;
+            each(doc).with_context(|| format!("{name}:{}", i + 1))?;
+        }
+    }
+    Ok(())
 }

@@ -8,7 +8,9 @@ mod demo;
 mod fhirpath;
 mod input;
 mod load;
+mod output;
 mod serve;
+mod study;
 mod view;
 
 use std::process::ExitCode;
@@ -35,6 +37,8 @@ enum Command {
     Load(load::Args),
     Serve(serve::Args),
     View(view::Args),
+    Study(study::Args),
+    ExportPreset(study::PresetArgs),
     Demo(demo::Args),
 }
 
@@ -59,6 +63,8 @@ fn main() -> ExitCode {
         Command::Load(args) => load::run(args),
         Command::Serve(args) => serve::run(args),
         Command::View(args) => view::run(args),
+        Command::Study(args) => study::run(args),
+        Command::ExportPreset(args) => study::preset(args),
         Command::Demo(args) => demo::run(args),
     };
     match result {

@@ -1,7 +1,7 @@
 //! `veil view run`: apply a SQL on FHIR ViewDefinition to NDJSON.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,6 +10,7 @@ use serde_json::Value as Json;
 use veil_views::{View, csv_line};
 
 use crate::UsageError;
+use crate::input::{for_each_ndjson_resource, ndjson_files};
 
 /// Work with SQL on FHIR v2 ViewDefinitions.
 #[derive(clap::Args)]
@@ -26,8 +27,8 @@ enum Command {
 /// Flatten FHIR resources into a table with a ViewDefinition.
 ///
 /// Reads NDJSON (a de-identified export's files, for example): a file, or
-/// every *.ndjson file in a folder. The view is checked before any data is
-/// read. Writes CSV (RFC 4180, with a header) or NDJSON (one object per
+/// every *.ndjson file in a folder and its subfolders. The view is checked
+/// before any data is read. Writes CSV (RFC 4180, with a header) or NDJSON (one object per
 /// row), to standard output unless -o is given.
 ///
 ///   veil view run --view patient_demographics.json --input export/ --format csv -o patients.csv
@@ -59,18 +60,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     if args.format == "parquet" && args.output.is_none() {
         return Err(UsageError("--format parquet writes a file: give -o FILE".into()).into());
     }
-    let mut inputs = Vec::new();
-    if args.input.is_dir() {
-        for e in std::fs::read_dir(&args.input)? {
-            let p = e?.path();
-            if p.extension().is_some_and(|x| x == "ndjson") {
-                inputs.push(p);
-            }
-        }
-        inputs.sort();
-    } else {
-        inputs.push(args.input.clone());
-    }
+    let inputs = ndjson_files(&args.input)?;
     let tmp = args.output.as_ref().map(|o| o.with_file_name(format!(".{}.veil-tmp", o.file_name().unwrap_or_default().to_string_lossy())));
     let sink: Box<dyn Write> = match &tmp {
         Some(t) => Box::new(File::create(t).with_context(|| format!("cannot write {}", t.display()))?),
@@ -88,29 +78,21 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     }
     let mut rows = 0u64;
     let result = (|| -> Result<()> {
-        for input in &inputs {
-            let name = input.display().to_string();
-            let reader = BufReader::new(File::open(input).with_context(|| format!("cannot open {name}"))?);
-            for (i, line) in reader.lines().enumerate() {
-                let line = line.with_context(|| format!("{name}:{}: cannot read", i + 1))?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let doc: Json = serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("{name}:{}: not valid JSON (column {})", i + 1, e.column()))?;
-                for row in view.rows(&doc).map_err(|e| anyhow::anyhow!("{name}:{}: {e}", i + 1))? {
-                    rows += 1;
-                    if let Some(p) = parquet.as_mut() {
-                        p.write(row).map_err(|e| anyhow::anyhow!("{e}"))?;
-                    } else if args.format == "csv" {
-                        out.write_all(csv_line(&row.values).as_bytes())?;
-                    } else {
-                        let obj: serde_json::Map<String, Json> = view.columns().iter().cloned().zip(row.values).collect();
-                        out.write_all(Json::Object(obj).to_string().as_bytes())?;
-                        out.write_all(b"\n")?;
-                    }
+        for_each_ndjson_resource(&inputs, |doc| {
+            for row in view.rows(&doc)? {
+                rows += 1;
+                if let Some(p) = parquet.as_mut() {
+                    p.write(row)?;
+                } else if args.format == "csv" {
+                    out.write_all(csv_line(&row.values).as_bytes())?;
+                } else {
+                    let obj: serde_json::Map<String, Json> = view.columns().iter().cloned().zip(row.values).collect();
+                    out.write_all(Json::Object(obj).to_string().as_bytes())?;
+                    out.write_all(b"\n")?;
                 }
             }
-        }
+            Ok(())
+        })?;
         out.flush()?;
         if let Some(p) = parquet.take() {
             p.finish().map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -23,7 +23,7 @@
 
 mod parquet_out;
 
-pub use parquet_out::ParquetWriter;
+pub use parquet_out::{ColumnType, ParquetWriter};
 
 use serde_json::{Map, Value as Json};
 use veil_fhirpath::{Context, Expression, Item, Temporal, Value};
