@@ -93,9 +93,10 @@ struct ShowArgs {
 ///   curl "$FHIR/\$export?$(veil export-preset flu)&_anonymizationConfig=flu.json" -H 'Prefer: respond-async'
 ///
 /// With --policy, also writes the de-identification policy to pair with it:
-/// the HIPAA Safe Harbor sample with keep rules, placed first, for the
-/// elements the study needs that the sample would redact (for `flu`, the
-/// vaccine codes).
+/// the HIPAA Safe Harbor sample with the study's own rules placed first,
+/// for what the study needs that the sample would remove (for `flu`: keep
+/// vaccine codes, and shift vaccination dates instead of cutting them to
+/// the year).
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub(crate) struct PresetArgs {
@@ -214,7 +215,11 @@ fn show(args: ShowArgs) -> Result<ExitCode> {
         "data_package_version": study.data_package_version,
         "views": views,
         "tables": tables,
-        "export": {"_type": study.export.types, "_elements": study.export.elements, "keep": study.export.keep},
+        "export": {
+            "_type": study.export.types,
+            "_elements": study.export.elements,
+            "rules": study.export.rules.iter().map(|r| json!({"path": r.path, "method": r.method})).collect::<Vec<_>>(),
+        },
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)
@@ -232,9 +237,11 @@ pub(crate) fn preset(args: PresetArgs) -> Result<ExitCode> {
     }
     println!("{query}");
     if let Some(path) = &args.policy {
-        let policy = veil_deid::Policy::safe_harbor_keeping(&e.keep)?;
+        let first: Vec<(String, String)> = e.rules.iter().map(|r| (r.path.clone(), r.method.clone())).collect();
+        let policy = veil_deid::Policy::safe_harbor_with(&first)?;
         write_atomically(path, |w| std::io::Write::write_all(w, policy.as_bytes()))?;
-        eprintln!("veil export-preset: wrote {} (Safe Harbor, keeping {})", path.display(), if e.keep.is_empty() { "nothing more".into() } else { e.keep.join(", ") });
+        let rules: Vec<String> = e.rules.iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+        eprintln!("veil export-preset: wrote {}: the Safe Harbor sample with first {}", path.display(), if rules.is_empty() { "nothing".into() } else { rules.join(", ") });
     }
     Ok(ExitCode::SUCCESS)
 }

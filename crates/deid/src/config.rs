@@ -244,17 +244,19 @@ impl Policy {
         Policy::parse(SAFE_HARBOR).expect("the built-in policy is valid")
     }
 
-    /// The Safe Harbor sample's text with `keep` rules for `paths` placed
+    /// The Safe Harbor sample's text with `(path, method)` rules placed
     /// right after its first rule (which redacts every extension), so that
-    /// they win over the sample's redactions: the policy to pair with a
-    /// study that needs, say, vaccine codes. Checked as any policy is.
-    pub fn safe_harbor_keeping(paths: &[String]) -> Result<String, ConfigError> {
+    /// they win over the sample's own rules for what they match: the policy
+    /// to pair with a study that needs, say, vaccine codes kept and
+    /// vaccination dates shifted rather than cut to the year. Checked as
+    /// any policy is.
+    pub fn safe_harbor_with(first: &[(String, String)]) -> Result<String, ConfigError> {
         let mut doc = json::parse(SAFE_HARBOR).expect("the built-in policy is JSON");
         let rules = doc.get_mut("fhirPathRules").and_then(Json::as_array_mut).expect("the built-in policy has rules");
-        for (i, path) in paths.iter().enumerate() {
+        for (i, (path, method)) in first.iter().enumerate() {
             let mut rule = Map::new();
             rule.insert("path".into(), Json::String(path.clone()));
-            rule.insert("method".into(), Json::String("keep".into()));
+            rule.insert("method".into(), Json::String(method.clone()));
             rules.insert(1 + i, Json::Object(rule));
         }
         let text = serde_json::to_string_pretty(&doc).expect("JSON serializes");

@@ -161,23 +161,27 @@ fn nothing_identifying_survives() {
     }
 }
 
-/// A study's policy: Safe Harbor plus keep rules. The kept vaccine code
-/// survives; every other code, and the patient's details, are treated as
-/// the sample treats them.
+/// A study's policy: Safe Harbor with rules placed first. The kept vaccine
+/// code survives and the vaccination date is shifted to the day instead of
+/// cut to the year; every other code, and the patient's details, are
+/// treated as the sample treats them.
 #[test]
-fn keep_rules_placed_ahead_of_safe_harbor_win_only_where_they_match() {
+fn rules_placed_ahead_of_safe_harbor_win_only_where_they_match() {
     let immunization = json!({"resourceType": "Immunization", "id": "i1", "status": "completed",
         "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "140", "display": "Influenza"}], "text": "Influenza"},
         "patient": {"reference": "Patient/p1", "display": "Qwertplanted Zyxwplanted"}, "occurrenceDateTime": "2019-10-01",
         "reasonCode": [{"coding": [{"system": "http://snomed.info/sct", "code": "429060002"}]}]});
-    let keeping = Policy::parse(&Policy::safe_harbor_keeping(&["Immunization.vaccineCode.coding.code".into()]).unwrap()).unwrap();
+    let first = [("Immunization.vaccineCode.coding.code".to_string(), "keep".to_string()), ("Immunization.occurrence".into(), "dateShift".into())];
+    let keeping = Policy::parse(&Policy::safe_harbor_with(&first).unwrap()).unwrap();
     let kept = Engine::new(keeping).anonymize(immunization.clone()).unwrap();
     assert_eq!(kept["vaccineCode"]["coding"][0]["code"], "140");
     assert!(kept["vaccineCode"]["coding"][0].get("display").is_none() && kept["vaccineCode"].get("text").is_none());
     assert!(kept["reasonCode"][0]["coding"][0].get("code").is_none(), "other codes are still redacted");
     assert!(kept["patient"].get("display").is_none());
-    assert_ne!(kept["occurrenceDateTime"], "2019-10-01");
+    let shifted = kept["occurrenceDateTime"].as_str().unwrap();
+    assert!(shifted.len() == 10 && shifted != "2019-10-01", "shifted to the day");
     let plain = Engine::new(Policy::safe_harbor()).anonymize(immunization).unwrap();
     assert!(plain["vaccineCode"]["coding"][0].get("code").is_none());
-    assert!(Policy::safe_harbor_keeping(&["Patient.(".into()]).is_err(), "a bad path is refused");
+    assert_eq!(plain["occurrenceDateTime"], "2019", "the sample keeps only the year");
+    assert!(Policy::safe_harbor_with(&[("Patient.(".into(), "keep".into())]).is_err(), "a bad path is refused");
 }

@@ -111,8 +111,9 @@ pub(crate) struct MetaDateDef {
 }
 
 /// The minimum-necessary Bulk Data `$export` for a study: the resource
-/// types and elements it reads, and the elements it needs that the Safe
-/// Harbor sample policy would redact.
+/// types and elements it reads, and the de-identification rules to place
+/// ahead of the Safe Harbor sample's for what the study needs that the
+/// sample would remove.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportPreset {
@@ -122,9 +123,19 @@ pub struct ExportPreset {
     /// `_elements` (`Type.element`).
     #[serde(default)]
     pub elements: Vec<String>,
-    /// FHIRPath paths to keep ahead of the Safe Harbor rules.
+    /// Anonymizer rules to place first.
     #[serde(default)]
-    pub keep: Vec<String>,
+    pub rules: Vec<PresetRule>,
+}
+
+/// An anonymizer rule of a preset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresetRule {
+    /// A FHIRPath expression.
+    pub path: String,
+    /// `keep`, `dateShift`, …
+    pub method: String,
 }
 
 /// A loaded and checked study.

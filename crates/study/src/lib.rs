@@ -22,7 +22,7 @@ mod definition;
 mod export;
 
 pub use build::{Built, BuiltColumn, BuiltTable, Builder, TableKind};
-pub use definition::{ExportPreset, Study};
+pub use definition::{ExportPreset, PresetRule, Study};
 pub use export::{Exported, export};
 
 /// The value a stratum takes where the data held no value, so that `NULL`
