@@ -450,3 +450,66 @@ fn view_run_writes_csv_and_ndjson() {
     let bytes = std::fs::read(&pq).unwrap();
     assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"), "a complete Parquet file");
 }
+
+// ---- veil study and veil export-preset ------------------------------------
+
+#[test]
+fn study_build_and_export_a_study_folder() {
+    let t = TempDir::new("study");
+    t.write("s/study.toml", "study_prefix = 'demo'\ndata_package_version = 2\n[views]\npatient = 'patient.json'\n[[counts]]\nname = 'count_sex'\nfrom = 'patient'\nstrata = ['sex']\ncount_distinct = 'id'\nmin_cell = 2\n");
+    t.write("s/patient.json", r#"{"resource": "Patient", "select": [{"column": [{"name": "id", "path": "getResourceKey()"}, {"name": "sex", "path": "gender"}]}]}"#);
+    let lines: Vec<String> = ["female", "female", "male", "female"].iter().enumerate().map(|(i, g)| format!(r#"{{"resourceType":"Patient","id":"p{i}","gender":"{g}"}}"#)).collect();
+    t.write("in/nested/Patient.ndjson", &(lines.join("\n") + "\n"));
+    let (study, build, data) = (t.0.join("s"), t.0.join("build"), t.0.join("data_export"));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+
+    let out = veil(&["study", "export", &s(&study), "--build-dir", &s(&build), "--data-path", &s(&data)], None);
+    assert_eq!(out.status.code(), Some(2), "export before build");
+    assert!(text(&out.stderr).contains("has not been built"), "{}", text(&out.stderr));
+
+    let out = veil(&["study", "build", &s(&study), "--input", &s(&t.0.join("in")), "--build-dir", &s(&build)], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("demo__count_sex: 2 cells kept, 1 under 2 dropped"), "{}", text(&out.stderr));
+    let out = veil(&["study", "export", &s(&study), "--build-dir", &s(&build), "--data-path", &s(&data)], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // 4 patients, 3 women; the one man is a cell under 2 and is not there.
+    assert_eq!(std::fs::read_to_string(data.join("demo/demo__count_sex.cube.csv")).unwrap(), "cnt,sex\r\n4,\r\n3,female\r\n");
+    assert_eq!(std::fs::read_to_string(data.join("demo/demo__meta_version.meta.csv")).unwrap(), "data_package_version\r\n2\r\n");
+    assert!(data.join("demo/demo.zip").is_file());
+
+    // A damaged line stops the build, naming file and line but not the content,
+    // and the earlier build is left as it was.
+    t.write("in/nested/Patient.ndjson", "{\"resourceType\":\"Patient\",\"id\":\"p9\",\"gender\":\"female\"}\n{\"resourceType\":\"Patient\",\"id\":\"SECRET-ID\n");
+    let before = std::fs::read(build.join("demo/build.json")).unwrap();
+    let out = veil(&["study", "build", &s(&study), "--input", &s(&t.0.join("in")), "--build-dir", &s(&build)], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("Patient.ndjson:2: not valid JSON") && !err.contains("SECRET"), "{err}");
+    assert_eq!(std::fs::read(build.join("demo/build.json")).unwrap(), before);
+
+    // Mistakes in study.toml are reported before any data is read.
+    t.write("s/study.toml", "study_prefix = 'demo'\n[views]\npatient = 'patient.json'\n[[counts]]\nname = 'count_sex'\nfrom = 'patient'\nstrata = ['gender']\ncount_distinct = 'id'\n");
+    let out = veil(&["study", "build", &s(&study), "--input", "/nonexistent", "--build-dir", &s(&build)], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("'gender' is not a column of 'patient'"), "{}", text(&out.stderr));
+    let out = veil(&["study", "build", "no-such-study", "--input", "/nonexistent"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("built-in studies: flu"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn export_preset_prints_parameters_and_writes_a_valid_policy() {
+    let t = TempDir::new("preset");
+    let policy = t.0.join("flu.json");
+    let out = veil(&["export-preset", "flu", "--policy", policy.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let query = text(&out.stdout);
+    assert!(query.starts_with("_type=Patient,Immunization&_elements=Patient.birthDate,"), "{query}");
+    // The written policy is one `veil deid` accepts, and it keeps vaccine codes.
+    let line = r#"{"resourceType":"Immunization","id":"i","status":"completed","vaccineCode":{"coding":[{"system":"http://hl7.org/fhir/sid/cvx","code":"140"}]},"patient":{"reference":"Patient/p"},"occurrenceDateTime":"2019-10-01T10:00:00Z"}"#;
+    let out = veil(&["deid", "-c", policy.to_str().unwrap()], Some(line));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["vaccineCode"]["coding"][0]["code"], "140");
+    assert_eq!(got["occurrenceDateTime"].as_str().unwrap().len(), "2019-10-01T00:00:00Z".len());
+}
