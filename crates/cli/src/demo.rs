@@ -114,7 +114,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     println!();
     serve_and_export(&args.data, &args.out)?;
     println!();
-    println!("Next on the path: authorization (SMART Backend Services), share links and studies.");
+    println!("Next on the path: authorization (SMART Backend Services), share links, and uploads to an aggregator.");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -202,15 +202,43 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<()>
     }));
     println!("veil serve is listening on {base}");
 
-    let kickoff = format!("{base}/$export?_anonymizationConfig=safe-harbor.json&_container=research");
-    println!("GET {kickoff}");
     let client = reqwest::blocking::Client::new();
+    let storage_root = out.join("storage");
+    let folder = export_over_http(&client, &base, "_anonymizationConfig=safe-harbor.json&_container=research", &storage_root)?;
+    println!("  files: {}", folder.display());
+
+    // The study's minimum-necessary export: only the types and elements the
+    // flu study reads, de-identified with the policy its preset pairs with.
+    let study = veil_study::Study::builtin("flu").expect("built in");
+    let preset = crate::study::preset_query(&study);
+    let rules: Vec<(String, String)> = study.export.rules.iter().map(|r| (r.path.clone(), r.method.clone())).collect();
+    std::fs::write(out.join("storage/anonymization/flu.json"), veil_deid::Policy::safe_harbor_with(&rules)?)?;
+    println!();
+    println!("The flu study's minimum-necessary export (veil export-preset flu):");
+    let flu_export = export_over_http(&client, &base, &format!("{preset}&_anonymizationConfig=flu.json&_container=flu"), &storage_root)?;
+
+    let _ = tx.send(());
+    let _ = runtime.block_on(server);
+    stop.store(true, Ordering::Relaxed);
+    let _ = worker.join();
+    println!();
+    build_flu_study(&study, &flu_export, out)
+}
+
+/// Kicks off `$export?QUERY` (which names a `_container`), polls until
+/// done, and returns the container's folder in `storage`.
+fn export_over_http(client: &reqwest::blocking::Client, base: &str, query: &str, storage: &std::path::Path) -> Result<PathBuf> {
+    let kickoff = format!("{base}/$export?{query}");
+    println!("GET {kickoff}");
     let t = Instant::now();
     let r = client.get(&kickoff).header("Accept", "application/fhir+json").header("Prefer", "respond-async").send()?;
     let status_url = r.headers().get("content-location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     println!("  {} Content-Location: {status_url}", r.status());
+    if r.status() != 202 {
+        bail!("the export was refused: {}", r.text()?);
+    }
     let manifest: Json = loop {
-        std::thread::sleep(Duration::from_millis(1000));
+        std::thread::sleep(Duration::from_millis(500));
         let r = client.get(&status_url).send()?;
         if r.status() == 200 {
             break r.json()?;
@@ -219,18 +247,41 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<()>
             bail!("the export failed: {}", r.text()?);
         }
     };
-    let files = manifest["output"].as_array().map_or(0, Vec::len);
-    let resources: u64 = manifest["output"].as_array().into_iter().flatten().filter_map(|o| o["count"].as_u64()).sum();
-    println!("  200 manifest: {resources} de-identified resources in {files} files, in {}", ms(t.elapsed()));
-    let folder = std::fs::read_dir(out.join("storage/research"))?.next().transpose()?.map(|e| e.path());
-    if let Some(folder) = folder {
-        println!("  files: {}", folder.display());
-    }
+    let outputs = manifest["output"].as_array().cloned().unwrap_or_default();
+    let resources: u64 = outputs.iter().filter_map(|o| o["count"].as_u64()).sum();
+    println!("  200 manifest: {resources} de-identified resources in {} files, in {}", outputs.len(), ms(t.elapsed()));
+    let container = query.split('&').find_map(|p| p.strip_prefix("_container=")).unwrap_or_default();
+    Ok(storage.join(container))
+}
 
-    let _ = tx.send(());
-    let _ = runtime.block_on(server);
-    stop.store(true, Ordering::Relaxed);
-    let _ = worker.join();
+/// The last step: the flu study built from the de-identified export, and
+/// written as a Cumulus data package.
+fn build_flu_study(study: &veil_study::Study, export: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    let files = crate::input::ndjson_files(export)?;
+    let t = Instant::now();
+    let mut builder = veil_study::Builder::new(study);
+    crate::input::for_each_ndjson_resource(&files, |doc| Ok(builder.add(&doc)?))?;
+    let built = builder.finish(&crate::study::today())?;
+    println!("Built the flu study from {} de-identified resources in {}:", built.resources, ms(t.elapsed()));
+    for t in built.tables.iter().filter(|t| t.min_cell.is_some()) {
+        println!("  {}: {} cells kept, {} under {} dropped", t.name, t.rows.len(), t.suppressed, t.min_cell.unwrap_or_default());
+    }
+    // The trend: cells where only the year is given.
+    let cube = &built.tables[0];
+    let mut by_year: Vec<(String, u64)> = cube
+        .rows
+        .iter()
+        .filter(|r| r[1].is_string() && r[2..].iter().all(Json::is_null))
+        .map(|r| (r[1].as_str().unwrap_or_default().to_string(), r[0].as_u64().unwrap_or_default()))
+        .collect();
+    by_year.sort();
+    let years: Vec<String> = by_year.iter().map(|(y, n)| format!("{y}: {n}")).collect();
+    println!("  vaccinated patients by year: {}", years.join(", "));
+    let exported = veil_study::export(&built, &out.join("data_export"))?;
+    println!("Exported for a Cumulus aggregator: {}/", exported.folder.display());
+    for f in &exported.files {
+        println!("  {}", f.file_name().unwrap_or_default().to_string_lossy());
+    }
     Ok(())
 }
 

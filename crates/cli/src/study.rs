@@ -139,7 +139,7 @@ fn built_path(build_dir: &Path, study: &Study) -> PathBuf {
 }
 
 /// Today's date (UTC), `YYYY-MM-DD`.
-fn today() -> String {
+pub(crate) fn today() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (y, m, d) = veil_fhir::calendar::civil_from_days((secs / 86_400) as i64);
     format!("{y:04}-{m:02}-{d:02}")
@@ -225,17 +225,23 @@ fn show(args: ShowArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `_type=…&_elements=…` for a study's preset.
+pub(crate) fn preset_query(study: &Study) -> String {
+    let e = &study.export;
+    let mut query = format!("_type={}", e.types.join(","));
+    if !e.elements.is_empty() {
+        query.push_str(&format!("&_elements={}", e.elements.join(",")));
+    }
+    query
+}
+
 pub(crate) fn preset(args: PresetArgs) -> Result<ExitCode> {
     let study = resolve(&args.study)?;
     let e = &study.export;
     if e.types.is_empty() {
         return Err(UsageError(format!("study {} declares no [export] preset", study.prefix)).into());
     }
-    let mut query = format!("_type={}", e.types.join(","));
-    if !e.elements.is_empty() {
-        query.push_str(&format!("&_elements={}", e.elements.join(",")));
-    }
-    println!("{query}");
+    println!("{}", preset_query(&study));
     if let Some(path) = &args.policy {
         let first: Vec<(String, String)> = e.rules.iter().map(|r| (r.path.clone(), r.method.clone())).collect();
         let policy = veil_deid::Policy::safe_harbor_with(&first)?;

@@ -125,6 +125,14 @@ fn demo_runs_on_the_bundled_sample() {
     assert!(stdout.contains("200 manifest: 38473 de-identified resources"), "{stdout}");
     let files: Vec<_> = std::fs::read_dir(dir.join("storage/research")).unwrap().collect();
     assert_eq!(files.len(), 1);
+    // Then the flu study: its minimum-necessary export holds the 100
+    // patients and 1,287 immunizations only, and its tables are exported.
+    assert!(stdout.contains("200 manifest: 1387 de-identified resources in 2 files"), "{stdout}");
+    assert!(stdout.contains("Built the flu study from 1387 de-identified resources"), "{stdout}");
+    let cube = std::fs::read_to_string(dir.join("data_export/flu/flu__count_vaccinated.cube.csv")).unwrap();
+    let counts: Vec<u64> = cube.lines().skip(1).map(|l| l.split(',').next().unwrap().parse().unwrap()).collect();
+    assert!(counts.len() > 20 && counts.iter().all(|&n| n >= 10), "{cube}");
+    assert!(dir.join("data_export/flu/flu.zip").is_file());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

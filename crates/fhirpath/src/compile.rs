@@ -7,6 +7,7 @@ use std::str::FromStr;
 use rust_decimal::Decimal;
 
 use crate::error::{Error, ErrorKind, Result, Span};
+use crate::eval::Item;
 use crate::parse::{BinOp, Expr, TypeName};
 use crate::temporal::Temporal;
 use crate::value::{Value, parse_decimal};
@@ -169,6 +170,10 @@ functions! {
 pub(crate) enum Op {
     Empty,
     Lit(Value),
+    /// A collection of literals, folded when compiled (`'a' | 'b' | 'c'`,
+    /// the value sets of `in` in views): built once instead of by a union
+    /// per evaluation, whose de-duplication is quadratic.
+    Lits(Vec<Value>),
     /// A name: a child element, or a type name filtering the focus.
     Ident(String, Option<TypeSpec>),
     This,
@@ -246,7 +251,18 @@ pub(crate) fn compile(src: &str, e: &Expr) -> Result<Op> {
             Op::Lit(Value::Quantity(d, u)) => Op::Lit(Value::Quantity(-d, u)),
             other => Op::Neg(Box::new(other)),
         },
-        Expr::Binary(op, l, r) => Op::Binary(*op, Box::new(compile(src, l)?), Box::new(compile(src, r)?)),
+        Expr::Binary(op, l, r) => match (op, compile(src, l)?, compile(src, r)?) {
+            (BinOp::Union, l @ (Op::Lit(_) | Op::Lits(_)), r @ (Op::Lit(_) | Op::Lits(_))) => {
+                let items = |op: Op| match op {
+                    Op::Lit(v) => vec![Item::Value(v)],
+                    Op::Lits(vs) => vs.into_iter().map(Item::Value).collect(),
+                    _ => unreachable!("matched above"),
+                };
+                let folded = crate::eval::union(items(l), items(r));
+                Op::Lits(folded.into_iter().filter_map(|i| if let Item::Value(v) = i { Some(v) } else { None }).collect())
+            }
+            (op, l, r) => Op::Binary(*op, Box::new(l), Box::new(r)),
+        },
         Expr::Is(inner, ty, span) => Op::Is(Box::new(compile(src, inner)?), resolve_type(src, ty, *span)?),
         Expr::As(inner, ty, span) => Op::As(Box::new(compile(src, inner)?), resolve_type(src, ty, *span)?),
     })

@@ -373,6 +373,7 @@ impl<'c, 'a> Evaluator<'c, 'a> {
         match op {
             Op::Empty => Ok(Vec::new()),
             Op::Lit(v) => Ok(vec![Item::Value(v.clone())]),
+            Op::Lits(vs) => Ok(vs.iter().cloned().map(Item::Value).collect()),
             Op::Ident(name, tf) => self.navigate(&scope.this, name, tf.as_ref(), scope.root),
             Op::Member(target, name, tf) => {
                 let focus = self.eval(target, scope)?;
