@@ -4,7 +4,7 @@ as a Bulk Data export would deliver it (references rewritten from
 urn:uuid:X to Type/X). With --copies N, writes N copies with fresh ids, to
 make inputs of any size.
 
-    python3 bench/synthea-ndjson.py OUT_DIR [--copies N] [--single FILE]
+    python3 bench/synthea-ndjson.py OUT_DIR [--copies N] [--single FILE] [--types T,…]
 """
 import argparse, json, os, re, tarfile, uuid
 
@@ -13,6 +13,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("out")
 ap.add_argument("--copies", type=int, default=1)
 ap.add_argument("--single", help="write everything into this one file name instead of one file per type")
+ap.add_argument("--types", help="only these resource types (comma-separated)")
 args = ap.parse_args()
 
 resources = []
@@ -33,9 +34,12 @@ def out(rt):
         files[name] = open(os.path.join(args.out, name), "w", encoding="utf-8")
     return files[name]
 uuid_re = re.compile(r'"urn:uuid:([0-9a-f-]{36})"')
+wanted = set(args.types.split(",")) if args.types else None
 for copy in range(args.copies):
     suffix = "" if copy == 0 else f"-{copy}"
     for r in resources:
+        if wanted and r["resourceType"] not in wanted:
+            continue
         text = json.dumps(r, ensure_ascii=False, separators=(",", ":"))
         text = uuid_re.sub(lambda m: f'"{types.get(m.group(1), "Patient")}/{m.group(1)}{suffix}"', text)
         if suffix:

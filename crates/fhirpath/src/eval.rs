@@ -161,7 +161,16 @@ pub(crate) struct Scope<'a> {
 
 pub(crate) struct Evaluator<'c, 'a> {
     pub ctx: &'c Context<'a>,
-    pub now: Temporal,
+    /// Read once, when first asked for: `now()` is the same throughout an
+    /// evaluation, and most evaluations never ask (reading the clock for
+    /// each was measurable in views).
+    pub now: std::cell::OnceCell<Temporal>,
+}
+
+impl Evaluator<'_, '_> {
+    pub(crate) fn now(&self) -> Temporal {
+        *self.now.get_or_init(|| self.ctx.now.unwrap_or_else(crate::temporal::now))
+    }
 }
 
 pub(crate) fn boolean<'a>(b: bool) -> Coll<'a> {

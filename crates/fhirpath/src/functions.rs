@@ -467,10 +467,10 @@ pub(crate) fn call<'a>(
         }
         // ---- utility ----
         Trace => input,
-        Now => one(Value::Temporal(ev.now)),
-        Today => one(Value::Temporal(ev.now.to_date())),
+        Now => one(Value::Temporal(ev.now())),
+        Today => one(Value::Temporal(ev.now().to_date())),
         TimeOfDay => {
-            let mut t = ev.now;
+            let mut t = ev.now();
             t.kind = TemporalKind::Time;
             t.tz = None;
             one(Value::Temporal(t))

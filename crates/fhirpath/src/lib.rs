@@ -90,8 +90,7 @@ impl Expression {
                 && n.is_resource() {
                     check::check(&self.op, n.fhir_type())?;
                 }
-        let now = ctx.now.unwrap_or_else(temporal::now);
-        let ev = eval::Evaluator { ctx, now };
+        let ev = eval::Evaluator { ctx, now: std::cell::OnceCell::new() };
         let scope = eval::Scope { this: ctx.focus.clone(), root: true, index: None, total: None };
         ev.eval(&self.op, &scope)
     }

@@ -48,6 +48,8 @@ pub struct Column {
     /// Whether it holds a collection.
     pub collection: bool,
     path: Expression,
+    /// Its position in the view's output (set once the view is parsed).
+    index: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +126,7 @@ fn parse_select(v: &Json, names: &mut Vec<String>) -> Result<Select, ViewError> 
             ty: c.get("type").and_then(Json::as_str).map(str::to_string),
             collection: c.get("collection").and_then(Json::as_bool).unwrap_or(false),
             path: compile(c.get("path").unwrap_or(&Json::Null), &format!("column '{name}' path"))?,
+            index: 0,
         });
     }
     let mut selects = Vec::new();
@@ -177,8 +180,19 @@ fn all_columns<'s>(s: &'s Select, out: &mut Vec<&'s Column>) {
     }
 }
 
-/// Partial rows: (column name, value) pairs.
-type Partial = Vec<(String, Json)>;
+/// Numbers each column by its output position; unionAll branches' columns
+/// share the positions of the first branch's, by name.
+fn number_columns(s: &mut Select, names: &[String]) {
+    for c in &mut s.columns {
+        c.index = names.iter().position(|n| *n == c.name).expect("every column is an output column");
+    }
+    for n in s.selects.iter_mut().chain(s.union_all.iter_mut()) {
+        number_columns(n, names);
+    }
+}
+
+/// Partial rows: (output position, value) pairs.
+type Partial = Vec<(usize, Json)>;
 
 impl View {
     /// Validates a ViewDefinition (JSON), before any data is read.
@@ -189,7 +203,7 @@ impl View {
             return err(format!("'{resource}' is not a FHIR R4 resource type"));
         }
         let mut names = Vec::new();
-        let root = parse_select(&serde_json::json!({"select": obj.get("select").cloned().unwrap_or(Json::Array(vec![]))}), &mut names)?;
+        let mut root = parse_select(&serde_json::json!({"select": obj.get("select").cloned().unwrap_or(Json::Array(vec![]))}), &mut names)?;
         let wheres = obj
             .get("where")
             .and_then(Json::as_array)
@@ -206,7 +220,8 @@ impl View {
             .collect::<Result<_, _>>()?;
         let mut cols = Vec::new();
         all_columns(&root, &mut cols);
-        let columns = cols.into_iter().map(|c| c.name.clone()).collect();
+        let columns: Vec<String> = cols.into_iter().map(|c| c.name.clone()).collect();
+        number_columns(&mut root, &columns);
         Ok(View { resource: resource.to_string(), root, wheres, constants, columns })
     }
 
@@ -252,8 +267,12 @@ impl View {
         let partials = self.process(&self.root, resource, root, 0)?;
         Ok(partials
             .into_iter()
-            .map(|p| Row {
-                values: self.columns.iter().map(|c| p.iter().find(|(n, _)| n == c).map_or(Json::Null, |(_, v)| v.clone())).collect(),
+            .map(|p| {
+                let mut values = vec![Json::Null; self.columns.len()];
+                for (i, v) in p {
+                    values[i] = v;
+                }
+                Row { values }
             })
             .collect())
     }
@@ -286,7 +305,7 @@ impl View {
                         _ => return err(format!("column '{}' gives several values: declare it a collection", c.name)),
                     }
                 };
-                own.push((c.name.clone(), value));
+                own.push((c.index, value));
             }
             // …times each nested select's rows, times the union's rows.
             let mut product = vec![own];
@@ -312,7 +331,7 @@ impl View {
                 cols.into_iter()
                     .map(|c| {
                         let v = if c.path.source().trim() == "%rowIndex" { Json::from(0) } else { Json::Null };
-                        (c.name.clone(), v)
+                        (c.index, v)
                     })
                     .collect(),
             );
@@ -337,9 +356,17 @@ impl View {
     }
 }
 
-fn cross(left: Vec<Partial>, right: Vec<Partial>) -> Vec<Partial> {
+fn cross(left: Vec<Partial>, mut right: Vec<Partial>) -> Vec<Partial> {
+    // The common case, one row on a side, moves values instead of cloning.
+    if left.len() == 1 {
+        let l = &left[0];
+        for r in &mut right {
+            r.extend(l.iter().cloned());
+        }
+        return right;
+    }
     let mut out = Vec::with_capacity(left.len() * right.len());
-    for l in &left {
+    for l in left {
         for r in &right {
             let mut row = l.clone();
             row.extend(r.iter().cloned());
