@@ -11,7 +11,7 @@ use serde_json::json;
 use veil_study::{Built, Builder, Study};
 
 use crate::UsageError;
-use crate::input::{for_each_ndjson_resource, ndjson_files};
+use crate::input::{map_ndjson_in_parallel, ndjson_files};
 use crate::output::{Progress, write_atomically};
 
 /// Aggregate studies: count cubes with small-cell suppression, exported for
@@ -154,8 +154,8 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let progress = Progress::new(&format!("study {}", study.prefix));
     let mut builder = Builder::new(&study);
-    let read = for_each_ndjson_resource(&files, |doc| {
-        builder.add(&doc)?;
+    let read = map_ndjson_in_parallel(&files, |doc| Ok(study.rows(&doc)?), |rows| {
+        builder.add_rows(rows);
         if builder.resources() % 4096 == 0 {
             progress.lines(builder.resources());
         }

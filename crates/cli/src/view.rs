@@ -10,7 +10,7 @@ use serde_json::Value as Json;
 use veil_views::{View, csv_line};
 
 use crate::UsageError;
-use crate::input::{for_each_ndjson_resource, ndjson_files};
+use crate::input::{map_ndjson_in_parallel, ndjson_files};
 
 /// Work with SQL on FHIR v2 ViewDefinitions.
 #[derive(clap::Args)]
@@ -27,8 +27,8 @@ enum Command {
 /// Flatten FHIR resources into a table with a ViewDefinition.
 ///
 /// Reads NDJSON (a de-identified export's files, for example): a file, or
-/// every *.ndjson file in a folder and its subfolders. The view is checked
-/// before any data is read. Writes CSV (RFC 4180, with a header) or NDJSON (one object per
+/// every *.ndjson file in a folder and its subfolders, on every core; rows
+/// come out in input order. The view is checked before any data is read. Writes CSV (RFC 4180, with a header) or NDJSON (one object per
 /// row), to standard output unless -o is given.
 ///
 ///   veil view run --view patient_demographics.json --input export/ --format csv -o patients.csv
@@ -78,8 +78,8 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     }
     let mut rows = 0u64;
     let result = (|| -> Result<()> {
-        for_each_ndjson_resource(&inputs, |doc| {
-            for row in view.rows(&doc)? {
+        map_ndjson_in_parallel(&inputs, |doc| Ok(view.rows(&doc)?), |new_rows| {
+            for row in new_rows {
                 rows += 1;
                 if let Some(p) = parquet.as_mut() {
                     p.write(row)?;

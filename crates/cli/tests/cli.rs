@@ -457,6 +457,20 @@ fn view_run_writes_csv_and_ndjson() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let bytes = std::fs::read(&pq).unwrap();
     assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"), "a complete Parquet file");
+    // Rows keep input order across the parallel batches; a damaged line
+    // stops the run naming its file and line, not its content, and leaves
+    // no output file.
+    let many: String = (0..5000).map(|i| format!("{{\"resourceType\":\"Patient\",\"id\":\"p{i}\"}}\n")).collect();
+    let big = t.write("big.ndjson", &many);
+    let out = veil(&["view", "run", "--view", view.to_str().unwrap(), "--input", big.to_str().unwrap()], None);
+    let ids: Vec<String> = text(&out.stdout).lines().skip(1).map(|l| l.split(',').next().unwrap().to_string()).collect();
+    assert_eq!(ids, (0..5000).map(|i| format!("p{i}")).collect::<Vec<_>>());
+    let damaged = t.write("damaged.ndjson", &(many + "{\"resourceType\":\"Patient\",\"id\":\"SECRET\"\n"));
+    let dest = t.0.join("damaged.csv");
+    let out = veil(&["view", "run", "--view", view.to_str().unwrap(), "--input", damaged.to_str().unwrap(), "-o", dest.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("damaged.ndjson:5001: not valid JSON") && !text(&out.stderr).contains("SECRET"), "{}", text(&out.stderr));
+    assert!(!dest.exists());
 }
 
 // ---- veil study and veil export-preset ------------------------------------

@@ -24,6 +24,24 @@ impl Table {
     }
 }
 
+/// One resource's rows, per view.
+pub struct ViewRows(Vec<(usize, Vec<Vec<Json>>)>);
+
+impl Study {
+    /// The rows one resource gives in each of the study's views.
+    pub fn rows(&self, resource: &Json) -> Result<ViewRows, StudyError> {
+        let mut out = Vec::new();
+        let Some(ty) = resource.get("resourceType").and_then(Json::as_str) else { return Ok(ViewRows(out)) };
+        for (i, (name, view)) in self.views.iter().enumerate() {
+            if view.resource == ty {
+                let new = view.rows(resource).map_err(|e| StudyError(format!("view '{name}': {e}")))?;
+                out.push((i, new.into_iter().map(|r| r.values).collect()));
+            }
+        }
+        Ok(ViewRows(out))
+    }
+}
+
 /// Streams resources through a study's views.
 pub struct Builder<'a> {
     study: &'a Study,
@@ -117,15 +135,18 @@ impl<'a> Builder<'a> {
 
     /// Passes one resource through the views.
     pub fn add(&mut self, resource: &Json) -> Result<(), StudyError> {
-        self.resources += 1;
-        let Some(ty) = resource.get("resourceType").and_then(Json::as_str) else { return Ok(()) };
-        for ((name, view), rows) in self.study.views.iter().zip(&mut self.rows) {
-            if view.resource == ty {
-                let new = view.rows(resource).map_err(|e| StudyError(format!("view '{name}': {e}")))?;
-                rows.extend(new.into_iter().map(|r| r.values));
-            }
-        }
+        let rows = self.study.rows(resource)?;
+        self.add_rows(rows);
         Ok(())
+    }
+
+    /// Adds what [`Study::rows`] gave for one resource (which may run on
+    /// another thread).
+    pub fn add_rows(&mut self, rows: ViewRows) {
+        self.resources += 1;
+        for (view, new) in rows.0 {
+            self.rows[view].extend(new);
+        }
     }
 
     /// Joins, counts and suppresses. `today` (`YYYY-MM-DD`) caps

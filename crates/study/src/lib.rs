@@ -21,7 +21,7 @@ mod build;
 mod definition;
 mod export;
 
-pub use build::{Built, BuiltColumn, BuiltTable, Builder, TableKind};
+pub use build::{Built, BuiltColumn, BuiltTable, Builder, TableKind, ViewRows};
 pub use definition::{ExportPreset, PresetRule, Study};
 pub use export::{Exported, export};
 
