@@ -260,7 +260,10 @@ fn build_flu_study(study: &veil_study::Study, export: &std::path::Path, out: &st
     let files = crate::input::ndjson_files(export)?;
     let t = Instant::now();
     let mut builder = veil_study::Builder::new(study);
-    crate::input::map_ndjson_in_parallel(&files, |doc| Ok(study.rows(&doc)?), |rows| Ok(builder.add_rows(rows)))?;
+    crate::input::map_ndjson_in_parallel(&files, |doc| Ok(study.rows(&doc)?), |rows| {
+        builder.add_rows(rows);
+        Ok(())
+    })?;
     let built = builder.finish(&crate::study::today())?;
     println!("Built the flu study from {} de-identified resources in {}:", built.resources, ms(t.elapsed()));
     for t in built.tables.iter().filter(|t| t.min_cell.is_some()) {
