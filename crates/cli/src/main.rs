@@ -19,9 +19,12 @@ use clap::{Parser, Subcommand};
 
 /// Veil de-identifies FHIR R4 data and hands it to researchers.
 ///
-/// Today it de-identifies FHIR files with Microsoft FHIR anonymizer
-/// configurations and evaluates FHIRPath; the FHIR server with Bulk Data
-/// $export, share links and aggregate studies are being built on top of it.
+/// It de-identifies FHIR files with Microsoft FHIR anonymizer configurations
+/// (`veil deid`), serves a FHIR store with de-identified Bulk Data $export
+/// (`veil load`, `veil serve`), flattens resources with SQL on FHIR views
+/// (`veil view run`) and builds aggregate studies for a Cumulus aggregator
+/// (`veil study`, `veil export-preset`). `veil demo` runs all of it on the
+/// bundled sample.
 #[derive(Parser)]
 #[command(name = "veil", version, propagate_version = true)]
 struct Cli {

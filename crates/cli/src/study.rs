@@ -14,8 +14,7 @@ use crate::UsageError;
 use crate::input::{map_ndjson_in_parallel, ndjson_files};
 use crate::output::{Progress, write_atomically};
 
-/// Aggregate studies: count cubes with small-cell suppression, exported for
-/// a Cumulus aggregator.
+/// Build aggregate studies (count cubes, small cells suppressed) for a Cumulus aggregator.
 ///
 /// A study is a folder with a study.toml (its SQL on FHIR views, how they
 /// join, what it counts), or the name of a built-in study (`veil study
@@ -36,6 +35,7 @@ enum Command {
     Build(BuildArgs),
     Export(ExportArgs),
     Show(ShowArgs),
+    /// List the built-in studies.
     List,
 }
 
