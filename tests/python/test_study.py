@@ -13,14 +13,12 @@ policy, then:
 * no exported cell is under the minimum, and the zip holds exactly the
   Parquet files and the manifest.
 
-Run by scripts/test with VEIL (the binary) set:
+Run by scripts/test with VEIL (the binary) set (flu_export.py makes the
+data package once for every test module):
     VEIL=target/debug/veil python -m unittest discover -s tests/python
 """
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import unittest
 import zipfile
 
@@ -28,8 +26,8 @@ import duckdb
 import pyarrow.csv
 import pyarrow.parquet
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-VEIL = os.environ.get("VEIL", os.path.join(ROOT, "target", "debug", "veil"))
+import flu_export
+from flu_export import veil
 
 # The CVX codes the flu view counts, restated here on purpose: the check
 # must not read Veil's own view to decide what it expects.
@@ -39,23 +37,11 @@ FLU_CVX = ["15", "16", "88", "111", "135", "140", "141", "144", "149", "150", "1
 ARROW_TYPES = {"BIGINT": "int64", "INTEGER": "int32", "VARCHAR": "string", "DATE": "date32[day]"}
 
 
-def veil(*args, **kw):
-    return subprocess.run([VEIL, *args], check=True, capture_output=True, text=True, **kw)
-
-
 class FluStudy(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory()
-        t = cls.tmp.name
-        raw, deid = os.path.join(t, "raw"), os.path.join(t, "deid")
-        subprocess.run([sys.executable, os.path.join(ROOT, "bench", "synthea-ndjson.py"), raw], check=True)
-        policy = os.path.join(t, "flu-policy.json")
-        veil("export-preset", "flu", "--policy", policy)
-        veil("deid", "-c", policy, "-b", "-i", raw, "-o", deid)
-        veil("study", "build", "flu", "--input", deid, "--build-dir", os.path.join(t, "build"))
-        veil("study", "export", "flu", "--build-dir", os.path.join(t, "build"), "--data-path", os.path.join(t, "data_export"))
-        cls.folder = os.path.join(t, "data_export", "flu")
+        flu = flu_export.build()
+        deid, cls.folder = flu.deid, flu.folder
         cls.shape = json.loads(veil("study", "show", "flu").stdout)
         cls.db = duckdb.connect()
         cls.db.execute(f"""
@@ -93,10 +79,6 @@ class FluStudy(unittest.TestCase):
                    coalesce(json_extract_string(cvx[1], '$.code'), 'cumulus__none') AS vaccine_code
             FROM joined
         """)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
 
     def expected_cube(self, counted, strata):
         cols = ", ".join(strata)

@@ -1,0 +1,35 @@
+"""The `flu` data package made once per test run, shared by the test modules:
+the Synthea sample as NDJSON, de-identified by `veil deid` with the policy
+`veil export-preset flu --policy` writes, then `veil study build` and
+`veil study export`."""
+import atexit
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from types import SimpleNamespace
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+VEIL = os.environ.get("VEIL", os.path.join(ROOT, "target", "debug", "veil"))
+
+
+def veil(*args, **kw):
+    return subprocess.run([VEIL, *args], check=True, capture_output=True, text=True, **kw)
+
+
+@functools.cache
+def build():
+    # Kept for the whole run, removed when it ends.
+    t = tempfile.mkdtemp(prefix="veil-python-tests-")
+    atexit.register(shutil.rmtree, t, True)
+    raw, deid = os.path.join(t, "raw"), os.path.join(t, "deid")
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "synthea-ndjson.py"), raw], check=True)
+    policy = os.path.join(t, "flu-policy.json")
+    veil("export-preset", "flu", "--policy", policy)
+    veil("deid", "-c", policy, "-b", "-i", raw, "-o", deid)
+    veil("study", "build", "flu", "--input", deid, "--build-dir", os.path.join(t, "build"))
+    data_path = os.path.join(t, "data_export")
+    veil("study", "export", "flu", "--build-dir", os.path.join(t, "build"), "--data-path", data_path)
+    return SimpleNamespace(deid=deid, data_path=data_path, folder=os.path.join(data_path, "flu"))
