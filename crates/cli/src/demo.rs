@@ -211,8 +211,7 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<()>
     // flu study reads, de-identified with the policy its preset pairs with.
     let study = veil_study::Study::builtin("flu").expect("built in");
     let preset = crate::study::preset_query(&study);
-    let rules: Vec<(String, String)> = study.export.rules.iter().map(|r| (r.path.clone(), r.method.clone())).collect();
-    std::fs::write(out.join("storage/anonymization/flu.json"), veil_deid::Policy::safe_harbor_with(&rules)?)?;
+    std::fs::write(out.join("storage/anonymization/flu.json"), crate::study::preset_policy(&study)?)?;
     println!();
     println!("The flu study's minimum-necessary export (veil export-preset flu):");
     let flu_export = export_over_http(&client, &base, &format!("{preset}&_anonymizationConfig=flu.json&_container=flu"), &storage_root)?;
@@ -257,14 +256,8 @@ fn export_over_http(client: &reqwest::blocking::Client, base: &str, query: &str,
 /// The last step: the flu study built from the de-identified export, and
 /// written as a Cumulus data package.
 fn build_flu_study(study: &veil_study::Study, export: &std::path::Path, out: &std::path::Path) -> Result<()> {
-    let files = crate::input::ndjson_files(export)?;
     let t = Instant::now();
-    let mut builder = veil_study::Builder::new(study);
-    crate::input::map_ndjson_in_parallel(&files, |doc| Ok(study.rows(&doc)?), |rows| {
-        builder.add_rows(rows);
-        Ok(())
-    })?;
-    let built = builder.finish(&crate::study::today())?;
+    let built = crate::study::build_from(study, &crate::input::ndjson_files(export)?)?;
     println!("Built the flu study from {} de-identified resources in {}:", built.resources, ms(t.elapsed()));
     for t in built.tables.iter().filter(|t| t.min_cell.is_some()) {
         println!("  {}: {} cells kept, {} under {} dropped", t.name, t.rows.len(), t.suppressed, t.min_cell.unwrap_or_default());

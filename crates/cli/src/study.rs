@@ -139,7 +139,7 @@ fn built_path(build_dir: &Path, study: &Study) -> PathBuf {
 }
 
 /// Today's date (UTC), `YYYY-MM-DD`.
-pub(crate) fn today() -> String {
+fn today() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (y, m, d) = veil_fhir::calendar::civil_from_days((secs / 86_400) as i64);
     format!("{y:04}-{m:02}-{d:02}")
@@ -152,18 +152,7 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
         return Err(UsageError(format!("{}: no .ndjson files", args.input.display())).into());
     }
     let started = Instant::now();
-    let progress = Progress::new(&format!("study {}", study.prefix));
-    let mut builder = Builder::new(&study);
-    let read = map_ndjson_in_parallel(&files, |doc| Ok(study.rows(&doc)?), |rows| {
-        builder.add_rows(rows);
-        if builder.resources() % 4096 == 0 {
-            progress.lines(builder.resources());
-        }
-        Ok(())
-    });
-    progress.finish();
-    read?;
-    let built = builder.finish(&today())?;
+    let built = build_from(&study, &files)?;
     let path = built_path(&args.build_dir, &study);
     write_atomically(&path, |w| serde_json::to_writer(w, &built).map_err(std::io::Error::other))?;
     eprintln!("veil study: {} built from {} resources in {:.1} s", study.prefix, built.resources, started.elapsed().as_secs_f64());
@@ -175,6 +164,29 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
     }
     eprintln!("next: veil study export {}", args.study);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Builds `study` from NDJSON `files`, views applied on every core, with
+/// progress on a terminal.
+pub(crate) fn build_from(study: &Study, files: &[PathBuf]) -> Result<Built> {
+    let progress = Progress::new(&format!("study {}", study.prefix));
+    let mut builder = Builder::new(study);
+    let read = map_ndjson_in_parallel(files, |doc| Ok(study.rows(&doc)?), |rows| {
+        builder.add_rows(rows);
+        if builder.resources() % 4096 == 0 {
+            progress.lines(builder.resources());
+        }
+        Ok(())
+    });
+    progress.finish();
+    read?;
+    Ok(builder.finish(&today())?)
+}
+
+/// The Safe Harbor sample with the study's preset rules placed first.
+pub(crate) fn preset_policy(study: &Study) -> Result<String> {
+    let first: Vec<(String, String)> = study.export.rules.iter().map(|r| (r.path.clone(), r.method.clone())).collect();
+    Ok(veil_deid::Policy::safe_harbor_with(&first)?)
 }
 
 fn export(args: ExportArgs) -> Result<ExitCode> {
@@ -243,8 +255,7 @@ pub(crate) fn preset(args: PresetArgs) -> Result<ExitCode> {
     }
     println!("{}", preset_query(&study));
     if let Some(path) = &args.policy {
-        let first: Vec<(String, String)> = e.rules.iter().map(|r| (r.path.clone(), r.method.clone())).collect();
-        let policy = veil_deid::Policy::safe_harbor_with(&first)?;
+        let policy = preset_policy(&study)?;
         write_atomically(path, |w| std::io::Write::write_all(w, policy.as_bytes()))?;
         let rules: Vec<String> = e.rules.iter().map(|r| format!("{} {}", r.method, r.path)).collect();
         eprintln!("veil export-preset: wrote {}: the Safe Harbor sample with first {}", path.display(), if rules.is_empty() { "nothing".into() } else { rules.join(", ") });

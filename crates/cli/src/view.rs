@@ -28,8 +28,9 @@ enum Command {
 ///
 /// Reads NDJSON (a de-identified export's files, for example): a file, or
 /// every *.ndjson file in a folder and its subfolders, on every core; rows
-/// come out in input order. The view is checked before any data is read. Writes CSV (RFC 4180, with a header) or NDJSON (one object per
-/// row), to standard output unless -o is given.
+/// come out in input order. The view is checked before any data is read.
+/// Writes CSV (RFC 4180, with a header), NDJSON (one object per row) or
+/// Parquet, to standard output unless -o is given.
 ///
 ///   veil view run --view patient_demographics.json --input export/ --format csv -o patients.csv
 #[derive(clap::Args)]
