@@ -292,11 +292,13 @@ fn count(prefix: &str, def: &CountDef, table: &Table) -> BuiltTable {
             .enumerate()
             .map(|(i, &col)| {
                 let value = text(&row[col]).unwrap_or_else(|| NONE.to_string());
+                if let Some(&known) = lookups[i].get(&value) {
+                    return known;
+                }
                 let next = dictionaries[i].len() as u32;
-                *lookups[i].entry(value.clone()).or_insert_with(|| {
-                    dictionaries[i].push(value);
-                    next
-                })
+                dictionaries[i].push(value.clone());
+                lookups[i].insert(value, next);
+                next
             })
             .collect();
         for set in 0..sets {
