@@ -7,6 +7,9 @@
 //! supplied by the caller, who knows the FHIR rules for them. Export jobs are
 //! durable: claimed with a lease by one worker at a time, renewed by
 //! heartbeat, and taken over by another worker when the lease lapses.
+//! SMART clients, the assertion nonces they used (against replay) and the
+//! server's signing secret live here too, so that several servers sharing
+//! one PostgreSQL database agree on them.
 //!
 //! * [`open`] chooses the implementation from a URL: `sqlite:veil.db`,
 //!   `sqlite::memory:`, `postgres://user@host/db`.
@@ -174,6 +177,23 @@ pub struct Job {
     pub error: Option<String>,
 }
 
+/// A client registered for SMART Backend Services (see `veil-smart`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRecord {
+    /// The `client_id` Veil assigned.
+    pub id: String,
+    /// A name for people (`"Research team A"`).
+    pub name: String,
+    /// Its public keys as a JWK Set (JSON), when registered inline.
+    pub jwks: Option<String>,
+    /// Where it publishes its public keys, when registered by URL.
+    pub jwks_url: Option<String>,
+    /// The scopes it may be granted, space-separated.
+    pub scopes: String,
+    /// When it was registered.
+    pub created: String,
+}
+
 /// Persistence, implemented for SQLite and PostgreSQL.
 pub trait Store: Send + Sync {
     /// Creates or replaces resources, all in one transaction; each gets the
@@ -207,6 +227,23 @@ pub trait Store: Send + Sync {
     fn cancel_job(&self, id: &str) -> Result<bool>;
     /// Forgets a job; `false` if there is no such job.
     fn delete_job(&self, id: &str) -> Result<bool>;
+    /// Registers a client (its `created` is set by the store); an id
+    /// already taken is an error.
+    fn add_client(&self, client: &ClientRecord) -> Result<ClientRecord>;
+    /// A client by id.
+    fn client(&self, id: &str) -> Result<Option<ClientRecord>>;
+    /// Every client, by name then id.
+    fn clients(&self) -> Result<Vec<ClientRecord>>;
+    /// Removes a client and the nonces it used; `false` if there was none.
+    fn remove_client(&self, id: &str) -> Result<bool>;
+    /// Records that `client_id` used the assertion nonce `jti`, which
+    /// expires at `expires` (seconds since the epoch): `true` the first
+    /// time, `false` if it is already recorded and not yet expired (a
+    /// replay). Nonces expired at `now` are forgotten.
+    fn record_jti(&self, client_id: &str, jti: &str, expires: i64, now: i64) -> Result<bool>;
+    /// The secret called `name`, made by `make` the first time it is asked
+    /// for; every process sharing the store gets the same value.
+    fn secret(&self, name: &str, make: &mut dyn FnMut() -> String) -> Result<String>;
 }
 
 /// The tables, in the SQL both databases speak; `int` is the 64-bit integer
@@ -226,9 +263,17 @@ pub(crate) fn schema(int: &str, sequence: &str) -> String {
         CREATE TABLE IF NOT EXISTS jobs (
             id TEXT PRIMARY KEY, request TEXT NOT NULL, state TEXT NOT NULL, created TEXT NOT NULL,
             lease_owner TEXT, lease_until TEXT, attempts {int} NOT NULL DEFAULT 0,
-            progress TEXT, result TEXT, error TEXT);"
+            progress TEXT, result TEXT, error TEXT);
+        CREATE TABLE IF NOT EXISTS clients (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL, jwks TEXT, jwks_url TEXT, scopes TEXT NOT NULL, created TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS used_jti (
+            client_id TEXT NOT NULL, jti TEXT NOT NULL, expires {int} NOT NULL, PRIMARY KEY (client_id, jti));
+        CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
     )
 }
+
+/// The columns of a client, in [`ClientRecord`]'s order.
+pub(crate) const CLIENT_COLS: &str = "id, name, jwks, jwks_url, scopes, created";
 
 /// Rows per scan query.
 pub(crate) const SCAN_BATCH: usize = 2000;

@@ -9,7 +9,7 @@ use postgres::{Client, NoTls, Row};
 
 use crate::sqlite::scan_sql;
 use crate::time::{instant_in, now_instant};
-use crate::{Job, JobState, Result, ScanFilter, Store, Stored, Write};
+use crate::{CLIENT_COLS, ClientRecord, Job, JobState, Result, ScanFilter, Store, Stored, Write};
 
 
 pub(crate) struct PgStore {
@@ -278,4 +278,49 @@ impl Store for PgStore {
         let mut client = self.client();
         Ok(client.execute("DELETE FROM jobs WHERE id = $1", &[&id])? == 1)
     }
+
+    fn add_client(&self, c: &ClientRecord) -> Result<ClientRecord> {
+        let mut client = self.client();
+        let sql = format!("INSERT INTO clients ({CLIENT_COLS}) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {CLIENT_COLS}");
+        Ok(registered(&client.query_one(&sql, &[&c.id, &c.name, &c.jwks, &c.jwks_url, &c.scopes, &now_instant()])?))
+    }
+
+    fn client(&self, id: &str) -> Result<Option<ClientRecord>> {
+        let mut client = self.client();
+        Ok(client.query_opt(&format!("SELECT {CLIENT_COLS} FROM clients WHERE id = $1"), &[&id])?.as_ref().map(registered))
+    }
+
+    fn clients(&self) -> Result<Vec<ClientRecord>> {
+        let mut client = self.client();
+        Ok(client.query(&format!("SELECT {CLIENT_COLS} FROM clients ORDER BY name, id"), &[])?.iter().map(registered).collect())
+    }
+
+    fn remove_client(&self, id: &str) -> Result<bool> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        tx.execute("DELETE FROM used_jti WHERE client_id = $1", &[&id])?;
+        let removed = tx.execute("DELETE FROM clients WHERE id = $1", &[&id])? == 1;
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    fn record_jti(&self, client_id: &str, jti: &str, expires: i64, now: i64) -> Result<bool> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        tx.execute("DELETE FROM used_jti WHERE expires < $1", &[&now])?;
+        let fresh = tx.execute("INSERT INTO used_jti (client_id, jti, expires) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", &[&client_id, &jti, &expires])? == 1;
+        tx.commit()?;
+        Ok(fresh)
+    }
+
+    fn secret(&self, name: &str, make: &mut dyn FnMut() -> String) -> Result<String> {
+        let mut client = self.client();
+        client.execute("INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&name, &make()])?;
+        Ok(client.query_one("SELECT value FROM secrets WHERE name = $1", &[&name])?.get(0))
+    }
+}
+
+/// A client row (named so as not to clash with the connection's `client`).
+fn registered(r: &Row) -> ClientRecord {
+    ClientRecord { id: r.get(0), name: r.get(1), jwks: r.get(2), jwks_url: r.get(3), scopes: r.get(4), created: r.get(5) }
 }

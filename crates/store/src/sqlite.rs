@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::time::{instant_in, now_instant};
-use crate::{Job, JobState, Result, ScanFilter, Store, Stored, Write};
+use crate::{CLIENT_COLS, ClientRecord, Job, JobState, Result, ScanFilter, Store, Stored, Write};
 
 
 pub(crate) struct SqliteStore {
@@ -213,6 +213,52 @@ impl Store for SqliteStore {
         let conn = self.conn();
         Ok(conn.execute("DELETE FROM jobs WHERE id = ?1", [id])? == 1)
     }
+
+    fn add_client(&self, c: &ClientRecord) -> Result<ClientRecord> {
+        let conn = self.conn();
+        let sql = format!("INSERT INTO clients ({CLIENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING {CLIENT_COLS}");
+        Ok(conn.query_row(&sql, params![c.id, c.name, c.jwks, c.jwks_url, c.scopes, now_instant()], client)?)
+    }
+
+    fn client(&self, id: &str) -> Result<Option<ClientRecord>> {
+        let conn = self.conn();
+        Ok(conn.query_row(&format!("SELECT {CLIENT_COLS} FROM clients WHERE id = ?1"), [id], client).optional()?)
+    }
+
+    fn clients(&self) -> Result<Vec<ClientRecord>> {
+        let conn = self.conn();
+        let mut q = conn.prepare(&format!("SELECT {CLIENT_COLS} FROM clients ORDER BY name, id"))?;
+        let rows = q.query_map([], client)?.collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    fn remove_client(&self, id: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM used_jti WHERE client_id = ?1", [id])?;
+        let removed = tx.execute("DELETE FROM clients WHERE id = ?1", [id])? == 1;
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    fn record_jti(&self, client_id: &str, jti: &str, expires: i64, now: i64) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM used_jti WHERE expires < ?1", [now])?;
+        let fresh = tx.execute("INSERT INTO used_jti (client_id, jti, expires) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING", params![client_id, jti, expires])? == 1;
+        tx.commit()?;
+        Ok(fresh)
+    }
+
+    fn secret(&self, name: &str, make: &mut dyn FnMut() -> String) -> Result<String> {
+        let conn = self.conn();
+        conn.execute("INSERT INTO secrets (name, value) VALUES (?1, ?2) ON CONFLICT DO NOTHING", params![name, make()])?;
+        Ok(conn.query_row("SELECT value FROM secrets WHERE name = ?1", [name], |r| r.get(0))?)
+    }
+}
+
+fn client(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRecord> {
+    Ok(ClientRecord { id: r.get(0)?, name: r.get(1)?, jwks: r.get(2)?, jwks_url: r.get(3)?, scopes: r.get(4)?, created: r.get(5)? })
 }
 
 /// The scan query for one batch after `after` in (type, id) order, with

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use veil_store::{JobState, ScanFilter, Store, Write, open};
+use veil_store::{ClientRecord, JobState, ScanFilter, Store, Write, open};
 
 fn pg_url() -> String {
     std::env::var("VEIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
@@ -83,6 +83,37 @@ fn scan(store: &dyn Store, filter: &ScanFilter) -> Vec<String> {
 }
 
 both! {
+    clients_are_registered_listed_and_removed_with_their_nonces => |s: &dyn Store| {
+        let client = |id: &str, name: &str| ClientRecord {
+            id: id.into(), name: name.into(), jwks: Some(r#"{"keys":[]}"#.into()), jwks_url: None, scopes: "system/*.read".into(), created: String::new(),
+        };
+        let b = s.add_client(&client("b", "Team B")).unwrap();
+        assert_eq!(b.created.len(), 24, "the store sets when it was registered");
+        s.add_client(&ClientRecord { jwks: None, jwks_url: Some("https://keys.example/jwks.json".into()), ..client("a", "Team A") }).unwrap();
+        assert!(s.add_client(&client("a", "again")).is_err(), "an id is registered once");
+        let names: Vec<String> = s.clients().unwrap().into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["Team A", "Team B"]);
+        assert_eq!(s.client("a").unwrap().unwrap().jwks_url.as_deref(), Some("https://keys.example/jwks.json"));
+        assert_eq!(s.client("b").unwrap().unwrap(), b);
+        assert!(s.record_jti("b", "n1", 200, 100).unwrap());
+        assert!(s.remove_client("b").unwrap());
+        assert!(!s.remove_client("b").unwrap());
+        assert!(s.client("b").unwrap().is_none());
+        assert!(s.record_jti("b", "n1", 200, 100).unwrap(), "removing a client forgets its nonces");
+    };
+    a_nonce_is_accepted_once_until_it_expires => |s: &dyn Store| {
+        assert!(s.record_jti("c1", "n1", 1_000, 900).unwrap());
+        assert!(!s.record_jti("c1", "n1", 1_000, 950).unwrap(), "a replay within its lifetime");
+        assert!(s.record_jti("c2", "n1", 1_000, 950).unwrap(), "nonces are per client");
+        assert!(s.record_jti("c1", "n1", 2_000, 1_001).unwrap(), "forgotten once expired");
+    };
+    a_secret_is_made_once_and_shared => |s: &dyn Store| {
+        let mut made = 0;
+        let first = s.secret("token-key", &mut || { made += 1; format!("k{made}") }).unwrap();
+        let again = s.secret("token-key", &mut || { made += 1; format!("k{made}") }).unwrap();
+        assert_eq!((first.as_str(), again.as_str()), ("k1", "k1"));
+        assert_eq!(s.secret("other", &mut || "x".into()).unwrap(), "x");
+    };
     writes_read_back_exactly_with_versions => |s: &dyn Store| {
         let body = patient("p1");
         put(s, "Patient", "p1", &body, &["p1"]);
