@@ -39,6 +39,14 @@ struct Claims {
     exp: Option<u64>,
 }
 
+/// The `iss` and `kid` an assertion claims, read without checking
+/// anything: only to find the client and the key that will check it.
+pub fn assertion_issuer_and_kid(assertion: &str) -> Option<(String, String)> {
+    let kid = jsonwebtoken::decode_header(assertion).ok()?.kid?;
+    let claims: Claims = jsonwebtoken::dangerous::insecure_decode_claims(assertion).ok()?;
+    Some((claims.iss?, kid))
+}
+
 /// Checks a client assertion for `token_url` at `now` (seconds since the
 /// epoch); `find_client` looks a client up by the assertion's `iss`.
 /// Every failure is `invalid_client`, described without quoting the

@@ -10,16 +10,30 @@
 //! five minutes ahead, and a `jti` for the caller to record against replay.
 //! [`Scopes`] parses SMART v1 (`system/Patient.read`) and v2
 //! (`system/*.rs`) scopes and says which resource types they let a client
-//! read. Errors are OAuth errors; their descriptions never carry a token,
-//! an assertion or a key.
+//! read. [`issue_access_token`] and [`verify_access_token`] are the
+//! server's own short-lived tokens; [`JwksCache`] fetches the keys of
+//! clients registered by URL.
+//!
+//! The client side: [`SigningKey`] makes or reads a key and signs
+//! assertions, [`TokenClient`] discovers a server's token endpoint and
+//! keeps a valid token. Errors are OAuth errors; their descriptions never
+//! carry a token, an assertion or a key.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod assertion;
+mod client;
+mod jwks;
+mod keys;
 mod scope;
+mod token;
 
-pub use assertion::{Client, Verified, verify_assertion};
+pub use assertion::{Client, Verified, assertion_issuer_and_kid, verify_assertion};
+pub use client::{ClientError, TokenClient};
+pub use jwks::JwksCache;
+pub use keys::{KeyError, KeyKind, SigningKey};
 pub use scope::{Scope, Scopes};
+pub use token::{Grant, issue_access_token, verify_access_token};
 
 /// The longest an assertion or an access token may live, in seconds.
 pub const MAX_LIFETIME_SECS: u64 = 300;
