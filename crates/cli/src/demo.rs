@@ -192,19 +192,39 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<()>
         let (store, storage, stop) = (store.clone(), storage.clone(), stop.clone());
         std::thread::spawn(move || veil_server::export::worker_loop(&*store, &storage, "demo", Default::default(), &stop))
     };
+    // A research team's client, registered as `veil client keygen` and
+    // `veil client add` would: only its public key goes into the store.
+    let (key, pem) = veil_smart::SigningKey::generate(veil_smart::KeyKind::Es384)?;
+    std::fs::write(out.join("research-team.pem"), pem)?;
+    let client_id = "research-team";
+    store.add_client(&veil_store::ClientRecord {
+        id: client_id.into(),
+        name: "Research team (demo)".into(),
+        jwks: Some(key.public_jwks().to_string()),
+        jwks_url: None,
+        scopes: "system/*.read".into(),
+        created: String::new(),
+    })?;
+
     let runtime = tokio::runtime::Runtime::new()?;
-    let listener = runtime.block_on(veil_server::http::bind("127.0.0.1:0".parse()?))?;
+    let listener = runtime.block_on(veil_server::http::bind("127.0.0.1:0".parse()?, true))?;
     let base = format!("http://{}", listener.local_addr()?);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let state = veil_server::http::AppState::new(store.clone(), storage, base.clone());
+    let auth = veil_server::auth::Auth::new(&*store)?;
+    let state = Arc::new(veil_server::http::AppState::new(store.clone(), storage, base.clone(), Some(auth)));
     let server = runtime.spawn(veil_server::http::serve(state, listener, async move {
         let _ = rx.await;
     }));
-    println!("veil serve is listening on {base}");
+    println!("veil serve is listening on {base}, with SMART Backend Services authorization");
 
-    let client = reqwest::blocking::Client::new();
+    // The token client runs blocking HTTP, so it lives outside the runtime.
+    let tokens = veil_smart::TokenClient::new(&base, client_id, key, "system/*.read");
+    let token_url = tokens.token_endpoint()?;
+    tokens.access_token()?;
+    println!("Client '{client_id}' signed an ES384 assertion and got a token from {token_url} ({})", tokens.granted_scope()?);
+    let http = Authorized { http: reqwest::blocking::Client::new(), tokens };
     let storage_root = out.join("storage");
-    let folder = export_over_http(&client, &base, "_anonymizationConfig=safe-harbor.json&_container=research", &storage_root)?;
+    let folder = export_over_http(&http, &base, "_anonymizationConfig=safe-harbor.json&_container=research", &storage_root)?;
     println!("  files: {}", folder.display());
 
     // The study's minimum-necessary export: only the types and elements the
@@ -214,7 +234,7 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<()>
     std::fs::write(out.join("storage/anonymization/flu.json"), crate::study::preset_policy(&study)?)?;
     println!();
     println!("The flu study's minimum-necessary export (veil export-preset flu):");
-    let flu_export = export_over_http(&client, &base, &format!("{preset}&_anonymizationConfig=flu.json&_container=flu"), &storage_root)?;
+    let flu_export = export_over_http(&http, &base, &format!("{preset}&_anonymizationConfig=flu.json&_container=flu"), &storage_root)?;
 
     let _ = tx.send(());
     let _ = runtime.block_on(server);
@@ -224,13 +244,25 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<()>
     build_flu_study(&study, &flu_export, out)
 }
 
+/// An HTTP client that sends a current access token with every request.
+struct Authorized {
+    http: reqwest::blocking::Client,
+    tokens: veil_smart::TokenClient,
+}
+
+impl Authorized {
+    fn get(&self, url: &str) -> Result<reqwest::blocking::RequestBuilder> {
+        Ok(self.http.get(url).bearer_auth(self.tokens.access_token()?))
+    }
+}
+
 /// Kicks off `$export?QUERY` (which names a `_container`), polls until
 /// done, and returns the container's folder in `storage`.
-fn export_over_http(client: &reqwest::blocking::Client, base: &str, query: &str, storage: &std::path::Path) -> Result<PathBuf> {
+fn export_over_http(client: &Authorized, base: &str, query: &str, storage: &std::path::Path) -> Result<PathBuf> {
     let kickoff = format!("{base}/$export?{query}");
     println!("GET {kickoff}");
     let t = Instant::now();
-    let r = client.get(&kickoff).header("Accept", "application/fhir+json").header("Prefer", "respond-async").send()?;
+    let r = client.get(&kickoff)?.header("Accept", "application/fhir+json").header("Prefer", "respond-async").send()?;
     let status_url = r.headers().get("content-location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     println!("  {} Content-Location: {status_url}", r.status());
     if r.status() != 202 {
@@ -238,7 +270,7 @@ fn export_over_http(client: &reqwest::blocking::Client, base: &str, query: &str,
     }
     let manifest: Json = loop {
         std::thread::sleep(Duration::from_millis(500));
-        let r = client.get(&status_url).send()?;
+        let r = client.get(&status_url)?.send()?;
         if r.status() == 200 {
             break r.json()?;
         }

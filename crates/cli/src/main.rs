@@ -3,6 +3,7 @@
 //! This binary only parses arguments and wires the library crates together;
 //! each subcommand lives in its own module.
 
+mod client;
 mod deid;
 mod demo;
 mod fhirpath;
@@ -21,9 +22,10 @@ use clap::{Parser, Subcommand};
 ///
 /// It de-identifies FHIR files with Microsoft FHIR anonymizer configurations
 /// (`veil deid`), serves a FHIR store with de-identified Bulk Data $export
-/// (`veil load`, `veil serve`), flattens resources with SQL on FHIR views
-/// (`veil view run`) and builds aggregate studies for a Cumulus aggregator
-/// (`veil study`, `veil export-preset`). `veil demo` runs all of it on the
+/// to registered clients (`veil load`, `veil serve`, `veil client`),
+/// flattens resources with SQL on FHIR views (`veil view run`) and builds
+/// aggregate studies for a Cumulus aggregator (`veil study`,
+/// `veil export-preset`). `veil demo` runs all of it on the
 /// bundled sample.
 #[derive(Parser)]
 #[command(name = "veil", version, propagate_version = true)]
@@ -39,6 +41,7 @@ enum Command {
     Deid(deid::Args),
     Load(load::Args),
     Serve(serve::Args),
+    Client(client::Args),
     View(view::Args),
     Study(study::Args),
     ExportPreset(study::PresetArgs),
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Deid(args) => deid::run(args),
         Command::Load(args) => load::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Client(args) => client::run(args),
         Command::View(args) => view::run(args),
         Command::Study(args) => study::run(args),
         Command::ExportPreset(args) => study::preset(args),

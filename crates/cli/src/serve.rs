@@ -8,22 +8,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context as _, Result};
 use veil_server::export::{DEFAULT_FILE_LIMIT, Storage, WorkerConfig, worker_loop};
+use veil_server::auth::Auth;
 use veil_server::http::{AppState, bind, serve};
 
 use crate::UsageError;
 
 /// Serve FHIR R4 from Veil's store, with Bulk Data $export.
 ///
-/// Answers read, metadata and $export at system, Patient and Group level
-/// (GET, or POST with a Parameters body), with de-identification as Azure
-/// does it: _anonymizationConfig names a file in the storage's
+/// Answers read, search, metadata and $export at system, Patient and Group
+/// level (GET, or POST with a Parameters body), with de-identification as
+/// Azure does it: _anonymizationConfig names a file in the storage's
 /// `anonymization` container, _container names where the files go.
 ///
-///   veil load data/synthea-r4-100.tar.gz
-///   veil serve --storage ./storage
-///   curl -i 'http://127.0.0.1:8080/$export?_type=Patient&_anonymizationConfig=safe-harbor.json'
+/// Every request but metadata and discovery needs an access token (SMART
+/// Backend Services): register clients with `veil client add`; they get
+/// tokens from /auth/token, as /.well-known/smart-configuration says.
+/// Each token's scopes limit the types it may read and export.
 ///
-/// It listens on loopback only, until authorization lands.
+///   veil load data/synthea-r4-100.tar.gz
+///   veil client keygen --out team.pem > team.jwks.json
+///   ID=$(veil client add --name Team --jwks team.jwks.json)
+///   veil serve --storage ./storage &
+///   TOKEN=$(veil client token --fhir-url http://127.0.0.1:8080 --client-id $ID --key team.pem)
+///   curl -i -H "Authorization: Bearer $TOKEN" -H 'Prefer: respond-async' \
+///     'http://127.0.0.1:8080/$export?_type=Patient&_anonymizationConfig=safe-harbor.json'
+///
+/// One line per request goes to stderr: the route's pattern, status,
+/// client and time (never a query, an id or a token).
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub(crate) struct Args {
@@ -33,9 +44,13 @@ pub(crate) struct Args {
     /// Where exports are written: a folder whose subfolders are containers.
     #[arg(long, value_name = "DIR", default_value = "storage", env = "VEIL_STORAGE")]
     storage: PathBuf,
-    /// Address to listen on (loopback only).
+    /// Address to listen on; beyond loopback only with authorization on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", env = "VEIL_LISTEN")]
     listen: SocketAddr,
+    /// Serve without authorization: anyone who can connect reads
+    /// everything. For experiments on loopback only; warns at every start.
+    #[arg(long)]
+    insecure_no_auth: bool,
     /// The base URL clients use, if not http://ADDR.
     #[arg(long, value_name = "URL", env = "VEIL_BASE_URL")]
     base_url: Option<String>,
@@ -56,7 +71,13 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         Arc::from(veil_store::open(&args.db).map_err(|e| UsageError(format!("cannot open the store {}: {e}", args.db)))?);
     let storage = Storage::new(&args.storage).with_context(|| format!("cannot create {}", args.storage.display()))?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let listener = runtime.block_on(bind(args.listen)).map_err(|e| UsageError(format!("cannot listen on {}: {e}", args.listen)))?;
+    let auth = if args.insecure_no_auth {
+        eprintln!("veil serve: WARNING: authorization is OFF (--insecure-no-auth): anyone who can connect to {} can read and export every resource", args.listen);
+        None
+    } else {
+        Some(Auth::new(&*store).map_err(|e| UsageError(format!("cannot set up authorization in the store {}: {e}", args.db)))?)
+    };
+    let listener = runtime.block_on(bind(args.listen, auth.is_some())).map_err(|e| UsageError(format!("cannot listen on {}: {e}", args.listen)))?;
     let addr = listener.local_addr()?;
     let base_url = args.base_url.clone().unwrap_or_else(|| format!("http://{addr}"));
     let stop = Arc::new(AtomicBool::new(false));
@@ -69,7 +90,13 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         })
         .collect();
     eprintln!("veil serve: {base_url} (store {}, storage {})", args.db, args.storage.display());
-    let state = AppState::new(store, storage, base_url);
+    if auth.is_some() {
+        let clients = store.clients().map(|c| c.len()).unwrap_or(0);
+        eprintln!("veil serve: tokens from {base_url}{}; {clients} client(s) registered (veil client add)", veil_server::auth::TOKEN_PATH);
+    }
+    let mut state = AppState::new(store, storage, base_url, auth);
+    state.access_log = true;
+    let state = Arc::new(state);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

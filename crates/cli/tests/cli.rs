@@ -121,6 +121,8 @@ fn demo_runs_on_the_bundled_sample() {
     }
     // Then the server: an empty store, the sample loaded, a de-identified $export over HTTP.
     assert!(stdout.contains("Loaded 38971 resources into an empty store"), "{stdout}");
+    // The research team's client gets a token the way SMART Backend Services prescribes.
+    assert!(stdout.contains("Client 'research-team' signed an ES384 assertion and got a token from http://127.0.0.1:"), "{stdout}");
     // Organizations and practitioners recur across the patients' bundles: 38,473 distinct resources.
     assert!(stdout.contains("200 manifest: 38473 de-identified resources"), "{stdout}");
     let files: Vec<_> = std::fs::read_dir(dir.join("storage/research")).unwrap().collect();
@@ -301,12 +303,19 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `veil serve` without authorization, for tests of what happens behind
+/// it (authorization has its own test below and in veil-server).
 fn spawn_serve(db: &str, storage: &Path, port: u16) -> std::process::Child {
+    spawn_serve_with(db, storage, port, &["--insecure-no-auth"], Stdio::null())
+}
+
+fn spawn_serve_with(db: &str, storage: &Path, port: u16, extra: &[&str], stderr: Stdio) -> std::process::Child {
     let child = Command::new(env!("CARGO_BIN_EXE_veil"))
         .args(["serve", "--db", db, "--storage", storage.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
         .args(["--file-limit", "100", "--lease-secs", "2", "--workers", "1"])
+        .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     for _ in 0..100 {
@@ -550,6 +559,88 @@ fn export_and_wait(http: &reqwest::blocking::Client, url: &str) -> serde_json::V
         assert!(r.status() == 202 || r.status() == 429, "{}", r.status());
     }
     panic!("the export did not finish");
+}
+
+/// What a hospital and a research team do: make a key, register it, serve
+/// with authorization (the default), get a token, export with it; remove
+/// the client and it gets no more tokens. No token or key reaches the log.
+#[test]
+fn a_registered_client_exports_with_a_token_from_the_cli() {
+    let t = TempDir::new("client-auth");
+    let db = format!("sqlite:{}", t.0.join("veil.db").display());
+    let load = veil(&["load", "--db", &db, "data/synthea-r4-100.tar.gz"], None);
+    assert!(load.status.success(), "{}", text(&load.stderr));
+    let key = t.0.join("team.pem");
+    let keygen = veil(&["client", "keygen", "--out", key.to_str().unwrap()], None);
+    assert!(keygen.status.success(), "{}", text(&keygen.stderr));
+    let private = std::fs::read_to_string(&key).unwrap();
+    assert!(private.starts_with("-----BEGIN PRIVATE KEY-----"));
+    #[cfg(unix)]
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions()) & 0o777, 0o600);
+    assert!(!veil(&["client", "keygen", "--out", key.to_str().unwrap()], None).status.success(), "a key is never overwritten");
+    let jwks = t.write("team.jwks.json", &text(&keygen.stdout));
+    let add = veil(&["client", "add", "--db", &db, "--name", "Team A", "--jwks", jwks.to_str().unwrap(), "--scope", "system/Patient.read system/Condition.read"], None);
+    assert!(add.status.success(), "{}", text(&add.stderr));
+    let id = text(&add.stdout).trim().to_string();
+    let refused = veil(&["client", "add", "--db", &db, "--name", "leaky", "--jwks", &private], None);
+    assert_eq!(refused.status.code(), Some(2), "a PEM is not a JWKS");
+    let list = veil(&["client", "list", "--db", &db], None);
+    assert!(text(&list.stdout).contains(&format!("{id}\tTeam A\tsystem/Patient.read system/Condition.read\t1 key(s) inline")), "{}", text(&list.stdout));
+
+    let port = free_port();
+    let log = t.0.join("serve.log");
+    let mut server = spawn_serve_with(&db, &t.0.join("storage"), port, &[], Stdio::from(std::fs::File::create(&log).unwrap()));
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::blocking::Client::new();
+    assert_eq!(http.get(format!("{base}/$export")).send().unwrap().status(), 401, "authorization is on by default");
+    let token_out = veil(&["client", "token", "--fhir-url", &base, "--client-id", &id, "--key", key.to_str().unwrap(), "--scope", "system/*.read"], None);
+    assert!(token_out.status.success(), "{}", text(&token_out.stderr));
+    assert!(text(&token_out.stderr).contains("Granted: system/Patient.read system/Condition.read"), "{}", text(&token_out.stderr));
+    let token = text(&token_out.stdout).trim().to_string();
+    let r = http.get(format!("{base}/$export")).bearer_auth(&token).header("Prefer", "respond-async").send().unwrap();
+    assert_eq!(r.status(), 202);
+    let status = r.headers()["content-location"].to_str().unwrap().to_string();
+    let manifest: serde_json::Value = loop {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let r = http.get(&status).bearer_auth(&token).send().unwrap();
+        if r.status() == 200 {
+            break r.json().unwrap();
+        }
+        assert_eq!(r.status(), 202);
+    };
+    let mut types: Vec<&str> = manifest["output"].as_array().unwrap().iter().map(|o| o["type"].as_str().unwrap()).collect();
+    types.dedup();
+    assert_eq!(types, ["Condition", "Patient"], "only what the scopes read");
+    let file = manifest["output"][0]["url"].as_str().unwrap();
+    assert_eq!(http.get(file).bearer_auth(&token).send().unwrap().status(), 200);
+
+    let remove = veil(&["client", "remove", "--db", &db, &id], None);
+    assert!(remove.status.success(), "{}", text(&remove.stderr));
+    let again = veil(&["client", "token", "--fhir-url", &base, "--client-id", &id, "--key", key.to_str().unwrap()], None);
+    assert!(!again.status.success());
+    assert!(text(&again.stderr).contains("invalid_client"), "{}", text(&again.stderr));
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    // The log has a line per request, and none of the secrets.
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("GET /$export 202 client=") && log.contains("POST /auth/token 200"), "{log}");
+    assert!(log.contains("GET /_export/{job}/{file} 200"), "routes, not ids: {log}");
+    let key_body: String = private.lines().filter(|l| !l.starts_with("-----")).collect();
+    for secret in [token.as_str(), &key_body[..40], &token[token.len() - 20..]] {
+        assert!(!log.contains(secret), "a secret in the log");
+    }
+}
+
+#[test]
+fn serving_without_authorization_warns_and_stays_on_loopback() {
+    let t = TempDir::new("no-auth");
+    let db = format!("sqlite:{}", t.0.join("veil.db").display());
+    let storage = t.0.join("storage");
+    let beyond = veil(&["serve", "--db", &db, "--storage", storage.to_str().unwrap(), "--listen", "0.0.0.0:0", "--insecure-no-auth"], None);
+    assert_eq!(beyond.status.code(), Some(2));
+    assert!(text(&beyond.stderr).contains("WARNING: authorization is OFF"), "{}", text(&beyond.stderr));
+    assert!(text(&beyond.stderr).contains("loopback only"), "{}", text(&beyond.stderr));
 }
 
 /// The flu preset's `_elements` keep everything the study reads: the study

@@ -41,6 +41,9 @@ pub struct ExportRequest {
     pub elements: Vec<String>,
     /// The base URL that file URLs in the manifest start with.
     pub base_url: String,
+    /// The client that asked, when authorization is on: only it may see
+    /// the status and files, and the manifest says they need its token.
+    pub client: Option<String>,
 }
 
 /// The three export levels.
@@ -61,7 +64,7 @@ impl ExportRequest {
             "level": match &self.level { Level::System => json!("system"), Level::Patient => json!("patient"), Level::Group(g) => json!({"group": g}) },
             "url": self.url, "types": self.types, "since": self.since, "until": self.until, "patients": self.patients,
             "anonymizationConfig": self.anonymization_config, "anonymizationConfigEtag": self.anonymization_config_etag, "container": self.container, "baseUrl": self.base_url,
-            "typeFilters": self.type_filters, "ignored": self.ignored, "elements": self.elements,
+            "typeFilters": self.type_filters, "ignored": self.ignored, "elements": self.elements, "client": self.client,
         })
     }
 
@@ -88,6 +91,7 @@ impl ExportRequest {
             type_filters: strings("typeFilters").unwrap_or_default(),
             ignored: strings("ignored").unwrap_or_default(),
             elements: strings("elements").unwrap_or_default(),
+            client: string("client"),
         })
     }
 }
@@ -399,7 +403,7 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
     Outcome::Completed(json!({
         "transactionTime": job.created,
         "request": req.url,
-        "requiresAccessToken": false,
+        "requiresAccessToken": req.client.is_some(),
         "output": output,
         "deleted": deleted,
         "error": error_files,

@@ -1,5 +1,7 @@
 //! The HTTP face: FHIR read, `metadata`, Bulk Data `$export` kick-off,
-//! status, cancel and downloads (reference: bulk-export.md §1–§2).
+//! status, cancel and downloads (reference: bulk-export.md §1–§2), behind
+//! SMART Backend Services authorization (see [`crate::auth`]) unless it is
+//! switched off.
 
 // Handlers return ready responses as their errors, which are large by design.
 #![allow(clippy::result_large_err)]
@@ -11,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value as Json, json};
 use veil_store::{JobState, Store};
 
+use crate::auth::{Auth, Caller};
 use crate::export::{ExportRequest, Level, Storage, is_safe_name, operation_outcome};
 use crate::search::query_pairs;
 
@@ -29,6 +32,11 @@ pub struct AppState {
     pub storage: Storage,
     /// The base URL of this server as clients see it.
     pub base_url: String,
+    /// SMART Backend Services authorization; `None` only when switched off.
+    pub auth: Option<Auth>,
+    /// Whether to write one line per request to stderr (route, status,
+    /// client, time: never a query, an id or a token).
+    pub access_log: bool,
     /// When each job's status was last polled, to answer 429 to clients
     /// that poll faster than Retry-After.
     polls: Mutex<HashMap<String, Instant>>,
@@ -38,16 +46,22 @@ pub struct AppState {
 const RETRY_AFTER_SECS: u64 = 1;
 
 impl AppState {
-    /// Shared state for the router.
-    pub fn new(store: Arc<dyn Store>, storage: Storage, base_url: String) -> Arc<AppState> {
-        Arc::new(AppState { store, storage, base_url, polls: Mutex::new(HashMap::new()) })
+    /// Shared state for the router; `auth` `None` serves without
+    /// authorization, for experiments on loopback.
+    pub fn new(store: Arc<dyn Store>, storage: Storage, base_url: String, auth: Option<Auth>) -> AppState {
+        AppState { store, storage, base_url, auth, access_log: false, polls: Mutex::new(HashMap::new()) }
     }
 }
 
-/// The router for all endpoints.
+/// The router for all endpoints: discovery, the token endpoint and the
+/// CapabilityStatement are open; everything else needs a token when
+/// authorization is on.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let open = Router::new()
         .route("/metadata", get(metadata))
+        .route("/.well-known/smart-configuration", get(crate::auth::smart_configuration))
+        .route(crate::auth::TOKEN_PATH, axum::routing::post(crate::auth::token));
+    let protected = Router::new()
         .route("/$export", get(kickoff_system).post(kickoff_system))
         .route("/Patient/$export", get(kickoff_patient).post(kickoff_patient))
         .route("/Group/{id}/$export", get(kickoff_group).post(kickoff_group))
@@ -56,14 +70,31 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", axum::routing::post(transaction))
         .route("/{type}", get(search).post(create))
         .route("/{type}/{id}", get(read).put(update).delete(remove))
-        .with_state(state)
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::require_token));
+    open.merge(protected).layer(axum::middleware::from_fn_with_state(state.clone(), access_log)).with_state(state)
+}
+
+/// One line per request when the server asks for it: the route's pattern
+/// (`/{type}/{id}`, never the ids themselves), the status, the client and
+/// the time taken.
+async fn access_log(State(st): State<Arc<AppState>>, request: Request, next: axum::middleware::Next) -> Response {
+    if !st.access_log {
+        return next.run(request).await;
+    }
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().map_or("(no route)".to_string(), |m| m.as_str().to_string());
+    let response = next.run(request).await;
+    let client = response.extensions().get::<Caller>().and_then(|c| c.client_id().map(str::to_string)).unwrap_or_else(|| "-".into());
+    eprintln!("{} {method} {route} {} client={client} {}ms", veil_store::now_instant(), response.status().as_u16(), started.elapsed().as_millis());
+    response
 }
 
 fn fhir_json(status: StatusCode, body: Json) -> Response {
     (status, [(header::CONTENT_TYPE, "application/fhir+json")], body.to_string()).into_response()
 }
 
-fn outcome(status: StatusCode, code: &str, text: &str) -> Response {
+pub(crate) fn outcome(status: StatusCode, code: &str, text: &str) -> Response {
     fhir_json(status, operation_outcome("error", code, text))
 }
 
@@ -116,9 +147,12 @@ async fn metadata(State(st): State<Arc<AppState>>) -> Response {
     )
 }
 
-async fn read(State(st): State<Arc<AppState>>, Path((ty, id)): Path<(String, String)>) -> Response {
+async fn read(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path((ty, id)): Path<(String, String)>) -> Response {
     if !veil_fhir::r4().is_resource_type(&ty) {
         return outcome(StatusCode::NOT_FOUND, "not-found", &format!("unknown resource type {ty}"));
+    }
+    if !caller.permits(&ty, 'r') {
+        return Caller::forbidden(&ty, "reading");
     }
     let store = st.store.clone();
     let (t, i) = (ty.clone(), id.clone());
@@ -164,9 +198,12 @@ async fn store_one(st: &Arc<AppState>, doc: Json) -> Result<(String, Json), Resp
     }
 }
 
-async fn create(State(st): State<Arc<AppState>>, Path(ty): Path<String>, body: String) -> Response {
+async fn create(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path(ty): Path<String>, body: String) -> Response {
     if !veil_fhir::r4().is_resource_type(&ty) {
         return outcome(StatusCode::NOT_FOUND, "not-found", &format!("unknown resource type {ty}"));
+    }
+    if !caller.permits(&ty, 'c') {
+        return Caller::forbidden(&ty, "creating");
     }
     let mut doc = match parse_resource(&body, &ty) {
         Ok(d) => d,
@@ -180,9 +217,13 @@ async fn create(State(st): State<Arc<AppState>>, Path(ty): Path<String>, body: S
     }
 }
 
-async fn update(State(st): State<Arc<AppState>>, Path((ty, id)): Path<(String, String)>, body: String) -> Response {
+async fn update(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path((ty, id)): Path<(String, String)>, body: String) -> Response {
     if !veil_fhir::r4().is_resource_type(&ty) {
         return outcome(StatusCode::NOT_FOUND, "not-found", &format!("unknown resource type {ty}"));
+    }
+    // An update may create the resource, so it needs both.
+    if !caller.permits(&ty, 'u') || !caller.permits(&ty, 'c') {
+        return Caller::forbidden(&ty, "updating");
     }
     let doc = match parse_resource(&body, &ty) {
         Ok(d) => d,
@@ -200,7 +241,10 @@ async fn update(State(st): State<Arc<AppState>>, Path((ty, id)): Path<(String, S
     }
 }
 
-async fn remove(State(st): State<Arc<AppState>>, Path((ty, id)): Path<(String, String)>) -> Response {
+async fn remove(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path((ty, id)): Path<(String, String)>) -> Response {
+    if !caller.permits(&ty, 'd') {
+        return Caller::forbidden(&ty, "deleting");
+    }
     let store = st.store.clone();
     match blocking(move || store.delete(&ty, &id)).await {
         Err(r) => r,
@@ -210,7 +254,7 @@ async fn remove(State(st): State<Arc<AppState>>, Path((ty, id)): Path<(String, S
     }
 }
 
-async fn transaction(State(st): State<Arc<AppState>>, body: String) -> Response {
+async fn transaction(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, body: String) -> Response {
     let doc = match parse_resource(&body, "Bundle") {
         Ok(d) => d,
         Err(r) => return r,
@@ -218,6 +262,13 @@ async fn transaction(State(st): State<Arc<AppState>>, body: String) -> Response 
     let kind = doc.get("type").and_then(Json::as_str).unwrap_or("").to_string();
     if !matches!(kind.as_str(), "transaction" | "batch") {
         return outcome(StatusCode::BAD_REQUEST, "invalid", "POST to the base takes a transaction or batch Bundle");
+    }
+    // Every entry writes (creates or replaces) its resource.
+    for entry in doc.get("entry").and_then(Json::as_array).into_iter().flatten() {
+        let ty = entry.pointer("/resource/resourceType").and_then(Json::as_str).unwrap_or("Resource");
+        if !caller.permits(ty, 'c') || !caller.permits(ty, 'u') {
+            return Caller::forbidden(ty, "writing");
+        }
     }
     let store = st.store.clone();
     match blocking(move || crate::load_document(&*store, doc, "request")).await {
@@ -240,9 +291,12 @@ async fn transaction(State(st): State<Arc<AppState>>, body: String) -> Response 
 
 /// Search: any supported search parameter (see [`crate::search`]), with
 /// `_count` (default 50, at most 1000) and paging by `_offset`.
-async fn search(State(st): State<Arc<AppState>>, Path(ty): Path<String>, RawQuery(query): RawQuery) -> Response {
+async fn search(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path(ty): Path<String>, RawQuery(query): RawQuery) -> Response {
     if !veil_fhir::r4().is_resource_type(&ty) {
         return outcome(StatusCode::NOT_FOUND, "not-found", &format!("unknown resource type {ty}"));
+    }
+    if !caller.permits(&ty, 's') {
+        return Caller::forbidden(&ty, "searching");
     }
     let query = query.unwrap_or_default();
     let params = query_pairs(&query);
@@ -315,14 +369,14 @@ async fn search(State(st): State<Arc<AppState>>, Path(ty): Path<String>, RawQuer
     fhir_json(StatusCode::OK, json!({"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}))
 }
 
-async fn kickoff_system(st: State<Arc<AppState>>, m: Method, h: HeaderMap, q: RawQuery, body: String) -> Response {
-    kickoff(st, Level::System, m, h, q, body).await
+async fn kickoff_system(st: State<Arc<AppState>>, c: Extension<Caller>, m: Method, h: HeaderMap, q: RawQuery, body: String) -> Response {
+    kickoff(st, c, Level::System, m, h, q, body).await
 }
-async fn kickoff_patient(st: State<Arc<AppState>>, m: Method, h: HeaderMap, q: RawQuery, body: String) -> Response {
-    kickoff(st, Level::Patient, m, h, q, body).await
+async fn kickoff_patient(st: State<Arc<AppState>>, c: Extension<Caller>, m: Method, h: HeaderMap, q: RawQuery, body: String) -> Response {
+    kickoff(st, c, Level::Patient, m, h, q, body).await
 }
-async fn kickoff_group(st: State<Arc<AppState>>, Path(id): Path<String>, m: Method, h: HeaderMap, q: RawQuery, body: String) -> Response {
-    kickoff(st, Level::Group(id), m, h, q, body).await
+async fn kickoff_group(st: State<Arc<AppState>>, c: Extension<Caller>, Path(id): Path<String>, m: Method, h: HeaderMap, q: RawQuery, body: String) -> Response {
+    kickoff(st, c, Level::Group(id), m, h, q, body).await
 }
 
 
@@ -405,7 +459,16 @@ fn instant(text: &str) -> Option<String> {
     Some(format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000))
 }
 
-async fn kickoff(State(st): State<Arc<AppState>>, level: Level, method: Method, headers: HeaderMap, RawQuery(query): RawQuery, body: String) -> Response {
+#[allow(clippy::too_many_arguments)]
+async fn kickoff(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    level: Level,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: String,
+) -> Response {
     let bad = |text: &str| outcome(StatusCode::BAD_REQUEST, "invalid", text);
     if let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
         // Accept what a client of this server can read; refuse only what it cannot.
@@ -436,6 +499,7 @@ async fn kickoff(State(st): State<Arc<AppState>>, level: Level, method: Method, 
         type_filters: Vec::new(),
         ignored: Vec::new(),
         elements: Vec::new(),
+        client: caller.client_id().map(str::to_string),
     };
     let mut etag = None;
     for (name, value) in &params {
@@ -514,6 +578,21 @@ async fn kickoff(State(st): State<Arc<AppState>>, level: Level, method: Method, 
             _ => {}
         }
     }
+    // Scopes limit the types: asking for one the token cannot read is
+    // refused (403); asking for none exports only what it can read.
+    if let Some(grant) = &caller.0 {
+        match &req.types {
+            Some(types) => {
+                if let Some(t) = types.iter().find(|t| !grant.scopes.reads(t)) {
+                    return Caller::forbidden(t, "exporting");
+                }
+            }
+            None => req.types = grant.scopes.readable_types(),
+        }
+        if req.types.as_ref().is_some_and(Vec::is_empty) {
+            return outcome(StatusCode::FORBIDDEN, "forbidden", "the access token's scopes allow reading no resource type");
+        }
+    }
     if etag.is_some() && req.anonymization_config.is_none() {
         return bad("_anonymizationConfigEtag needs _anonymizationConfig");
     }
@@ -569,7 +648,17 @@ async fn kickoff(State(st): State<Arc<AppState>>, level: Level, method: Method, 
     }
 }
 
-async fn status(State(st): State<Arc<AppState>>, Path(job): Path<String>) -> Response {
+/// Whether `caller` started `job`: with authorization on, only the client
+/// that kicked an export off sees its status and files; to anyone else it
+/// does not exist.
+fn started_by(job: &veil_store::Job, caller: &Caller) -> bool {
+    caller.client_id().is_none_or(|me| {
+        let owner = serde_json::from_str::<Json>(&job.request).ok().and_then(|r| r.get("client").and_then(Json::as_str).map(str::to_string));
+        owner.as_deref() == Some(me)
+    })
+}
+
+async fn status(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path(job): Path<String>) -> Response {
     let store = st.store.clone();
     let id = job.clone();
     let found = match blocking(move || store.job(&id)).await {
@@ -577,7 +666,7 @@ async fn status(State(st): State<Arc<AppState>>, Path(job): Path<String>) -> Res
         Ok(Err(_)) => return outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the store failed"),
         Ok(Ok(j)) => j,
     };
-    let Some(j) = found.filter(|j| j.state != JobState::Cancelled) else {
+    let Some(j) = found.filter(|j| j.state != JobState::Cancelled && started_by(j, &caller)) else {
         return outcome(StatusCode::NOT_FOUND, "not-found", "the export was not found");
     };
     match j.state {
@@ -629,12 +718,12 @@ fn httpdate_in(secs: u64) -> String {
     format!("{weekday}, {d:02} {month} {y} {:02}:{:02}:{:02} GMT", t / 3600 % 24, t / 60 % 60, t % 60)
 }
 
-async fn cancel(State(st): State<Arc<AppState>>, Path(job): Path<String>) -> Response {
+async fn cancel(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path(job): Path<String>) -> Response {
     let store = st.store.clone();
     let storage = st.storage.clone();
     let result = blocking(move || -> Result<bool, String> {
         let Some(j) = store.job(&job).map_err(|e| e.to_string())? else { return Ok(false) };
-        if j.state == JobState::Cancelled {
+        if j.state == JobState::Cancelled || !started_by(&j, &caller) {
             return Ok(false);
         }
         // Cancel first, so a running worker stops at its next heartbeat, then forget the job.
@@ -653,7 +742,7 @@ async fn cancel(State(st): State<Arc<AppState>>, Path(job): Path<String>) -> Res
     }
 }
 
-async fn download(State(st): State<Arc<AppState>>, Path((job, file)): Path<(String, String)>) -> Response {
+async fn download(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path((job, file)): Path<(String, String)>) -> Response {
     if !is_safe_name(&file) || file.starts_with('.') {
         return outcome(StatusCode::NOT_FOUND, "not-found", "no such file");
     }
@@ -661,7 +750,7 @@ async fn download(State(st): State<Arc<AppState>>, Path((job, file)): Path<(Stri
     let storage = st.storage.clone();
     let path = blocking(move || -> Option<std::path::PathBuf> {
         let j = store.job(&job).ok()??;
-        if j.state != JobState::Completed {
+        if j.state != JobState::Completed || !started_by(&j, &caller) {
             return None;
         }
         let container = ExportRequest::from_json(&serde_json::from_str(&j.request).ok()?).and_then(|r| r.container);
@@ -679,13 +768,14 @@ async fn download(State(st): State<Arc<AppState>>, Path((job, file)): Path<(Stri
     }
 }
 
-/// Binds `addr` for [`serve`]. Refuses addresses beyond loopback: there
-/// is no authentication yet.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    if !addr.ip().is_loopback() {
+/// Binds `addr` for [`serve`]. Without authorization only loopback
+/// addresses are allowed: anything else would hand patient data to anyone
+/// who can connect.
+pub async fn bind(addr: SocketAddr, authorization: bool) -> std::io::Result<tokio::net::TcpListener> {
+    if !authorization && !addr.ip().is_loopback() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
-            "veil serve listens on loopback only until SMART Backend Services authorization lands: anything else would hand patient data to anyone who can connect",
+            "without authorization veil serve listens on loopback only: anything else would hand patient data to anyone who can connect",
         ));
     }
     tokio::net::TcpListener::bind(addr).await

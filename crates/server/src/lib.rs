@@ -1,10 +1,15 @@
-//! Veil's FHIR side: what goes into the store and, in progress, the HTTP
-//! server that answers FHIR REST and Bulk Data `$export` from it.
+//! Veil's FHIR side: what goes into the store, and the HTTP server that
+//! answers FHIR REST and Bulk Data `$export` from it, behind SMART Backend
+//! Services authorization.
 //!
 //! * [`load_document`] unpacks transaction and batch Bundles (references
 //!   between entries rewritten from `urn:uuid:` fullUrls to `Type/id`) and
 //!   stores single resources; [`load_ndjson`] streams NDJSON in batches.
 //!   Both compute Patient compartment and Group membership for the store.
+//! * [`http`] is the router (FHIR REST, `$export` kick-off, status,
+//!   downloads); [`export`] the durable workers that write the files;
+//!   [`auth`] discovery, the token endpoint and the token every protected
+//!   request needs.
 //!
 //! ```
 //! let store = veil_store::open("sqlite::memory:")?;
@@ -22,6 +27,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod export;
 pub mod http;
 pub mod search;

@@ -151,6 +151,38 @@ impl SigningKey {
     }
 }
 
+/// Checks a JWK Set a client registers: RSA or EC P-384 keys, each with a
+/// unique `kid`, none with a private part. Returns it as compact JSON.
+pub fn public_key_set(text: &str) -> Result<String, KeyError> {
+    let bad = |why: &str| KeyError(why.to_string());
+    let set: Json = serde_json::from_str(text).map_err(|_| bad("not JSON"))?;
+    let keys = set.get("keys").and_then(Json::as_array).ok_or_else(|| bad("not a JWK Set ({\"keys\": [...]})"))?;
+    if keys.is_empty() {
+        return Err(bad("the set holds no keys"));
+    }
+    let mut kids = Vec::new();
+    for key in keys {
+        if ["d", "p", "q"].iter().any(|k| key.get(k).is_some()) {
+            return Err(bad("the set holds a private key: register the public set (veil client keygen prints it) and keep the private key with the client"));
+        }
+        let kid = key.get("kid").and_then(Json::as_str).ok_or_else(|| bad("every key needs a kid"))?;
+        let part_len = |name: &str| key.get(name).and_then(Json::as_str).and_then(|t| veil_fhir::base64::decode(t, URL_SAFE)).map(|b| b.len());
+        let complete = match (key.get("kty").and_then(Json::as_str), key.get("crv").and_then(Json::as_str)) {
+            (Some("RSA"), _) => part_len("n").is_some_and(|n| n >= 256) && part_len("e").is_some_and(|e| e > 0),
+            (Some("EC"), Some("P-384")) => part_len("x") == Some(48) && part_len("y") == Some(48),
+            _ => return Err(KeyError(format!("key {kid}: only RSA (RS384) and EC P-384 (ES384) keys are accepted"))),
+        };
+        if !complete {
+            return Err(KeyError(format!("key {kid}: its parameters are missing or malformed (RSA needs n of 2048 bits or more and e; EC x and y)")));
+        }
+        if kids.contains(&kid) {
+            return Err(KeyError(format!("kid {kid} appears twice")));
+        }
+        kids.push(kid);
+    }
+    Ok(set.to_string())
+}
+
 /// PEM armour around DER.
 fn pem(label: &str, der: &[u8]) -> String {
     let body = veil_fhir::base64::encode(der, STANDARD);
@@ -238,6 +270,25 @@ mod tests {
         assert!(SigningKey::from_jwk(&wrong.to_string()).unwrap_err().to_string().contains("P-384"));
         let broken = json!({"kty": "EC", "crv": "P-384", "d": b64url(&[1; 48]), "x": jwk["x"], "y": jwk["y"]});
         assert!(SigningKey::from_jwk(&broken.to_string()).is_err(), "d must match x and y");
+    }
+
+    #[test]
+    fn registered_sets_must_be_public_p384_or_rsa_with_unique_kids() {
+        let (key, _) = SigningKey::generate(KeyKind::Es384).unwrap();
+        let public = key.public_jwks();
+        assert!(public_key_set(&public.to_string()).is_ok());
+        let with = |f: &dyn Fn(&mut Json)| {
+            let mut s = public.clone();
+            f(&mut s);
+            public_key_set(&s.to_string()).unwrap_err().to_string()
+        };
+        assert!(with(&|s| s["keys"][0]["d"] = json!("AAAA")).contains("private"));
+        assert!(with(&|s| s["keys"][0]["crv"] = json!("P-256")).contains("P-384"));
+        assert!(with(&|s| { s["keys"][0].as_object_mut().unwrap().remove("kid"); }).contains("kid"));
+        assert!(with(&|s| { let k = s["keys"][0].clone(); s["keys"].as_array_mut().unwrap().push(k); }).contains("twice"));
+        assert!(with(&|s| { s["keys"][0].as_object_mut().unwrap().remove("x"); }).contains("malformed"));
+        assert!(with(&|s| s["keys"] = json!([])).contains("no keys"));
+        assert!(public_key_set("[]").is_err());
     }
 
     #[test]

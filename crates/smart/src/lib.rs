@@ -31,7 +31,7 @@ mod token;
 pub use assertion::{Client, Verified, assertion_issuer_and_kid, verify_assertion};
 pub use client::{ClientError, TokenClient};
 pub use jwks::JwksCache;
-pub use keys::{KeyError, KeyKind, SigningKey};
+pub use keys::{KeyError, KeyKind, SigningKey, public_key_set};
 pub use scope::{Scope, Scopes};
 pub use token::{Grant, issue_access_token, verify_access_token};
 

@@ -66,7 +66,13 @@ impl Scope {
 
     /// Whether it lets a client read resources of `resource_type`.
     pub fn reads(&self, resource_type: &str) -> bool {
-        self.permissions[1] && self.resource.as_deref().is_none_or(|t| t == resource_type)
+        self.permits(resource_type, 'r')
+    }
+
+    /// Whether it grants `permission` (one of `c r u d s`) on `resource_type`.
+    pub fn permits(&self, resource_type: &str, permission: char) -> bool {
+        let granted = PERMISSIONS.iter().position(|&p| p == permission).is_some_and(|i| self.permissions[i]);
+        granted && self.resource.as_deref().is_none_or(|t| t == resource_type)
     }
 
     /// What this scope and `other` both allow, if anything.
@@ -129,7 +135,26 @@ impl Scopes {
 
     /// Whether any scope lets the client read `resource_type`.
     pub fn reads(&self, resource_type: &str) -> bool {
-        self.0.iter().any(|s| s.reads(resource_type))
+        self.permits(resource_type, 'r')
+    }
+
+    /// Whether any scope grants `permission` (`c r u d s`) on `resource_type`.
+    pub fn permits(&self, resource_type: &str, permission: char) -> bool {
+        self.0.iter().any(|s| s.permits(resource_type, permission))
+    }
+
+    /// The resource types the scopes let a client read: `None` when a
+    /// wildcard scope lets it read every type.
+    pub fn readable_types(&self) -> Option<Vec<String>> {
+        let mut types = Vec::new();
+        for s in self.0.iter().filter(|s| s.permissions[1]) {
+            match &s.resource {
+                None => return None,
+                Some(t) if !types.contains(t) => types.push(t.clone()),
+                Some(_) => {}
+            }
+        }
+        Some(types)
     }
 }
 
@@ -158,6 +183,10 @@ mod tests {
         assert!(!scopes("system/*.write").reads("Patient"));
         assert!(!scopes("system/*.cud").reads("Patient"));
         assert!(scopes("system/*.*").reads("Patient"));
+        assert!(scopes("system/*.write").permits("Patient", 'c') && !scopes("system/*.rs").permits("Patient", 'u'));
+        assert!(scopes("system/Patient.cruds").permits("Patient", 'd') && !scopes("system/Patient.cruds").permits("Observation", 'd'));
+        assert_eq!(scopes("system/Patient.read system/Observation.rs system/Patient.rs system/Condition.c").readable_types(), Some(vec!["Patient".into(), "Observation".into()]));
+        assert_eq!(scopes("system/Patient.read system/*.r").readable_types(), None);
     }
 
     #[test]
