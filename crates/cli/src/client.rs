@@ -112,6 +112,10 @@ struct TokenArgs {
     /// The scopes to ask for.
     #[arg(long, value_name = "SCOPES", default_value = "system/*.read")]
     scope: String,
+    /// The key id registered for this key. Default: the JWK's own kid, or
+    /// the key's RFC 7638 thumbprint (what `veil client keygen` registers).
+    #[arg(long, value_name = "KID")]
+    kid: Option<String>,
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
@@ -225,15 +229,16 @@ fn write_private(path: &std::path::Path, pem: &str) -> Result<()> {
     Ok(())
 }
 
-/// Reads a private key file: PEM, or JSON holding a private JWK.
-pub(crate) fn read_key(path: &std::path::Path) -> Result<SigningKey> {
+/// Reads a private key file: PEM, or JSON holding a private JWK; `kid`
+/// overrides the key's own.
+pub(crate) fn read_key(path: &std::path::Path, kid: Option<&str>) -> Result<SigningKey> {
     let text = std::fs::read_to_string(path).map_err(|e| UsageError(format!("cannot read the key {}: {e}", path.display())))?;
-    let key = if text.trim_start().starts_with('{') { SigningKey::from_jwk(&text) } else { SigningKey::from_pem(&text, None) };
+    let key = if text.trim_start().starts_with('{') { SigningKey::from_jwk(&text, kid) } else { SigningKey::from_pem(&text, kid) };
     Ok(key.map_err(|e| UsageError(format!("{}: {e}", path.display())))?)
 }
 
 fn token(a: TokenArgs) -> Result<ExitCode> {
-    let key = read_key(&a.key)?;
+    let key = read_key(&a.key, a.kid.as_deref())?;
     let client = TokenClient::new(&a.fhir_url, &a.client_id, key, &a.scope);
     let token = client.access_token()?;
     eprintln!("Granted: {} (valid for up to 5 minutes)", client.granted_scope()?);

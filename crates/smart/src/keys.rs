@@ -67,6 +67,13 @@ impl SigningKey {
     /// RSA key RS384. `kid` defaults to the key's RFC 7638 thumbprint, so the
     /// same key always has the same `kid`.
     pub fn from_pem(pem: &str, kid: Option<&str>) -> Result<SigningKey, KeyError> {
+        if let Some(der) = pem_body(pem, "EC PRIVATE KEY") {
+            // SEC 1 (OpenSSL's traditional EC form), which the signer does not read: re-encoded as PKCS#8.
+            let pair = EcdsaKeyPair::from_private_key_der(&ECDSA_P384_SHA384_FIXED_SIGNING, &der)
+                .map_err(|_| KeyError("an EC key must be on curve P-384 (ES384)".into()))?;
+            let pkcs8 = pair.to_pkcs8v1().map_err(|_| KeyError("the EC key could not be encoded".into()))?;
+            return SigningKey::new(Algorithm::ES384, EncodingKey::from_ec_der(pkcs8.as_ref()), kid);
+        }
         if let Ok(key) = EncodingKey::from_ec_pem(pem.as_bytes()) {
             return SigningKey::new(Algorithm::ES384, key, kid).map_err(|_| KeyError("an EC key must be on curve P-384 (ES384)".into()));
         }
@@ -75,14 +82,15 @@ impl SigningKey {
     }
 
     /// Reads a private JWK (`kty` EC with `crv` P-384, or RSA, with `d`
-    /// and, for RSA, the CRT parameters). Its `kid` is kept if it has one.
-    pub fn from_jwk(text: &str) -> Result<SigningKey, KeyError> {
+    /// and, for RSA, the CRT parameters). `kid` overrides the JWK's own;
+    /// without either it is the thumbprint.
+    pub fn from_jwk(text: &str, kid: Option<&str>) -> Result<SigningKey, KeyError> {
         let jwk: Json = serde_json::from_str(text).map_err(|_| KeyError("the key is not a JSON Web Key".into()))?;
         let part = |name: &str| -> Result<Vec<u8>, KeyError> {
             let text = jwk.get(name).and_then(Json::as_str).ok_or_else(|| KeyError(format!("the private JWK has no '{name}'")))?;
             veil_fhir::base64::decode(text, URL_SAFE).ok_or_else(|| KeyError(format!("the JWK's '{name}' is not base64url")))
         };
-        let kid = jwk.get("kid").and_then(Json::as_str);
+        let kid = kid.or_else(|| jwk.get("kid").and_then(Json::as_str));
         match jwk.get("kty").and_then(Json::as_str) {
             Some("EC") => {
                 if jwk.get("crv").and_then(Json::as_str) != Some("P-384") {
@@ -183,6 +191,14 @@ pub fn public_key_set(text: &str) -> Result<String, KeyError> {
     Ok(set.to_string())
 }
 
+/// The DER inside a PEM block labelled `label`, if there is one.
+fn pem_body(pem: &str, label: &str) -> Option<Vec<u8>> {
+    let start = pem.find(&format!("-----BEGIN {label}-----"))? + label.len() + 16;
+    let end = pem[start..].find(&format!("-----END {label}-----"))? + start;
+    let body: String = pem[start..end].chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    veil_fhir::base64::decode(&body, STANDARD)
+}
+
 /// PEM armour around DER.
 fn pem(label: &str, der: &[u8]) -> String {
     let body = veil_fhir::base64::encode(der, STANDARD);
@@ -260,16 +276,16 @@ mod tests {
         use aws_lc_rs::signature::KeyPair;
         let point = pair.public_key().as_ref().to_vec();
         let jwk = json!({"kty": "EC", "crv": "P-384", "kid": "k1", "d": b64url(private.as_ref()), "x": b64url(&point[1..49]), "y": b64url(&point[49..])});
-        let key = SigningKey::from_jwk(&jwk.to_string()).unwrap();
+        let key = SigningKey::from_jwk(&jwk.to_string(), None).unwrap();
         assert_eq!(key.kid(), "k1");
         assert!(verifies(&key));
         let pem_key = SigningKey::from_pem(&pem("PRIVATE KEY", pair.to_pkcs8v1().unwrap().as_ref()), Some("k1")).unwrap();
         assert_eq!(pem_key.public_jwks(), key.public_jwks());
 
         let wrong = json!({"kty": "EC", "crv": "P-256", "d": "AA", "x": "AA", "y": "AA"});
-        assert!(SigningKey::from_jwk(&wrong.to_string()).unwrap_err().to_string().contains("P-384"));
+        assert!(SigningKey::from_jwk(&wrong.to_string(), None).unwrap_err().to_string().contains("P-384"));
         let broken = json!({"kty": "EC", "crv": "P-384", "d": b64url(&[1; 48]), "x": jwk["x"], "y": jwk["y"]});
-        assert!(SigningKey::from_jwk(&broken.to_string()).is_err(), "d must match x and y");
+        assert!(SigningKey::from_jwk(&broken.to_string(), None).is_err(), "d must match x and y");
     }
 
     #[test]
@@ -289,6 +305,17 @@ mod tests {
         assert!(with(&|s| { s["keys"][0].as_object_mut().unwrap().remove("x"); }).contains("malformed"));
         assert!(with(&|s| s["keys"] = json!([])).contains("no keys"));
         assert!(public_key_set("[]").is_err());
+    }
+
+    #[test]
+    fn sec1_ec_pems_are_read() {
+        let pair = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).unwrap();
+        use aws_lc_rs::encoding::AsDer;
+        let sec1 = pair.private_key().as_der().unwrap();
+        let key = SigningKey::from_pem(&pem("EC PRIVATE KEY", sec1.as_ref()), None).unwrap();
+        let same = SigningKey::from_pem(&pem("PRIVATE KEY", pair.to_pkcs8v1().unwrap().as_ref()), None).unwrap();
+        assert_eq!(key.kid(), same.kid());
+        assert!(verifies(&key));
     }
 
     #[test]
