@@ -90,6 +90,10 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         })
         .collect();
     eprintln!("veil serve: {base_url} (store {}, storage {})", args.db, args.storage.display());
+    if !addr.ip().is_loopback() && !base_url.starts_with("https://") {
+        // Veil speaks plain HTTP; beyond loopback, TLS belongs to a proxy in front.
+        eprintln!("veil serve: WARNING: {base_url} is not https: tokens and data would cross the network in the clear; serve behind a TLS-terminating proxy and pass --base-url https://…");
+    }
     if auth.is_some() {
         let clients = store.clients().map(|c| c.len()).unwrap_or(0);
         eprintln!("veil serve: tokens from {base_url}{}; {clients} client(s) registered (veil client add)", veil_server::auth::TOKEN_PATH);

@@ -303,6 +303,14 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A SQLite store in `t` loaded with the Synthea sample; its URL.
+fn sample_store(t: &TempDir) -> String {
+    let db = format!("sqlite:{}", t.0.join("veil.db").display());
+    let load = veil(&["load", "--db", &db, "data/synthea-r4-100.tar.gz"], None);
+    assert!(load.status.success(), "{}", text(&load.stderr));
+    db
+}
+
 /// `veil serve` without authorization, for tests of what happens behind
 /// it (authorization has its own test below and in veil-server).
 fn spawn_serve(db: &str, storage: &Path, port: u16) -> std::process::Child {
@@ -330,10 +338,8 @@ fn spawn_serve_with(db: &str, storage: &Path, port: u16, extra: &[&str], stderr:
 #[test]
 fn serve_survives_a_kill_in_the_middle_of_an_export() {
     let t = TempDir::new("crash");
-    let db = format!("sqlite:{}", t.0.join("veil.db").display());
+    let db = sample_store(&t);
     let storage = t.0.join("storage");
-    let load = veil(&["load", "--db", &db, "data/synthea-r4-100.tar.gz"], None);
-    assert!(load.status.success(), "{}", text(&load.stderr));
     let port = free_port();
     let mut server = spawn_serve(&db, &storage, port);
     let http = reqwest::blocking::Client::new();
@@ -567,9 +573,7 @@ fn export_and_wait(http: &reqwest::blocking::Client, url: &str) -> serde_json::V
 #[test]
 fn a_registered_client_exports_with_a_token_from_the_cli() {
     let t = TempDir::new("client-auth");
-    let db = format!("sqlite:{}", t.0.join("veil.db").display());
-    let load = veil(&["load", "--db", &db, "data/synthea-r4-100.tar.gz"], None);
-    assert!(load.status.success(), "{}", text(&load.stderr));
+    let db = sample_store(&t);
     let key = t.0.join("team.pem");
     let keygen = veil(&["client", "keygen", "--out", key.to_str().unwrap()], None);
     assert!(keygen.status.success(), "{}", text(&keygen.stderr));
@@ -649,9 +653,7 @@ fn serving_without_authorization_warns_and_stays_on_loopback() {
 #[test]
 fn the_flu_preset_export_loses_nothing_the_study_reads() {
     let t = TempDir::new("preset-export");
-    let db = format!("sqlite:{}", t.0.join("veil.db").display());
-    let load = veil(&["load", "--db", &db, "data/synthea-r4-100.tar.gz"], None);
-    assert!(load.status.success(), "{}", text(&load.stderr));
+    let db = sample_store(&t);
     let policy_file = t.0.join("flu.json");
     let preset = veil(&["export-preset", "flu", "--policy", policy_file.to_str().unwrap()], None);
     assert!(preset.status.success(), "{}", text(&preset.stderr));
