@@ -14,7 +14,8 @@ work=$(mktemp -d)
 server=""
 trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$work"' EXIT
 
-cargo build --release -q -p veil-cli -p veil-store --example scan
+cargo build --release -q -p veil-cli --bin veil
+cargo build --release -q -p veil-store --example scan
 veil=target/release/veil
 python3 bench/synthea-ndjson.py "$work/ndjson" --copies "$copies"
 db="sqlite:$work/veil.db"
