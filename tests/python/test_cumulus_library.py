@@ -7,7 +7,10 @@ from `flu__meta_version` with pandas — through the aggregator handshake to
 an HTTP server on loopback that stands in for the aggregator: a JSON
 prefetch with Basic auth answered by `{url, fields}`, then a multipart POST
 of the fields and the file, answered 204. The bytes that arrive must be the
-zip Veil wrote. (The aggregator itself is another issue.)
+zip Veil wrote. `veil upload` is held to the same stand-in: it must send
+what the real client sends, retry a transient failure, and explain a
+refusal without printing the site's id. (The aggregator itself is another
+issue.)
 """
 import base64
 import email.parser
@@ -27,13 +30,21 @@ import flu_export
 
 class Aggregator(http.server.BaseHTTPRequestHandler):
     received = []
+    # Answers to the next prefetches, then 200 for the rest.
+    refusals = []
 
     def log_message(self, *args):
         pass
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        Aggregator.received.append((self.path, dict(self.headers), body))
+        # The headers as a Message: names compared without case, as HTTP does.
+        Aggregator.received.append((self.path, self.headers, body))
+        if self.path != "/upload" and Aggregator.refusals:
+            self.send_response(Aggregator.refusals.pop(0))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path == "/upload":
             self.send_response(204)
             self.end_headers()
@@ -60,22 +71,62 @@ class CumulusLibrary(unittest.TestCase):
         shape = json.loads(flu_export.veil("study", "show", "flu").stdout)
         self.assertEqual(exports, {(t["name"], t["kind"]) for t in shape["tables"]})
 
-    def test_upload_validates_and_sends_the_zip(self):
+    def send(self, command, refusals=()):
+        """Runs `command(url)` against the stand-in; (the run, what arrived)."""
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Aggregator)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         Aggregator.received.clear()
+        Aggregator.refusals = list(refusals)
         try:
-            cli = os.path.join(os.path.dirname(sys.executable), "cumulus-library")
-            run = subprocess.run(
-                [cli, "upload", "--target", "flu", "--user", "site_a", "--id", "secret-site-id",
-                 "--url", f"http://127.0.0.1:{server.server_port}/", "--network", "demo", self.flu.data_path],
-                capture_output=True, text=True, timeout=300,
-            )
+            run = subprocess.run(command(f"http://127.0.0.1:{server.server_port}/"), capture_output=True, text=True, timeout=300)
         finally:
             server.shutdown()
             server.server_close()
+        return run, list(Aggregator.received)
+
+    def cumulus_library(self, url):
+        cli = os.path.join(os.path.dirname(sys.executable), "cumulus-library")
+        return [cli, "upload", "--target", "flu", "--user", "site_a", "--id", "secret-site-id",
+                "--url", url, "--network", "demo", self.flu.data_path]
+
+    def veil_upload(self, url):
+        return [flu_export.VEIL, "upload", "flu", "--user", "site_a", "--id", "secret-site-id",
+                "--url", url, "--network", "demo", "--data-path", self.flu.data_path]
+
+    def test_upload_validates_and_sends_the_zip(self):
+        run, received = self.send(self.cumulus_library)
         self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
-        (prefetch_path, prefetch_headers, prefetch_body), (upload_path, upload_headers, upload_body) = Aggregator.received
+        self.check_handshake(received)
+
+    def test_veil_upload_sends_what_cumulus_library_sends(self):
+        _, theirs = self.send(self.cumulus_library)
+        run, ours = self.send(self.veil_upload)
+        self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+        self.check_handshake(ours)
+        self.assertEqual(json.loads(ours[0][2]), json.loads(theirs[0][2]), "the same prefetch body")
+        self.assertEqual(ours[0][1]["Authorization"], theirs[0][1]["Authorization"])
+
+    def test_veil_upload_retries_and_explains(self):
+        run, received = self.send(self.veil_upload, refusals=[503])
+        self.assertEqual(run.returncode, 0, run.stderr)
+        self.assertIn("answered 503; trying again", run.stderr)
+        self.check_handshake(received[1:])
+        for status, words in [(401, "refused the credentials"), (412, "still processing")]:
+            with self.subTest(status=status):
+                run, received = self.send(self.veil_upload, refusals=[status])
+                self.assertNotEqual(run.returncode, 0)
+                self.assertIn(words, run.stderr)
+                self.assertEqual(len(received), 1, "no upload after a refusal")
+                self.assertNotIn("secret-site-id", run.stdout + run.stderr)
+        # A preview contacts nobody and shows no secret.
+        run, received = self.send(lambda url: self.veil_upload(url) + ["--preview"])
+        self.assertEqual(run.returncode, 0, run.stderr)
+        self.assertEqual(received, [])
+        self.assertIn('"filename":"site_a_flu.zip"', run.stdout)
+        self.assertNotIn("secret-site-id", run.stdout + run.stderr)
+
+    def check_handshake(self, received):
+        (prefetch_path, prefetch_headers, prefetch_body), (upload_path, upload_headers, upload_body) = received
         self.assertEqual(prefetch_path, "/demo")
         self.assertEqual(prefetch_headers["Authorization"], "Basic " + base64.b64encode(b"site_a:secret-site-id").decode())
         shape = json.loads(flu_export.veil("study", "show", "flu").stdout)

@@ -12,6 +12,7 @@ mod load;
 mod output;
 mod serve;
 mod study;
+mod upload;
 mod view;
 
 use std::process::ExitCode;
@@ -25,7 +26,7 @@ use clap::{Parser, Subcommand};
 /// to registered clients (`veil load`, `veil serve`, `veil client`),
 /// flattens resources with SQL on FHIR views (`veil view run`) and builds
 /// aggregate studies for a Cumulus aggregator (`veil study`,
-/// `veil export-preset`). `veil demo` runs all of it on the
+/// `veil export-preset`, `veil upload`). `veil demo` runs all of it on the
 /// bundled sample.
 #[derive(Parser)]
 #[command(name = "veil", version, propagate_version = true)]
@@ -45,6 +46,7 @@ enum Command {
     View(view::Args),
     Study(study::Args),
     ExportPreset(study::PresetArgs),
+    Upload(upload::Args),
     Demo(demo::Args),
 }
 
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::View(args) => view::run(args),
         Command::Study(args) => study::run(args),
         Command::ExportPreset(args) => study::preset(args),
+        Command::Upload(args) => upload::run(args),
         Command::Demo(args) => demo::run(args),
     };
     match result {

@@ -10,7 +10,8 @@
 //! null, as Cumulus does) and drops every cell counted under the table's
 //! minimum (10 unless the study says otherwise). [`export`] then writes the
 //! Cumulus data package: `<study>__<table>.cube.csv` and `.parquet`, the
-//! meta tables, `manifest.toml` and `<study>.zip`.
+//! meta tables, `manifest.toml` and `<study>.zip`; [`upload`] sends the
+//! zip ([`Package::find`] checks it first) to a Cumulus aggregator.
 //!
 //! Built-in studies ([`Study::builtin`]): `flu`, yearly influenza
 //! vaccination trends.
@@ -20,10 +21,12 @@
 mod build;
 mod definition;
 mod export;
+mod upload;
 
 pub use build::{Built, BuiltColumn, BuiltTable, Builder, TableKind, ViewRows};
 pub use definition::{ExportPreset, PresetRule, Study};
 pub use export::{Exported, export};
+pub use upload::{Aggregator, Package, UploadError, upload};
 
 /// The value a stratum takes where the data held no value, so that `NULL`
 /// can mean "all values" in a cube (Cumulus' `cumulus__none`).
