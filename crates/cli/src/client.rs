@@ -133,8 +133,7 @@ fn open(store: &StoreArgs) -> Result<Box<dyn veil_store::Store>> {
 }
 
 fn add(a: AddArgs) -> Result<ExitCode> {
-    Scopes::parse(&a.scope).map_err(|e| UsageError(format!("--scope: {}", e.description)))?;
-    if Scopes::parse(&a.scope)?.0.is_empty() {
+    if Scopes::parse(&a.scope).map_err(|e| UsageError(format!("--scope: {}", e.description)))?.0.is_empty() {
         return Err(UsageError("--scope needs at least one system scope, such as system/*.read".into()).into());
     }
     let jwks = match &a.jwks {

@@ -102,6 +102,11 @@ pub(crate) async fn require_token(State(st): State<Arc<AppState>>, mut request: 
     response
 }
 
+/// Discovery and the token endpoint of a server without authorization.
+fn authorization_off() -> Response {
+    crate::http::outcome(StatusCode::NOT_FOUND, "not-found", "authorization is off on this server (--insecure-no-auth)")
+}
+
 fn unauthorized(text: &str, error: Option<&OAuthError>) -> Response {
     let mut r = crate::http::outcome(StatusCode::UNAUTHORIZED, "login", text);
     let challenge = match error {
@@ -116,7 +121,7 @@ fn unauthorized(text: &str, error: Option<&OAuthError>) -> Response {
 /// to know, with absolute URLs (bulk-export.md §4.1).
 pub(crate) async fn smart_configuration(State(st): State<Arc<AppState>>) -> Response {
     if st.auth.is_none() {
-        return crate::http::outcome(StatusCode::NOT_FOUND, "not-found", "authorization is off on this server (--insecure-no-auth)");
+        return authorization_off();
     }
     let body = json!({
         "issuer": st.base_url,
@@ -135,9 +140,7 @@ pub(crate) async fn smart_configuration(State(st): State<Arc<AppState>>) -> Resp
 /// `POST /auth/token`: `client_credentials` with a JWT client assertion
 /// (bulk-export.md §4.4), answering a token or an OAuth error.
 pub(crate) async fn token(State(st): State<Arc<AppState>>, headers: HeaderMap, body: String) -> Response {
-    let Some(auth) = &st.auth else {
-        return crate::http::outcome(StatusCode::NOT_FOUND, "not-found", "authorization is off on this server (--insecure-no-auth)");
-    };
+    let Some(auth) = &st.auth else { return authorization_off() };
     let (status, body) = match issue(&st, auth, &headers, &body).await {
         Ok(body) => (StatusCode::OK, body),
         Err(e) => {

@@ -653,8 +653,8 @@ async fn kickoff(
 /// does not exist.
 fn started_by(job: &veil_store::Job, caller: &Caller) -> bool {
     caller.client_id().is_none_or(|me| {
-        let owner = serde_json::from_str::<Json>(&job.request).ok().and_then(|r| r.get("client").and_then(Json::as_str).map(str::to_string));
-        owner.as_deref() == Some(me)
+        let request = serde_json::from_str(&job.request).ok().and_then(|r| ExportRequest::from_json(&r));
+        request.and_then(|r| r.client).as_deref() == Some(me)
     })
 }
 

@@ -130,14 +130,12 @@ mod tests {
     use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
 
+    use crate::keys::{b64url, pem};
+
     const TOKEN_URL: &str = "https://veil.example/auth/token";
 
     fn now() -> u64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-    }
-
-    fn b64url(bytes: &[u8]) -> String {
-        veil_fhir::base64::encode(bytes, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_").trim_end_matches('=').to_string()
     }
 
     /// A fresh P-384 key: its signing key and its public JWK.
@@ -158,9 +156,7 @@ mod tests {
         let e = public.exponent().big_endian_without_leading_zero();
         let jwk = json!({"kty": "RSA", "kid": kid, "n": b64url(n), "e": b64url(e)});
         // PKCS#8 PEM, as OpenSSL and Python's cryptography write keys.
-        let body = veil_fhir::base64::encode(der.as_ref(), b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/");
-        let pem = format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n");
-        (EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(), jwk)
+        (EncodingKey::from_rsa_pem(pem("PRIVATE KEY", der.as_ref()).as_bytes()).unwrap(), jwk)
     }
 
     fn client(keys: &[&serde_json::Value]) -> Client {

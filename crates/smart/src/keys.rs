@@ -14,8 +14,7 @@ use crate::MAX_LIFETIME_SECS;
 #[error("{0}")]
 pub struct KeyError(String);
 
-const STANDARD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-const URL_SAFE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+use veil_fhir::base64::{STANDARD, URL_SAFE};
 
 pub(crate) fn b64url(bytes: &[u8]) -> String {
     veil_fhir::base64::encode(bytes, URL_SAFE).trim_end_matches('=').to_string()
@@ -200,7 +199,7 @@ fn pem_body(pem: &str, label: &str) -> Option<Vec<u8>> {
 }
 
 /// PEM armour around DER.
-fn pem(label: &str, der: &[u8]) -> String {
+pub(crate) fn pem(label: &str, der: &[u8]) -> String {
     let body = veil_fhir::base64::encode(der, STANDARD);
     let lines: Vec<&str> = body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
     format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
