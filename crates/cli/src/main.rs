@@ -3,6 +3,7 @@
 //! This binary only parses arguments and wires the library crates together;
 //! each subcommand lives in its own module.
 
+mod aggregator;
 mod client;
 mod deid;
 mod demo;
@@ -26,8 +27,8 @@ use clap::{Parser, Subcommand};
 /// to registered clients (`veil load`, `veil serve`, `veil client`),
 /// flattens resources with SQL on FHIR views (`veil view run`) and builds
 /// aggregate studies for a Cumulus aggregator (`veil study`,
-/// `veil export-preset`, `veil upload`). `veil demo` runs all of it on the
-/// bundled sample.
+/// `veil export-preset`, `veil upload`), and combines many sites' studies
+/// (`veil aggregator`). `veil demo` runs all of it on the bundled sample.
 #[derive(Parser)]
 #[command(name = "veil", version, propagate_version = true)]
 struct Cli {
@@ -47,6 +48,7 @@ enum Command {
     Study(study::Args),
     ExportPreset(study::PresetArgs),
     Upload(upload::Args),
+    Aggregator(aggregator::Args),
     Demo(demo::Args),
 }
 
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
         Command::Study(args) => study::run(args),
         Command::ExportPreset(args) => study::preset(args),
         Command::Upload(args) => upload::run(args),
+        Command::Aggregator(args) => aggregator::run(args),
         Command::Demo(args) => demo::run(args),
     };
     match result {

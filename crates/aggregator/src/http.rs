@@ -1,0 +1,527 @@
+//! `veil aggregator serve`: the site API (the Cumulus handshake and a
+//! signed upload endpoint) and the query API the dashboard reads.
+//!
+//! * `POST /` and `POST /<network>`: Basic auth with the site's user and
+//!   secret, a JSON body `{study, data_package_version, filename}`; answers
+//!   200 `{url, fields}` and a `transaction-id` header, 412 while the site's
+//!   previous upload of the study holds the lock, 401, 403 or 400 otherwise.
+//! * `POST /upload`: the multipart form `fields` + `file` the handshake
+//!   described, checked against the signed policy (HMAC over the site,
+//!   study, version, transaction, size cap and expiry), then validated and
+//!   merged before the answer: 204 when kept, 400 with the reason when not.
+//! * `GET /data-packages[/{id}[/chart]]`, `/metadata/…`, `/study-periods/…`,
+//!   `/studies[/{study}]`, `/uploads`: the query API, with an `x-api-key`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value as Json, json};
+use sha2::Digest as _;
+
+use crate::chart::{ChartQuery, chart, column_summary};
+use crate::ledger::{Arrival, Ledger, Outcome, Site, version_key};
+use crate::package::{self, Limits, is_identifier};
+use crate::secrets;
+
+/// How long an upload lock lasts without an upload (Cumulus: 10 minutes).
+pub const LOCK_SECS: i64 = 600;
+/// How long a presigned upload stays valid (Cumulus: an hour).
+pub const POLICY_SECS: i64 = 3600;
+
+/// What the server needs.
+pub struct Config {
+    /// The database.
+    pub ledger: Arc<Ledger>,
+    /// Where accepted zips are kept: `archive/<study>/<site>/<NNN>/<sha256>.zip`.
+    pub dir: PathBuf,
+    /// The URL sites reach this server at (the upload URL is built from it).
+    pub base_url: String,
+    /// The research network, if the handshake is also served at `/<network>`.
+    pub network: Option<String>,
+    /// The network's minimum cell size, enforced on every cube.
+    pub min_cell: u64,
+    /// Caps on what an upload may hold.
+    pub limits: Limits,
+    /// Log one line per request on stderr.
+    pub access_log: bool,
+}
+
+struct AppState {
+    config: Config,
+    signing_key: Vec<u8>,
+}
+
+/// The router, with its state.
+pub fn router(config: Config) -> Result<Router, crate::ledger::LedgerError> {
+    let signing_key = config.ledger.signing_key()?;
+    let upload_cap = usize::try_from(config.limits.zip_bytes).unwrap_or(usize::MAX).saturating_add(1 << 20);
+    let state = Arc::new(AppState { config, signing_key });
+    let query = Router::new()
+        .route("/data-packages", get(data_packages))
+        .route("/data-packages/{id}", get(data_package))
+        .route("/data-packages/{id}/chart", get(chart_data))
+        .route("/metadata", get(metadata))
+        .route("/metadata/{*path}", get(metadata))
+        .route("/study-periods", get(study_periods))
+        .route("/study-periods/{*path}", get(study_periods))
+        .route("/studies", get(studies))
+        .route("/studies/{study}", get(study))
+        .route("/uploads", get(uploads))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_api_key));
+    Ok(Router::new()
+        .route("/", post(handshake_root))
+        .route("/{network}", post(handshake_network))
+        .route("/upload", post(upload).layer(DefaultBodyLimit::max(upload_cap)))
+        .merge(query)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), access_log))
+        .with_state(state))
+}
+
+type Shared = State<Arc<AppState>>;
+
+fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Errors on the site API are a JSON string, as Cumulus answers them.
+fn message(status: StatusCode, text: impl Into<String>) -> Response {
+    (status, axum::Json(Json::String(text.into()))).into_response()
+}
+
+fn internal() -> Response {
+    message(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Response> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| internal())
+}
+
+/// Who made a request, for the access log (a site's name; never its user or secret).
+#[derive(Clone)]
+struct Who(String);
+
+async fn access_log(State(st): Shared, request: Request, next: Next) -> Response {
+    if !st.config.access_log {
+        return next.run(request).await;
+    }
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("(no route)".to_string(), |m| m.as_str().to_string());
+    let response = next.run(request).await;
+    let who = response.extensions().get::<Who>().map_or("-".to_string(), |w| w.0.clone());
+    eprintln!("{} {method} {route} {} site={who} {}ms", veil_store::now_instant(), response.status().as_u16(), started.elapsed().as_millis());
+    response
+}
+
+fn with_who(mut response: Response, who: &str) -> Response {
+    response.extensions_mut().insert(Who(who.to_string()));
+    response
+}
+
+async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Site, Response> {
+    let unauthorized = || {
+        let mut r = message(StatusCode::UNAUTHORIZED, "Invalid user/site id");
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"veil aggregator\""));
+        r
+    };
+    let Some((user, secret)) = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(secrets::basic) else {
+        return Err(unauthorized());
+    };
+    let ledger = st.config.ledger.clone();
+    match blocking(move || ledger.authenticate(&user, &secret)).await? {
+        Ok(Some(site)) => Ok(site),
+        Ok(None) => Err(unauthorized()),
+        Err(_) => Err(internal()),
+    }
+}
+
+async fn handshake_root(st: Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    handshake(st, headers, body).await
+}
+
+async fn handshake_network(st: Shared, Path(network): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if st.config.network.as_deref() != Some(network.as_str()) {
+        return message(StatusCode::NOT_FOUND, "no such research network here");
+    }
+    handshake(st, headers, body).await
+}
+
+/// The signed description of one permitted upload.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Policy {
+    transaction: String,
+    site: String,
+    study: String,
+    version: i64,
+    key: String,
+    max_bytes: u64,
+    expires: i64,
+}
+
+async fn handshake(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let site = match authenticate(&st, &headers).await {
+        Ok(site) => site,
+        Err(r) => return r,
+    };
+    let who = site.name.clone();
+    let answer = |r: Response| with_who(r, &who);
+    let Ok(request) = serde_json::from_slice::<Json>(&body) else {
+        return answer(message(StatusCode::BAD_REQUEST, "Malformed data payload: expected JSON {study, data_package_version, filename}"));
+    };
+    let (Some(study), Some(filename)) = (request["study"].as_str(), request["filename"].as_str()) else {
+        return answer(message(StatusCode::BAD_REQUEST, "Malformed data payload: study and filename are required"));
+    };
+    if !is_identifier(study) {
+        return answer(message(StatusCode::BAD_REQUEST, "Malformed data payload: a study name is lower-case letters, digits and _"));
+    }
+    if filename.is_empty() || filename.len() > 200 || !filename.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) || filename.starts_with('.') {
+        return answer(message(StatusCode::BAD_REQUEST, "Malformed data payload: the filename must be a plain file name"));
+    }
+    // As the Cumulus client sends it: a number, or text read as int(float(v)).
+    let version = match &request["data_package_version"] {
+        Json::Null => Some(0),
+        Json::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Json::String(s) => s.parse::<f64>().ok().map(|f| f as i64),
+        _ => None,
+    };
+    let Some(version) = version.filter(|v| (0..=999).contains(v)) else {
+        return answer(message(StatusCode::BAD_REQUEST, "Malformed data payload: data_package_version must be a number from 0 to 999"));
+    };
+    if !site.may_upload(study) {
+        return answer(message(StatusCode::FORBIDDEN, format!("site {} may not upload the study {study}", site.name)));
+    }
+    let transaction = headers.get("transaction-id").and_then(|h| h.to_str().ok()).map(str::to_string);
+    let ledger = st.config.ledger.clone();
+    let (site_name, study_name) = (site.name.clone(), study.to_string());
+    let lock = blocking(move || ledger.lock(&site_name, &study_name, transaction.as_deref(), now_secs(), LOCK_SECS)).await;
+    let transaction = match lock {
+        Ok(Ok(Ok(id))) => id,
+        Ok(Ok(Err(()))) => return answer(message(StatusCode::PRECONDITION_FAILED, format!("Currently processing a previous upload of {study}. Please try again later."))),
+        Ok(Err(_)) | Err(_) => return answer(internal()),
+    };
+    let policy = Policy {
+        transaction: transaction.clone(),
+        site: site.name.clone(),
+        study: study.to_string(),
+        version,
+        key: format!("upload_staging/{study}/{}/{}/{filename}", site.name, version_key(version)),
+        max_bytes: st.config.limits.zip_bytes,
+        expires: now_secs() + POLICY_SECS,
+    };
+    let encoded = veil_fhir::base64::encode(serde_json::to_string(&policy).expect("a policy serialises").as_bytes(), veil_fhir::base64::STANDARD);
+    let signature = secrets::hex(&secrets::mac(&st.signing_key, encoded.as_bytes()));
+    let url = format!("{}/upload", st.config.base_url.trim_end_matches('/'));
+    let mut response = axum::Json(json!({"url": url, "fields": {"key": policy.key, "policy": encoded, "signature": signature}})).into_response();
+    response.headers_mut().insert("transaction-id", HeaderValue::from_str(&transaction).expect("hex is a header value"));
+    answer(response)
+}
+
+fn verify_policy(st: &AppState, policy: &str, signature: &str) -> Option<Policy> {
+    let given: Vec<u8> = (0..signature.len() / 2).filter_map(|i| u8::from_str_radix(signature.get(2 * i..2 * i + 2)?, 16).ok()).collect();
+    // Compared through the MAC, in constant time.
+    if !secrets::matches(policy, &st.signing_key, &given) {
+        return None;
+    }
+    let decoded = veil_fhir::base64::decode(policy, veil_fhir::base64::STANDARD)?;
+    serde_json::from_slice::<Policy>(&decoded).ok()
+}
+
+async fn upload(State(st): Shared, mut form: Multipart) -> Response {
+    let mut fields: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut policy = None;
+    let mut zip = Vec::new();
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(_) => return message(StatusCode::BAD_REQUEST, "the upload is not a complete multipart form"),
+        };
+        let name = field.name().unwrap_or("").to_string();
+        if name != "file" {
+            if fields.len() > 20 {
+                return message(StatusCode::BAD_REQUEST, "too many form fields");
+            }
+            match field.text().await {
+                Ok(text) if text.len() <= 8192 => fields.insert(name, text),
+                _ => return message(StatusCode::BAD_REQUEST, "a form field is unreadable or too long"),
+            };
+            continue;
+        }
+        // As S3 requires: the policy comes before the file, so that nothing
+        // is read from an unsigned upload.
+        let (Some(p), Some(s)) = (fields.get("policy"), fields.get("signature")) else {
+            return message(StatusCode::FORBIDDEN, "the upload has no signed policy before the file");
+        };
+        let Some(p) = verify_policy(&st, p, s) else {
+            return message(StatusCode::FORBIDDEN, "the upload's policy signature does not match");
+        };
+        if p.expires <= now_secs() {
+            return with_who(message(StatusCode::FORBIDDEN, "the upload's policy has expired: ask for a new upload URL"), &p.site);
+        }
+        if fields.get("key") != Some(&p.key) {
+            return with_who(message(StatusCode::FORBIDDEN, "the upload's key is not the one its policy signs"), &p.site);
+        }
+        let mut field = field;
+        loop {
+            match field.chunk().await {
+                Ok(Some(chunk)) => {
+                    if (zip.len() + chunk.len()) as u64 > p.max_bytes {
+                        release(&st, &p).await;
+                        return with_who(message(StatusCode::PAYLOAD_TOO_LARGE, format!("the zip is larger than the aggregator accepts ({} MiB)", p.max_bytes >> 20)), &p.site);
+                    }
+                    zip.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    // A dropped connection: nothing was kept; free the lock
+                    // so that the site can try again at once.
+                    release(&st, &p).await;
+                    return with_who(message(StatusCode::BAD_REQUEST, "the upload ended before the whole file arrived"), &p.site);
+                }
+            }
+        }
+        policy = Some(p);
+        break;
+    }
+    let Some(policy) = policy else {
+        return message(StatusCode::BAD_REQUEST, "the form has no file");
+    };
+    let who = policy.site.clone();
+    let st2 = st.clone();
+    let outcome = blocking(move || ingest(&st2, &policy, &zip)).await;
+    match outcome {
+        Ok(Ok(Ok(outcome))) => {
+            let mut r = StatusCode::NO_CONTENT.into_response();
+            r.headers_mut().insert("x-veil-outcome", HeaderValue::from_static(if outcome == Outcome::Unchanged { "unchanged" } else { "accepted" }));
+            with_who(r, &who)
+        }
+        Ok(Ok(Err(refusal))) => with_who(message(StatusCode::BAD_REQUEST, refusal.0), &who),
+        Ok(Err(UploadFailure::Busy)) => with_who(message(StatusCode::PRECONDITION_FAILED, "another upload of this study by this site took over the lock; ask for a new upload URL"), &who),
+        Ok(Err(UploadFailure::Internal)) | Err(_) => with_who(internal(), &who),
+    }
+}
+
+async fn release(st: &Arc<AppState>, p: &Policy) {
+    let (ledger, site, study, id) = (st.config.ledger.clone(), p.site.clone(), p.study.clone(), p.transaction.clone());
+    let _ = blocking(move || ledger.unlock(&site, &study, &id)).await;
+}
+
+enum UploadFailure {
+    Busy,
+    Internal,
+}
+
+/// Checks, archives and merges one upload, then frees the site's lock.
+fn ingest(st: &AppState, p: &Policy, zip: &[u8]) -> Result<Result<Outcome, package::Refusal>, UploadFailure> {
+    let ledger = &st.config.ledger;
+    if !ledger.lock_is(&p.site, &p.study, &p.transaction, now_secs()).map_err(|_| UploadFailure::Internal)? {
+        return Err(UploadFailure::Busy);
+    }
+    let sha256 = secrets::hex(&sha2::Sha256::digest(zip));
+    let arrival = Arrival { id: &p.transaction, site: &p.site, study: &p.study, version: p.version, sha256: &sha256, bytes: zip.len() as i64 };
+    let result = match package::read(zip, &p.study, p.version, st.config.min_cell, &st.config.limits) {
+        Err(refusal) => {
+            ledger.refuse(&arrival, &refusal).map_err(|_| UploadFailure::Internal)?;
+            Ok(Err(refusal))
+        }
+        Ok(package) => {
+            let archived = archive(st, p, &sha256, zip).map_err(|e| {
+                eprintln!("veil aggregator: cannot archive an upload of {} from {}: {}", p.study, p.site, e.kind());
+                UploadFailure::Internal
+            })?;
+            let outcome = ledger.accept(&arrival, &package).map_err(|_| UploadFailure::Internal)?;
+            if outcome.is_err() {
+                let _ = std::fs::remove_file(&archived);
+            }
+            Ok(outcome)
+        }
+    };
+    let _ = ledger.unlock(&p.site, &p.study, &p.transaction);
+    if st.config.access_log {
+        let (outcome, why) = match &result {
+            Ok(Ok(o)) => (if *o == Outcome::Unchanged { "unchanged" } else { "accepted" }, String::new()),
+            Ok(Err(r)) => ("refused", format!(": {r}")),
+            Err(_) => ("failed", String::new()),
+        };
+        eprintln!("{} upload {outcome} site={} study={} version={}{why}", veil_store::now_instant(), p.site, p.study, version_key(p.version));
+    }
+    result
+}
+
+/// Keeps the zip as it arrived, written beside its final name and renamed.
+fn archive(st: &AppState, p: &Policy, sha256: &str, zip: &[u8]) -> std::io::Result<PathBuf> {
+    use std::io::Write as _;
+    let dir = st.config.dir.join("archive").join(&p.study).join(&p.site).join(version_key(p.version));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{sha256}.zip"));
+    let tmp = dir.join(format!(".{sha256}.zip.{}.tmp", p.transaction));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(zip)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+// ---- the query API --------------------------------------------------------
+
+async fn require_api_key(State(st): Shared, request: Request, next: Next) -> Response {
+    let key = request.headers().get("x-api-key").and_then(|h| h.to_str().ok()).map(str::to_string);
+    let Some(key) = key else {
+        return message(StatusCode::UNAUTHORIZED, "an x-api-key header is required (veil aggregator key add)");
+    };
+    let ledger = st.config.ledger.clone();
+    match blocking(move || ledger.check_api_key(&key)).await {
+        Ok(Ok(true)) => next.run(request).await,
+        Ok(Ok(false)) => message(StatusCode::UNAUTHORIZED, "the API key is not valid"),
+        _ => internal(),
+    }
+}
+
+fn package_entry(p: &crate::ledger::DataPackage) -> Json {
+    let mut entry = json!({
+        "study": p.study,
+        "name": p.name,
+        "version": version_key(p.version),
+        "id": p.id,
+        "column_types_format_version": "3",
+        "columns": column_summary(&p.aggregate),
+        "last_data_update": p.updated,
+        "total": p.total,
+    });
+    if let Some(site) = &p.site {
+        entry["site"] = site.clone().into();
+        entry["type"] = "flat".into();
+    }
+    entry
+}
+
+async fn data_packages(State(st): Shared, RawQuery(query): RawQuery) -> Response {
+    let name = query.as_deref().and_then(|q| form_pairs(q).into_iter().find(|(k, _)| k == "name").map(|(_, v)| v));
+    let ledger = st.config.ledger.clone();
+    match blocking(move || ledger.data_packages()).await {
+        Ok(Ok(packages)) => axum::Json(Json::Array(packages.iter().filter(|p| name.as_ref().is_none_or(|n| *n == p.name)).map(package_entry).collect())).into_response(),
+        _ => internal(),
+    }
+}
+
+async fn data_package(State(st): Shared, Path(id): Path<String>) -> Response {
+    let ledger = st.config.ledger.clone();
+    match blocking(move || ledger.data_package(&id)).await {
+        Ok(Ok(Some(p))) => axum::Json(package_entry(&p)).into_response(),
+        Ok(Ok(None)) => message(StatusCode::NOT_FOUND, "no such data package"),
+        _ => internal(),
+    }
+}
+
+/// `application/x-www-form-urlencoded` pairs, repeated keys kept.
+fn form_pairs(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes()).into_owned().collect()
+}
+
+async fn chart_data(State(st): Shared, Path(id): Path<String>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+    let mut chart_query = ChartQuery::default();
+    for (k, v) in form_pairs(query.as_deref().unwrap_or("")) {
+        match k.as_str() {
+            "column" => chart_query.column = v,
+            "stratifier" if !v.is_empty() => chart_query.stratifier = Some(v),
+            "filter" if !v.is_empty() => chart_query.filters.push(v),
+            _ => {}
+        }
+    }
+    if chart_query.column.is_empty() {
+        return message(StatusCode::BAD_REQUEST, "column is required");
+    }
+    let ledger = st.config.ledger.clone();
+    let found = match blocking(move || ledger.data_package(&id)).await {
+        Ok(Ok(Some(p))) if p.site.is_none() => p,
+        Ok(Ok(_)) => return message(StatusCode::NOT_FOUND, "no such merged data package"),
+        _ => return internal(),
+    };
+    // The answer changes only when the package does: an ETag lets the
+    // dashboard cache it, as Cumulus advises.
+    let etag = format!("\"{}\"", secrets::hex(&sha2::Sha256::digest(format!("{}\n{}\n{:?}", found.id, found.updated, query).as_bytes())[..16]));
+    if headers.get(header::IF_NONE_MATCH).and_then(|h| h.to_str().ok()) == Some(etag.as_str()) {
+        return StatusCode::NOT_MODIFIED.into_response();
+    }
+    match chart(&found.aggregate, &chart_query) {
+        Ok(body) => {
+            let mut r = axum::Json(body).into_response();
+            r.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex is a header value"));
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            r
+        }
+        Err(bad) => message(StatusCode::BAD_REQUEST, bad.0),
+    }
+}
+
+/// `tree` narrowed by the path's segments (`site/study/…`), 404 when one is missing.
+fn slice(tree: Json, path: Option<&str>) -> Response {
+    let mut node = &tree;
+    for segment in path.unwrap_or("").split('/').filter(|s| !s.is_empty()) {
+        match node.get(segment) {
+            Some(next) => node = next,
+            None => return message(StatusCode::NOT_FOUND, "nothing at that path"),
+        }
+    }
+    axum::Json(node.clone()).into_response()
+}
+
+async fn metadata(State(st): Shared, path: Option<Path<String>>) -> Response {
+    let ledger = st.config.ledger.clone();
+    match blocking(move || ledger.metadata()).await {
+        Ok(Ok(tree)) => slice(tree, path.as_ref().map(|p| p.0.as_str())),
+        _ => internal(),
+    }
+}
+
+async fn study_periods(State(st): Shared, path: Option<Path<String>>) -> Response {
+    let ledger = st.config.ledger.clone();
+    match blocking(move || ledger.study_periods()).await {
+        Ok(Ok(tree)) => slice(tree, path.as_ref().map(|p| p.0.as_str())),
+        _ => internal(),
+    }
+}
+
+async fn studies(State(st): Shared) -> Response {
+    let ledger = st.config.ledger.clone();
+    match blocking(move || ledger.studies()).await {
+        Ok(Ok(tree)) => axum::Json(tree).into_response(),
+        _ => internal(),
+    }
+}
+
+async fn study(State(st): Shared, Path(study): Path<String>) -> Response {
+    let ledger = st.config.ledger.clone();
+    match blocking(move || ledger.studies()).await {
+        Ok(Ok(tree)) => slice(tree, Some(&study)),
+        _ => internal(),
+    }
+}
+
+async fn uploads(State(st): Shared) -> Response {
+    let ledger = st.config.ledger.clone();
+    match blocking(move || ledger.uploads(200)).await {
+        Ok(Ok(list)) => axum::Json(list).into_response(),
+        _ => internal(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode_as_forms() {
+        assert_eq!(
+            form_pairs("column=year&filter=sex%3AstrEq%3Afemale&filter=a+b&x=%zz%4"),
+            [("column", "year"), ("filter", "sex:strEq:female"), ("filter", "a b"), ("x", "%zz%4")].map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+    }
+}
