@@ -1,0 +1,323 @@
+//! The aggregator over real HTTP on loopback: sites upload data packages
+//! (Parquet written by Veil's own writer, zipped here) through the Cumulus
+//! handshake and the signed upload endpoint; the query API reads the merge.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::sync::Arc;
+
+use reqwest::blocking::{Client, Response, multipart};
+use serde_json::{Value as Json, json};
+use veil_aggregator::Ledger;
+use veil_aggregator::http::{Config, router};
+use veil_aggregator::package::Limits;
+use veil_views::{ColumnType, ParquetWriter, Row};
+
+struct Aggregator {
+    url: String,
+    ledger: Arc<Ledger>,
+    http: Client,
+    key: String,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start(name: &str, limits: Limits) -> Aggregator {
+    let dir = std::env::temp_dir().join(format!("veil-aggregator-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ledger = Arc::new(Ledger::open(dir.join("aggregator.db").to_str().unwrap()).unwrap());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let config = Config { ledger: ledger.clone(), dir: dir.clone(), base_url: url.clone(), network: Some("flu-net".into()), min_cell: 10, limits, access_log: false };
+    let app = router(config).unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(async { axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app).await.unwrap() });
+    });
+    let key = ledger.add_api_key("tests").unwrap();
+    Aggregator { url, ledger, http: Client::new(), key, _dir: TempDir(dir) }
+}
+
+/// A Parquet table: `columns` as (name, type), rows as JSON values.
+fn parquet(columns: &[(&str, ColumnType)], rows: &[Vec<Json>]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut writer = ParquetWriter::with_columns(columns, &mut bytes).unwrap();
+    for r in rows {
+        writer.write(Row { values: r.clone() }).unwrap();
+    }
+    writer.finish().unwrap();
+    bytes
+}
+
+/// `cnt, sex` rows.
+fn cube(rows: &[(i64, Option<&str>)]) -> Vec<u8> {
+    parquet(&[("cnt", ColumnType::BigInt), ("sex", ColumnType::Text)], &rows.iter().map(|(n, s)| vec![json!(n), json!(s)]).collect::<Vec<_>>())
+}
+
+fn meta(version: i64) -> Vec<(String, Vec<u8>)> {
+    vec![
+        ("flu__meta_date.meta.parquet".into(), parquet(&[("min_date", ColumnType::Date), ("max_date", ColumnType::Date)], &[vec![json!("2019-01-01"), json!("2021-06-30")]])),
+        ("flu__meta_version.meta.parquet".into(), parquet(&[("data_package_version", ColumnType::Integer)], &[vec![json!(version)]])),
+        ("manifest.toml".into(), b"study_prefix = \"flu\"\ndescription = \"test\"\n".to_vec()),
+    ]
+}
+
+fn zip(members: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, bytes) in members {
+        out.start_file(name.as_str(), zip::write::SimpleFileOptions::default()).unwrap();
+        out.write_all(bytes).unwrap();
+    }
+    out.finish().unwrap().into_inner()
+}
+
+/// A `flu` package at `version` holding `count_sex` with these rows.
+fn package(version: i64, rows: &[(i64, Option<&str>)]) -> Vec<u8> {
+    let mut members = vec![("flu__count_sex.cube.parquet".to_string(), cube(rows))];
+    members.extend(meta(version));
+    zip(&members)
+}
+
+impl Aggregator {
+    fn site(&self, name: &str, studies: &[&str]) -> (String, String) {
+        let studies: Vec<String> = studies.iter().map(|s| s.to_string()).collect();
+        let secret = self.ledger.add_site(name, &format!("{name}-user"), name, &studies).unwrap().unwrap();
+        (format!("{name}-user"), secret)
+    }
+
+    fn handshake(&self, path: &str, (user, secret): &(String, String), body: Json, transaction: Option<&str>) -> Response {
+        let mut request = self.http.post(format!("{}{path}", self.url)).basic_auth(user, Some(secret)).json(&body);
+        if let Some(t) = transaction {
+            request = request.header("transaction-id", t);
+        }
+        request.send().unwrap()
+    }
+
+    /// The whole protocol, as the Cumulus client runs it; the upload's answer.
+    fn upload(&self, site: &(String, String), version: i64, zip: Vec<u8>) -> Response {
+        let r = self.handshake("/", site, json!({"study": "flu", "data_package_version": version, "filename": format!("{}_flu.zip", site.0)}), None);
+        assert_eq!(r.status(), 200, "handshake: {}", r.text().unwrap());
+        let presigned: Json = r.json().unwrap();
+        self.post_form(&presigned, zip)
+    }
+
+    fn post_form(&self, presigned: &Json, zip: Vec<u8>) -> Response {
+        let mut form = multipart::Form::new();
+        for (k, v) in presigned["fields"].as_object().unwrap() {
+            form = form.text(k.clone(), v.as_str().unwrap().to_string());
+        }
+        form = form.part("file", multipart::Part::bytes(zip).file_name("flu.zip"));
+        self.http.post(presigned["url"].as_str().unwrap()).multipart(form).send().unwrap()
+    }
+
+    fn get(&self, path: &str) -> Json {
+        let r = self.http.get(format!("{}{path}", self.url)).header("x-api-key", &self.key).send().unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.json().unwrap()
+    }
+
+    fn chart(&self, query: &str) -> Json {
+        self.get(&format!("/data-packages/flu__count_sex__001/chart?{query}"))
+    }
+}
+
+#[test]
+fn sites_upload_and_the_merge_sums_them() {
+    let agg = start("merge", Limits::default());
+    let a = agg.site("site_a", &["flu"]);
+    let b = agg.site("site_b", &[]);
+    let r = agg.upload(&a, 1, package(1, &[(30, None), (12, Some("female")), (18, Some("male"))]));
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["x-veil-outcome"], "accepted");
+    assert_eq!(agg.upload(&b, 1, package(1, &[(25, None), (25, Some("female"))])).status(), 204);
+
+    let packages = agg.get("/data-packages");
+    assert_eq!(packages.as_array().unwrap().len(), 1);
+    assert_eq!(packages[0]["id"], "flu__count_sex__001");
+    assert_eq!(packages[0]["total"], 55);
+    assert_eq!(packages[0]["columns"]["site"]["distinct_values_count"], 2);
+    let by_site = agg.chart("column=sex&stratifier=site");
+    assert_eq!(by_site["data"], json!([{"stratifier": "site_a", "rows": [["female", 12], ["male", 18]]}, {"stratifier": "site_b", "rows": [["female", 25]]}]));
+    assert_eq!(by_site["counts"], json!({"site_a": 30, "site_b": 25}));
+    assert_eq!(agg.chart("column=sex")["data"], json!([{"rows": [["female", 37], ["male", 18]]}]));
+    assert_eq!(agg.get("/study-periods/site_a/flu/001")["earliest_date"], "2019-01-01");
+    assert!(agg.get("/metadata/site_b/flu/count_sex")["count_sex__001"]["last_upload"].is_string());
+    assert_eq!(agg.get("/studies/flu")["001"]["study_owner"], "site_a", "the first site's manifest owns the study");
+    // The network path serves the same handshake; another network is unknown.
+    let body = json!({"study": "flu", "data_package_version": 1, "filename": "x.zip"});
+    let r = agg.handshake("/flu-net", &a, body.clone(), None);
+    assert_eq!(r.status(), 200);
+    agg.ledger.unlock("site_a", "flu", r.headers()["transaction-id"].to_str().unwrap()).unwrap();
+    assert_eq!(agg.handshake("/other-net", &b, body, None).status(), 404);
+
+    // The same package again changes nothing; a new one replaces the site's
+    // whole contribution.
+    let r = agg.upload(&b, 1, package(1, &[(25, None), (25, Some("female"))]));
+    assert_eq!((r.status().as_u16(), r.headers()["x-veil-outcome"].to_str().unwrap()), (204, "unchanged"));
+    assert_eq!(agg.chart("column=sex")["data"], json!([{"rows": [["female", 37], ["male", 18]]}]));
+    assert_eq!(agg.upload(&b, 1, package(1, &[(40, None), (20, Some("female")), (20, Some("male"))])).status(), 204);
+    assert_eq!(agg.chart("column=sex")["data"], json!([{"rows": [["female", 32], ["male", 38]]}]));
+    let outcomes: Vec<String> = agg.ledger.uploads(10).unwrap().into_iter().map(|u| u.outcome).collect();
+    assert_eq!(outcomes, ["accepted", "unchanged", "accepted", "accepted"]);
+
+    // Another version is another data package, merged on its own.
+    assert_eq!(agg.upload(&a, 2, package(2, &[(11, None)])).status(), 204);
+    assert_eq!(agg.get("/data-packages?name=count_sex").as_array().unwrap().len(), 2);
+    assert_eq!(agg.get("/data-packages/flu__count_sex__002")["total"], 11);
+    assert_eq!(agg.get("/data-packages/flu__count_sex__001")["total"], 70);
+
+    // Removing a site with --purge merges the rest again.
+    assert!(agg.ledger.remove_site("site_b", true).unwrap());
+    assert_eq!(agg.get("/data-packages/flu__count_sex__001")["total"], 30);
+}
+
+#[test]
+fn credentials_and_permissions() {
+    let agg = start("auth", Limits::default());
+    let a = agg.site("site_a", &["covid"]);
+    let body = json!({"study": "flu", "data_package_version": 1, "filename": "site_a-user_flu.zip"});
+    let wrong = (a.0.clone(), "not-the-secret".to_string());
+    let unknown = ("nobody".to_string(), a.1.clone());
+    for who in [&wrong, &unknown] {
+        let r = agg.handshake("/", who, body.clone(), None);
+        assert_eq!(r.status(), 401);
+        assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Basic"));
+    }
+    assert_eq!(agg.http.post(format!("{}/", agg.url)).json(&body).send().unwrap().status(), 401);
+    let r = agg.handshake("/", &a, body.clone(), None);
+    assert_eq!(r.status(), 403, "site_a may upload covid only");
+    assert!(r.text().unwrap().contains("may not upload the study flu"));
+
+    // A rotated secret: the old one stops at once.
+    let b = agg.site("site_b", &["flu"]);
+    let new = agg.ledger.rotate_site("site_b").unwrap().unwrap();
+    assert_eq!(agg.handshake("/", &b, body.clone(), None).status(), 401);
+    let b = (b.0, new);
+    assert_eq!(agg.handshake("/", &b, body.clone(), None).status(), 200);
+
+    // The lock: a second handshake waits (412) unless it names the transaction.
+    let r = agg.handshake("/", &b, body.clone(), None);
+    assert_eq!(r.status(), 412);
+    assert!(r.text().unwrap().contains("previous upload of flu"));
+
+    // The query API needs an API key; a site's secret is not one.
+    let r = agg.http.get(format!("{}/data-packages", agg.url)).send().unwrap();
+    assert_eq!(r.status(), 401);
+    let r = agg.http.get(format!("{}/data-packages", agg.url)).header("x-api-key", &b.1).send().unwrap();
+    assert_eq!(r.status(), 401);
+
+    for bad in [json!({"filename": "x.zip"}), json!({"study": "../flu", "filename": "x.zip"}), json!({"study": "flu", "filename": "../x.zip"}), json!({"study": "flu", "filename": "x.zip", "data_package_version": "new"})] {
+        let c = agg.site(&format!("s{}", agg.ledger.sites().unwrap().len()), &[]);
+        assert_eq!(agg.handshake("/", &c, bad.clone(), None).status(), 400, "{bad}");
+    }
+}
+
+#[test]
+fn one_site_cannot_write_as_another() {
+    let agg = start("forge", Limits::default());
+    let a = agg.site("site_a", &[]);
+    let b = agg.site("site_b", &[]);
+    assert_eq!(agg.upload(&a, 1, package(1, &[(30, None)])).status(), 204);
+    let r = agg.handshake("/", &b, json!({"study": "flu", "data_package_version": 1, "filename": "b.zip"}), None);
+    let mut presigned: Json = r.json().unwrap();
+    // site_b rewrites its signed policy to name site_a.
+    let policy = presigned["fields"]["policy"].as_str().unwrap().to_string();
+    let mut decoded: Json = serde_json::from_slice(&veil_fhir::base64::decode(&policy, veil_fhir::base64::STANDARD).unwrap()).unwrap();
+    decoded["site"] = json!("site_a");
+    presigned["fields"]["policy"] = json!(veil_fhir::base64::encode(decoded.to_string().as_bytes(), veil_fhir::base64::STANDARD));
+    let r = agg.post_form(&presigned, package(1, &[(99, None)]));
+    assert_eq!(r.status(), 403);
+    assert!(r.text().unwrap().contains("signature"));
+    // Nor may it move the key its policy signs.
+    let r = agg.handshake("/", &b, json!({"study": "flu", "data_package_version": 1, "filename": "b.zip"}), Some("-"));
+    assert_eq!(r.status(), 412, "site_b's first transaction still holds the lock");
+    assert_eq!(agg.get("/data-packages/flu__count_sex__001")["total"], 30, "site_a's data is untouched");
+}
+
+/// Every refusal says why, and leaves the data as it was.
+#[test]
+fn malformed_and_hostile_zips_are_refused_with_a_message() {
+    let agg = start("hostile", Limits { zip_bytes: 2 << 20, ..Limits::default() });
+    let a = agg.site("site_a", &[]);
+    assert_eq!(agg.upload(&a, 1, package(1, &[(30, None)])).status(), 204);
+    let with = |extra: Vec<(String, Vec<u8>)>| {
+        let mut members = extra;
+        members.extend(meta(1));
+        zip(&members)
+    };
+    let good_cube = || ("flu__count_sex.cube.parquet".to_string(), cube(&[(31, None)]));
+    let bomb = {
+        let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        out.start_file("flu__count_sex.cube.parquet", zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated)).unwrap();
+        out.write_all(&vec![0u8; 20 << 20]).unwrap();
+        out.finish().unwrap().into_inner()
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("not a zip", b"PK\x03\x04 this is not a zip".to_vec(), "not a readable zip"),
+        ("traversal", with(vec![("../flu__count_sex.cube.parquet".into(), cube(&[(31, None)]))]), "without folders"),
+        ("absolute", with(vec![("/tmp/flu__count_sex.cube.parquet".into(), cube(&[(31, None)]))]), "without folders"),
+        ("line-level", with(vec![good_cube(), ("flu__patients.archive.parquet".into(), cube(&[(31, None)]))]), "line-level"),
+        ("another study", with(vec![("covid__count.cube.parquet".into(), cube(&[(31, None)]))]), "does not belong to the study flu"),
+        ("small cell", with(vec![("flu__count_sex.cube.parquet".into(), cube(&[(31, None), (4, Some("female"))]))]), "1 cell(s) count fewer than 10"),
+        ("no cnt", with(vec![("flu__count_sex.cube.parquet".into(), parquet(&[("sex", ColumnType::Text)], &[vec![json!("x")]]))]), "no cnt column"),
+        ("text cnt", with(vec![("flu__count_sex.cube.parquet".into(), parquet(&[("cnt", ColumnType::Text)], &[vec![json!("40")]]))]), "cnt must be a whole number"),
+        ("site column", with(vec![("flu__count_sex.cube.parquet".into(), parquet(&[("cnt", ColumnType::BigInt), ("site", ColumnType::Text)], &[vec![json!(40), json!("x")]]))]), "aggregator's own"),
+        ("not parquet", with(vec![("flu__count_sex.cube.parquet".into(), b"hello".to_vec())]), "not a readable Parquet"),
+        ("duplicate strata", with(vec![("flu__count_sex.cube.parquet".into(), cube(&[(31, None), (32, None)]))]), "more than one row"),
+        ("zip bomb", bomb, "zip bomb"),
+        ("version", zip(&[vec![good_cube()], meta(2)].concat()), "says data package version 2"),
+        ("no meta_date", zip(&[good_cube()]), "no flu__meta_date"),
+        ("schema change", with(vec![("flu__count_sex.cube.parquet".into(), parquet(&[("cnt", ColumnType::BigInt), ("gender", ColumnType::Text)], &[vec![json!(40), Json::Null]]))]), "needs a new data_package_version"),
+    ];
+    let b = agg.site("site_b", &[]);
+    for (what, zip, expected) in cases {
+        let r = agg.upload(&b, 1, zip);
+        let status = r.status();
+        let text = r.text().unwrap();
+        assert_eq!(status, 400, "{what}: {text}");
+        assert!(text.contains(expected), "{what}: {text}");
+    }
+    let r = agg.upload(&b, 1, vec![0; 3 << 20]);
+    assert_eq!(r.status(), 413, "over the size cap");
+    assert_eq!(agg.get("/data-packages/flu__count_sex__001")["total"], 30, "nothing refused became visible");
+    let refused = agg.ledger.uploads(100).unwrap().iter().filter(|u| u.outcome == "refused").count();
+    assert_eq!(refused, 15, "each refusal recorded");
+    assert_eq!(agg.upload(&b, 1, package(1, &[(12, None)])).status(), 204, "and the site can still upload");
+}
+
+#[test]
+fn a_broken_upload_leaves_nothing_and_frees_the_lock() {
+    let agg = start("crash", Limits::default());
+    let a = agg.site("site_a", &[]);
+    assert_eq!(agg.upload(&a, 1, package(1, &[(30, None)])).status(), 204);
+    let r = agg.handshake("/", &a, json!({"study": "flu", "data_package_version": 1, "filename": "a.zip"}), None);
+    let presigned: Json = r.json().unwrap();
+    // Half a multipart body, then the connection drops.
+    let boundary = "veilboundary";
+    let mut body = String::new();
+    for (k, v) in presigned["fields"].as_object().unwrap() {
+        body += &format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{}\r\n", v.as_str().unwrap());
+    }
+    body += &format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.zip\"\r\n\r\n");
+    let zip = package(1, &[(99, None)]);
+    let mut stream = TcpStream::connect(agg.url.trim_start_matches("http://")).unwrap();
+    let declared = body.len() + zip.len() + 100;
+    write!(stream, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {declared}\r\n\r\n{body}").unwrap();
+    stream.write_all(&zip[..zip.len() / 2]).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(!answer.starts_with("HTTP/1.1 204"), "{answer}");
+    assert_eq!(agg.get("/data-packages/flu__count_sex__001")["total"], 30);
+    assert_eq!(agg.upload(&a, 1, package(1, &[(40, None)])).status(), 204, "the lock was freed: the site can upload again at once");
+    assert_eq!(agg.get("/data-packages/flu__count_sex__001")["total"], 40);
+}
