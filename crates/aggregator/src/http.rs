@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value as Json, json};
 use sha2::Digest as _;
+use veil_views::csv_line;
 
 use crate::chart::{ChartQuery, chart, column_summary};
 use crate::ledger::{Arrival, Ledger, Outcome, Site, version_key};
@@ -67,6 +68,7 @@ pub fn router(config: Config) -> Result<Router, crate::ledger::LedgerError> {
         .route("/data-packages", get(data_packages))
         .route("/data-packages/{id}", get(data_package))
         .route("/data-packages/{id}/chart", get(chart_data))
+        .route("/data-packages/{id}/download", get(download))
         .route("/metadata", get(metadata))
         .route("/metadata/{*path}", get(metadata))
         .route("/study-periods", get(study_periods))
@@ -417,6 +419,32 @@ async fn data_package(State(st): Shared, Path(id): Path<String>) -> Response {
         Ok(Ok(Some(p))) => axum::Json(package_entry(&p)).into_response(),
         Ok(Ok(None)) => message(StatusCode::NOT_FOUND, "no such data package"),
         _ => internal(),
+    }
+}
+
+/// The whole table, `?type=json` (`{columns, rows}`, the default) or
+/// `csv` (an empty cell is NULL), as Cumulus' `/from-parquet` offers it.
+async fn download(State(st): Shared, Path(id): Path<String>, RawQuery(query): RawQuery) -> Response {
+    let kind = form_pairs(query.as_deref().unwrap_or("")).into_iter().find(|(k, _)| k == "type").map_or("json".to_string(), |(_, v)| v);
+    let ledger = st.config.ledger.clone();
+    let found = match blocking(move || ledger.data_package(&id)).await {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None)) => return message(StatusCode::NOT_FOUND, "no such data package"),
+        _ => return internal(),
+    };
+    let names: Vec<&str> = found.aggregate.columns.iter().map(|c| c.name.as_str()).collect();
+    match kind.as_str() {
+        "json" => axum::Json(json!({"columns": names, "rows": found.aggregate.rows})).into_response(),
+        "csv" => {
+            let header: Vec<Json> = names.iter().map(|n| Json::from(*n)).collect();
+            let mut text = csv_line(&header);
+            for row in &found.aggregate.rows {
+                text += &csv_line(row);
+            }
+            let disposition = format!("attachment; filename=\"{}.csv\"", found.id);
+            ([(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, disposition)], text).into_response()
+        }
+        _ => message(StatusCode::BAD_REQUEST, "type must be json or csv"),
     }
 }
 

@@ -114,7 +114,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     println!();
     serve_and_export(&args.data, &args.out)?;
     println!();
-    println!("Next on the path: authorization (SMART Backend Services), share links, and uploads to an aggregator.");
+    println!("Next on the path: share links for the export, the aggregator's dashboard, and pulling from an EHR (veil export).");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -241,7 +241,9 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<()>
     stop.store(true, Ordering::Relaxed);
     let _ = worker.join();
     println!();
-    build_flu_study(&study, &flu_export, out)
+    build_flu_study(&study, &flu_export, out)?;
+    println!();
+    two_sites(&study, &flu_export, out)
 }
 
 /// An HTTP client that sends a current access token with every request.
@@ -311,6 +313,107 @@ fn build_flu_study(study: &veil_study::Study, export: &std::path::Path, out: &st
         println!("  {}", f.file_name().unwrap_or_default().to_string_lossy());
     }
     Ok(())
+}
+
+/// The aggregator's side: the same export split into two sites' halves
+/// (by patient), each built and uploaded as a Cumulus site would, then the
+/// combined trend read back from the aggregator's query API.
+fn two_sites(study: &veil_study::Study, export: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    use std::sync::Arc;
+
+    const SITES: [&str; 2] = ["north", "south"];
+    let halves = split_by_patient(export, &out.join("sites"), &SITES)?;
+    let dir = out.join("aggregator");
+    std::fs::create_dir_all(&dir)?;
+    let ledger = Arc::new(veil_aggregator::Ledger::open(&dir.join("aggregator.db").to_string_lossy())?);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let config = veil_aggregator::http::Config {
+        ledger: ledger.clone(),
+        dir: dir.clone(),
+        base_url: base.clone(),
+        network: None,
+        min_cell: veil_study::DEFAULT_MIN_CELL,
+        limits: Default::default(),
+        access_log: false,
+    };
+    let app = veil_aggregator::http::router(config)?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = runtime.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(async move { drop(rx.await) }).await });
+    println!("veil aggregator is listening on {base} (database {})", dir.join("aggregator.db").display());
+    for (site, half) in SITES.iter().zip(&halves) {
+        let secret = ledger.add_site(site, site, site, &[study.prefix.clone()])?.expect("a new database");
+        let built = crate::study::build_from(study, &crate::input::ndjson_files(half)?)?;
+        let data_path = half.join("data_export");
+        veil_study::export(&built, &data_path)?;
+        let package = veil_study::Package::find(&data_path, &study.prefix)?;
+        let aggregator = veil_study::Aggregator { url: format!("{base}/"), network: None, user: site.to_string(), site_id: secret };
+        veil_study::upload(&aggregator, &package, &mut |_| {})?;
+        println!("  site {site}: built flu from {} resources and uploaded it (veil upload)", built.resources);
+    }
+    let key = ledger.add_api_key("demo")?;
+    let chart = |stratifier: &str| -> Result<Json> {
+        let id = format!("flu__count_vaccinated__{}", veil_aggregator::version_key(study.data_package_version.into()));
+        Ok(reqwest::blocking::Client::new().get(format!("{base}/data-packages/{id}/chart?column=year{stratifier}")).header("x-api-key", &key).send()?.error_for_status()?.json()?)
+    };
+    let (combined, by_site) = (chart("")?, chart("&stratifier=site")?);
+    let _ = tx.send(());
+    let _ = runtime.block_on(server);
+    let mut parts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for series in by_site["data"].as_array().into_iter().flatten() {
+        for row in series["rows"].as_array().into_iter().flatten() {
+            parts.entry(row[0].as_str().unwrap_or_default().to_string()).or_default().push(format!("{} {}", series["stratifier"].as_str().unwrap_or_default(), row[1]));
+        }
+    }
+    println!("The combined trend, from the aggregator's chart API (vaccinated patients by year; per site):");
+    for row in combined["data"][0]["rows"].as_array().into_iter().flatten() {
+        let year = row[0].as_str().unwrap_or_default();
+        println!("  {year}: {} ({})", row[1], parts.get(year).map(|p| p.join(" + ")).unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// Writes `export`'s NDJSON into one folder per site, each patient (and what
+/// refers to it) in one site only, patients dealt out in turn by id.
+fn split_by_patient(export: &std::path::Path, out: &std::path::Path, sites: &[&str]) -> Result<Vec<PathBuf>> {
+    use std::io::{BufRead as _, Write as _};
+
+    let files = crate::input::ndjson_files(export)?;
+    let mut patients: Vec<String> = Vec::new();
+    let mut lines: Vec<(String, String, String)> = Vec::new();
+    for file in &files {
+        let name = file.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        for line in std::io::BufReader::new(std::fs::File::open(file)?).lines() {
+            let line = line?;
+            let doc: Json = serde_json::from_str(&line)?;
+            let patient = if doc["resourceType"] == "Patient" {
+                let id = doc["id"].as_str().unwrap_or_default().to_string();
+                patients.push(id.clone());
+                id
+            } else {
+                doc["patient"]["reference"].as_str().unwrap_or_default().trim_start_matches("Patient/").to_string()
+            };
+            lines.push((name.clone(), patient, line));
+        }
+    }
+    patients.sort();
+    let site_of: BTreeMap<&str, usize> = patients.iter().enumerate().map(|(i, p)| (p.as_str(), i % sites.len())).collect();
+    let dirs: Vec<PathBuf> = sites.iter().map(|s| out.join(s)).collect();
+    let mut writers: BTreeMap<(usize, String), std::io::BufWriter<std::fs::File>> = BTreeMap::new();
+    for (name, patient, line) in &lines {
+        let Some(&site) = site_of.get(patient.as_str()) else { continue };
+        let key = (site, name.clone());
+        if !writers.contains_key(&key) {
+            std::fs::create_dir_all(&dirs[site])?;
+            writers.insert(key.clone(), std::io::BufWriter::new(std::fs::File::create(dirs[site].join(name))?));
+        }
+        writeln!(writers.get_mut(&key).expect("inserted"), "{line}")?;
+    }
+    for (_, mut w) in writers {
+        w.flush()?;
+    }
+    Ok(dirs)
 }
 
 fn ms(d: Duration) -> String {

@@ -135,6 +135,19 @@ fn demo_runs_on_the_bundled_sample() {
     let counts: Vec<u64> = cube.lines().skip(1).map(|l| l.split(',').next().unwrap().parse().unwrap()).collect();
     assert!(counts.len() > 20 && counts.iter().all(|&n| n >= 10), "{cube}");
     assert!(dir.join("data_export/flu/flu.zip").is_file());
+    // Then two sites, each with half the patients, upload to an aggregator
+    // whose chart API returns the combined trend: each year the sum of the
+    // sites' counts.
+    let resources: u64 = stdout.lines().filter_map(|l| l.strip_prefix("  site ")).map(|l| l.split(' ').nth(4).unwrap().parse::<u64>().unwrap()).sum();
+    assert_eq!(resources, 1387, "{stdout}");
+    let trend = stdout.split("The combined trend").nth(1).expect("the trend");
+    let years: Vec<&str> = trend.lines().skip(1).take_while(|l| l.starts_with("  ")).collect();
+    assert!(years.len() >= 5, "{stdout}");
+    for line in years {
+        let (total, parts) = line.split_once(": ").unwrap().1.split_once(" (").unwrap();
+        let sum: u64 = parts.trim_end_matches(')').split(" + ").map(|p| p.split(' ').nth(1).unwrap().parse::<u64>().unwrap()).sum();
+        assert_eq!(total.parse::<u64>().unwrap(), sum, "{line}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
