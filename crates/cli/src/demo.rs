@@ -343,7 +343,7 @@ fn two_sites(study: &veil_study::Study, export: &std::path::Path, out: &std::pat
     let server = runtime.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(async move { drop(rx.await) }).await });
     println!("veil aggregator is listening on {base} (database {})", dir.join("aggregator.db").display());
     for (site, half) in SITES.iter().zip(&halves) {
-        let secret = ledger.add_site(site, site, site, &[study.prefix.clone()])?.expect("a new database");
+        let secret = ledger.add_site(site, site, site, std::slice::from_ref(&study.prefix))?.expect("a new database");
         let built = crate::study::build_from(study, &crate::input::ndjson_files(half)?)?;
         let data_path = half.join("data_export");
         veil_study::export(&built, &data_path)?;
