@@ -147,6 +147,12 @@ class ThreeSites(unittest.TestCase):
                              env=env, capture_output=True, text=True)
         self.assertNotEqual(run.returncode, 0)
         self.assertIn("refused the credentials (401)", run.stderr)
+        other = veil("aggregator", "site", "add", "site_d", "--studies", "covid", "--db", self.db).stdout.strip()
+        env = dict(os.environ, CUMULUS_AGGREGATOR_USER="site_d", CUMULUS_AGGREGATOR_ID=other)
+        run = subprocess.run([VEIL, "upload", "flu", "--url", self.url + "/", "--data-path", self.data_paths["site_a"]],
+                             env=env, capture_output=True, text=True)
+        self.assertNotEqual(run.returncode, 0)
+        self.assertIn("not this upload (403): site site_d may not upload the study flu", run.stderr)
         with self.assertRaises(urllib.error.HTTPError) as refused:
             self.get("/data-packages", key="not-a-key")
         self.assertEqual(refused.exception.code, 401)
@@ -155,7 +161,7 @@ class ThreeSites(unittest.TestCase):
         log = self.log.read()
         self.assertIn("POST /{network} 200 site=site_c", log)  # route patterns, never paths or credentials
         self.assertIn("upload accepted site=site_c study=flu", log)
-        for secret in [*self.secrets.values(), self.key, self.key.split(".")[1]]:
+        for secret in [*self.secrets.values(), other, self.key, self.key.split(".")[1]]:
             self.assertNotIn(secret, log)
 
 

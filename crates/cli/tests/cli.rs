@@ -699,3 +699,42 @@ fn the_flu_preset_export_loses_nothing_the_study_reads() {
     assert!(built[0][0]["rows"].as_array().unwrap().len() > 20, "a real cube");
     assert_eq!(built[0], built[1]);
 }
+
+#[test]
+fn aggregator_sites_and_keys_are_managed_from_the_cli() {
+    let t = TempDir::new("aggregator-admin");
+    let db = t.0.join("aggregator.db");
+    let db = db.to_str().unwrap();
+    let add = veil(&["aggregator", "site", "add", "bch", "--user", "bch-uploader", "--studies", "flu,core", "--db", db], None);
+    assert!(add.status.success(), "{}", text(&add.stderr));
+    let secret = text(&add.stdout).trim().to_string();
+    assert_eq!(secret.len(), 43, "one secret on stdout");
+    assert!(text(&add.stderr).contains("may upload flu, core"));
+    let again = veil(&["aggregator", "site", "add", "bch", "--db", db], None);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(text(&again.stderr).contains("exists already"));
+    for bad in ["BCH", "../x", "a b"] {
+        let out = veil(&["aggregator", "site", "add", bad, "--db", db], None);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+    }
+    let rotated = veil(&["aggregator", "site", "rotate", "bch", "--db", db], None);
+    let new_secret = text(&rotated.stdout).trim().to_string();
+    assert!(rotated.status.success() && new_secret.len() == 43 && new_secret != secret);
+    let list = veil(&["aggregator", "site", "list", "--db", db], None);
+    let listed = text(&list.stdout);
+    assert!(listed.starts_with("bch\tuser bch-uploader\tstudies flu,core") && listed.contains("rotated"), "{listed}");
+    assert!(!listed.contains(&secret) && !listed.contains(&new_secret), "never a secret");
+
+    let key = text(&veil(&["aggregator", "key", "add", "--name", "dashboard", "--db", db], None).stdout).trim().to_string();
+    let (id, key_secret) = key.split_once('.').unwrap();
+    let keys = text(&veil(&["aggregator", "key", "list", "--db", db], None).stdout);
+    assert!(keys.starts_with(&format!("{id}\tdashboard")) && !keys.contains(key_secret), "{keys}");
+    assert!(veil(&["aggregator", "key", "remove", id, "--db", db], None).status.success());
+    assert_eq!(veil(&["aggregator", "key", "remove", id, "--db", db], None).status.code(), Some(2));
+
+    assert!(veil(&["aggregator", "site", "remove", "bch", "--purge", "--db", db], None).status.success());
+    assert_eq!(text(&veil(&["aggregator", "site", "list", "--db", db], None).stdout), "");
+    assert_eq!(veil(&["aggregator", "site", "rotate", "bch", "--db", db], None).status.code(), Some(2));
+    let serve = veil(&["aggregator", "serve", "--db", db, "--network", "upload"], None);
+    assert_eq!(serve.status.code(), Some(2), "a network may not shadow a route");
+}

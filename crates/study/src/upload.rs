@@ -145,9 +145,15 @@ pub fn upload(aggregator: &Aggregator, package: &Package, progress: &mut dyn FnM
     let text = response.text().unwrap_or_default();
     match status {
         200 => {}
-        401 | 403 => {
+        401 => {
             return Err(UploadError::Aggregator(format!(
                 "the aggregator refused the credentials ({status}): check CUMULUS_AGGREGATOR_USER and CUMULUS_AGGREGATOR_ID, and that {endpoint} is your network's URL"
+            )));
+        }
+        403 => {
+            return Err(UploadError::Aggregator(format!(
+                "the aggregator accepted the credentials but not this upload (403): {}; ask its operators for permission",
+                first_line(&text)
             )));
         }
         412 => {
@@ -207,7 +213,10 @@ fn with_retries(
     unreachable!("the last attempt returns")
 }
 
+/// The first line of an answer, at most 200 characters; a JSON string
+/// (as aggregators send messages) without its quotes.
 fn first_line(text: &str) -> String {
+    let text = serde_json::from_str::<String>(text).unwrap_or_else(|_| text.to_string());
     text.lines().next().unwrap_or("").chars().take(200).collect()
 }
 
