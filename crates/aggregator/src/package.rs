@@ -363,12 +363,14 @@ fn date(days: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// Cubes need a whole-number `cnt` with no cell under `min_cell`: the
-/// aggregator re-checks what each site should have suppressed, because a
-/// merged cell is only as safe as the cells summed into it.
+/// Every table needs a whole-number `cnt` with no cell under `min_cell`:
+/// the aggregator re-checks what each site should have suppressed, because
+/// a merged cell is only as safe as the cells summed into it, and a flat
+/// table (served per site) is only as safe as its own cells. A table
+/// without counts could hold rows about patients, so it is refused.
 fn check_counts(table: &Table, shown: &str, min_cell: u64) -> Result<(), Refusal> {
     let Some(cnt) = table.position("cnt") else {
-        return if table.kind.merged() { refuse(format!("{shown} has no cnt column")) } else { Ok(()) };
+        return refuse(format!("{shown} has no cnt column: the aggregator takes counts only"));
     };
     if table.columns[cnt].column_type != ColumnType::Integer {
         return refuse(format!("{shown}: cnt must be a whole number"));

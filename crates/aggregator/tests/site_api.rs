@@ -321,3 +321,26 @@ fn a_broken_upload_leaves_nothing_and_frees_the_lock() {
     assert_eq!(agg.upload(&a, 1, package(1, &[(40, None)])).status(), 204, "the lock was freed: the site can upload again at once");
     assert_eq!(agg.get("/data-packages/flu__count_sex__001")["total"], 40);
 }
+
+#[test]
+fn flat_tables_are_kept_per_site_and_need_counts_too() {
+    let agg = start("flat", Limits::default());
+    let a = agg.site("site_a", &[]);
+    let flat = |rows: &[(i64, &str)]| parquet(&[("cnt", ColumnType::BigInt), ("code", ColumnType::Text)], &rows.iter().map(|(n, c)| vec![json!(n), json!(c)]).collect::<Vec<_>>());
+    let mut members = vec![("flu__count_sex.cube.parquet".to_string(), cube(&[(30, None)])), ("flu__codes.flat.parquet".to_string(), flat(&[(12, "x"), (15, "y")]))];
+    members.extend(meta(1));
+    assert_eq!(agg.upload(&a, 1, zip(&members)).status(), 204);
+    let entry = agg.get("/data-packages/flu__codes__site_a__001");
+    assert_eq!((entry["type"].as_str(), entry["site"].as_str()), (Some("flat"), Some("site_a")));
+    assert_eq!(agg.get("/data-packages/flu__codes__site_a__001/download")["rows"], json!([[12, "x"], [15, "y"]]));
+    let r = agg.http.get(format!("{}/data-packages/flu__codes__site_a__001/chart?column=code", agg.url)).header("x-api-key", &agg.key).send().unwrap();
+    assert_eq!(r.status(), 404, "flat tables are not charted across sites");
+
+    // A table without counts could be rows about patients.
+    let rows = parquet(&[("patient", ColumnType::Text)], &[vec![json!("p1")]]);
+    let mut members = vec![("flu__patients.flat.parquet".to_string(), rows)];
+    members.extend(meta(1));
+    let r = agg.upload(&a, 1, zip(&members));
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("counts only"));
+}
