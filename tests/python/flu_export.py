@@ -1,14 +1,17 @@
 """The `flu` data package made once per test run, shared by the test modules:
 the Synthea sample as NDJSON, de-identified by `veil deid` with the policy
 `veil export-preset flu --policy` writes, then `veil study build` and
-`veil study export`."""
+`veil study export`; and the helpers the test modules share for running
+`veil`."""
 import atexit
 import functools
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from types import SimpleNamespace
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -17,6 +20,22 @@ VEIL = os.environ.get("VEIL", os.path.join(ROOT, "target", "debug", "veil"))
 
 def veil(*args, **kw):
     return subprocess.run([VEIL, *args], check=True, capture_output=True, text=True, **kw)
+
+
+def listen(*args, log):
+    """Starts `veil ARGS --listen 127.0.0.1:PORT` on a free port, its stderr
+    to `log`; (the process, its base URL) once it accepts connections."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([VEIL, *args, "--listen", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=log)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return process, f"http://127.0.0.1:{port}"
 
 
 @functools.cache

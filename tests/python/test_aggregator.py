@@ -13,28 +13,19 @@ import collections
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 import urllib.error
 import urllib.request
 
 import pyarrow.parquet as pq
 
-import flu_export
-from flu_export import ROOT, VEIL, veil
+from flu_export import ROOT, VEIL, listen, veil
 
 SITES = ["site_a", "site_b", "site_c"]
 MIN_CELL = 10
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ThreeSites(unittest.TestCase):
@@ -54,18 +45,9 @@ class ThreeSites(unittest.TestCase):
         cls.secrets = {s: veil("aggregator", "site", "add", s, "--user", f"{s}-uploader", "--studies", "flu",
                                "--db", cls.db).stdout.strip() for s in SITES}
         cls.key = veil("aggregator", "key", "add", "--name", "tests", "--db", cls.db).stdout.strip()
-        port = free_port()
-        cls.url = f"http://127.0.0.1:{port}"
         cls.log = open(os.path.join(cls.tmp, "serve.log"), "w+")
-        cls.server = subprocess.Popen([VEIL, "aggregator", "serve", "--db", cls.db, "--dir", os.path.join(cls.tmp, "archive"),
-                                       "--listen", f"127.0.0.1:{port}", "--network", "flu-net", "--min-cell", str(MIN_CELL)],
-                                      stderr=cls.log)
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        cls.server, cls.url = listen("aggregator", "serve", "--db", cls.db, "--dir", os.path.join(cls.tmp, "archive"),
+                                     "--network", "flu-net", "--min-cell", str(MIN_CELL), log=cls.log)
 
     @classmethod
     def tearDownClass(cls):

@@ -6,8 +6,6 @@ that none of the tokens, assertions or keys reaches the server's log."""
 import json
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
 import time
 import unittest
@@ -21,16 +19,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from flu_export import VEIL, veil
+from flu_export import listen, veil
 
 CLIENT_ID = "python-client"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def public_jwk(private_key, kid):
@@ -83,20 +75,10 @@ class SmartInterop(unittest.TestCase):
             json.dump(jwks, f)
         veil("client", "add", "--db", cls.db, "--name", "Python", "--jwks", jwks_file, "--scope", "system/*.read", "--id", CLIENT_ID)
 
-        port = free_port()
-        cls.base = f"http://127.0.0.1:{port}"
-        cls.token_url = f"{cls.base}/auth/token"
         cls.log_path = os.path.join(cls.tmp, "serve.log")
         cls.log = open(cls.log_path, "w")
-        cls.server = subprocess.Popen(
-            [VEIL, "serve", "--db", cls.db, "--storage", os.path.join(cls.tmp, "storage"), "--listen", f"127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL, stderr=cls.log)
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        cls.server, cls.base = listen("serve", "--db", cls.db, "--storage", os.path.join(cls.tmp, "storage"), log=cls.log)
+        cls.token_url = f"{cls.base}/auth/token"
 
     @classmethod
     def tearDownClass(cls):

@@ -284,6 +284,7 @@ pub fn chart(aggregate: &Aggregate, query: &ChartQuery) -> Result<Json, BadReque
     }
     let all_of: Vec<Vec<Filter>> = query.filters.iter().map(|f| parse_any(f, aggregate)).collect::<Result<_, _>>()?;
     let filtered: Vec<usize> = all_of.iter().flatten().map(|f| f.column).collect();
+    // merge() puts cnt first; flat tables (laid out as sent) are not charted.
     let cnt = 0;
     // The rollup rows: every column not charted, stratified or filtered is
     // NULL ("all values"). A filter on another column sums over its rows.

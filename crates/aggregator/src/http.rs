@@ -218,7 +218,7 @@ async fn handshake(State(st): Shared, headers: HeaderMap, body: axum::body::Byte
         expires: now_secs() + POLICY_SECS,
     };
     let encoded = veil_fhir::base64::encode(serde_json::to_string(&policy).expect("a policy serialises").as_bytes(), veil_fhir::base64::STANDARD);
-    let signature = secrets::hex(&secrets::mac(&st.signing_key, encoded.as_bytes()));
+    let signature = veil_fhir::hex::encode(&secrets::mac(&st.signing_key, encoded.as_bytes()));
     let url = format!("{}/upload", st.config.base_url.trim_end_matches('/'));
     let mut response = axum::Json(json!({"url": url, "fields": {"key": policy.key, "policy": encoded, "signature": signature}})).into_response();
     response.headers_mut().insert("transaction-id", HeaderValue::from_str(&transaction).expect("hex is a header value"));
@@ -301,7 +301,7 @@ async fn upload(State(st): Shared, mut form: Multipart) -> Response {
     match outcome {
         Ok(Ok(Ok(outcome))) => {
             let mut r = StatusCode::NO_CONTENT.into_response();
-            r.headers_mut().insert("x-veil-outcome", HeaderValue::from_static(if outcome == Outcome::Unchanged { "unchanged" } else { "accepted" }));
+            r.headers_mut().insert("x-veil-outcome", HeaderValue::from_static(outcome.as_str()));
             with_who(r, &who)
         }
         Ok(Ok(Err(refusal))) => with_who(message(StatusCode::BAD_REQUEST, refusal.0), &who),
@@ -326,7 +326,7 @@ fn ingest(st: &AppState, p: &Policy, zip: &[u8]) -> Result<Result<Outcome, packa
     if !ledger.lock_is(&p.site, &p.study, &p.transaction, now_secs()).map_err(|_| UploadFailure::Internal)? {
         return Err(UploadFailure::Busy);
     }
-    let sha256 = secrets::hex(&sha2::Sha256::digest(zip));
+    let sha256 = veil_fhir::hex::encode(&sha2::Sha256::digest(zip));
     let arrival = Arrival { id: &p.transaction, site: &p.site, study: &p.study, version: p.version, sha256: &sha256, bytes: zip.len() as i64 };
     let result = match package::read(zip, &p.study, p.version, st.config.min_cell, &st.config.limits) {
         Err(refusal) => {
@@ -348,7 +348,7 @@ fn ingest(st: &AppState, p: &Policy, zip: &[u8]) -> Result<Result<Outcome, packa
     let _ = ledger.unlock(&p.site, &p.study, &p.transaction);
     if st.config.access_log {
         let (outcome, why) = match &result {
-            Ok(Ok(o)) => (if *o == Outcome::Unchanged { "unchanged" } else { "accepted" }, String::new()),
+            Ok(Ok(o)) => (o.as_str(), String::new()),
             Ok(Err(r)) => ("refused", format!(": {r}")),
             Err(_) => ("failed", String::new()),
         };
@@ -474,7 +474,7 @@ async fn chart_data(State(st): Shared, Path(id): Path<String>, RawQuery(query): 
     };
     // The answer changes only when the package does: an ETag lets the
     // dashboard cache it, as Cumulus advises.
-    let etag = format!("\"{}\"", secrets::hex(&sha2::Sha256::digest(format!("{}\n{}\n{:?}", found.id, found.updated, query).as_bytes())[..16]));
+    let etag = format!("\"{}\"", veil_fhir::hex::encode(&sha2::Sha256::digest(format!("{}\n{}\n{:?}", found.id, found.updated, query).as_bytes())[..16]));
     if headers.get(header::IF_NONE_MATCH).and_then(|h| h.to_str().ok()) == Some(etag.as_str()) {
         return StatusCode::NOT_MODIFIED.into_response();
     }

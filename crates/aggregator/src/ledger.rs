@@ -103,7 +103,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn as_str(self) -> &'static str {
+    /// accepted, unchanged or refused, as recorded.
+    pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Accepted => "accepted",
             Outcome::Unchanged => "unchanged",
@@ -267,7 +268,7 @@ impl Ledger {
 
     /// Makes an API key for the query API; returns the key (`<id>.<secret>`).
     pub fn add_api_key(&self, name: &str) -> Result<String> {
-        let id = secrets::hex(&secrets::random(6));
+        let id = veil_fhir::hex::encode(&secrets::random(6));
         let secret = secrets::new_secret();
         let salt = secrets::random(16);
         let digest = secrets::mac(&salt, secret.as_bytes());
@@ -316,7 +317,7 @@ impl Ledger {
         let id = match held {
             Some((id, expires)) if expires > now && transaction != Some(id.as_str()) => return Ok(Err(())),
             Some((id, expires)) if expires > now => id,
-            _ => secrets::hex(&secrets::random(16)),
+            _ => veil_fhir::hex::encode(&secrets::random(16)),
         };
         tx.execute(
             "INSERT INTO locks (site, study, id, expires) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (site, study) DO UPDATE SET id = ?3, expires = ?4",

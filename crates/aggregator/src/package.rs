@@ -223,7 +223,7 @@ pub fn read(zip: &[u8], study: &str, version: i64, min_cell: u64, limits: &Limit
                 package.manifest = Some(text);
             }
             Some((package_name, kind)) => {
-                let table = read_parquet(&bytes, &shown, package_name, kind)?;
+                let table = read_parquet(bytes, &shown, package_name, kind)?;
                 if kind == Kind::Meta {
                     match package_name {
                         "meta_version" => seen_version = Some(meta_version(&table, &shown)?),
@@ -294,9 +294,9 @@ pub fn is_identifier(name: &str) -> bool {
     name.len() <= 100 && name.starts_with(|c: char| c.is_ascii_lowercase()) && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-fn read_parquet(bytes: &[u8], shown: &str, package: &str, kind: Kind) -> Result<Table, Refusal> {
+fn read_parquet(bytes: Vec<u8>, shown: &str, package: &str, kind: Kind) -> Result<Table, Refusal> {
     let unreadable = |e: &dyn std::fmt::Display| Refusal(format!("{shown} is not a readable Parquet file: {e}"));
-    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::copy_from_slice(bytes)).map_err(|e| unreadable(&e))?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).map_err(|e| unreadable(&e))?;
     let schema = builder.schema().clone();
     let mut columns = Vec::new();
     for field in schema.fields() {

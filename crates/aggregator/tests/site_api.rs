@@ -111,12 +111,16 @@ impl Aggregator {
     }
 
     fn post_form(&self, presigned: &Json, zip: Vec<u8>) -> Response {
+        self.try_post_form(&self.http, presigned, zip).unwrap()
+    }
+
+    fn try_post_form(&self, http: &Client, presigned: &Json, zip: Vec<u8>) -> reqwest::Result<Response> {
         let mut form = multipart::Form::new();
         for (k, v) in presigned["fields"].as_object().unwrap() {
             form = form.text(k.clone(), v.as_str().unwrap().to_string());
         }
         form = form.part("file", multipart::Part::bytes(zip).file_name("flu.zip"));
-        self.http.post(presigned["url"].as_str().unwrap()).multipart(form).send().unwrap()
+        http.post(presigned["url"].as_str().unwrap()).multipart(form).send()
     }
 
     fn get(&self, path: &str) -> Json {
@@ -228,18 +232,25 @@ fn one_site_cannot_write_as_another() {
     let b = agg.site("site_b", &[]);
     assert_eq!(agg.upload(&a, 1, package(1, &[(30, None)])).status(), 204);
     let r = agg.handshake("/", &b, json!({"study": "flu", "data_package_version": 1, "filename": "b.zip"}), None);
-    let mut presigned: Json = r.json().unwrap();
+    let presigned: Json = r.json().unwrap();
     // site_b rewrites its signed policy to name site_a.
-    let policy = presigned["fields"]["policy"].as_str().unwrap().to_string();
-    let mut decoded: Json = serde_json::from_slice(&veil_fhir::base64::decode(&policy, veil_fhir::base64::STANDARD).unwrap()).unwrap();
+    let mut forged = presigned.clone();
+    let policy = presigned["fields"]["policy"].as_str().unwrap();
+    let mut decoded: Json = serde_json::from_slice(&veil_fhir::base64::decode(policy, veil_fhir::base64::STANDARD).unwrap()).unwrap();
     decoded["site"] = json!("site_a");
-    presigned["fields"]["policy"] = json!(veil_fhir::base64::encode(decoded.to_string().as_bytes(), veil_fhir::base64::STANDARD));
-    let r = agg.post_form(&presigned, package(1, &[(99, None)]));
+    forged["fields"]["policy"] = json!(veil_fhir::base64::encode(decoded.to_string().as_bytes(), veil_fhir::base64::STANDARD));
+    let r = agg.post_form(&forged, package(1, &[(99, None)]));
     assert_eq!(r.status(), 403);
     assert!(r.text().unwrap().contains("signature"));
     // Nor may it move the key its policy signs.
+    let mut moved = presigned.clone();
+    moved["fields"]["key"] = json!("upload_staging/flu/site_a/001/b.zip");
+    let r = agg.post_form(&moved, package(1, &[(99, None)]));
+    assert_eq!(r.status(), 403);
+    assert!(r.text().unwrap().contains("key is not the one its policy signs"));
+    // Refusals before the policy is trusted leave site_b's lock in place.
     let r = agg.handshake("/", &b, json!({"study": "flu", "data_package_version": 1, "filename": "b.zip"}), Some("-"));
-    assert_eq!(r.status(), 412, "site_b's first transaction still holds the lock");
+    assert_eq!(r.status(), 412);
     assert_eq!(agg.get("/data-packages/flu__count_sex__001")["total"], 30, "site_a's data is untouched");
 }
 
@@ -286,12 +297,18 @@ fn malformed_and_hostile_zips_are_refused_with_a_message() {
         assert_eq!(status, 400, "{what}: {text}");
         assert!(text.contains(expected), "{what}: {text}");
     }
-    let r = agg.upload(&b, 1, vec![0; 3 << 20]);
-    assert_eq!(r.status(), 413, "over the size cap");
+    // Over the size cap the server answers 413 and stops reading; a client
+    // still sending may see the connection close before it reads the
+    // answer. On its own connections, so that no other request reuses one.
+    let r = agg.handshake("/", &b, json!({"study": "flu", "data_package_version": 1, "filename": "b.zip"}), None);
+    match agg.try_post_form(&Client::new(), &r.json().unwrap(), vec![0; 3 << 20]) {
+        Ok(r) => assert_eq!(r.status(), 413, "over the size cap"),
+        Err(e) => assert!(e.is_body() || e.is_request(), "{e}"),
+    }
     assert_eq!(agg.get("/data-packages/flu__count_sex__001")["total"], 30, "nothing refused became visible");
     let refused = agg.ledger.uploads(100).unwrap().iter().filter(|u| u.outcome == "refused").count();
     assert_eq!(refused, 15, "each refusal recorded");
-    assert_eq!(agg.upload(&b, 1, package(1, &[(12, None)])).status(), 204, "and the site can still upload");
+    assert_eq!(agg.upload(&b, 1, package(1, &[(12, None)])).status(), 204, "every refusal freed the lock: the site can upload at once");
 }
 
 #[test]

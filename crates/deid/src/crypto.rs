@@ -26,7 +26,7 @@ impl Hasher {
         }
         let mut mac = self.0.clone();
         mac.update(value.as_bytes());
-        hex(&mac.finalize().into_bytes())
+        veil_fhir::hex::encode(&mac.finalize().into_bytes())
     }
 }
 
@@ -34,15 +34,6 @@ impl Hasher {
 #[cfg(test)]
 pub(crate) fn hash(key: &[u8], value: &str) -> String {
     Hasher::new(key).hash(value)
-}
-
-fn hex(digest: &[u8]) -> String {
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push(char::from_digit((b >> 4) as u32, 16).expect("nibble"));
-        out.push(char::from_digit((b & 15) as u32, 16).expect("nibble"));
-    }
-    out
 }
 
 /// AES-CBC with PKCS7 padding and a fresh random IV; base64 of `IV || ciphertext` (§5.4).

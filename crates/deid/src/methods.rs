@@ -30,7 +30,7 @@ pub(crate) struct Keys {
 pub(crate) fn random_key() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the operating system's random source");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    veil_fhir::hex::encode(&bytes)
 }
 
 impl Keys {

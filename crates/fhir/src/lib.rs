@@ -32,6 +32,7 @@
 
 pub mod base64;
 pub mod calendar;
+pub mod hex;
 mod model;
 mod r4;
 

@@ -39,7 +39,7 @@ impl Auth {
         let secret = store.secret(SECRET_NAME, &mut || {
             let mut bytes = [0u8; 32];
             getrandom::fill(&mut bytes).expect("the operating system's random source");
-            bytes.iter().map(|b| format!("{b:02x}")).collect()
+            veil_fhir::hex::encode(&bytes)
         })?;
         Ok(Auth { secret: secret.into_bytes(), token_lifetime: veil_smart::MAX_LIFETIME_SECS, jwks: JwksCache::new() })
     }

@@ -141,7 +141,7 @@ impl Storage {
 /// (what `sha256sum` prints), so a caller can pin the version it reviewed.
 pub fn etag(content: &str) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(content.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    veil_fhir::hex::encode(&sha2::Sha256::digest(content.as_bytes()))
 }
 
 /// Container and file names: no path separators, no dot-dot.
