@@ -52,3 +52,19 @@ def build():
     data_path = os.path.join(t, "data_export")
     veil("study", "export", "flu", "--build-dir", os.path.join(t, "build"), "--data-path", data_path)
     return SimpleNamespace(deid=deid, data_path=data_path, folder=os.path.join(data_path, "flu"))
+
+
+def flu_sites(tmp, sites):
+    """One `flu` data package per site, each from the K-th of len(sites)
+    disjoint sets of the sample's patients (`bench/synthea-ndjson.py --part`);
+    {site: its data path}."""
+    data_paths = {}
+    for k, site in enumerate(sites, start=1):
+        raw = os.path.join(tmp, site, "raw")
+        subprocess.run([sys.executable, os.path.join(ROOT, "bench", "synthea-ndjson.py"), raw,
+                        "--part", f"{k}/{len(sites)}", "--types", "Patient,Immunization"], check=True)
+        build = os.path.join(tmp, site, "build")
+        veil("study", "build", "flu", "--input", raw, "--build-dir", build)
+        data_paths[site] = os.path.join(tmp, site, "data_export")
+        veil("study", "export", "flu", "--build-dir", build, "--data-path", data_paths[site])
+    return data_paths

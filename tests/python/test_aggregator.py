@@ -22,7 +22,7 @@ import urllib.request
 
 import pyarrow.parquet as pq
 
-from flu_export import ROOT, VEIL, listen, veil
+from flu_export import VEIL, flu_sites, listen, veil
 
 SITES = ["site_a", "site_b", "site_c"]
 MIN_CELL = 10
@@ -32,15 +32,7 @@ class ThreeSites(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="veil-aggregator-tests-")
-        cls.data_paths = {}
-        for k, site in enumerate(SITES, start=1):
-            raw = os.path.join(cls.tmp, site, "raw")
-            subprocess.run([sys.executable, os.path.join(ROOT, "bench", "synthea-ndjson.py"), raw,
-                            "--part", f"{k}/3", "--types", "Patient,Immunization"], check=True)
-            build = os.path.join(cls.tmp, site, "build")
-            veil("study", "build", "flu", "--input", raw, "--build-dir", build)
-            cls.data_paths[site] = os.path.join(cls.tmp, site, "data_export")
-            veil("study", "export", "flu", "--build-dir", build, "--data-path", cls.data_paths[site])
+        cls.data_paths = flu_sites(cls.tmp, SITES)
         cls.db = os.path.join(cls.tmp, "aggregator.db")
         cls.secrets = {s: veil("aggregator", "site", "add", s, "--user", f"{s}-uploader", "--studies", "flu",
                                "--db", cls.db).stdout.strip() for s in SITES}

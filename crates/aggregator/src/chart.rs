@@ -296,9 +296,14 @@ pub fn chart(aggregate: &Aggregate, query: &ChartQuery) -> Result<Json, BadReque
     let count = |row: &Vec<Json>| row[cnt].as_i64().unwrap_or(0);
 
     let shown: Vec<usize> = strat.into_iter().chain([x]).collect();
+    let lower_bound = lower_bounds(aggregate, free);
     let mut series: BTreeMap<String, (Json, Sums)> = BTreeMap::new();
+    let mut partial: BTreeMap<(String, String), (Json, Json)> = BTreeMap::new();
     for row in aggregate.rows.iter().filter(|r| selected(r, &shown)) {
         let s = strat.map_or(Json::Null, |i| row[i].clone());
+        if lower_bound(row) {
+            partial.insert((s.to_string(), row[x].to_string()), (s.clone(), row[x].clone()));
+        }
         let entry = series.entry(s.to_string()).or_insert_with(|| (s, BTreeMap::new()));
         entry.1.entry(row[x].to_string()).or_insert_with(|| (row[x].clone(), 0)).1 += count(row);
     }
@@ -322,6 +327,9 @@ pub fn chart(aggregate: &Aggregate, query: &ChartQuery) -> Result<Json, BadReque
         "rowCount": row_count,
         "totalCount": total,
         "data": data,
+        // Veil's addition to Cumulus' shape: the cells that sum fewer sites
+        // than sent the package (a site suppressed them), so lower bounds.
+        "partial": partial.into_values().map(|(s, v)| if strat.is_some() { json!({"stratifier": s, "value": v}) } else { json!({"value": v}) }).collect::<Vec<_>>(),
     });
     if let Some(s) = strat {
         // Each stratum's own total, from its rollup row (the charted column
@@ -336,6 +344,25 @@ pub fn chart(aggregate: &Aggregate, query: &ChartQuery) -> Result<Json, BadReque
         response["counts"] = Json::Object(counts);
     }
     Ok(response)
+}
+
+/// Whether a row summed over sites (its `site` NULL, and `site` not charted,
+/// stratified or filtered) lacks some site that sent the package: that site
+/// had the cell under the minimum and left it out.
+fn lower_bounds(aggregate: &Aggregate, free: impl Fn(usize) -> bool) -> impl Fn(&[Json]) -> bool {
+    let site = aggregate.columns.iter().position(|c| c.name == "site").filter(|&i| free(i));
+    let strata_key = move |row: &[Json], site: usize| -> String {
+        row.iter().enumerate().skip(1).filter(|&(i, _)| i != site).map(|(_, v)| v.to_string()).collect::<Vec<_>>().join("\u{1f}")
+    };
+    let mut reporting: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut sites = std::collections::BTreeSet::new();
+    if let Some(site) = site {
+        for row in aggregate.rows.iter().filter(|r| !r[site].is_null()) {
+            sites.insert(row[site].to_string());
+            *reporting.entry(strata_key(row, site)).or_default() += 1;
+        }
+    }
+    move |row: &[Json]| site.is_some_and(|site| row[site].is_null() && reporting.get(&strata_key(row, site)).copied().unwrap_or(0) < sites.len())
 }
 
 /// The columns as `/data-packages` reports them:
@@ -399,6 +426,18 @@ mod tests {
 
     fn query(column: &str, stratifier: Option<&str>, filters: &[&str]) -> ChartQuery {
         ChartQuery { column: column.into(), stratifier: stratifier.map(Into::into), filters: filters.iter().map(|f| f.to_string()).collect() }
+    }
+
+    #[test]
+    fn cells_a_site_left_out_are_lower_bounds() {
+        let mut agg = aggregate();
+        assert_eq!(chart(&agg, &query("year", None, &[])).unwrap()["partial"], json!([]), "both sites sent both years");
+        // Site b suppressed 2021: the sum over sites is a lower bound there.
+        agg.rows.retain(|r| !(r[1] == json!("2021") && r[3] == json!("b")));
+        assert_eq!(chart(&agg, &query("year", None, &[])).unwrap()["partial"], json!([{"value": "2021"}]));
+        // Per site, every number is the site's own.
+        assert_eq!(chart(&agg, &query("year", Some("site"), &[])).unwrap()["partial"], json!([]));
+        assert_eq!(chart(&agg, &query("year", None, &["site:strEq:a"])).unwrap()["partial"], json!([]));
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //!   merged before the answer: 204 when kept, 400 with the reason when not.
 //! * `GET /data-packages[/{id}[/chart]]`, `/metadata/…`, `/study-periods/…`,
 //!   `/studies[/{study}]`, `/uploads`: the query API, with an `x-api-key`.
+//! * `GET /dashboard` (and `GET /`, which sends a browser there): the web
+//!   dashboard ([`crate::dashboard`]), which reads only the query API.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -78,7 +80,8 @@ pub fn router(config: Config) -> Result<Router, crate::ledger::LedgerError> {
         .route("/uploads", get(uploads))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_api_key));
     Ok(Router::new()
-        .route("/", post(handshake_root))
+        .route("/", post(handshake_root).get(crate::dashboard::to_dashboard))
+        .merge(crate::dashboard::routes())
         .route("/{network}", post(handshake_network))
         .route("/upload", post(upload).layer(DefaultBodyLimit::max(upload_cap)))
         .merge(query)
@@ -386,7 +389,9 @@ async fn require_api_key(State(st): Shared, request: Request, next: Next) -> Res
     }
 }
 
-fn package_entry(p: &crate::ledger::DataPackage) -> Json {
+/// Cumulus' data package entry, plus the network's minimum cell size
+/// (`min_cell_count`), so that a reader can say what a missing cell means.
+fn package_entry(p: &crate::ledger::DataPackage, min_cell: u64) -> Json {
     let mut entry = json!({
         "study": p.study,
         "name": p.name,
@@ -396,6 +401,7 @@ fn package_entry(p: &crate::ledger::DataPackage) -> Json {
         "columns": column_summary(&p.aggregate),
         "last_data_update": p.updated,
         "total": p.total,
+        "min_cell_count": min_cell,
     });
     if let Some(site) = &p.site {
         entry["site"] = site.clone().into();
@@ -408,7 +414,7 @@ async fn data_packages(State(st): Shared, RawQuery(query): RawQuery) -> Response
     let name = query.as_deref().and_then(|q| form_pairs(q).into_iter().find(|(k, _)| k == "name").map(|(_, v)| v));
     let ledger = st.config.ledger.clone();
     match blocking(move || ledger.data_packages()).await {
-        Ok(Ok(packages)) => axum::Json(Json::Array(packages.iter().filter(|p| name.as_ref().is_none_or(|n| *n == p.name)).map(package_entry).collect())).into_response(),
+        Ok(Ok(packages)) => axum::Json(Json::Array(packages.iter().filter(|p| name.as_ref().is_none_or(|n| *n == p.name)).map(|p| package_entry(p, st.config.min_cell)).collect())).into_response(),
         _ => internal(),
     }
 }
@@ -416,7 +422,7 @@ async fn data_packages(State(st): Shared, RawQuery(query): RawQuery) -> Response
 async fn data_package(State(st): Shared, Path(id): Path<String>) -> Response {
     let ledger = st.config.ledger.clone();
     match blocking(move || ledger.data_package(&id)).await {
-        Ok(Ok(Some(p))) => axum::Json(package_entry(&p)).into_response(),
+        Ok(Ok(Some(p))) => axum::Json(package_entry(&p, st.config.min_cell)).into_response(),
         Ok(Ok(None)) => message(StatusCode::NOT_FOUND, "no such data package"),
         _ => internal(),
     }

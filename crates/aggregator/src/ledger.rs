@@ -1,6 +1,8 @@
-//! The aggregator's database (SQLite): sites and API keys (digests only),
-//! upload locks, every upload's outcome, each site's contribution to each
-//! data package, and the merged aggregates the query API reads.
+//! The aggregator's database: sites and API keys (digests only), upload
+//! locks, every upload's outcome, each site's contribution to each data
+//! package, and the merged aggregates the query API reads. SQLite by
+//! default, PostgreSQL for production ([`crate::db`]); the statements are
+//! the same.
 //!
 //! An accepted upload changes the database in one transaction: the site's
 //! previous contribution to that study and version is replaced and every
@@ -8,53 +10,14 @@
 //! or the new one, never a mix, and a crash leaves the old.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::{Value as Json, json};
 
+use crate::db::{Database, Result, Row, Sql, args};
+pub use crate::db::LedgerError;
 use crate::merge::{Aggregate, merge, same_schema};
 use crate::package::{Column, Kind, Package, Refusal, Table};
 use crate::secrets;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS sites (
-  name TEXT PRIMARY KEY, user TEXT NOT NULL UNIQUE, display TEXT NOT NULL,
-  salt BLOB NOT NULL, digest BLOB NOT NULL, studies TEXT NOT NULL,
-  created TEXT NOT NULL, rotated TEXT);
-CREATE TABLE IF NOT EXISTS api_keys (
-  id TEXT PRIMARY KEY, name TEXT NOT NULL, salt BLOB NOT NULL, digest BLOB NOT NULL, created TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS locks (
-  site TEXT NOT NULL, study TEXT NOT NULL, id TEXT NOT NULL, expires INTEGER NOT NULL,
-  PRIMARY KEY (site, study));
-CREATE TABLE IF NOT EXISTS uploads (
-  id TEXT NOT NULL, site TEXT NOT NULL, study TEXT NOT NULL, version INTEGER NOT NULL,
-  sha256 TEXT NOT NULL, bytes INTEGER NOT NULL, received TEXT NOT NULL,
-  outcome TEXT NOT NULL, message TEXT);
-CREATE TABLE IF NOT EXISTS site_versions (
-  site TEXT NOT NULL, study TEXT NOT NULL, version INTEGER NOT NULL,
-  sha256 TEXT NOT NULL, updated TEXT NOT NULL, earliest TEXT, latest TEXT,
-  PRIMARY KEY (site, study, version));
-CREATE TABLE IF NOT EXISTS contributions (
-  study TEXT NOT NULL, package TEXT NOT NULL, version INTEGER NOT NULL, site TEXT NOT NULL,
-  kind TEXT NOT NULL, columns TEXT NOT NULL, rows TEXT NOT NULL, updated TEXT NOT NULL,
-  PRIMARY KEY (study, package, version, site));
-CREATE TABLE IF NOT EXISTS aggregates (
-  id TEXT PRIMARY KEY, study TEXT NOT NULL, package TEXT NOT NULL, version INTEGER NOT NULL,
-  site TEXT, kind TEXT NOT NULL, columns TEXT NOT NULL, rows TEXT NOT NULL,
-  total INTEGER, updated TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS manifests (
-  study TEXT NOT NULL, version INTEGER NOT NULL, owner TEXT NOT NULL, manifest TEXT NOT NULL,
-  PRIMARY KEY (study, version));
-";
-
-/// A database failure. Messages name tables and operations, never data.
-#[derive(Debug, thiserror::Error)]
-#[error("aggregator database: {0}")]
-pub struct LedgerError(#[from] rusqlite::Error);
-
-type Result<T, E = LedgerError> = std::result::Result<T, E>;
 
 /// A site as the administrator sees it (never its secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,7 +140,7 @@ pub struct DataPackage {
 
 /// The aggregator's database.
 pub struct Ledger {
-    conn: Mutex<Connection>,
+    db: Database,
 }
 
 /// Zero-padded to three digits, as Cumulus writes versions in names.
@@ -185,169 +148,231 @@ pub fn version_key(version: i64) -> String {
     format!("{version:03}")
 }
 
-impl Ledger {
-    /// Opens (creating if needed) the database at `path`, or in memory for `:memory:`.
-    pub fn open(path: &str) -> Result<Ledger> {
-        let conn = if path == ":memory:" { Connection::open_in_memory()? } else { Connection::open(path)? };
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Ledger { conn: Mutex::new(conn) })
-    }
+/// A new secret and its salted digest.
+fn new_credential() -> (String, Vec<u8>, Vec<u8>) {
+    let secret = secrets::new_secret();
+    let salt = secrets::random(16);
+    let digest = secrets::mac(&salt, secret.as_bytes());
+    (secret, salt, digest)
+}
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves SQLite consistent
-        // (transactions roll back), so the connection stays usable.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+impl Ledger {
+    /// Opens (creating the tables if needed) the database `target` names:
+    /// `postgres://…` / `postgresql://…` (with `?schema=NAME` for a schema of
+    /// its own), otherwise a SQLite file path, or `:memory:`.
+    pub fn open(target: &str) -> Result<Ledger> {
+        Ok(Ledger {
+            db: Database::open(target)?,
+        })
     }
 
     /// Adds a site and returns its new secret (its `CUMULUS_AGGREGATOR_ID`),
     /// or `None` if the name or user is taken.
-    pub fn add_site(&self, name: &str, user: &str, display: &str, studies: &[String]) -> Result<Option<String>> {
-        let secret = secrets::new_secret();
-        let salt = secrets::random(16);
-        let digest = secrets::mac(&salt, secret.as_bytes());
-        let added = self.conn().execute(
-            "INSERT INTO sites (name, user, display, salt, digest, studies, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
-            params![name, user, display, salt, digest, serde_json::to_string(studies).expect("strings serialise"), veil_store::now_instant()],
-        )?;
+    pub fn add_site(
+        &self,
+        name: &str,
+        user: &str,
+        display: &str,
+        studies: &[String],
+    ) -> Result<Option<String>> {
+        let (secret, salt, digest) = new_credential();
+        let studies = serde_json::to_string(studies).expect("strings serialise");
+        let added = self.db.write(|db| {
+            db.execute(
+                "INSERT INTO sites (name, username, display, salt, digest, studies, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                args![name, user, display, &salt, &digest, &studies, &veil_store::now_instant()],
+            )
+        })?;
         Ok((added == 1).then_some(secret))
     }
 
     /// Gives a site a new secret; the old one stops working at once.
     pub fn rotate_site(&self, name: &str) -> Result<Option<String>> {
-        let secret = secrets::new_secret();
-        let salt = secrets::random(16);
-        let digest = secrets::mac(&salt, secret.as_bytes());
-        let changed = self
-            .conn()
-            .execute("UPDATE sites SET salt = ?2, digest = ?3, rotated = ?4 WHERE name = ?1", params![name, salt, digest, veil_store::now_instant()])?;
+        let (secret, salt, digest) = new_credential();
+        let changed = self.db.write(|db| {
+            db.execute(
+                "UPDATE sites SET salt = ?2, digest = ?3, rotated = ?4 WHERE name = ?1",
+                args![name, &salt, &digest, &veil_store::now_instant()],
+            )
+        })?;
         Ok((changed == 1).then_some(secret))
     }
 
     /// Removes a site's credentials; with `purge`, also its data, merging
     /// every package it contributed to again. Returns whether it existed.
     pub fn remove_site(&self, name: &str, purge: bool) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let existed = tx.execute("DELETE FROM sites WHERE name = ?1", [name])? == 1;
-        if purge {
-            let touched: Vec<(String, String, i64)> = {
-                let mut q = tx.prepare("SELECT study, package, version FROM contributions WHERE site = ?1")?;
-                q.query_map([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<_>>()?
-            };
-            tx.execute("DELETE FROM contributions WHERE site = ?1", [name])?;
-            tx.execute("DELETE FROM site_versions WHERE site = ?1", [name])?;
-            tx.execute("DELETE FROM aggregates WHERE site = ?1", [name])?;
-            let now = veil_store::now_instant();
-            for (study, package, version) in touched {
-                remerge(&tx, &study, &package, version, &now)?;
+        self.db.write(|db| {
+            let existed = db.execute("DELETE FROM sites WHERE name = ?1", args![name])? == 1;
+            if purge {
+                let touched = db
+                    .query(
+                        "SELECT study, package, version FROM contributions WHERE site = ?1",
+                        args![name],
+                    )?
+                    .into_iter()
+                    .map(|mut r| Ok((r.text(0)?, r.text(1)?, r.int(2)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                db.execute("DELETE FROM contributions WHERE site = ?1", args![name])?;
+                db.execute("DELETE FROM site_versions WHERE site = ?1", args![name])?;
+                db.execute("DELETE FROM aggregates WHERE site = ?1", args![name])?;
+                let now = veil_store::now_instant();
+                for (study, package, version) in touched {
+                    remerge(db, &study, &package, version, &now)?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(existed)
+            Ok(existed)
+        })
     }
 
     /// Every site, by name.
     pub fn sites(&self) -> Result<Vec<Site>> {
-        let conn = self.conn();
-        let mut q = conn.prepare("SELECT name, user, display, studies, created, rotated FROM sites ORDER BY name")?;
-        q.query_map([], site)?.collect::<rusqlite::Result<_>>().map_err(Into::into)
+        self.db.read(|db| {
+            db.query(
+                &format!("SELECT {SITE_COLS} FROM sites ORDER BY name"),
+                args![],
+            )?
+            .into_iter()
+            .map(site)
+            .collect()
+        })
     }
 
     /// The site whose user and secret these are.
     pub fn authenticate(&self, user: &str, secret: &str) -> Result<Option<Site>> {
-        let conn = self.conn();
-        let found = conn
-            .query_row("SELECT name, user, display, studies, created, rotated, salt, digest FROM sites WHERE user = ?1", [user], |r| {
-                Ok((site(r)?, r.get::<_, Vec<u8>>(6)?, r.get::<_, Vec<u8>>(7)?))
-            })
-            .optional()?;
-        Ok(found.and_then(|(site, salt, digest)| secrets::matches(secret, &salt, &digest).then_some(site)))
+        let found = self.db.read(|db| {
+            db.query_opt(
+                &format!("SELECT {SITE_COLS}, salt, digest FROM sites WHERE username = ?1"),
+                args![user],
+            )
+        })?;
+        let Some(mut row) = found else {
+            return Ok(None);
+        };
+        let (salt, digest) = (row.bytes(6)?, row.bytes(7)?);
+        Ok(secrets::matches(secret, &salt, &digest).then_some(site(row)?))
     }
 
     /// Makes an API key for the query API; returns the key (`<id>.<secret>`).
     pub fn add_api_key(&self, name: &str) -> Result<String> {
         let id = veil_fhir::hex::encode(&secrets::random(6));
-        let secret = secrets::new_secret();
-        let salt = secrets::random(16);
-        let digest = secrets::mac(&salt, secret.as_bytes());
-        self.conn().execute(
-            "INSERT INTO api_keys (id, name, salt, digest, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, name, salt, digest, veil_store::now_instant()],
-        )?;
+        let (secret, salt, digest) = new_credential();
+        self.db.write(|db| {
+            db.execute(
+                "INSERT INTO api_keys (id, name, salt, digest, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+                args![&id, name, &salt, &digest, &veil_store::now_instant()],
+            )
+        })?;
         Ok(format!("{id}.{secret}"))
     }
 
     /// Every API key (never the secret).
     pub fn api_keys(&self) -> Result<Vec<ApiKey>> {
-        let conn = self.conn();
-        let mut q = conn.prepare("SELECT id, name, created FROM api_keys ORDER BY created")?;
-        q.query_map([], |r| Ok(ApiKey { id: r.get(0)?, name: r.get(1)?, created: r.get(2)? }))?.collect::<rusqlite::Result<_>>().map_err(Into::into)
+        self.db.read(|db| {
+            db.query(
+                "SELECT id, name, created FROM api_keys ORDER BY created, id",
+                args![],
+            )?
+            .into_iter()
+            .map(|mut r| {
+                Ok(ApiKey {
+                    id: r.text(0)?,
+                    name: r.text(1)?,
+                    created: r.text(2)?,
+                })
+            })
+            .collect()
+        })
     }
 
     /// Removes an API key; returns whether it existed.
     pub fn remove_api_key(&self, id: &str) -> Result<bool> {
-        Ok(self.conn().execute("DELETE FROM api_keys WHERE id = ?1", [id])? == 1)
+        Ok(self
+            .db
+            .write(|db| db.execute("DELETE FROM api_keys WHERE id = ?1", args![id]))?
+            == 1)
     }
 
     /// Whether `key` is a current API key.
     pub fn check_api_key(&self, key: &str) -> Result<bool> {
-        let Some((id, secret)) = key.split_once('.') else { return Ok(false) };
-        let found: Option<(Vec<u8>, Vec<u8>)> =
-            self.conn().query_row("SELECT salt, digest FROM api_keys WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
-        Ok(found.is_some_and(|(salt, digest)| secrets::matches(secret, &salt, &digest)))
+        let Some((id, secret)) = key.split_once('.') else {
+            return Ok(false);
+        };
+        let Some(mut row) = self.db.read(|db| {
+            db.query_opt("SELECT salt, digest FROM api_keys WHERE id = ?1", args![id])
+        })?
+        else {
+            return Ok(false);
+        };
+        Ok(secrets::matches(secret, &row.bytes(0)?, &row.bytes(1)?))
     }
 
     /// The key that signs upload policies, made on first use.
     pub fn signing_key(&self) -> Result<Vec<u8>> {
-        let conn = self.conn();
-        conn.execute("INSERT INTO settings (name, value) VALUES ('upload-signing-key', ?1) ON CONFLICT DO NOTHING", [secrets::random(32)])?;
-        Ok(conn.query_row("SELECT value FROM settings WHERE name = 'upload-signing-key'", [], |r| r.get(0))?)
+        let fresh = secrets::random(32);
+        self.db.write(|db| {
+            db.execute("INSERT INTO settings (name, value) VALUES ('upload-signing-key', ?1) ON CONFLICT DO NOTHING", args![&fresh])?;
+            db.query_opt("SELECT value FROM settings WHERE name = 'upload-signing-key'", args![])?.map_or(Err(LedgerError::Decode(0)), |mut r| r.bytes(0))
+        })
     }
 
     /// Takes the upload lock for a site's study, for `lease_secs`: `Ok(id)`
     /// when it was free, had lapsed, or is held under `transaction` already;
-    /// `Err(())` when another upload holds it.
-    pub fn lock(&self, site: &str, study: &str, transaction: Option<&str>, now: i64, lease_secs: i64) -> Result<Result<String, ()>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let held: Option<(String, i64)> =
-            tx.query_row("SELECT id, expires FROM locks WHERE site = ?1 AND study = ?2", [site, study], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
-        let id = match held {
-            Some((id, expires)) if expires > now && transaction != Some(id.as_str()) => return Ok(Err(())),
-            Some((id, expires)) if expires > now => id,
-            _ => veil_fhir::hex::encode(&secrets::random(16)),
-        };
-        tx.execute(
-            "INSERT INTO locks (site, study, id, expires) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (site, study) DO UPDATE SET id = ?3, expires = ?4",
-            params![site, study, id, now + lease_secs],
-        )?;
-        tx.commit()?;
-        Ok(Ok(id))
+    /// `Err(())` when another upload holds it. One statement, so two
+    /// handshakes racing (even from two servers) cannot both win.
+    pub fn lock(
+        &self,
+        site: &str,
+        study: &str,
+        transaction: Option<&str>,
+        now: i64,
+        lease_secs: i64,
+    ) -> Result<Result<String, ()>> {
+        let fresh = veil_fhir::hex::encode(&secrets::random(16));
+        let taken = self.db.write(|db| {
+            db.query_opt(
+                "INSERT INTO locks (site, study, id, expires) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (site, study) DO UPDATE
+                   SET id = CASE WHEN locks.id = ?5 AND locks.expires > ?6 THEN locks.id ELSE ?3 END, expires = ?4
+                   WHERE locks.expires <= ?6 OR locks.id = ?5
+                 RETURNING id",
+                args![site, study, &fresh, now + lease_secs, transaction, now],
+            )
+        })?;
+        Ok(match taken {
+            Some(mut row) => Ok(row.text(0)?),
+            None => Err(()),
+        })
     }
 
     /// Whether the lock is still `id`'s (or free: a lapsed lock nobody took).
     pub fn lock_is(&self, site: &str, study: &str, id: &str, now: i64) -> Result<bool> {
-        let held: Option<(String, i64)> =
-            self.conn().query_row("SELECT id, expires FROM locks WHERE site = ?1 AND study = ?2", [site, study], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        let held = self.db.read(|db| {
+            db.query_opt(
+                "SELECT id, expires FROM locks WHERE site = ?1 AND study = ?2",
+                args![site, study],
+            )
+        })?;
         Ok(match held {
-            Some((holder, expires)) => holder == id || expires <= now,
+            Some(mut row) => row.text(0)? == id || row.int(1)? <= now,
             None => true,
         })
     }
 
     /// Releases the lock if `id` holds it.
     pub fn unlock(&self, site: &str, study: &str, id: &str) -> Result<()> {
-        self.conn().execute("DELETE FROM locks WHERE site = ?1 AND study = ?2 AND id = ?3", [site, study, id])?;
+        self.db.write(|db| {
+            db.execute(
+                "DELETE FROM locks WHERE site = ?1 AND study = ?2 AND id = ?3",
+                args![site, study, id],
+            )
+        })?;
         Ok(())
     }
 
     /// Records a refused upload.
     pub fn refuse(&self, arrival: &Arrival<'_>, why: &Refusal) -> Result<()> {
-        let conn = self.conn();
-        record(&conn, arrival, Outcome::Refused, Some(&why.0))?;
-        Ok(())
+        self.db
+            .write(|db| record(db, arrival, Outcome::Refused, Some(&why.0)))
     }
 
     /// Keeps a checked package: replaces the site's contribution to the
@@ -356,104 +381,127 @@ impl Ledger {
     /// changes nothing. A schema that differs from other sites' for the
     /// same data package and version is refused (a change needs a new
     /// version), and so recorded.
-    pub fn accept(&self, arrival: &Arrival<'_>, package: &Package) -> Result<Result<Outcome, Refusal>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let current: Option<String> = tx
-            .query_row(
-                "SELECT sha256 FROM site_versions WHERE site = ?1 AND study = ?2 AND version = ?3",
-                params![arrival.site, arrival.study, arrival.version],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if current.as_deref() == Some(arrival.sha256) {
-            record(&tx, arrival, Outcome::Unchanged, None)?;
-            tx.commit()?;
-            return Ok(Ok(Outcome::Unchanged));
-        }
-        if let Some(why) = schema_conflict(&tx, arrival, package)? {
-            drop(tx);
-            record(&conn, arrival, Outcome::Refused, Some(&why.0))?;
-            return Ok(Err(why));
-        }
-        let now = veil_store::now_instant();
-        let mut touched: BTreeSet<String> = {
-            let mut q = tx.prepare("SELECT package FROM contributions WHERE site = ?1 AND study = ?2 AND version = ?3")?;
-            q.query_map(params![arrival.site, arrival.study, arrival.version], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
-        };
-        // The new upload replaces the site's whole contribution: a package
-        // it no longer sends leaves the merge (recorded here as the choice
-        // Cumulus leaves open).
-        tx.execute("DELETE FROM contributions WHERE site = ?1 AND study = ?2 AND version = ?3", params![arrival.site, arrival.study, arrival.version])?;
-        for table in &package.tables {
-            tx.execute(
-                "INSERT INTO contributions (study, package, version, site, kind, columns, rows, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    arrival.study,
-                    table.package,
-                    arrival.version,
-                    arrival.site,
-                    table.kind.as_str(),
-                    serde_json::to_string(&table.columns).expect("columns serialise"),
-                    serde_json::to_string(&table.rows).expect("rows serialise"),
-                    now
-                ],
+    pub fn accept(
+        &self,
+        arrival: &Arrival<'_>,
+        package: &Package,
+    ) -> Result<Result<Outcome, Refusal>> {
+        self.db.write(|db| {
+            let a = arrival;
+            let current = db.query_opt("SELECT sha256 FROM site_versions WHERE site = ?1 AND study = ?2 AND version = ?3", args![a.site, a.study, a.version])?;
+            if current.map(|mut r| r.text(0)).transpose()?.as_deref() == Some(a.sha256) {
+                record(db, a, Outcome::Unchanged, None)?;
+                return Ok(Ok(Outcome::Unchanged));
+            }
+            if let Some(why) = schema_conflict(db, a, package)? {
+                // Nothing was written yet: the refusal is all this transaction keeps.
+                record(db, a, Outcome::Refused, Some(&why.0))?;
+                return Ok(Err(why));
+            }
+            let now = veil_store::now_instant();
+            let mut touched: BTreeSet<String> = db
+                .query("SELECT package FROM contributions WHERE site = ?1 AND study = ?2 AND version = ?3", args![a.site, a.study, a.version])?
+                .into_iter()
+                .map(|mut r| r.text(0))
+                .collect::<Result<_>>()?;
+            // The new upload replaces the site's whole contribution: a package
+            // it no longer sends leaves the merge (recorded here as the choice
+            // Cumulus leaves open).
+            db.execute("DELETE FROM contributions WHERE site = ?1 AND study = ?2 AND version = ?3", args![a.site, a.study, a.version])?;
+            for table in &package.tables {
+                db.execute(
+                    "INSERT INTO contributions (study, package, version, site, kind, columns, rows, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    args![
+                        a.study,
+                        &table.package,
+                        a.version,
+                        a.site,
+                        table.kind.as_str(),
+                        &serde_json::to_string(&table.columns).expect("columns serialise"),
+                        &serde_json::to_string(&table.rows).expect("rows serialise"),
+                        &now
+                    ],
+                )?;
+                touched.insert(table.package.clone());
+            }
+            for name in &touched {
+                remerge(db, a.study, name, a.version, &now)?;
+            }
+            let (earliest, latest) = package.period.clone().unzip();
+            db.execute(
+                "INSERT INTO site_versions (site, study, version, sha256, updated, earliest, latest) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (site, study, version) DO UPDATE SET sha256 = ?4, updated = ?5, earliest = ?6, latest = ?7",
+                args![a.site, a.study, a.version, a.sha256, &now, earliest.as_deref(), latest.as_deref()],
             )?;
-            touched.insert(table.package.clone());
-        }
-        for name in &touched {
-            remerge(&tx, arrival.study, name, arrival.version, &now)?;
-        }
-        let (earliest, latest) = package.period.clone().unzip();
-        tx.execute(
-            "INSERT INTO site_versions (site, study, version, sha256, updated, earliest, latest) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (site, study, version) DO UPDATE SET sha256 = ?4, updated = ?5, earliest = ?6, latest = ?7",
-            params![arrival.site, arrival.study, arrival.version, arrival.sha256, now, earliest, latest],
-        )?;
-        if let Some(manifest) = &package.manifest {
-            // The first site to send a study's manifest for a version owns it (as Cumulus does).
-            tx.execute(
-                "INSERT INTO manifests (study, version, owner, manifest) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (study, version) DO UPDATE SET manifest = ?4 WHERE owner = ?3",
-                params![arrival.study, arrival.version, arrival.site, manifest],
-            )?;
-        }
-        record(&tx, arrival, Outcome::Accepted, None)?;
-        tx.commit()?;
-        Ok(Ok(Outcome::Accepted))
+            if let Some(manifest) = &package.manifest {
+                // The first site to send a study's manifest for a version owns it (as Cumulus does).
+                db.execute(
+                    "INSERT INTO manifests (study, version, owner, manifest) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (study, version) DO UPDATE SET manifest = ?4 WHERE manifests.owner = ?3",
+                    args![a.study, a.version, a.site, manifest],
+                )?;
+            }
+            record(db, a, Outcome::Accepted, None)?;
+            Ok(Ok(Outcome::Accepted))
+        })
     }
 
     /// Every merged and flat data package, by id.
     pub fn data_packages(&self) -> Result<Vec<DataPackage>> {
-        let conn = self.conn();
-        let mut q = conn.prepare(&format!("SELECT {AGGREGATE_COLS} FROM aggregates ORDER BY id"))?;
-        q.query_map([], data_package)?.collect::<rusqlite::Result<_>>().map_err(Into::into)
+        self.db.read(|db| {
+            db.query(
+                &format!("SELECT {AGGREGATE_COLS} FROM aggregates ORDER BY id"),
+                args![],
+            )?
+            .into_iter()
+            .map(data_package)
+            .collect()
+        })
     }
 
     /// One data package.
     pub fn data_package(&self, id: &str) -> Result<Option<DataPackage>> {
-        let conn = self.conn();
-        Ok(conn.query_row(&format!("SELECT {AGGREGATE_COLS} FROM aggregates WHERE id = ?1"), [id], data_package).optional()?)
+        self.db.read(|db| {
+            db.query_opt(
+                &format!("SELECT {AGGREGATE_COLS} FROM aggregates WHERE id = ?1"),
+                args![id],
+            )?
+            .map(data_package)
+            .transpose()
+        })
     }
 
     /// `site → study → package → <package>__<NNN> → {last_upload, …}`, as
     /// Cumulus' `/metadata` answers (its version keys normalised).
     pub fn metadata(&self) -> Result<Json> {
-        let conn = self.conn();
-        let mut q = conn.prepare(
-            "SELECT c.site, c.study, c.package, c.version, c.updated, v.updated FROM contributions c
-             JOIN site_versions v ON v.site = c.site AND v.study = c.study AND v.version = c.version ORDER BY 1, 2, 3, 4",
-        )?;
+        let rows = self.db.read(|db| {
+            db.query(
+                "SELECT c.site, c.study, c.package, c.version, c.updated, v.updated,
+                   (SELECT MAX(u.received) FROM uploads u
+                    WHERE u.site = c.site AND u.study = c.study AND u.version = c.version AND u.outcome = 'refused')
+                 FROM contributions c
+                 JOIN site_versions v ON v.site = c.site AND v.study = c.study AND v.version = c.version ORDER BY 1, 2, 3, 4",
+                args![],
+            )
+        })?;
         let mut out = json!({});
-        let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?)))?;
-        for row in rows {
-            let (site, study, package, version, updated, uploaded) = row?;
+        for mut r in rows {
+            let (site, study, package, version, updated, uploaded) = (
+                r.text(0)?,
+                r.text(1)?,
+                r.text(2)?,
+                r.int(3)?,
+                r.text(4)?,
+                r.text(5)?,
+            );
             out[&site][&study][&package][format!("{package}__{}", version_key(version))] = json!({
                 "transaction_format_version": "2",
                 "last_upload": uploaded,
                 "last_data_update": updated,
                 "last_aggregation": updated,
-                "last_error": null,
+                // When the site's latest refused upload of this version arrived
+                // (its reason is in /uploads), as Cumulus keeps a timestamp.
+                "last_error": r.opt_text(6)?,
                 "deleted": null,
             });
         }
@@ -463,19 +511,15 @@ impl Ledger {
     /// `site → study → <NNN> → {earliest_date, latest_date, …}`, as Cumulus'
     /// `/study-periods` answers.
     pub fn study_periods(&self) -> Result<Json> {
-        let conn = self.conn();
-        let mut q = conn.prepare("SELECT site, study, version, earliest, latest, updated FROM site_versions ORDER BY 1, 2, 3")?;
+        let rows = self.db.read(|db| db.query("SELECT site, study, version, earliest, latest, updated FROM site_versions ORDER BY 1, 2, 3", args![]))?;
         let mut out = json!({});
-        let rows = q.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, Option<String>>(3)?, r.get::<_, Option<String>>(4)?, r.get::<_, String>(5)?))
-        })?;
-        for row in rows {
-            let (site, study, version, earliest, latest, updated) = row?;
+        for mut r in rows {
+            let (site, study, version) = (r.text(0)?, r.text(1)?, r.int(2)?);
             out[&site][&study][version_key(version)] = json!({
                 "study_period_format_version": "2",
-                "earliest_date": earliest,
-                "latest_date": latest,
-                "last_data_update": updated,
+                "earliest_date": r.opt_text(3)?,
+                "latest_date": r.opt_text(4)?,
+                "last_data_update": r.text(5)?,
             });
         }
         Ok(out)
@@ -483,12 +527,15 @@ impl Ledger {
 
     /// Each study's manifests: `study → <NNN> → {study_owner, manifest}`.
     pub fn studies(&self) -> Result<Json> {
-        let conn = self.conn();
-        let mut q = conn.prepare("SELECT study, version, owner, manifest FROM manifests ORDER BY 1, 2")?;
+        let rows = self.db.read(|db| {
+            db.query(
+                "SELECT study, version, owner, manifest FROM manifests ORDER BY 1, 2",
+                args![],
+            )
+        })?;
         let mut out = json!({});
-        let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?)))?;
-        for row in rows {
-            let (study, version, owner, manifest) = row?;
+        for mut r in rows {
+            let (study, version, owner, manifest) = (r.text(0)?, r.int(1)?, r.text(2)?, r.text(3)?);
             let parsed: toml::Table = manifest.parse().unwrap_or_default();
             let mut entry = serde_json::to_value(&parsed).unwrap_or(json!({}));
             entry["study_owner"] = owner.into();
@@ -499,73 +546,97 @@ impl Ledger {
 
     /// The latest uploads, newest first.
     pub fn uploads(&self, limit: usize) -> Result<Vec<UploadRecord>> {
-        let conn = self.conn();
-        let mut q = conn.prepare("SELECT id, site, study, version, sha256, bytes, received, outcome, message FROM uploads ORDER BY rowid DESC LIMIT ?1")?;
-        q.query_map([limit as i64], |r| {
-            Ok(UploadRecord {
-                id: r.get(0)?,
-                site: r.get(1)?,
-                study: r.get(2)?,
-                version: r.get(3)?,
-                sha256: r.get(4)?,
-                bytes: r.get(5)?,
-                received: r.get(6)?,
-                outcome: r.get(7)?,
-                message: r.get(8)?,
+        let rows = self.db.read(|db| {
+            db.query(
+                "SELECT id, site, study, version, sha256, bytes, received, outcome, message FROM uploads ORDER BY seq DESC LIMIT ?1",
+                args![i64::try_from(limit).unwrap_or(i64::MAX)],
+            )
+        })?;
+        rows.into_iter()
+            .map(|mut r| {
+                Ok(UploadRecord {
+                    id: r.text(0)?,
+                    site: r.text(1)?,
+                    study: r.text(2)?,
+                    version: r.int(3)?,
+                    sha256: r.text(4)?,
+                    bytes: r.int(5)?,
+                    received: r.text(6)?,
+                    outcome: r.text(7)?,
+                    message: r.opt_text(8)?,
+                })
             })
-        })?
-        .collect::<rusqlite::Result<_>>()
-        .map_err(Into::into)
+            .collect()
     }
 }
 
-fn site(r: &rusqlite::Row<'_>) -> rusqlite::Result<Site> {
+const SITE_COLS: &str = "name, username, display, studies, created, rotated";
+
+fn site(mut r: Row) -> Result<Site> {
     Ok(Site {
-        name: r.get(0)?,
-        user: r.get(1)?,
-        display: r.get(2)?,
-        studies: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
-        created: r.get(4)?,
-        rotated: r.get(5)?,
+        name: r.text(0)?,
+        user: r.text(1)?,
+        display: r.text(2)?,
+        studies: serde_json::from_str(&r.text(3)?).unwrap_or_default(),
+        created: r.text(4)?,
+        rotated: r.opt_text(5)?,
     })
 }
 
-const AGGREGATE_COLS: &str = "id, study, package, version, site, kind, columns, rows, total, updated";
+const AGGREGATE_COLS: &str =
+    "id, study, package, version, site, kind, columns, rows, total, updated";
 
-fn data_package(r: &rusqlite::Row<'_>) -> rusqlite::Result<DataPackage> {
-    let columns: Vec<Column> = serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or_default();
-    let rows: Vec<Vec<Json>> = serde_json::from_str(&r.get::<_, String>(7)?).unwrap_or_default();
+fn data_package(mut r: Row) -> Result<DataPackage> {
+    let columns: Vec<Column> = serde_json::from_str(&r.text(6)?).unwrap_or_default();
+    let rows: Vec<Vec<Json>> = serde_json::from_str(&r.text(7)?).unwrap_or_default();
     Ok(DataPackage {
-        id: r.get(0)?,
-        study: r.get(1)?,
-        name: r.get(2)?,
-        version: r.get(3)?,
-        site: r.get(4)?,
-        kind: r.get(5)?,
+        id: r.text(0)?,
+        study: r.text(1)?,
+        name: r.text(2)?,
+        version: r.int(3)?,
+        site: r.opt_text(4)?,
+        kind: r.text(5)?,
         aggregate: Aggregate { columns, rows },
-        total: r.get(8)?,
-        updated: r.get(9)?,
+        total: r.opt_int(8)?,
+        updated: r.text(9)?,
     })
 }
 
-fn record(conn: &Connection, a: &Arrival<'_>, outcome: Outcome, message: Option<&str>) -> rusqlite::Result<()> {
-    conn.execute(
+fn record(
+    db: &mut dyn Sql,
+    a: &Arrival<'_>,
+    outcome: Outcome,
+    message: Option<&str>,
+) -> Result<()> {
+    db.execute(
         "INSERT INTO uploads (id, site, study, version, sha256, bytes, received, outcome, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![a.id, a.site, a.study, a.version, a.sha256, a.bytes, veil_store::now_instant(), outcome.as_str(), message],
+        args![a.id, a.site, a.study, a.version, a.sha256, a.bytes, &veil_store::now_instant(), outcome.as_str(), message],
     )?;
     Ok(())
 }
 
 /// A table whose columns differ from another site's for the same data
 /// package and version, or whose kind does.
-fn schema_conflict(tx: &Transaction<'_>, a: &Arrival<'_>, package: &Package) -> Result<Option<Refusal>> {
-    let mut q = tx.prepare("SELECT kind, columns FROM contributions WHERE study = ?1 AND package = ?2 AND version = ?3 AND site <> ?4 LIMIT 1")?;
+fn schema_conflict(
+    db: &mut dyn Sql,
+    a: &Arrival<'_>,
+    package: &Package,
+) -> Result<Option<Refusal>> {
     for table in &package.tables {
-        let other: Option<(String, String)> = q.query_row(params![a.study, table.package, a.version, a.site], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
-        let Some((kind, columns)) = other else { continue };
-        let columns: Vec<Column> = serde_json::from_str(&columns).unwrap_or_default();
+        let other = db.query_opt(
+            "SELECT kind, columns FROM contributions WHERE study = ?1 AND package = ?2 AND version = ?3 AND site <> ?4 LIMIT 1",
+            args![a.study, &table.package, a.version, a.site],
+        )?;
+        let Some(mut other) = other else { continue };
+        let kind = other.text(0)?;
+        let columns: Vec<Column> = serde_json::from_str(&other.text(1)?).unwrap_or_default();
         if kind != table.kind.as_str() || !same_schema(&columns, &table.columns) {
-            let names = |c: &[Column]| c.iter().map(|c| format!("{}:{:?}", c.name, c.column_type).to_lowercase()).collect::<Vec<_>>().join(", ");
+            let names = |c: &[Column]| {
+                c.iter()
+                    .map(|c| format!("{}:{:?}", c.name, c.column_type).to_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             return Ok(Some(Refusal(format!(
                 "{}__{}: other sites sent version {} as a {kind} with columns ({}), this upload as a {} with ({}); a schema change needs a new data_package_version",
                 a.study,
@@ -582,44 +653,74 @@ fn schema_conflict(tx: &Transaction<'_>, a: &Arrival<'_>, package: &Package) -> 
 
 /// Rebuilds the aggregates of one data package and version from every
 /// site's contribution: one merged cube, or one flat table per site.
-fn remerge(tx: &Transaction<'_>, study: &str, package: &str, version: i64, now: &str) -> Result<()> {
-    let contributions: Vec<(String, Table)> = {
-        let mut q = tx.prepare("SELECT site, kind, columns, rows FROM contributions WHERE study = ?1 AND package = ?2 AND version = ?3 ORDER BY site")?;
-        q.query_map(params![study, package, version], |r| {
-            let kind = Kind::parse(&r.get::<_, String>(1)?).unwrap_or(Kind::Flat);
-            let columns = serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or_default();
-            let rows = serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default();
-            Ok((r.get::<_, String>(0)?, Table { package: package.to_string(), kind, columns, rows }))
-        })?
-        .collect::<rusqlite::Result<_>>()?
-    };
-    tx.execute("DELETE FROM aggregates WHERE study = ?1 AND package = ?2 AND version = ?3", params![study, package, version])?;
+fn remerge(db: &mut dyn Sql, study: &str, package: &str, version: i64, now: &str) -> Result<()> {
+    let contributions: Vec<(String, Table)> = db
+        .query("SELECT site, kind, columns, rows FROM contributions WHERE study = ?1 AND package = ?2 AND version = ?3 ORDER BY site", args![study, package, version])?
+        .into_iter()
+        .map(|mut r| {
+            let kind = Kind::parse(&r.text(1)?).unwrap_or(Kind::Flat);
+            let columns = serde_json::from_str(&r.text(2)?).unwrap_or_default();
+            let rows = serde_json::from_str(&r.text(3)?).unwrap_or_default();
+            Ok((r.text(0)?, Table { package: package.to_string(), kind, columns, rows }))
+        })
+        .collect::<Result<_>>()?;
+    db.execute(
+        "DELETE FROM aggregates WHERE study = ?1 AND package = ?2 AND version = ?3",
+        args![study, package, version],
+    )?;
     let nnn = version_key(version);
-    let mut insert = tx.prepare(&format!("INSERT INTO aggregates ({AGGREGATE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"))?;
     let mut put = |id: String, site: Option<&str>, kind: Kind, aggregate: &Aggregate| {
-        let total = aggregate.columns.iter().position(|c| c.name == "cnt").and_then(|cnt| {
-            aggregate.rows.iter().find(|r| r.iter().enumerate().all(|(i, v)| i == cnt || v.is_null())).and_then(|r| r[cnt].as_i64())
-        });
-        insert.execute(params![
-            id,
-            study,
-            package,
-            version,
-            site,
-            kind.as_str(),
-            serde_json::to_string(&aggregate.columns).expect("columns serialise"),
-            serde_json::to_string(&aggregate.rows).expect("rows serialise"),
-            total,
-            now
-        ])
+        let total = aggregate
+            .columns
+            .iter()
+            .position(|c| c.name == "cnt")
+            .and_then(|cnt| {
+                aggregate
+                    .rows
+                    .iter()
+                    .find(|r| r.iter().enumerate().all(|(i, v)| i == cnt || v.is_null()))
+                    .and_then(|r| r[cnt].as_i64())
+            });
+        db.execute(
+            &format!("INSERT INTO aggregates ({AGGREGATE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+            args![
+                &id,
+                study,
+                package,
+                version,
+                site,
+                kind.as_str(),
+                &serde_json::to_string(&aggregate.columns).expect("columns serialise"),
+                &serde_json::to_string(&aggregate.rows).expect("rows serialise"),
+                total,
+                now
+            ],
+        )
     };
-    let merged: Vec<(&str, &Table)> = contributions.iter().filter(|(_, t)| t.kind.merged()).map(|(s, t)| (s.as_str(), t)).collect();
+    let merged: Vec<(&str, &Table)> = contributions
+        .iter()
+        .filter(|(_, t)| t.kind.merged())
+        .map(|(s, t)| (s.as_str(), t))
+        .collect();
     if let Some((_, first)) = merged.first() {
-        put(format!("{study}__{package}__{nnn}"), None, first.kind, &merge(&merged))?;
+        put(
+            format!("{study}__{package}__{nnn}"),
+            None,
+            first.kind,
+            &merge(&merged),
+        )?;
     }
     for (site, table) in contributions.iter().filter(|(_, t)| !t.kind.merged()) {
-        let flat = Aggregate { columns: table.columns.clone(), rows: table.rows.clone() };
-        put(format!("{study}__{package}__{site}__{nnn}"), Some(site), Kind::Flat, &flat)?;
+        let flat = Aggregate {
+            columns: table.columns.clone(),
+            rows: table.rows.clone(),
+        };
+        put(
+            format!("{study}__{package}__{site}__{nnn}"),
+            Some(site),
+            Kind::Flat,
+            &flat,
+        )?;
     }
     Ok(())
 }

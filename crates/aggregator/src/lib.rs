@@ -20,12 +20,19 @@
 //! * chart queries are evaluated over parsed filters ([`chart::chart`]), never
 //!   by building query text from a request.
 //!
+//! * its database is a SQLite file or PostgreSQL, the same statements on
+//!   both, with writers serialised across processes so that several
+//!   servers can share one database;
+//! * a web dashboard ([`dashboard`]), compiled in, reads only the query API.
+//!
 //! [`http::router`] serves it; the `veil aggregator` command wires it up.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod chart;
 pub mod http;
+pub mod dashboard;
+mod db;
 mod ledger;
 pub mod merge;
 pub mod package;

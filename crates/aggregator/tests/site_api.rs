@@ -1,6 +1,9 @@
 //! The aggregator over real HTTP on loopback: sites upload data packages
 //! (Parquet written by Veil's own writer, zipped here) through the Cumulus
 //! handshake and the signed upload endpoint; the query API reads the merge.
+//! Every test runs twice: on a SQLite file and on PostgreSQL (the server at
+//! `VEIL_TEST_POSTGRES`, default the machine's own on 127.0.0.1:5432, each
+//! test in a schema of its own).
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -18,7 +21,48 @@ struct Aggregator {
     ledger: Arc<Ledger>,
     http: Client,
     key: String,
+    /// The database the ledger opened, for a second server on it.
+    target: String,
     _dir: TempDir,
+    _schema: Option<Schema>,
+}
+
+/// Where the ledger lives.
+#[derive(Clone, Copy)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A PostgreSQL schema made for one test, dropped when it ends.
+struct Schema {
+    server: String,
+    name: String,
+}
+
+impl Schema {
+    fn fresh(name: String) -> Schema {
+        let server = std::env::var("VEIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let schema = Schema { server, name };
+        schema.drop_it().unwrap_or_else(|e| panic!("PostgreSQL is needed for these tests ({e}); set VEIL_TEST_POSTGRES or run .ci/run, which starts one"));
+        schema
+    }
+
+    fn url(&self) -> String {
+        let join = if self.server.contains('?') { '&' } else { '?' };
+        format!("{}{join}schema={}", self.server, self.name)
+    }
+
+    fn drop_it(&self) -> Result<(), postgres::Error> {
+        let mut client = postgres::Client::connect(&self.server, postgres::NoTls)?;
+        client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let _ = self.drop_it();
+    }
 }
 
 struct TempDir(std::path::PathBuf);
@@ -29,11 +73,20 @@ impl Drop for TempDir {
     }
 }
 
-fn start(name: &str, limits: Limits) -> Aggregator {
-    let dir = std::env::temp_dir().join(format!("veil-aggregator-{name}-{}", std::process::id()));
+fn start(name: &str, db: Db, limits: Limits) -> Aggregator {
+    let tag = match db {
+        Db::Sqlite => "sqlite",
+        Db::Postgres => "pg",
+    };
+    let dir = std::env::temp_dir().join(format!("veil-aggregator-{name}-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let ledger = Arc::new(Ledger::open(dir.join("aggregator.db").to_str().unwrap()).unwrap());
+    let schema = matches!(db, Db::Postgres).then(|| Schema::fresh(format!("veil_aggregator_{name}_{}", std::process::id())));
+    let target = match &schema {
+        Some(schema) => schema.url(),
+        None => dir.join("aggregator.db").to_string_lossy().into_owned(),
+    };
+    let ledger = Arc::new(Ledger::open(&target).unwrap());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -44,7 +97,7 @@ fn start(name: &str, limits: Limits) -> Aggregator {
         runtime.block_on(async { axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app).await.unwrap() });
     });
     let key = ledger.add_api_key("tests").unwrap();
-    Aggregator { url, ledger, http: Client::new(), key, _dir: TempDir(dir) }
+    Aggregator { url, ledger, http: Client::new(), key, target, _dir: TempDir(dir), _schema: schema }
 }
 
 /// A Parquet table: `columns` as (name, type), rows as JSON values.
@@ -134,9 +187,8 @@ impl Aggregator {
     }
 }
 
-#[test]
-fn sites_upload_and_the_merge_sums_them() {
-    let agg = start("merge", Limits::default());
+fn sites_upload_and_the_merge_sums_them(db: Db) {
+    let agg = start("merge", db, Limits::default());
     let a = agg.site("site_a", &["flu"]);
     let b = agg.site("site_b", &[]);
     let r = agg.upload(&a, 1, package(1, &[(30, None), (12, Some("female")), (18, Some("male"))]));
@@ -184,9 +236,8 @@ fn sites_upload_and_the_merge_sums_them() {
     assert_eq!(agg.get("/data-packages/flu__count_sex__001")["total"], 30);
 }
 
-#[test]
-fn credentials_and_permissions() {
-    let agg = start("auth", Limits::default());
+fn credentials_and_permissions(db: Db) {
+    let agg = start("auth", db, Limits::default());
     let a = agg.site("site_a", &["covid"]);
     let body = json!({"study": "flu", "data_package_version": 1, "filename": "site_a-user_flu.zip"});
     let wrong = (a.0.clone(), "not-the-secret".to_string());
@@ -225,9 +276,8 @@ fn credentials_and_permissions() {
     }
 }
 
-#[test]
-fn one_site_cannot_write_as_another() {
-    let agg = start("forge", Limits::default());
+fn one_site_cannot_write_as_another(db: Db) {
+    let agg = start("forge", db, Limits::default());
     let a = agg.site("site_a", &[]);
     let b = agg.site("site_b", &[]);
     assert_eq!(agg.upload(&a, 1, package(1, &[(30, None)])).status(), 204);
@@ -255,9 +305,8 @@ fn one_site_cannot_write_as_another() {
 }
 
 /// Every refusal says why, and leaves the data as it was.
-#[test]
-fn malformed_and_hostile_zips_are_refused_with_a_message() {
-    let agg = start("hostile", Limits { zip_bytes: 2 << 20, ..Limits::default() });
+fn malformed_and_hostile_zips_are_refused_with_a_message(db: Db) {
+    let agg = start("hostile", db, Limits { zip_bytes: 2 << 20, ..Limits::default() });
     let a = agg.site("site_a", &[]);
     assert_eq!(agg.upload(&a, 1, package(1, &[(30, None)])).status(), 204);
     let with = |extra: Vec<(String, Vec<u8>)>| {
@@ -309,11 +358,15 @@ fn malformed_and_hostile_zips_are_refused_with_a_message() {
     let refused = agg.ledger.uploads(100).unwrap().iter().filter(|u| u.outcome == "refused").count();
     assert_eq!(refused, 15, "each refusal recorded");
     assert_eq!(agg.upload(&b, 1, package(1, &[(12, None)])).status(), 204, "every refusal freed the lock: the site can upload at once");
+    // /metadata's last_error is the time of the site's latest refusal.
+    let b_meta = agg.get("/metadata/site_b/flu/count_sex/count_sex__001");
+    let (error, upload) = (b_meta["last_error"].as_str().expect("site_b had refusals"), b_meta["last_upload"].as_str().unwrap());
+    assert!(error <= upload, "the refusals came before the accepted upload: {error} {upload}");
+    assert!(agg.get("/metadata/site_a/flu/count_sex/count_sex__001")["last_error"].is_null());
 }
 
-#[test]
-fn a_broken_upload_leaves_nothing_and_frees_the_lock() {
-    let agg = start("crash", Limits::default());
+fn a_broken_upload_leaves_nothing_and_frees_the_lock(db: Db) {
+    let agg = start("crash", db, Limits::default());
     let a = agg.site("site_a", &[]);
     assert_eq!(agg.upload(&a, 1, package(1, &[(30, None)])).status(), 204);
     let r = agg.handshake("/", &a, json!({"study": "flu", "data_package_version": 1, "filename": "a.zip"}), None);
@@ -339,9 +392,8 @@ fn a_broken_upload_leaves_nothing_and_frees_the_lock() {
     assert_eq!(agg.get("/data-packages/flu__count_sex__001")["total"], 40);
 }
 
-#[test]
-fn flat_tables_are_kept_per_site_and_need_counts_too() {
-    let agg = start("flat", Limits::default());
+fn flat_tables_are_kept_per_site_and_need_counts_too(db: Db) {
+    let agg = start("flat", db, Limits::default());
     let a = agg.site("site_a", &[]);
     let flat = |rows: &[(i64, &str)]| parquet(&[("cnt", ColumnType::BigInt), ("code", ColumnType::Text)], &rows.iter().map(|(n, c)| vec![json!(n), json!(c)]).collect::<Vec<_>>());
     let mut members = vec![("flu__count_sex.cube.parquet".to_string(), cube(&[(30, None)])), ("flu__codes.flat.parquet".to_string(), flat(&[(12, "x"), (15, "y")]))];
@@ -361,3 +413,94 @@ fn flat_tables_are_kept_per_site_and_need_counts_too() {
     assert_eq!(r.status(), 400);
     assert!(r.text().unwrap().contains("counts only"));
 }
+
+fn two_servers_merging_at_once_lose_nothing(db: Db) {
+    let agg = start("race", db, Limits::default());
+    // A second server on the same database, as in a deployment with two
+    // aggregator processes behind a load balancer.
+    let second = Arc::new(Ledger::open(&agg.target).unwrap());
+    let sites: Vec<i64> = (0..12).collect();
+    for i in &sites {
+        agg.ledger.add_site(&format!("site_{i}"), &format!("user_{i}"), "", &[]).unwrap();
+    }
+    let threads: Vec<_> = sites
+        .iter()
+        .map(|&i| {
+            let ledger = if i % 2 == 0 { agg.ledger.clone() } else { second.clone() };
+            std::thread::spawn(move || {
+                let zip = package(1, &[(10 + i, None)]);
+                let checked = veil_aggregator::package::read(&zip, "flu", 1, 10, &Limits::default()).unwrap();
+                let (id, site, sha) = (format!("t{i}"), format!("site_{i}"), format!("{i:064}"));
+                let arrival = veil_aggregator::Arrival { id: &id, site: &site, study: "flu", version: 1, sha256: &sha, bytes: zip.len() as i64 };
+                ledger.accept(&arrival, &checked).unwrap().unwrap()
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), veil_aggregator::Outcome::Accepted);
+    }
+    let expected: i64 = sites.iter().map(|i| 10 + i).sum();
+    assert_eq!(agg.get("/data-packages/flu__count_sex__001")["total"], expected, "every site's upload is in the merge");
+    assert_eq!(agg.chart("column=site")["data"][0]["rows"].as_array().unwrap().len(), sites.len());
+}
+
+fn the_dashboard_is_served_without_data(db: Db) {
+    let agg = start("dashboard", db, Limits::default());
+    let http = Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let root = http.get(&agg.url).send().unwrap();
+    assert_eq!((root.status().as_u16(), root.headers()["location"].to_str().unwrap()), (303, "/dashboard"));
+    for (path, kind) in [("/dashboard", "text/html"), ("/dashboard/app.js", "text/javascript"), ("/dashboard/app.css", "text/css")] {
+        let r = http.get(format!("{}{path}", agg.url)).send().unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with(kind), "{path}");
+        assert!(r.headers()["content-security-policy"].to_str().unwrap().contains("script-src 'self'"), "{path}");
+    }
+    // The page holds no data: without a key, the API it reads still says no.
+    assert_eq!(http.get(format!("{}/data-packages", agg.url)).send().unwrap().status(), 401);
+}
+
+#[test]
+fn a_dropped_postgres_connection_is_made_again() {
+    let schema = Schema::fresh(format!("veil_aggregator_reconnect_{}", std::process::id()));
+    let app = format!("veil_reconnect_{}", std::process::id());
+    let ledger = Ledger::open(&format!("{}&application_name={app}", schema.url())).unwrap();
+    assert!(ledger.add_site("site_a", "a", "", &[]).unwrap().is_some());
+    // The server drops the connection, as a restart or a failover does.
+    let mut admin = postgres::Client::connect(&schema.server, postgres::NoTls).unwrap();
+    let dropped: i64 = admin.query_one("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1", &[&app]).unwrap().get(0);
+    assert_eq!(dropped, 1);
+    assert_eq!(ledger.sites().unwrap().len(), 1, "a read connects again");
+    let dropped: i64 = admin.query_one("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1", &[&app]).unwrap().get(0);
+    assert_eq!(dropped, 1);
+    assert!(ledger.add_site("site_b", "b", "", &[]).unwrap().is_some(), "so does a write");
+    assert_eq!(ledger.sites().unwrap().len(), 2);
+}
+
+/// Each test, once per database.
+macro_rules! on_both {
+    ($($test:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[test]
+            fn $test() {
+                super::$test(super::Db::Sqlite)
+            })*
+        }
+        mod on_postgres {
+            $(#[test]
+            fn $test() {
+                super::$test(super::Db::Postgres)
+            })*
+        }
+    };
+}
+
+on_both!(
+    sites_upload_and_the_merge_sums_them,
+    credentials_and_permissions,
+    one_site_cannot_write_as_another,
+    malformed_and_hostile_zips_are_refused_with_a_message,
+    a_broken_upload_leaves_nothing_and_frees_the_lock,
+    flat_tables_are_kept_per_site_and_need_counts_too,
+    two_servers_merging_at_once_lose_nothing,
+    the_dashboard_is_served_without_data,
+);

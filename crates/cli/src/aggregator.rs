@@ -50,14 +50,16 @@ enum Command {
 
 #[derive(clap::Args)]
 struct DbArgs {
-    /// The aggregator's database (SQLite), created if missing.
-    #[arg(long, value_name = "FILE", default_value = "aggregator.db", env = "VEIL_AGGREGATOR_DB")]
-    db: PathBuf,
+    /// The aggregator's database: a SQLite file (created if missing) or
+    /// postgres://user@host/db (add ?schema=NAME for a schema of its own);
+    /// tables are created when missing.
+    #[arg(long, value_name = "FILE|URL", default_value = "aggregator.db", env = "VEIL_AGGREGATOR_DB")]
+    db: String,
 }
 
 impl DbArgs {
     fn open(&self) -> Result<Ledger> {
-        Ledger::open(&self.db.to_string_lossy()).map_err(|e| UsageError(format!("cannot open {}: {e}", self.db.display())).into())
+        Ledger::open(&self.db).map_err(|e| UsageError(format!("cannot open {}: {e}", veil_store::printable_url(&self.db))).into())
     }
 }
 
@@ -280,7 +282,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     let config = Config { ledger, dir: a.dir.clone(), base_url: base_url.clone(), network: a.network.clone(), min_cell: a.min_cell, limits, access_log: true };
     let app = router(config)?;
     let at = a.network.as_ref().map(|n| format!(" and {base_url}/{n}")).unwrap_or_default();
-    eprintln!("veil aggregator: {base_url} (database {}, archive {}); uploads at {base_url}/{at}; minimum cell {}", a.db.db.display(), a.dir.display(), a.min_cell);
+    eprintln!("veil aggregator: {base_url} (database {}, archive {}); uploads at {base_url}/{at}; minimum cell {}", veil_store::printable_url(&a.db.db), a.dir.display(), a.min_cell);
     eprintln!("veil aggregator: {sites} site(s) (veil aggregator site add), {keys} API key(s) (veil aggregator key add)");
     if !addr.ip().is_loopback() && !base_url.starts_with("https://") {
         eprintln!("veil aggregator: WARNING: {base_url} is not https: site secrets would cross the network in the clear; serve behind a TLS-terminating proxy and pass --base-url https://…");

@@ -129,7 +129,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
 }
 
 fn open(store: &StoreArgs) -> Result<Box<dyn veil_store::Store>> {
-    Ok(veil_store::open(&store.db).map_err(|e| UsageError(format!("cannot open the store {}: {e}", store.db)))?)
+    Ok(veil_store::open(&store.db).map_err(|e| UsageError(format!("cannot open the store {}: {e}", veil_store::printable_url(&store.db))))?)
 }
 
 fn add(a: AddArgs) -> Result<ExitCode> {
@@ -210,9 +210,9 @@ fn keygen(a: KeygenArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Creates `path` for a private key: never over an existing file, and
+/// Creates `path` for a private key or secret: never over an existing file, and
 /// readable by its owner only.
-fn write_private(path: &std::path::Path, pem: &str) -> Result<()> {
+pub(crate) fn write_private(path: &std::path::Path, pem: &str) -> Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -72,17 +72,23 @@ struct Job {
     ndjson: bool,
 }
 
-pub(crate) fn run(args: Args) -> Result<ExitCode> {
-    let policy = if args.config.eq_ignore_ascii_case("safe-harbor") {
+/// The policy `config` names: `safe-harbor` (the built-in sample) or a
+/// configuration file; its warnings go to stderr under `command`'s name.
+pub(crate) fn read_policy(config: &str, command: &str) -> Result<Policy> {
+    let policy = if config.eq_ignore_ascii_case("safe-harbor") {
         Policy::safe_harbor()
     } else {
-        let text = fs::read_to_string(&args.config)
-            .with_context(|| format!("cannot read the configuration {}", args.config))?;
-        Policy::parse(&text).map_err(|e| UsageError(format!("{}: {e}", args.config)))?
+        let text = fs::read_to_string(config).with_context(|| format!("cannot read the configuration {config}"))?;
+        Policy::parse(&text).map_err(|e| UsageError(format!("{config}: {e}")))?
     };
     for w in &policy.warnings {
-        eprintln!("veil deid: warning: {w}");
+        eprintln!("{command}: warning: {w}");
     }
+    Ok(policy)
+}
+
+pub(crate) fn run(args: Args) -> Result<ExitCode> {
+    let policy = read_policy(&args.config, "veil deid")?;
     let quarantine_mode = policy.quarantine || args.quarantine.is_some();
     let on_error = if quarantine_mode { OnError::Quarantine } else { OnError::Fail };
     let scope_prefix_is_folder = matches!(policy.parameters.date_shift_scope, Some(veil_deid::DateShiftScope::Folder));

@@ -114,7 +114,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     println!();
     serve_and_export(&args.data, &args.out)?;
     println!();
-    println!("Next on the path: share links for the export, the aggregator's dashboard, and pulling from an EHR (veil export).");
+    println!("Next on the path: share links for the export and pulling from an EHR (veil export).");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -371,8 +371,15 @@ fn two_sites(study: &veil_study::Study, export: &std::path::Path, out: &std::pat
         let year = row[0].as_str().unwrap_or_default();
         println!("  {year}: {} ({})", row[1], parts.get(year).map(|p| p.join(" + ")).unwrap_or_default());
     }
+    // The key goes to a file only the user can read, never to the terminal.
+    let key_file = dir.join("api-key.txt");
+    let _ = std::fs::remove_file(&key_file); // the previous run's
+    crate::client::write_private(&key_file, &key)?;
+    println!("See it in the dashboard: veil aggregator serve --db {} --dir {}", dir.join("aggregator.db").display(), dir.display());
+    println!("  then open http://127.0.0.1:8090/ and sign in with the API key in {}", key_file.display());
     Ok(())
 }
+
 
 /// Writes `export`'s NDJSON into one folder per site, each patient (and what
 /// refers to it) in one site only, patients dealt out in turn by id.

@@ -34,7 +34,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
-    let store = veil_store::open(&args.db).map_err(|e| UsageError(format!("cannot open the store {}: {e}", args.db)))?;
+    let store = veil_store::open(&args.db).map_err(|e| UsageError(format!("cannot open the store {}: {e}", veil_store::printable_url(&args.db))))?;
     let started = Instant::now();
     let mut total = LoadReport::default();
     for path in &args.files {
@@ -59,7 +59,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         total.add(&report);
     }
     let n: u64 = total.written.values().sum();
-    eprintln!("veil load: {n} resources written to {} in {:.1} s", args.db, started.elapsed().as_secs_f64());
+    eprintln!("veil load: {n} resources written to {} in {:.1} s", veil_store::printable_url(&args.db), started.elapsed().as_secs_f64());
     let kinds: Vec<String> = total.written.iter().map(|(t, c)| format!("{t} {c}")).collect();
     eprintln!("  {}", kinds.join(", "));
     Ok(ExitCode::SUCCESS)

@@ -7,6 +7,7 @@ mod aggregator;
 mod client;
 mod deid;
 mod demo;
+mod export;
 mod fhirpath;
 mod input;
 mod load;
@@ -27,8 +28,10 @@ use clap::{Parser, Subcommand};
 /// to registered clients (`veil load`, `veil serve`, `veil client`),
 /// flattens resources with SQL on FHIR views (`veil view run`) and builds
 /// aggregate studies for a Cumulus aggregator (`veil study`,
-/// `veil export-preset`, `veil upload`), and combines many sites' studies
-/// (`veil aggregator`). `veil demo` runs all of it on the bundled sample.
+/// `veil export-preset`, `veil upload`), combines many sites' studies
+/// (`veil aggregator`) and pulls de-identified data from any FHIR server's
+/// Bulk Data endpoint (`veil export`). `veil demo` runs the main path on the
+/// bundled sample.
 #[derive(Parser)]
 #[command(name = "veil", version, propagate_version = true)]
 struct Cli {
@@ -48,6 +51,7 @@ enum Command {
     Study(study::Args),
     ExportPreset(study::PresetArgs),
     Upload(upload::Args),
+    Export(Box<export::Args>),
     Aggregator(aggregator::Args),
     Demo(demo::Args),
 }
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::Study(args) => study::run(args),
         Command::ExportPreset(args) => study::preset(args),
         Command::Upload(args) => upload::run(args),
+        Command::Export(args) => export::run(*args),
         Command::Aggregator(args) => aggregator::run(args),
         Command::Demo(args) => demo::run(args),
     };

@@ -68,14 +68,14 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let store: Arc<dyn veil_store::Store> =
-        Arc::from(veil_store::open(&args.db).map_err(|e| UsageError(format!("cannot open the store {}: {e}", args.db)))?);
+        Arc::from(veil_store::open(&args.db).map_err(|e| UsageError(format!("cannot open the store {}: {e}", veil_store::printable_url(&args.db))))?);
     let storage = Storage::new(&args.storage).with_context(|| format!("cannot create {}", args.storage.display()))?;
     let runtime = tokio::runtime::Runtime::new()?;
     let auth = if args.insecure_no_auth {
         eprintln!("veil serve: WARNING: authorization is OFF (--insecure-no-auth): anyone who can connect to {} can read and export every resource", args.listen);
         None
     } else {
-        Some(Auth::new(&*store).map_err(|e| UsageError(format!("cannot set up authorization in the store {}: {e}", args.db)))?)
+        Some(Auth::new(&*store).map_err(|e| UsageError(format!("cannot set up authorization in the store {}: {e}", veil_store::printable_url(&args.db))))?)
     };
     let listener = runtime.block_on(bind(args.listen, auth.is_some())).map_err(|e| UsageError(format!("cannot listen on {}: {e}", args.listen)))?;
     let addr = listener.local_addr()?;
@@ -89,7 +89,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
             std::thread::spawn(move || worker_loop(&*store, &storage, &format!("veil-{host}-{i}"), config, &stop))
         })
         .collect();
-    eprintln!("veil serve: {base_url} (store {}, storage {})", args.db, args.storage.display());
+    eprintln!("veil serve: {base_url} (store {}, storage {})", veil_store::printable_url(&args.db), args.storage.display());
     if !addr.ip().is_loopback() && !base_url.starts_with("https://") {
         // Veil speaks plain HTTP; beyond loopback, TLS belongs to a proxy in front.
         eprintln!("veil serve: WARNING: {base_url} is not https: tokens and data would cross the network in the clear; serve behind a TLS-terminating proxy and pass --base-url https://…");

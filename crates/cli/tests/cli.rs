@@ -703,8 +703,16 @@ fn the_flu_preset_export_loses_nothing_the_study_reads() {
 #[test]
 fn aggregator_sites_and_keys_are_managed_from_the_cli() {
     let t = TempDir::new("aggregator-admin");
-    let db = t.0.join("aggregator.db");
-    let db = db.to_str().unwrap();
+    manage_sites_and_keys(t.0.join("aggregator.db").to_str().unwrap());
+}
+
+#[test]
+fn aggregator_sites_and_keys_are_managed_on_postgres() {
+    let base = std::env::var("VEIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    manage_sites_and_keys(&format!("{base}?schema=veil_cli_aggregator_{}", std::process::id()));
+}
+
+fn manage_sites_and_keys(db: &str) {
     let add = veil(&["aggregator", "site", "add", "bch", "--user", "bch-uploader", "--studies", "flu,core", "--db", db], None);
     assert!(add.status.success(), "{}", text(&add.stderr));
     let secret = text(&add.stdout).trim().to_string();
@@ -737,4 +745,68 @@ fn aggregator_sites_and_keys_are_managed_from_the_cli() {
     assert_eq!(veil(&["aggregator", "site", "rotate", "bch", "--db", db], None).status.code(), Some(2));
     let serve = veil(&["aggregator", "serve", "--db", db, "--network", "upload"], None);
     assert_eq!(serve.status.code(), Some(2), "a network may not shadow a route");
+}
+
+#[test]
+fn export_says_when_there_is_nothing_to_resume() {
+    let t = TempDir::new("export-resume");
+    // Nothing listens on this port: the state is checked before any request.
+    let out = veil(&["export", "--from", "http://127.0.0.1:9/fhir", "-o", t.0.to_str().unwrap(), "--resume"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("nothing to resume"), "{}", text(&out.stderr));
+    let refused = veil(&["export", "--from", "http://127.0.0.1:9/fhir", "-o", t.0.to_str().unwrap(), "--keep-raw", "raw"], None);
+    assert_eq!(refused.status.code(), Some(2), "--keep-raw needs --deid");
+}
+
+#[test]
+fn export_killed_mid_download_resumes_with_every_resource_once() {
+    use serde_json::Value as Json;
+    use sha2::Digest as _;
+    let t = TempDir::new("export-kill");
+    let db = sample_store(&t);
+    let port = free_port();
+    let mut server = spawn_serve(&db, &t.0.join("storage"), port);
+    let base = format!("http://127.0.0.1:{port}");
+    let dest = t.0.join("pulled");
+    let args = ["export", "--from", base.as_str(), "-o", dest.to_str().unwrap(), "--concurrency", "1"];
+    let mut export = Command::new(env!("CARGO_BIN_EXE_veil")).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // SIGKILL once a few files (of the sample's ~390) are finished.
+    let state_path = dest.join(".veil-export-state.json");
+    let state = loop {
+        assert!(export.try_wait().unwrap().is_none(), "the export ended before it could be killed");
+        if let Some(state) = std::fs::read(&state_path).ok().and_then(|b| serde_json::from_slice::<Json>(&b).ok())
+            && state["files"].as_object().is_some_and(|f| f.len() >= 3)
+        {
+            export.kill().unwrap();
+            export.wait().unwrap();
+            break state;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let planned = state["manifest"]["output"].as_array().unwrap().len();
+    let expected: u64 = state["manifest"]["output"].as_array().unwrap().iter().map(|o| o["count"].as_u64().unwrap()).sum();
+    let finished = std::fs::read(&state_path).map(|b| serde_json::from_slice::<Json>(&b).unwrap()["files"].as_object().unwrap().len()).unwrap();
+    assert!(finished < planned, "killed mid-download ({finished} of {planned} files)");
+
+    let resumed = veil(&["export", "--from", &base, "-o", dest.to_str().unwrap(), "--resume"], None);
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    assert!(text(&resumed.stdout).contains("were already finished and were not fetched again"), "{}", text(&resumed.stdout));
+    // Every resource exactly once; each file as the manifest says.
+    let received: Json = serde_json::from_slice(&std::fs::read(dest.join("veil-export-manifest.json")).unwrap()).unwrap();
+    let files = received["files"].as_object().unwrap();
+    assert_eq!(files.len(), planned);
+    let mut seen = std::collections::HashSet::new();
+    for (name, file) in files {
+        let bytes = std::fs::read(dest.join(name)).unwrap();
+        assert_eq!(veil_fhir::hex::encode(&sha2::Sha256::digest(&bytes)), file["sha256"].as_str().unwrap(), "{name}");
+        for line in String::from_utf8(bytes).unwrap().lines() {
+            let doc: Json = serde_json::from_str(line).unwrap();
+            assert!(seen.insert(format!("{}/{}", doc["resourceType"], doc["id"])), "a duplicate in {name}");
+        }
+    }
+    assert_eq!(seen.len() as u64, expected, "every resource of the export");
+    let leftovers: Vec<_> = std::fs::read_dir(&dest).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".part") || n.starts_with('.')).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    server.kill().unwrap();
+    server.wait().unwrap();
 }

@@ -241,10 +241,13 @@ fn a_patient_read_token_cannot_export_observations() {
 
 #[test]
 fn an_expired_access_token_is_refused() {
-    let s = start("auth_expiry", false, Some(1));
+    // Expiry is kept in whole seconds, so a token of lifetime L lives between
+    // L-1 and L seconds: 3 leaves the fresh token below at least two seconds
+    // to be used in, even on a loaded machine (1 made this test flaky).
+    let s = start("auth_expiry", false, Some(3));
     let tokens = registered_tokens(&s, "team-a", "system/*.read", "system/*.read");
     let token = tokens.access_token().unwrap();
-    std::thread::sleep(Duration::from_millis(2100));
+    std::thread::sleep(Duration::from_millis(3100));
     let r = with_token(client().get(format!("{}/Patient?_count=1", s.base)), &token);
     assert_eq!(r.status(), 401);
     assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));

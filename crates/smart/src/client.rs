@@ -95,6 +95,12 @@ impl TokenClient {
         Ok(self.current()?.0)
     }
 
+    /// Drops the cached token, so that the next [`TokenClient::access_token`]
+    /// asks for a new one (after a server refused it as expired, say).
+    pub fn forget(&self) {
+        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// The scope the server granted, which may be narrower than asked for.
     pub fn granted_scope(&self) -> Result<String, ClientError> {
         Ok(self.current()?.1)

@@ -32,6 +32,7 @@ mod time;
 
 use std::collections::BTreeMap;
 
+pub use pg::connect as connect_postgres;
 pub use time::now_instant;
 
 /// A store failure. Messages name tables and operations, never resource content.
@@ -313,4 +314,21 @@ pub fn open(url: &str) -> Result<Box<dyn Store>> {
         return Ok(Box::new(pg::PgStore::open(url)?));
     }
     Err(StoreError::Url)
+}
+
+/// A database URL fit to print: a password in it (`postgres://u:pw@host`)
+/// becomes `***`.
+///
+/// ```
+/// assert_eq!(veil_store::printable_url("postgres://veil:s3cret@db/veil"), "postgres://veil:***@db/veil");
+/// assert_eq!(veil_store::printable_url("sqlite:veil.db"), "sqlite:veil.db");
+/// ```
+pub fn printable_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_string() };
+    match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_string(),
+    }
 }

@@ -17,16 +17,9 @@ pub(crate) struct PgStore {
 }
 
 impl PgStore {
-    /// Connects; a `schema=NAME` query parameter (Veil's, not libpq's)
-    /// puts the tables in a schema of their own, created if missing.
+    /// Connects (see [`connect`] for `?schema=`) and creates the tables.
     pub fn open(url: &str) -> Result<PgStore> {
-        let (url, schema) = split_schema(url);
-        let mut client = Client::connect(&url, NoTls)?;
-        if let Some(schema) = &schema {
-            // The name is quoted as an identifier; it is configuration, not data.
-            let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
-            client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {quoted}; SET search_path TO {quoted}"))?;
-        }
+        let mut client = connect(url)?;
         // Concurrent first starts may race to create the same tables.
         client.batch_execute("SELECT pg_advisory_lock(7357001)")?;
         let created = client.batch_execute(&crate::schema("BIGINT", "CREATE SEQUENCE IF NOT EXISTS resource_seq;"));
@@ -38,6 +31,20 @@ impl PgStore {
     fn client(&self) -> std::sync::MutexGuard<'_, Client> {
         self.client.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Connects to `url`; a `schema=NAME` query parameter (Veil's, not
+/// libpq's) puts the tables in a schema of their own, created if missing,
+/// so that several Veil databases (or tests) can share one server.
+pub fn connect(url: &str) -> std::result::Result<Client, postgres::Error> {
+    let (url, schema) = split_schema(url);
+    let mut client = Client::connect(&url, NoTls)?;
+    if let Some(schema) = &schema {
+        // The name is quoted as an identifier; it is configuration, not data.
+        let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
+        client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {quoted}; SET search_path TO {quoted}"))?;
+    }
+    Ok(client)
 }
 
 fn split_schema(url: &str) -> (String, Option<String>) {
@@ -318,6 +325,7 @@ impl Store for PgStore {
         client.execute("INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&name, &make()])?;
         Ok(client.query_one("SELECT value FROM secrets WHERE name = $1", &[&name])?.get(0))
     }
+
 }
 
 /// A client row (named so as not to clash with the connection's `client`).
