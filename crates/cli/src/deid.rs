@@ -41,7 +41,10 @@ pub(crate) struct Args {
     /// Input folder (the Microsoft tool's -i).
     #[arg(short = 'i', long = "inputFolder", visible_alias = "input", value_name = "DIR")]
     input_folder: Option<PathBuf>,
-    /// Output folder; for a single input file, also a file name.
+    /// Output folder (or, for a single input file, a file name); also
+    /// s3://bucket/prefix, az://container/prefix or gs://bucket/prefix, with
+    /// the cloud's usual environment variables for credentials. A folder
+    /// ends with veil-manifest.json (size and SHA-256 of each file).
     #[arg(short = 'o', long = "outputFolder", visible_alias = "output", value_name = "PATH")]
     output: Option<PathBuf>,
     /// NDJSON mode: read *.ndjson files from the input folder (otherwise *.json).
@@ -87,7 +90,43 @@ pub(crate) fn read_policy(config: &str, command: &str) -> Result<Policy> {
     Ok(policy)
 }
 
-pub(crate) fn run(args: Args) -> Result<ExitCode> {
+pub(crate) fn run(mut args: Args) -> Result<ExitCode> {
+    let destination = match args.output.as_ref().and_then(|o| o.to_str()).filter(|o| o.contains("://")) {
+        Some(text) => Some(veil_storage::Location::parse(text).map_err(|e| UsageError(e.to_string()))?),
+        None => None,
+    };
+    match destination {
+        Some(veil_storage::Location::Local(dir)) => {
+            args.output = Some(dir);
+            run_local(args)
+        }
+        Some(cloud) => run_to_cloud(args, &cloud),
+        None => run_local(args),
+    }
+}
+
+/// De-identifies into a local staging folder, then uploads every file and
+/// the manifest last: the cloud destination never holds a partial file,
+/// and a reader who finds the manifest finds everything.
+fn run_to_cloud(mut args: Args, destination: &veil_storage::Location) -> Result<ExitCode> {
+    if args.input_folder.is_none() && args.files.is_empty() {
+        bail!(UsageError("standard input goes to standard output or a local file, not to cloud storage: give input files or -i".into()));
+    }
+    let storage = veil_storage::Storage::open(destination)?;
+    let stage = std::env::temp_dir().join(format!("veil-deid-{}-{}", std::process::id(), veil_storage::now_secs()));
+    fs::create_dir_all(&stage)?;
+    args.output = Some(stage.clone());
+    let outcome = run_local(args).and_then(|code| {
+        let mut uploaded = 0;
+        let manifest = storage.upload_dir(&stage, &mut |_| uploaded += 1)?;
+        eprintln!("veil deid: uploaded {uploaded} files ({} bytes) and {} to {destination}", manifest.bytes(), veil_storage::MANIFEST_NAME);
+        Ok(code)
+    });
+    let _ = fs::remove_dir_all(&stage);
+    outcome
+}
+
+fn run_local(args: Args) -> Result<ExitCode> {
     let policy = read_policy(&args.config, "veil deid")?;
     let quarantine_mode = policy.quarantine || args.quarantine.is_some();
     let on_error = if quarantine_mode { OnError::Quarantine } else { OnError::Fail };
@@ -143,6 +182,11 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     if let Some(path) = &args.report {
         let report = report_json(&total, quarantined.len(), started);
         write_atomically(path, |w| w.write_all(serde_json::to_string_pretty(&report).unwrap_or_default().as_bytes()))?;
+    }
+    // A folder of output ends with its checksummed manifest, written last.
+    if let Some(dir) = args.output.as_ref().filter(|o| o.is_dir()) {
+        let manifest = veil_storage::manifest_of_dir(dir)?;
+        write_atomically(&dir.join(veil_storage::MANIFEST_NAME), |w| w.write_all(&manifest.to_json()))?;
     }
     print_report(&total, &quarantined, started, bytes_in);
     // Finished, but not everything went through: say so in the exit code (the report says what).

@@ -13,6 +13,7 @@ mod input;
 mod load;
 mod output;
 mod serve;
+mod share;
 mod study;
 mod upload;
 mod view;
@@ -30,8 +31,10 @@ use clap::{Parser, Subcommand};
 /// aggregate studies for a Cumulus aggregator (`veil study`,
 /// `veil export-preset`, `veil upload`), combines many sites' studies
 /// (`veil aggregator`) and pulls de-identified data from any FHIR server's
-/// Bulk Data endpoint (`veil export`). `veil demo` runs the main path on the
-/// bundled sample.
+/// Bulk Data endpoint (`veil export`). De-identified exports go to a folder,
+/// S3, Azure Blob or GCS, and reach a research team as read-only links that
+/// expire (`veil share`, `veil fetch`). `veil demo` runs the main path on
+/// the bundled sample.
 #[derive(Parser)]
 #[command(name = "veil", version, propagate_version = true)]
 struct Cli {
@@ -52,6 +55,8 @@ enum Command {
     ExportPreset(study::PresetArgs),
     Upload(upload::Args),
     Export(Box<export::Args>),
+    Share(share::Args),
+    Fetch(share::FetchArgs),
     Aggregator(aggregator::Args),
     Demo(demo::Args),
 }
@@ -82,6 +87,8 @@ fn main() -> ExitCode {
         Command::ExportPreset(args) => study::preset(args),
         Command::Upload(args) => upload::run(args),
         Command::Export(args) => export::run(*args),
+        Command::Share(args) => share::run(args),
+        Command::Fetch(args) => share::fetch(args),
         Command::Aggregator(args) => aggregator::run(args),
         Command::Demo(args) => demo::run(args),
     };

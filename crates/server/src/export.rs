@@ -400,6 +400,12 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
         Ok(d) => d.iter().map(|(ty, path, count)| json!({"type": ty, "url": file_url(&req, &job.id, path), "count": count})).collect::<Vec<_>>(),
         Err(e) => return Outcome::Failed(500, format!("cannot list deletions: {e}")),
     };
+    // Last, the checksummed manifest: what `veil share` hands over and
+    // `veil fetch` checks. Its presence says the folder is complete.
+    let manifest = veil_storage::manifest_of_dir(&dir).map(|m| m.to_json()).and_then(|m| fs::write(dir.join(veil_storage::MANIFEST_NAME), m));
+    if let Err(e) = manifest {
+        return Outcome::Failed(500, format!("cannot write the export's manifest: {e}"));
+    }
     Outcome::Completed(json!({
         "transactionTime": job.created,
         "request": req.url,

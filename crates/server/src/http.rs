@@ -40,6 +40,8 @@ pub struct AppState {
     /// When each job's status was last polled, to answer 429 to clients
     /// that poll faster than Retry-After.
     polls: Mutex<HashMap<String, Instant>>,
+    /// The key Veil share links are signed with.
+    pub(crate) share_key: Arc<crate::share::ShareKey>,
 }
 
 /// Seconds a client should wait between status polls.
@@ -49,7 +51,7 @@ impl AppState {
     /// Shared state for the router; `auth` `None` serves without
     /// authorization, for experiments on loopback.
     pub fn new(store: Arc<dyn Store>, storage: Storage, base_url: String, auth: Option<Auth>) -> AppState {
-        AppState { store, storage, base_url, auth, access_log: false, polls: Mutex::new(HashMap::new()) }
+        AppState { store, storage, base_url, auth, access_log: false, polls: Mutex::new(HashMap::new()), share_key: Arc::default() }
     }
 }
 
@@ -60,7 +62,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     let open = Router::new()
         .route("/metadata", get(metadata))
         .route("/.well-known/smart-configuration", get(crate::auth::smart_configuration))
-        .route(crate::auth::TOKEN_PATH, axum::routing::post(crate::auth::token));
+        .route(crate::auth::TOKEN_PATH, axum::routing::post(crate::auth::token))
+        // Share links carry their own credential (a signed token).
+        .route("/share/{token}", get(crate::share::manifest))
+        .route("/share/{token}/", get(crate::share::manifest))
+        .route("/share/{token}/{*path}", get(crate::share::file));
     let protected = Router::new()
         .route("/$export", get(kickoff_system).post(kickoff_system))
         .route("/Patient/$export", get(kickoff_patient).post(kickoff_patient))
@@ -761,7 +767,7 @@ async fn download(State(st): State<Arc<AppState>>, Extension(caller): Extension<
     let Ok(Some(path)) = path else { return outcome(StatusCode::NOT_FOUND, "not-found", "no such file") };
     match tokio::fs::File::open(&path).await {
         Ok(f) => {
-            let stream = FileStream { file: f, buf: vec![0; 64 * 1024] };
+            let stream = FileStream::new(f);
             (StatusCode::OK, [(header::CONTENT_TYPE, "application/fhir+ndjson")], Body::from_stream(stream)).into_response()
         }
         Err(_) => outcome(StatusCode::NOT_FOUND, "not-found", "no such file"),
@@ -783,14 +789,22 @@ pub async fn bind(addr: SocketAddr, authorization: bool) -> std::io::Result<toki
 
 /// Serves on `listener` until `shutdown` resolves.
 pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    // The client's address is what share links with an address range check.
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown).await
 }
 
 /// A file as a stream of 64 KiB chunks, so downloads never hold a whole
 /// file in memory.
-struct FileStream {
+pub(crate) struct FileStream {
     file: tokio::fs::File,
     buf: Vec<u8>,
+}
+
+impl FileStream {
+    /// The rest of `file`, from where it stands.
+    pub(crate) fn new(file: tokio::fs::File) -> FileStream {
+        FileStream { file, buf: vec![0; 64 * 1024] }
+    }
 }
 
 impl futures_core::Stream for FileStream {

@@ -9,7 +9,7 @@
 //! * [`http`] is the router (FHIR REST, `$export` kick-off, status,
 //!   downloads); [`export`] the durable workers that write the files;
 //!   [`auth`] discovery, the token endpoint and the token every protected
-//!   request needs.
+//!   request needs; [`share`] Veil's own share links (`/share/<token>/`).
 //!
 //! ```
 //! let store = veil_store::open("sqlite::memory:")?;
@@ -28,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod share;
 pub mod export;
 pub mod http;
 pub mod search;

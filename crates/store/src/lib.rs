@@ -195,6 +195,43 @@ pub struct ClientRecord {
     pub created: String,
 }
 
+/// A share: a read-only, expiring link to one export (see `veil-storage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareRecord {
+    /// Its id (`sh_` and 16 hex digits); never a secret: the link is.
+    pub id: String,
+    /// How the link works: `veil` (served by `veil serve`), `azure-sas`,
+    /// `s3-presigned` or `gcs-presigned`.
+    pub kind: String,
+    /// What is shared: a storage location, never with credentials in it.
+    pub location: String,
+    /// When it was made.
+    pub created: String,
+    /// When it stops working (an instant, as [`now_instant`] writes them).
+    pub expires: String,
+    /// Who it is for, as the issuer described them.
+    pub recipient: Option<String>,
+    /// The client addresses allowed (a CIDR), if limited.
+    pub ip: Option<String>,
+    /// When it was revoked.
+    pub revoked: Option<String>,
+}
+
+/// One download through a Veil share link: the audit log's line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareDownload {
+    /// The share.
+    pub share_id: String,
+    /// When (set by the store).
+    pub time: String,
+    /// The file, as the share's manifest names it.
+    pub file: String,
+    /// Bytes sent.
+    pub bytes: i64,
+    /// The client's address.
+    pub client: String,
+}
+
 /// Persistence, implemented for SQLite and PostgreSQL.
 pub trait Store: Send + Sync {
     /// Creates or replaces resources, all in one transaction; each gets the
@@ -245,11 +282,25 @@ pub trait Store: Send + Sync {
     /// The secret called `name`, made by `make` the first time it is asked
     /// for; every process sharing the store gets the same value.
     fn secret(&self, name: &str, make: &mut dyn FnMut() -> String) -> Result<String>;
+    /// Records a new share (its `created` is set by the store).
+    fn add_share(&self, share: &ShareRecord) -> Result<ShareRecord>;
+    /// A share by id.
+    fn share(&self, id: &str) -> Result<Option<ShareRecord>>;
+    /// Every share, newest first.
+    fn shares(&self) -> Result<Vec<ShareRecord>>;
+    /// Marks a share revoked now; `false` if there is no such share or it
+    /// was revoked already.
+    fn revoke_share(&self, id: &str) -> Result<bool>;
+    /// Appends a download to the audit log (its `time` is set by the store).
+    fn record_download(&self, download: &ShareDownload) -> Result<()>;
+    /// The audit log: downloads of one share (or all, for `None`), oldest first.
+    fn downloads(&self, share_id: Option<&str>) -> Result<Vec<ShareDownload>>;
 }
 
 /// The tables, in the SQL both databases speak; `int` is the 64-bit integer
-/// type's name and `sequence` the statement that creates the change counter.
-pub(crate) fn schema(int: &str, sequence: &str) -> String {
+/// type's name, `serial` a primary key numbered by the database and
+/// `sequence` the statement that creates the change counter.
+pub(crate) fn schema(int: &str, serial: &str, sequence: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS resources (
             type TEXT NOT NULL, id TEXT NOT NULL, version {int} NOT NULL, last_updated TEXT NOT NULL,
@@ -269,12 +320,25 @@ pub(crate) fn schema(int: &str, sequence: &str) -> String {
             id TEXT PRIMARY KEY, name TEXT NOT NULL, jwks TEXT, jwks_url TEXT, scopes TEXT NOT NULL, created TEXT NOT NULL);
         CREATE TABLE IF NOT EXISTS used_jti (
             client_id TEXT NOT NULL, jti TEXT NOT NULL, expires {int} NOT NULL, PRIMARY KEY (client_id, jti));
-        CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS shares (
+            id TEXT PRIMARY KEY, kind TEXT NOT NULL, location TEXT NOT NULL, created TEXT NOT NULL,
+            expires TEXT NOT NULL, recipient TEXT, ip TEXT, revoked TEXT);
+        CREATE TABLE IF NOT EXISTS share_downloads (
+            seq {serial}, share_id TEXT NOT NULL, time TEXT NOT NULL, file TEXT NOT NULL,
+            bytes {int} NOT NULL, client TEXT NOT NULL);
+        CREATE INDEX IF NOT EXISTS share_downloads_share ON share_downloads (share_id, seq);"
     )
 }
 
 /// The columns of a client, in [`ClientRecord`]'s order.
 pub(crate) const CLIENT_COLS: &str = "id, name, jwks, jwks_url, scopes, created";
+
+/// The columns of a share, in [`ShareRecord`]'s order.
+pub(crate) const SHARE_COLS: &str = "id, kind, location, created, expires, recipient, ip, revoked";
+
+/// The columns of a download, in [`ShareDownload`]'s order.
+pub(crate) const DOWNLOAD_COLS: &str = "share_id, time, file, bytes, client";
 
 /// Rows per scan query.
 pub(crate) const SCAN_BATCH: usize = 2000;

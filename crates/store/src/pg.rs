@@ -9,7 +9,7 @@ use postgres::{Client, NoTls, Row};
 
 use crate::sqlite::scan_sql;
 use crate::time::{instant_in, now_instant};
-use crate::{CLIENT_COLS, ClientRecord, Job, JobState, Result, ScanFilter, Store, Stored, Write};
+use crate::{CLIENT_COLS, ClientRecord, DOWNLOAD_COLS, Job, JobState, Result, SHARE_COLS, ScanFilter, ShareDownload, ShareRecord, Store, Stored, Write};
 
 
 pub(crate) struct PgStore {
@@ -22,7 +22,7 @@ impl PgStore {
         let mut client = connect(url)?;
         // Concurrent first starts may race to create the same tables.
         client.batch_execute("SELECT pg_advisory_lock(7357001)")?;
-        let created = client.batch_execute(&crate::schema("BIGINT", "CREATE SEQUENCE IF NOT EXISTS resource_seq;"));
+        let created = client.batch_execute(&crate::schema("BIGINT", "BIGSERIAL PRIMARY KEY", "CREATE SEQUENCE IF NOT EXISTS resource_seq;"));
         client.batch_execute("SELECT pg_advisory_unlock(7357001)")?;
         created?;
         Ok(PgStore { client: Mutex::new(client) })
@@ -326,6 +326,40 @@ impl Store for PgStore {
         Ok(client.query_one("SELECT value FROM secrets WHERE name = $1", &[&name])?.get(0))
     }
 
+    fn add_share(&self, s: &ShareRecord) -> Result<ShareRecord> {
+        let sql = format!("INSERT INTO shares ({SHARE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL) RETURNING {SHARE_COLS}");
+        let row = self.client().query_one(&sql, &[&s.id, &s.kind, &s.location, &now_instant(), &s.expires, &s.recipient, &s.ip])?;
+        Ok(share_row(&row))
+    }
+
+    fn share(&self, id: &str) -> Result<Option<ShareRecord>> {
+        Ok(self.client().query_opt(&format!("SELECT {SHARE_COLS} FROM shares WHERE id = $1"), &[&id])?.as_ref().map(share_row))
+    }
+
+    fn shares(&self) -> Result<Vec<ShareRecord>> {
+        Ok(self.client().query(&format!("SELECT {SHARE_COLS} FROM shares ORDER BY created DESC, id"), &[])?.iter().map(share_row).collect())
+    }
+
+    fn revoke_share(&self, id: &str) -> Result<bool> {
+        Ok(self.client().execute("UPDATE shares SET revoked = $2 WHERE id = $1 AND revoked IS NULL", &[&id, &now_instant()])? == 1)
+    }
+
+    fn record_download(&self, d: &ShareDownload) -> Result<()> {
+        let sql = format!("INSERT INTO share_downloads ({DOWNLOAD_COLS}) VALUES ($1, $2, $3, $4, $5)");
+        self.client().execute(&sql, &[&d.share_id, &now_instant(), &d.file, &d.bytes, &d.client])?;
+        Ok(())
+    }
+
+    fn downloads(&self, share_id: Option<&str>) -> Result<Vec<ShareDownload>> {
+        let sql = format!("SELECT {DOWNLOAD_COLS} FROM share_downloads WHERE $1::TEXT IS NULL OR share_id = $1 ORDER BY seq");
+        let rows = self.client().query(&sql, &[&share_id])?;
+        Ok(rows.iter().map(|r| ShareDownload { share_id: r.get(0), time: r.get(1), file: r.get(2), bytes: r.get(3), client: r.get(4) }).collect())
+    }
+}
+
+/// A share row.
+fn share_row(r: &Row) -> ShareRecord {
+    ShareRecord { id: r.get(0), kind: r.get(1), location: r.get(2), created: r.get(3), expires: r.get(4), recipient: r.get(5), ip: r.get(6), revoked: r.get(7) }
 }
 
 /// A client row (named so as not to clash with the connection's `client`).

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::time::{instant_in, now_instant};
-use crate::{CLIENT_COLS, ClientRecord, Job, JobState, Result, ScanFilter, Store, Stored, Write};
+use crate::{CLIENT_COLS, ClientRecord, DOWNLOAD_COLS, SHARE_COLS, ShareDownload, ShareRecord, Job, JobState, Result, ScanFilter, Store, Stored, Write};
 
 
 pub(crate) struct SqliteStore {
@@ -22,7 +22,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        conn.execute_batch(&crate::schema("INTEGER", "CREATE TABLE IF NOT EXISTS seq (n INTEGER NOT NULL);"))?;
+        conn.execute_batch(&crate::schema("INTEGER", "INTEGER PRIMARY KEY", "CREATE TABLE IF NOT EXISTS seq (n INTEGER NOT NULL);"))?;
         let has_seq: i64 = conn.query_row("SELECT COUNT(*) FROM seq", [], |r| r.get(0))?;
         if has_seq == 0 {
             conn.execute("INSERT INTO seq (n) VALUES (0)", [])?;
@@ -255,6 +255,42 @@ impl Store for SqliteStore {
         conn.execute("INSERT INTO secrets (name, value) VALUES (?1, ?2) ON CONFLICT DO NOTHING", params![name, make()])?;
         Ok(conn.query_row("SELECT value FROM secrets WHERE name = ?1", [name], |r| r.get(0))?)
     }
+
+    fn add_share(&self, s: &ShareRecord) -> Result<ShareRecord> {
+        let sql = format!("INSERT INTO shares ({SHARE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL) RETURNING {SHARE_COLS}");
+        Ok(self.conn().query_row(&sql, params![s.id, s.kind, s.location, now_instant(), s.expires, s.recipient, s.ip], share_row)?)
+    }
+
+    fn share(&self, id: &str) -> Result<Option<ShareRecord>> {
+        Ok(self.conn().query_row(&format!("SELECT {SHARE_COLS} FROM shares WHERE id = ?1"), [id], share_row).optional()?)
+    }
+
+    fn shares(&self) -> Result<Vec<ShareRecord>> {
+        let conn = self.conn();
+        let mut q = conn.prepare(&format!("SELECT {SHARE_COLS} FROM shares ORDER BY created DESC, id"))?;
+        Ok(q.query_map([], share_row)?.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn revoke_share(&self, id: &str) -> Result<bool> {
+        Ok(self.conn().execute("UPDATE shares SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL", params![id, now_instant()])? == 1)
+    }
+
+    fn record_download(&self, d: &ShareDownload) -> Result<()> {
+        let sql = format!("INSERT INTO share_downloads ({DOWNLOAD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5)");
+        self.conn().execute(&sql, params![d.share_id, now_instant(), d.file, d.bytes, d.client])?;
+        Ok(())
+    }
+
+    fn downloads(&self, share_id: Option<&str>) -> Result<Vec<ShareDownload>> {
+        let conn = self.conn();
+        let mut q = conn.prepare(&format!("SELECT {DOWNLOAD_COLS} FROM share_downloads WHERE ?1 IS NULL OR share_id = ?1 ORDER BY seq"))?;
+        let rows = q.query_map([share_id], |r| Ok(ShareDownload { share_id: r.get(0)?, time: r.get(1)?, file: r.get(2)?, bytes: r.get(3)?, client: r.get(4)? }))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+fn share_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ShareRecord> {
+    Ok(ShareRecord { id: r.get(0)?, kind: r.get(1)?, location: r.get(2)?, created: r.get(3)?, expires: r.get(4)?, recipient: r.get(5)?, ip: r.get(6)?, revoked: r.get(7)? })
 }
 
 fn client(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRecord> {

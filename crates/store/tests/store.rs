@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use veil_store::{ClientRecord, JobState, ScanFilter, Store, Write, open};
+use veil_store::{ClientRecord, JobState, ScanFilter, ShareDownload, ShareRecord, Store, Write, open};
 
 fn pg_url() -> String {
     std::env::var("VEIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
@@ -113,6 +113,32 @@ both! {
         let again = s.secret("token-key", &mut || { made += 1; format!("k{made}") }).unwrap();
         assert_eq!((first.as_str(), again.as_str()), ("k1", "k1"));
         assert_eq!(s.secret("other", &mut || "x".into()).unwrap(), "x");
+    };
+    shares_are_recorded_revoked_once_and_audited => |s: &dyn Store| {
+        let share = |id: &str| ShareRecord {
+            id: id.into(), kind: "veil".into(), location: "file:///exports/a".into(), created: String::new(),
+            expires: "2030-01-01T00:00:00.000Z".into(), recipient: Some("Team A".into()), ip: None, revoked: None,
+        };
+        let made = s.add_share(&share("sh_1")).unwrap();
+        assert_eq!(made.created.len(), 24, "the store sets the creation time");
+        assert_eq!(s.share("sh_1").unwrap().unwrap(), made);
+        assert!(s.add_share(&share("sh_1")).is_err(), "ids are unique");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        s.add_share(&ShareRecord { ip: Some("10.0.0.0/8".into()), ..share("sh_2") }).unwrap();
+        let ids: Vec<String> = s.shares().unwrap().into_iter().map(|x| x.id).collect();
+        assert_eq!(ids, ["sh_2", "sh_1"], "newest first");
+        assert!(s.revoke_share("sh_1").unwrap());
+        assert!(!s.revoke_share("sh_1").unwrap(), "revoked once");
+        assert!(!s.revoke_share("sh_none").unwrap());
+        assert!(s.share("sh_1").unwrap().unwrap().revoked.is_some());
+        assert!(s.share("sh_2").unwrap().unwrap().revoked.is_none());
+        for (id, file) in [("sh_1", "a.ndjson"), ("sh_2", "b.ndjson"), ("sh_1", "c.ndjson")] {
+            s.record_download(&ShareDownload { share_id: id.into(), time: String::new(), file: file.into(), bytes: 7, client: "127.0.0.1".into() }).unwrap();
+        }
+        let files = |id: Option<&str>| s.downloads(id).unwrap().into_iter().map(|d| d.file).collect::<Vec<_>>();
+        assert_eq!(files(Some("sh_1")), ["a.ndjson", "c.ndjson"]);
+        assert_eq!(files(None), ["a.ndjson", "b.ndjson", "c.ndjson"]);
+        assert_eq!(s.downloads(Some("sh_2")).unwrap()[0].bytes, 7);
     };
     writes_read_back_exactly_with_versions => |s: &dyn Store| {
         let body = patient("p1");

@@ -1,0 +1,279 @@
+//! `veil share` and `veil fetch`: hand an export to a research team as a
+//! read-only link that expires, and download what a link shares.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use veil_storage::share::{Cidr, MAX_CLOUD_LIFETIME, MAX_VEIL_LIFETIME, ShareKind, create_cloud_share, new_share_id, sign_token};
+use veil_storage::{Location, MANIFEST_NAME, Manifest, Storage};
+use veil_store::{JobState, ShareRecord, Store};
+
+use crate::UsageError;
+
+/// Hand a de-identified export to a research team: a read-only link to
+/// exactly that export, which stops working when it expires.
+///
+///   veil share create --export 5f3a… --expires 72h --recipient "Team A"
+///   veil share create --path az://exports-2026-11 --expires 7d
+///   veil share list
+///   veil share revoke sh_0123456789abcdef
+///   veil share log
+///
+/// The link depends on where the export is:
+///
+///   a local folder   a Veil link (https://HOST/share/TOKEN/) that veil serve
+///                    answers: signed, expiring, limited to an address range
+///                    with --ip, revoked at once, every download audited
+///   az://container   an Azure service SAS: read and list, https only, at
+///                    most 7 days (an export below a prefix gets a read-only
+///                    SAS per file, listed in a share manifest)
+///   s3://, gs://     a presigned URL per file, listed in a share manifest
+///                    that is itself presigned; at most 7 days
+///
+/// The research team runs `veil fetch LINK -o DIR`. The link is printed
+/// once, on stdout; it is the credential, so Veil keeps only its id.
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub(crate) struct Args {
+    /// The store that keeps shares and the audit log: sqlite:PATH or postgres://….
+    #[arg(long, value_name = "URL", default_value = "sqlite:veil.db", env = "VEIL_DB", global = true)]
+    db: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Make a link to one export.
+    Create(CreateArgs),
+    /// List shares: id, kind, expiry, status, downloads, recipient.
+    List,
+    /// Revoke a share: at once for Veil links; for cloud links, says what
+    /// else must be done.
+    Revoke {
+        /// The share's id (`sh_…`, from `veil share list`).
+        id: String,
+    },
+    /// The audit log: every download through Veil links (share, time,
+    /// file, bytes, client address).
+    Log {
+        /// Only this share's downloads.
+        id: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct CreateArgs {
+    /// The export job to share (its id is the last part of its status URL).
+    #[arg(long, value_name = "JOB", conflicts_with = "path", required_unless_present = "path")]
+    export: Option<String>,
+    /// The destination to share: a folder, s3://…, az://… or gs://….
+    #[arg(long, value_name = "DEST")]
+    path: Option<String>,
+    /// How long the link works: 90s, 30m, 72h, 7d (cloud links: 7d at most;
+    /// Veil links: 30d).
+    #[arg(long, value_name = "LIFETIME", default_value = "72h")]
+    expires: String,
+    /// Who the link is for (kept with the share, shown by `list`).
+    #[arg(long, value_name = "WHO")]
+    recipient: Option<String>,
+    /// Only clients from this address range (CIDR) may use the link (Veil
+    /// links and Azure SAS).
+    #[arg(long, value_name = "CIDR")]
+    ip: Option<Cidr>,
+    /// The address of `veil serve` as the research team reaches it (for
+    /// Veil links).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080", env = "VEIL_BASE_URL")]
+    base_url: String,
+    /// veil serve's storage folder (where --export looks for the job's files).
+    #[arg(long, value_name = "DIR", default_value = "storage", env = "VEIL_STORAGE")]
+    storage: PathBuf,
+}
+
+pub(crate) fn run(args: Args) -> Result<ExitCode> {
+    let store = veil_store::open(&args.db).map_err(|e| UsageError(format!("cannot open the store {}: {e}", veil_store::printable_url(&args.db))))?;
+    match args.command {
+        Command::Create(c) => create(&*store, c),
+        Command::List => list(&*store),
+        Command::Revoke { id } => revoke(&*store, &id),
+        Command::Log { id } => log(&*store, id.as_deref()),
+    }
+}
+
+/// A share the caller made: the link to hand over, and the record kept.
+pub(crate) struct Made {
+    pub(crate) link: String,
+    pub(crate) record: ShareRecord,
+    pub(crate) scope: String,
+}
+
+/// Makes a share of `location` (see `veil share create`).
+pub(crate) fn make_share(store: &dyn Store, location: &Location, lifetime: std::time::Duration, recipient: Option<String>, ip: Option<Cidr>, base_url: &str) -> Result<Made> {
+    let kind = ShareKind::for_location(location);
+    let cap = if kind == ShareKind::Veil { MAX_VEIL_LIFETIME } else { MAX_CLOUD_LIFETIME };
+    if lifetime > cap {
+        return Err(UsageError(format!("{} links live at most {} days", kind.as_str(), cap.as_secs() / 86_400)).into());
+    }
+    let id = new_share_id();
+    let expires = veil_storage::now_secs() + lifetime.as_secs();
+    let (link, scope, location_text) = match location {
+        Location::Local(dir) => {
+            let dir = std::fs::canonicalize(dir).map_err(|e| UsageError(format!("cannot share {}: {e}", dir.display())))?;
+            let manifest = std::fs::read(dir.join(MANIFEST_NAME))
+                .map_err(|_| UsageError(format!("{} holds no {MANIFEST_NAME}: only a complete Veil export can be shared", dir.display())))?;
+            let manifest = Manifest::from_json(&manifest).map_err(UsageError)?;
+            let key = veil_server::share::ShareKey::default().get(store)?;
+            let link = format!("{}/share/{}/", base_url.trim_end_matches('/'), sign_token(&key, &id, expires));
+            (link, format!("{} files ({} bytes), through veil serve", manifest.files.len(), manifest.bytes()), dir.display().to_string())
+        }
+        cloud => {
+            let storage = Storage::open(cloud)?;
+            let made = create_cloud_share(&storage, &id, expires, ip.as_ref())?;
+            (made.link, made.scope, cloud.to_string())
+        }
+    };
+    let record = store.add_share(&ShareRecord {
+        id,
+        kind: kind.as_str().into(),
+        location: location_text,
+        created: String::new(),
+        expires: veil_storage::iso(expires),
+        recipient,
+        ip: ip.map(|c| c.to_string()),
+        revoked: None,
+    })?;
+    Ok(Made { link, record, scope })
+}
+
+fn create(store: &dyn Store, c: CreateArgs) -> Result<ExitCode> {
+    let lifetime = veil_storage::parse_lifetime(&c.expires).map_err(UsageError)?;
+    let location = match (&c.export, &c.path) {
+        (Some(job), _) => Location::Local(export_folder(store, job, &c.storage)?),
+        (None, Some(path)) => Location::parse(path).map_err(|e| UsageError(e.to_string()))?,
+        (None, None) => unreachable!("clap requires --export or --path"),
+    };
+    let made = make_share(store, &location, lifetime, c.recipient, c.ip, &c.base_url)?;
+    let r = &made.record;
+    eprintln!("veil share: {} ({}) shares {}: {}", r.id, r.kind, r.location, made.scope);
+    eprintln!("  expires {}{}{}", r.expires, r.recipient.as_ref().map(|w| format!(", for {w}")).unwrap_or_default(), r.ip.as_ref().map(|i| format!(", from {i} only")).unwrap_or_default());
+    if r.kind == ShareKind::Veil.as_str() {
+        eprintln!("  served by veil serve at {} (with this store); revoke with: veil share revoke {}", c.base_url, r.id);
+    }
+    eprintln!("  the research team runs: veil fetch 'LINK' -o DIR   (the link is below; it is the credential: send it privately)");
+    println!("{}", made.link);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The folder of a completed export job in veil serve's storage.
+pub(crate) fn export_folder(store: &dyn Store, job: &str, storage: &std::path::Path) -> Result<PathBuf> {
+    let j = store.job(job)?.ok_or_else(|| UsageError(format!("no export job {job} in this store")))?;
+    if j.state != JobState::Completed {
+        return Err(UsageError(format!("export job {job} is {:?}, not completed: only a finished export can be shared", j.state)).into());
+    }
+    let request = serde_json::from_str(&j.request).ok().and_then(|r| veil_server::export::ExportRequest::from_json(&r));
+    let container = request.and_then(|r| r.container);
+    let storage = veil_server::export::Storage::new(storage).with_context(|| format!("cannot open the storage {}", storage.display()))?;
+    Ok(storage.job_dir(job, container.as_deref(), &j.created))
+}
+
+fn status(s: &ShareRecord) -> String {
+    match &s.revoked {
+        Some(at) => format!("revoked {at}"),
+        None if veil_storage::parse_iso(&s.expires).is_some_and(|e| e <= veil_storage::now_secs()) => "expired".into(),
+        None => "active".into(),
+    }
+}
+
+fn list(store: &dyn Store) -> Result<ExitCode> {
+    let shares = store.shares()?;
+    if shares.is_empty() {
+        eprintln!("veil share: no shares in this store (make one with veil share create)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let downloads = store.downloads(None)?;
+    println!("{:<19} {:<13} {:<20} {:<30} {:>9}  {:<20} location", "id", "kind", "expires", "status", "downloads", "recipient");
+    for s in &shares {
+        let n = downloads.iter().filter(|d| d.share_id == s.id).count();
+        println!("{:<19} {:<13} {:<20} {:<30} {:>9}  {:<20} {}", s.id, s.kind, s.expires, status(s), n, s.recipient.as_deref().unwrap_or("-"), s.location);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn revoke(store: &dyn Store, id: &str) -> Result<ExitCode> {
+    let Some(share) = store.share(id)? else {
+        return Err(UsageError(format!("no share {id} in this store (see veil share list)")).into());
+    };
+    if !store.revoke_share(id)? {
+        eprintln!("veil share: {id} was revoked already ({})", share.revoked.unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let kind = match share.kind.as_str() {
+        "azure-sas" => ShareKind::AzureSas,
+        "s3-presigned" => ShareKind::S3Presigned,
+        "gcs-presigned" => ShareKind::GcsPresigned,
+        _ => ShareKind::Veil,
+    };
+    println!("revoked {id}: {}", kind.revocation());
+    if kind != ShareKind::Veil {
+        println!("  shared location: {}", share.location);
+        // Without a working link there is nothing more Veil can do; with
+        // one, the operator must act, so say it by the exit code too.
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn log(store: &dyn Store, id: Option<&str>) -> Result<ExitCode> {
+    let downloads = store.downloads(id)?;
+    if downloads.is_empty() {
+        eprintln!("veil share: no downloads recorded{}", id.map(|i| format!(" for {i}")).unwrap_or_default());
+    }
+    for d in downloads {
+        println!("{}  {}  {}  {} bytes  from {}", d.time, d.share_id, d.file, d.bytes, d.client);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Download what a share link shares, and check every file.
+///
+///   veil fetch 'https://veil.hospital.example/share/v1.sh_…/' -o study-data
+///   veil fetch 'https://acct.blob.core.windows.net/exports?sv=…&sig=…' -o study-data
+///
+/// Every file is checked against the export's manifest (size and SHA-256);
+/// a file that does not match is deleted and the command fails. Run the same
+/// command again after an interruption: intact files are kept and a file cut
+/// off continues where it stopped. The folder ends with veil-manifest.json.
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub(crate) struct FetchArgs {
+    /// The share link (quote it: it holds & and ?).
+    link: String,
+    /// Where the files go.
+    #[arg(short = 'o', long = "out", value_name = "DIR")]
+    out: PathBuf,
+}
+
+pub(crate) fn fetch(args: FetchArgs) -> Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let mut report = |f: &veil_storage::share::SharedFile, reused: bool| {
+        eprintln!("  {} ({} bytes){}", f.path, f.size, if reused { ", already here and intact" } else { ", checked" });
+    };
+    match veil_storage::fetch::fetch(&args.link, &args.out, &mut report) {
+        Ok(done) => {
+            eprintln!(
+                "veil fetch: {} files in {} ({} downloaded now, {} bytes, {:.1} s), every checksum matches",
+                done.files,
+                args.out.display(),
+                done.files - done.reused,
+                done.bytes,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("veil fetch: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

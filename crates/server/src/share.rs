@@ -1,0 +1,197 @@
+//! Veil's own share links: `/share/<token>/` answers the share manifest
+//! (every file with its size, SHA-256 and URL) and `/share/<token>/<file>`
+//! the file, with `Range` so that an interrupted download continues.
+//!
+//! Every request is checked afresh, in this order: the token's signature
+//! (a tampered token is refused), its expiry, the share's record in the
+//! store (so a revocation takes effect at once), the client's address
+//! against the share's range, and the file against the export's manifest,
+//! so nothing but the manifest's files can be reached, whatever the path
+//! says. Refusals are 403 with a JSON reason (`invalid`, `expired`,
+//! `revoked`, `address`) that `veil fetch` turns into words. Each file
+//! served is written to the store's audit log (share, time, file, bytes,
+//! client address). The token is never logged: the access log prints the
+//! route's pattern only.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse as _, Response};
+use serde_json::json;
+use veil_storage::share::{Cidr, ShareManifest, TokenError, verify_token};
+use veil_storage::{Location, MANIFEST_NAME, Manifest};
+use veil_store::ShareDownload;
+
+use crate::http::{AppState, FileStream};
+
+/// What a checked request may read.
+struct Granted {
+    share: String,
+    expires: u64,
+    dir: PathBuf,
+    manifest: Manifest,
+}
+
+fn refuse(status: StatusCode, error: &str, message: &str) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], json!({"error": error, "message": message}).to_string()).into_response()
+}
+
+/// A refusal made off the async runtime, answered as [`refuse`] does.
+struct Refusal(StatusCode, &'static str, String);
+
+impl Refusal {
+    fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal(status, error, message.into())
+    }
+
+    fn response(&self) -> Response {
+        refuse(self.0, self.1, &self.2)
+    }
+}
+
+fn client_address(request: &Request) -> Option<IpAddr> {
+    request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+}
+
+/// Checks the token, the share's record and the client's address.
+async fn check(st: &Arc<AppState>, token: String, client: Option<IpAddr>) -> Result<Granted, Response> {
+    let store = st.store.clone();
+    let key = st.share_key.clone();
+    let result = tokio::task::spawn_blocking(move || -> Result<Granted, Refusal> {
+        let internal = |_| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the store failed");
+        let key = key.get(&*store).map_err(internal)?;
+        let now = veil_storage::now_secs();
+        let id = verify_token(&key, &token, now).map_err(|e| match e {
+            TokenError::Invalid => Refusal::new(StatusCode::FORBIDDEN, "invalid", "this is not a valid share link"),
+            TokenError::Expired(at) => Refusal::new(StatusCode::FORBIDDEN, "expired", format!("this share link expired at {}", veil_storage::iso(at))),
+        })?;
+        let Some(share) = store.share(&id).map_err(internal)? else {
+            return Err(Refusal::new(StatusCode::FORBIDDEN, "revoked", "this share no longer exists"));
+        };
+        if let Some(at) = &share.revoked {
+            return Err(Refusal::new(StatusCode::FORBIDDEN, "revoked", format!("this share link was revoked at {at}")));
+        }
+        let expires = veil_storage::parse_iso(&share.expires).unwrap_or(0);
+        if now >= expires {
+            return Err(Refusal::new(StatusCode::FORBIDDEN, "expired", format!("this share link expired at {}", share.expires)));
+        }
+        if let Some(range) = &share.ip {
+            let allowed = range.parse::<Cidr>().ok().zip(client).is_some_and(|(r, c)| r.contains(c));
+            if !allowed {
+                return Err(Refusal::new(StatusCode::FORBIDDEN, "address", "this share link cannot be used from this address"));
+            }
+        }
+        let Ok(Location::Local(dir)) = Location::parse(&share.location) else {
+            return Err(Refusal::new(StatusCode::NOT_FOUND, "gone", "this share is not served here"));
+        };
+        let manifest = std::fs::read(dir.join(MANIFEST_NAME)).ok().and_then(|b| Manifest::from_json(&b).ok());
+        let Some(manifest) = manifest else {
+            return Err(Refusal::new(StatusCode::NOT_FOUND, "gone", "the shared export is no longer here"));
+        };
+        Ok(Granted { share: share.id, expires, dir, manifest })
+    })
+    .await;
+    match result {
+        Ok(checked) => checked.map_err(|r| r.response()),
+        Err(_) => Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")),
+    }
+}
+
+/// `GET /share/<token>/`: the share manifest, URLs relative to the link.
+pub(crate) async fn manifest(State(st): State<Arc<AppState>>, Path(token): Path<String>, request: Request) -> Response {
+    let granted = match check(&st, token, client_address(&request)).await {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let share = ShareManifest::new(&granted.share, granted.expires, &granted.manifest, |path| Ok(veil_storage::encode_path(path)));
+    match share {
+        Ok(share) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], serde_json::to_string_pretty(&share).unwrap_or_default()).into_response(),
+        Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"),
+    }
+}
+
+/// `GET /share/<token>/<file>`: one file of the share (from a byte offset
+/// with `Range: bytes=N-`).
+pub(crate) async fn file(State(st): State<Arc<AppState>>, Path((token, path)): Path<(String, String)>, headers: HeaderMap, request: Request) -> Response {
+    let client = client_address(&request);
+    let granted = match check(&st, token, client).await {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    // Only the manifest's files: `..`, absolute paths and encoded variants
+    // are not names in it (the router decoded the path once; it is never
+    // decoded again).
+    if !veil_storage::is_safe_name(&path) {
+        return refuse(StatusCode::BAD_REQUEST, "invalid-path", "that is not a file name in this share");
+    }
+    let Some(entry) = granted.manifest.file(&path) else {
+        return refuse(StatusCode::NOT_FOUND, "not-found", "this share holds no such file");
+    };
+    let size = entry.size;
+    let from = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.strip_suffix('-'))
+        .and_then(|v| v.parse::<u64>().ok());
+    let Ok(mut file) = tokio::fs::File::open(granted.dir.join(&path)).await else {
+        return refuse(StatusCode::NOT_FOUND, "gone", "the shared file is no longer here");
+    };
+    let actual = file.metadata().await.map_or(size, |m| m.len());
+    let (status, start) = match from {
+        Some(n) if n > 0 && n < actual => (StatusCode::PARTIAL_CONTENT, n),
+        Some(n) if n > 0 => return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{actual}"))]).into_response(),
+        _ => (StatusCode::OK, 0),
+    };
+    if start > 0 {
+        use tokio::io::AsyncSeekExt as _;
+        if file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+            return refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cannot read the shared file");
+        }
+    }
+    let store = st.store.clone();
+    let record = ShareDownload {
+        share_id: granted.share,
+        time: String::new(),
+        file: path,
+        bytes: (actual - start) as i64,
+        client: client.map_or_else(|| "-".into(), |c| c.to_string()),
+    };
+    // No audit record, no download.
+    if !matches!(tokio::task::spawn_blocking(move || store.record_download(&record)).await, Ok(Ok(()))) {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cannot write the audit log");
+    }
+    let mut response = (status, Body::from_stream(FileStream::new(file))).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::ACCEPT_RANGES, header::HeaderValue::from_static("bytes"));
+    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    if let Ok(v) = header::HeaderValue::from_str(&(actual - start).to_string()) {
+        h.insert(header::CONTENT_LENGTH, v);
+    }
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(v) = header::HeaderValue::from_str(&format!("bytes {start}-{}/{actual}", actual - 1))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    response
+}
+
+/// The key Veil links are signed with, read from the store once.
+#[derive(Default)]
+pub struct ShareKey(std::sync::OnceLock<Vec<u8>>);
+
+impl ShareKey {
+    /// The key, made and kept in the store the first time.
+    pub fn get(&self, store: &dyn veil_store::Store) -> veil_store::Result<Vec<u8>> {
+        if let Some(k) = self.0.get() {
+            return Ok(k.clone());
+        }
+        let key = store.secret(veil_storage::share::SIGNING_KEY_NAME, &mut veil_storage::share::new_signing_key)?;
+        Ok(self.0.get_or_init(|| key.into_bytes()).clone())
+    }
+}

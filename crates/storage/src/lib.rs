@@ -1,0 +1,317 @@
+//! Where Veil's files go, and how they are handed to a research team.
+//!
+//! * [`Location`]: a destination as users write it (a path, `file://`,
+//!   `s3://bucket/prefix`, `az://container/prefix`, `gs://bucket/prefix`).
+//! * [`Storage`]: writes and reads files there through `object_store`, with
+//!   each cloud's usual environment variables for credentials. Every file is
+//!   written whole or not at all (a local file under a temporary name then
+//!   renamed; an object by one PUT, or a multipart upload completed only at
+//!   the end), and [`Storage::upload_dir`] writes the [`Manifest`] (size and
+//!   SHA-256 of each file) last, so a reader that finds it finds everything.
+//! * [`share`]: read-only links that expire: Azure service SAS (read and
+//!   list, signed here), S3 and GCS presigned GETs listed in a share
+//!   manifest, and Veil-signed tokens that `veil serve` checks.
+//! * [`fetch`]: the research team's side: follow a link, download every
+//!   file, check it against the manifest, resume when cut off.
+//!
+//! The API is blocking: each [`Storage`] drives its own small runtime, so
+//! call it from a thread that is not running async tasks.
+
+pub mod azure;
+pub mod fetch;
+mod location;
+mod manifest;
+pub mod share;
+mod time;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorage, GoogleCloudStorageBuilder};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::signer::Signer as _;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart};
+
+pub use location::Location;
+pub use manifest::{FileEntry, MANIFEST_NAME, Manifest, digest, digest_file, files_below, manifest_of_dir};
+pub use time::{iso, now_iso, now_secs, parse_iso, parse_lifetime};
+
+/// Files larger than this go up in parts of this size (S3 needs at least
+/// 5 MiB per part); memory stays at two parts per upload.
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// Why storage failed. Messages name locations and files, never a key, a
+/// token or file content.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A destination that cannot be read.
+    #[error("{0}")]
+    Location(String),
+    /// The store refused or failed.
+    #[error("{location}: {message}")]
+    Store { location: String, message: String },
+    /// A local file.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Something that cannot be done with this kind of storage.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// A destination opened for writing and reading.
+pub struct Storage {
+    location: Location,
+    backend: Backend,
+    root: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+enum Backend {
+    Local(Arc<LocalFileSystem>),
+    S3(Arc<AmazonS3>),
+    Azure(Arc<MicrosoftAzure>),
+    Gcs(Arc<GoogleCloudStorage>),
+}
+
+impl Storage {
+    /// Opens a destination; a local folder is created if missing. Cloud
+    /// credentials come from the environment: `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`…;
+    /// `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY` (or
+    /// `AZURE_STORAGE_USE_EMULATOR=true` for Azurite)…;
+    /// `GOOGLE_SERVICE_ACCOUNT` / `GOOGLE_APPLICATION_CREDENTIALS`.
+    pub fn open(location: &Location) -> Result<Storage, StorageError> {
+        let failed = |e: object_store::Error| StorageError::Store { location: location.to_string(), message: describe(&e) };
+        let (backend, root) = match location {
+            Location::Local(dir) => {
+                std::fs::create_dir_all(dir)?;
+                (Backend::Local(Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(failed)?)), String::new())
+            }
+            Location::S3 { bucket, prefix } => {
+                let s3 = AmazonS3Builder::from_env().with_bucket_name(bucket).build().map_err(failed)?;
+                (Backend::S3(Arc::new(s3)), prefix.clone())
+            }
+            Location::Azure { container, prefix } => {
+                let mut builder = MicrosoftAzureBuilder::from_env().with_container_name(container);
+                if azure::use_emulator() {
+                    builder = builder.with_use_emulator(true);
+                }
+                (Backend::Azure(Arc::new(builder.build().map_err(failed)?)), prefix.clone())
+            }
+            Location::Gcs { bucket, prefix } => {
+                let gcs = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket).build().map_err(failed)?;
+                (Backend::Gcs(Arc::new(gcs)), prefix.clone())
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok(Storage { location: location.clone(), backend, root, runtime })
+    }
+
+    /// Opens a destination written as text (see [`Location::parse`]).
+    pub fn open_str(text: &str) -> Result<Storage, StorageError> {
+        Storage::open(&Location::parse(text)?)
+    }
+
+    /// Where this is.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    fn store(&self) -> &dyn ObjectStore {
+        match &self.backend {
+            Backend::Local(s) => s.as_ref(),
+            Backend::S3(s) => s.as_ref(),
+            Backend::Azure(s) => s.as_ref(),
+            Backend::Gcs(s) => s.as_ref(),
+        }
+    }
+
+    /// The object path of `name` below this destination.
+    fn path(&self, name: &str) -> Result<ObjectPath, StorageError> {
+        if !is_safe_name(name) {
+            return Err(StorageError::Location(format!("'{name}' is not a file name Veil writes")));
+        }
+        Ok(ObjectPath::from(if self.root.is_empty() { name.to_string() } else { format!("{}/{name}", self.root) }))
+    }
+
+    /// The object key of `name` below this destination (as the cloud
+    /// names it, for signing).
+    pub fn key(&self, name: &str) -> Result<String, StorageError> {
+        Ok(self.path(name)?.to_string())
+    }
+
+    fn failed(&self, name: &str) -> impl Fn(object_store::Error) -> StorageError + '_ {
+        let location = self.location.join(name).to_string();
+        move |e| StorageError::Store { location: location.clone(), message: describe(&e) }
+    }
+
+    /// Writes `bytes` as `name`, whole or not at all.
+    pub fn put_bytes(&self, name: &str, bytes: Vec<u8>) -> Result<FileEntry, StorageError> {
+        let path = self.path(name)?;
+        let (sha256, size) = digest(bytes.as_slice())?;
+        self.runtime.block_on(self.store().put(&path, PutPayload::from(bytes))).map_err(self.failed(name))?;
+        Ok(FileEntry { path: name.to_string(), size, sha256 })
+    }
+
+    /// Copies the local file `from` to `name`, computing its SHA-256 on the
+    /// way; large files go up in [`PART_SIZE`] parts, and a failed upload
+    /// is aborted so no partial object is left.
+    pub fn put_file(&self, name: &str, from: &Path) -> Result<FileEntry, StorageError> {
+        use sha2::Digest as _;
+        use std::io::Read as _;
+        let path = self.path(name)?;
+        let mut file = std::fs::File::open(from)?;
+        if file.metadata()?.len() <= PART_SIZE as u64 {
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)?;
+            return self.put_bytes(name, bytes);
+        }
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        let store = self.store();
+        let result: Result<(), StorageError> = self.runtime.block_on(async {
+            let upload = store.put_multipart(&path).await.map_err(self.failed(name))?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            let mut buf = vec![0u8; PART_SIZE];
+            loop {
+                let n = match file.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = writer.abort().await;
+                        return Err(e.into());
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                size += n as u64;
+                // At most two parts in flight: memory stays bounded.
+                if let Err(e) = writer.wait_for_capacity(2).await {
+                    return Err(self.failed(name)(e));
+                }
+                writer.write(&buf[..n]);
+            }
+            writer.finish().await.map_err(self.failed(name))?;
+            Ok(())
+        });
+        result?;
+        Ok(FileEntry { path: name.to_string(), size, sha256: veil_fhir::hex::encode(&hasher.finalize()) })
+    }
+
+    /// Uploads every file below the local folder `dir` (but `.part` files
+    /// and a manifest found there), then the manifest of what was uploaded,
+    /// last. `each` hears of each file as it is done.
+    pub fn upload_dir(&self, dir: &Path, each: &mut dyn FnMut(&FileEntry)) -> Result<Manifest, StorageError> {
+        let mut files = Vec::new();
+        for name in files_below(dir)? {
+            let entry = self.put_file(&name, &dir.join(&name))?;
+            each(&entry);
+            files.push(entry);
+        }
+        let manifest = Manifest::new(files);
+        self.put_bytes(MANIFEST_NAME, manifest.to_json())?;
+        Ok(manifest)
+    }
+
+    /// Reads `name` whole.
+    pub fn get(&self, name: &str) -> Result<Vec<u8>, StorageError> {
+        let path = self.path(name)?;
+        let bytes = self.runtime.block_on(async { self.store().get(&path).await?.bytes().await }).map_err(self.failed(name))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// The manifest written last; an error if there is none (the files are
+    /// not all there, or this is not a Veil destination).
+    pub fn read_manifest(&self) -> Result<Manifest, StorageError> {
+        let bytes = self.get(MANIFEST_NAME).map_err(|e| match e {
+            StorageError::Store { location, .. } => StorageError::Location(format!(
+                "{location} is missing: {} holds no complete Veil export (the manifest is written last)",
+                self.location
+            )),
+            other => other,
+        })?;
+        Manifest::from_json(&bytes).map_err(|e| StorageError::Location(format!("{}: {e}", self.location.join(MANIFEST_NAME))))
+    }
+
+    /// The names of everything below this destination, sorted.
+    pub fn list(&self) -> Result<Vec<String>, StorageError> {
+        let prefix = (!self.root.is_empty()).then(|| ObjectPath::from(self.root.as_str()));
+        let mut names: Vec<String> = self.runtime.block_on(async {
+            let mut out = Vec::new();
+            let mut listing = self.store().list(prefix.as_ref());
+            while let Some(meta) = listing.next().await {
+                out.push(meta?.location.to_string());
+            }
+            Ok::<_, object_store::Error>(out)
+        }).map_err(self.failed(""))?;
+        if !self.root.is_empty() {
+            let strip = format!("{}/", self.root);
+            names = names.into_iter().filter_map(|n| n.strip_prefix(&strip).map(str::to_string)).collect();
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Deletes `name`.
+    pub fn delete(&self, name: &str) -> Result<(), StorageError> {
+        let path = self.path(name)?;
+        self.runtime.block_on(self.store().delete(&path)).map_err(self.failed(name))
+    }
+
+    /// A URL that reads `name` until `lifetime` has passed, signed as the
+    /// cloud's own SDK would: S3 SigV4 and GCS V4 presigned GETs, an Azure
+    /// blob service SAS (read only).
+    pub fn presigned_get(&self, name: &str, lifetime: Duration, ip: Option<&share::Cidr>) -> Result<String, StorageError> {
+        let path = self.path(name)?;
+        let url = match &self.backend {
+            Backend::S3(s3) => self.runtime.block_on(s3.signed_url(reqwest::Method::GET, &path, lifetime)).map_err(self.failed(name))?,
+            Backend::Gcs(gcs) => self.runtime.block_on(gcs.signed_url(reqwest::Method::GET, &path, lifetime)).map_err(self.failed(name))?,
+            Backend::Azure(_) => {
+                let Location::Azure { container, .. } = &self.location else { unreachable!("an Azure backend has an Azure location") };
+                let account = azure::Account::from_env()?;
+                let expiry = now_secs() + lifetime.as_secs();
+                return Ok(account.blob_sas_url(container, path.as_ref(), expiry, ip));
+            }
+            Backend::Local(_) => {
+                return Err(StorageError::Unsupported("a local folder has no presigned URLs: share it through `veil serve` (a Veil link)".into()));
+            }
+        };
+        Ok(url.to_string())
+    }
+}
+
+/// An object_store error in a sentence; its Display can run long (it nests
+/// the HTTP error) but never holds a credential.
+fn describe(e: &object_store::Error) -> String {
+    match e {
+        object_store::Error::NotFound { .. } => "not found".into(),
+        other => other.to_string(),
+    }
+}
+
+/// `name` percent-encoded for a URL path, its `/` kept.
+pub fn encode_path(name: &str) -> String {
+    azure::encode_path(name)
+}
+
+/// Whether `name` is a relative, `/`-separated name with nothing that could
+/// climb out of its folder: no empty, `.` or `..` segment, no backslash,
+/// no control character.
+///
+/// ```
+/// assert!(veil_storage::is_safe_name("Patient-1.ndjson"));
+/// assert!(veil_storage::is_safe_name("2026/job/Patient-1.ndjson"));
+/// for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "a\\b", "./a", "a/", "a\nb"] {
+///     assert!(!veil_storage::is_safe_name(bad), "{bad:?}");
+/// }
+/// ```
+pub fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.chars().any(|c| c == '\\' || c.is_control()))
+}
