@@ -810,3 +810,118 @@ fn export_killed_mid_download_resumes_with_every_resource_once() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// Waits for an export's manifest at `status` (a Bulk Data status URL).
+fn wait_for_export(http: &reqwest::blocking::Client, status: &str) -> serde_json::Value {
+    for _ in 0..600 {
+        let r = http.get(status).send().unwrap();
+        if r.status() == 200 {
+            return r.json().unwrap();
+        }
+        assert!(r.status() == 202 || r.status() == 429, "{}", r.status());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("the export did not finish");
+}
+
+#[test]
+fn share_an_export_fetch_it_resume_it_and_revoke_it() {
+    let t = TempDir::new("share");
+    let db = sample_store(&t);
+    let storage = t.0.join("storage");
+    std::fs::create_dir_all(storage.join("anonymization")).unwrap();
+    std::fs::copy(repo_root().join("crates/deid/policies/safe-harbor.json"), storage.join("anonymization/safe-harbor.json")).unwrap();
+    let port = free_port();
+    let log_path = t.0.join("serve.log");
+    let mut server = spawn_serve_with(&db, &storage, port, &["--insecure-no-auth"], Stdio::from(std::fs::File::create(&log_path).unwrap()));
+    let http = reqwest::blocking::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let r = http.get(format!("{base}/$export?_type=Patient,Condition&_anonymizationConfig=safe-harbor.json")).header("Prefer", "respond-async").send().unwrap();
+    assert_eq!(r.status(), 202);
+    let status = r.headers()["content-location"].to_str().unwrap().to_string();
+    wait_for_export(&http, &status);
+    let job = status.rsplit('/').next().unwrap();
+    let exported = storage.join(format!("export-{job}"));
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(exported.join("veil-manifest.json")).unwrap()).unwrap();
+    let files: Vec<String> = manifest["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap().to_string()).collect();
+    assert!(files.len() >= 3 && files.iter().all(|f| f.ends_with(".ndjson")), "{files:?}");
+
+    let share = |extra: &[&str]| -> String {
+        let mut args = vec!["share", "create", "--db", &db, "--export", job, "--storage", storage.to_str().unwrap(), "--base-url", &base];
+        args.extend_from_slice(extra);
+        let out = veil(&args, None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(!text(&out.stderr).contains("/share/v1."), "the link goes to stdout only");
+        text(&out.stdout).trim().to_string()
+    };
+    let link = share(&["--expires", "1h", "--recipient", "Team A"]);
+    let token = link.split("/share/").nth(1).unwrap().trim_end_matches('/').to_string();
+    let id = token.split('.').nth(1).unwrap().to_string();
+
+    // Round trip: every file identical to the export.
+    let out = t.0.join("fetched");
+    let fetch = |dir: &Path, link: &str| veil(&["fetch", link, "-o", dir.to_str().unwrap()], None);
+    let r = fetch(&out, &link);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    for f in &files {
+        assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(exported.join(f)).unwrap(), "{f}");
+    }
+    assert!(out.join("veil-manifest.json").is_file());
+
+    // Interrupted: one file only partly there. The next run keeps the
+    // others and asks for the rest of that one alone.
+    let partial = &files[0];
+    let whole = std::fs::read(exported.join(partial)).unwrap();
+    std::fs::remove_file(out.join(partial)).unwrap();
+    std::fs::write(out.join(format!("{partial}.part")), &whole[..1000]).unwrap();
+    let r = fetch(&out, &link);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    assert_eq!(std::fs::read(out.join(partial)).unwrap(), whole);
+    assert!(!out.join(format!("{partial}.part")).exists());
+    assert!(text(&r.stderr).contains("already here and intact"));
+    let log = veil(&["share", "log", "--db", &db, &id], None);
+    let last = text(&log.stdout).lines().last().unwrap().to_string();
+    assert!(last.contains(partial.as_str()) && last.contains(&format!("{} bytes", whole.len() - 1000)) && last.contains("from 127.0.0.1"), "{last}");
+    assert_eq!(text(&log.stdout).lines().count(), files.len() + 1, "each download audited once");
+
+    // Corrupted in storage (same size): detected, and no bad file is left.
+    let victim = exported.join(&files[1]);
+    let good = std::fs::read(&victim).unwrap();
+    let mut bad = good.clone();
+    bad[10] ^= 0x20;
+    std::fs::write(&victim, &bad).unwrap();
+    let out2 = t.0.join("fetched-corrupt");
+    let r = fetch(&out2, &link);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(text(&r.stderr).contains("does not match the manifest"), "{}", text(&r.stderr));
+    assert!(!out2.join(&files[1]).exists() && !out2.join(format!("{}.part", files[1])).exists());
+    std::fs::write(&victim, &good).unwrap();
+
+    // Revoked: refused from now on, and said so.
+    let r = veil(&["share", "revoke", "--db", &db, &id], None);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    assert!(text(&r.stdout).contains("stopped working now"));
+    let r = fetch(&t.0.join("fetched-revoked"), &link);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(text(&r.stderr).contains("revoked"), "{}", text(&r.stderr));
+
+    // Expired.
+    let short = share(&["--expires", "1s"]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let r = fetch(&t.0.join("fetched-expired"), &short);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(text(&r.stderr).contains("expired"), "{}", text(&r.stderr));
+
+    let list = veil(&["share", "list", "--db", &db], None);
+    let list = text(&list.stdout);
+    assert!(list.contains(&format!("{id} ")) && list.contains("revoked") && list.contains("Team A"), "{list}");
+
+    server.kill().unwrap();
+    server.wait().unwrap();
+    // The token is a credential: no log line carries it, nor any other output.
+    let logged = std::fs::read_to_string(&log_path).unwrap();
+    assert!(logged.contains("/share/{token}/{*path}"), "the access log names the route");
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!logged.contains(signature) && !logged.contains(&token), "the token is not logged");
+    assert!(!list.contains(signature));
+}

@@ -223,7 +223,28 @@ fn get(client: &Client, url: &str, from: Option<u64>) -> Result<Response, FetchE
     }
     let status = response.status();
     let body = response.text().unwrap_or_default();
+    // A signed URL says when it expires; a refusal after that is expiry,
+    // whether or not the server says why (Azurite does not).
+    if status == StatusCode::FORBIDDEN
+        && let Some(at) = reqwest::Url::parse(url).ok().as_ref().and_then(signed_expiry)
+        && at <= crate::now_secs()
+    {
+        return Err(FetchError::Expired(format!(" at {}", crate::iso(at))));
+    }
     Err(explain(status, &body))
+}
+
+/// When a signed URL stops working, from its own query: an Azure SAS's
+/// `se`, an S3 SigV4 or GCS V4 URL's signing time plus lifetime.
+fn signed_expiry(url: &reqwest::Url) -> Option<u64> {
+    let q = |name: &str| url.query_pairs().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.into_owned());
+    if let Some(se) = q("se") {
+        return crate::parse_iso(&se);
+    }
+    let (date, lifetime) = q("X-Amz-Date").zip(q("X-Amz-Expires")).or_else(|| q("X-Goog-Date").zip(q("X-Goog-Expires")))?;
+    // 20261123T020904Z
+    let iso = format!("{}-{}-{}T{}:{}:{}Z", date.get(0..4)?, date.get(4..6)?, date.get(6..8)?, date.get(9..11)?, date.get(11..13)?, date.get(13..15)?);
+    Some(crate::parse_iso(&iso)? + lifetime.parse::<u64>().ok()?)
 }
 
 /// A refusal in words, from Veil's JSON or a cloud's XML error.
@@ -255,6 +276,15 @@ fn explain(status: StatusCode, body: &str) -> FetchError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signed_urls_tell_when_they_expire() {
+        let azure = reqwest::Url::parse("https://a.blob.core.windows.net/c?sv=2022-11-02&sr=c&sp=rl&se=2026-11-23T02%3A09%3A04Z&sig=x").unwrap();
+        assert_eq!(signed_expiry(&azure), crate::parse_iso("2026-11-23T02:09:04Z"));
+        let s3 = reqwest::Url::parse("http://h/b/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20261123T020904Z&X-Amz-Expires=3600&X-Amz-Signature=x").unwrap();
+        assert_eq!(signed_expiry(&s3), crate::parse_iso("2026-11-23T03:09:04Z"));
+        assert_eq!(signed_expiry(&reqwest::Url::parse("http://h/share/v1.x/").unwrap()), None);
+    }
 
     #[test]
     fn refusals_are_explained_without_the_link() {

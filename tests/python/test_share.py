@@ -1,0 +1,267 @@
+"""Share links in cloud storage, against emulators that check signatures as
+the clouds do (scripts/test starts both): Azurite for Azure Blob Storage
+($VEIL_TEST_AZURITE) and s3s-fs for S3 ($VEIL_TEST_S3, serving the folder
+$VEIL_TEST_S3_ROOT, keys $VEIL_TEST_S3_KEYS).
+
+`veil deid -o` writes a de-identified export to the cloud, `veil share
+create` makes the link, and then the research team's side is played by
+Azure's own Python client (azure-storage-blob), by plain HTTP, and by
+`veil fetch`. Each link must open exactly the shared export, write
+nothing, and stop working at expiry."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+import uuid
+
+from azure.core.exceptions import HttpResponseError
+from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient
+
+from flu_export import ROOT, VEIL
+
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def need(name):
+    value = os.environ.get(name)
+    if not value:
+        raise RuntimeError(f"{name} is not set: run the tests with scripts/test, which starts the storage emulators")
+    return value
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def http_get(url, method="GET", data=None, headers=None):
+    """(status, body) of a request, errors included."""
+    request = urllib.request.Request(url, method=method, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class CloudShares(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="veil-share-tests-")
+        # Two inputs: a quarter of the sample's patients and conditions,
+        # de-identified with Safe Harbor; and every Observation (12 MB, so
+        # that it goes up in parts) under a policy with no rules, which is
+        # quick in a debug build (these tests are about storage).
+        make = os.path.join(ROOT, "bench", "synthea-ndjson.py")
+        cls.small, cls.large = os.path.join(cls.tmp, "small"), os.path.join(cls.tmp, "large")
+        subprocess.run([sys.executable, make, cls.small, "--types", "Patient,Condition", "--part", "1/4"], check=True)
+        subprocess.run([sys.executable, make, cls.large, "--types", "Observation"], check=True)
+        cls.no_rules = os.path.join(cls.tmp, "no-rules.json")
+        with open(cls.no_rules, "w") as f:
+            json.dump({"fhirVersion": "R4", "fhirPathRules": [], "parameters": {"encryptKey": "0123456789abcdef0123456789abcdef"}}, f)
+        cls.db = "sqlite:" + os.path.join(cls.tmp, "veil.db")
+        azurite = need("VEIL_TEST_AZURITE")
+        access, secret = need("VEIL_TEST_S3_KEYS").split(":")
+        cls.env = dict(
+            os.environ,
+            AZURE_STORAGE_USE_EMULATOR="true",
+            AZURITE_BLOB_STORAGE_URL=azurite,
+            AWS_ACCESS_KEY_ID=access,
+            AWS_SECRET_ACCESS_KEY=secret,
+            AWS_REGION="us-east-1",
+            AWS_ENDPOINT=need("VEIL_TEST_S3"),
+            AWS_ALLOW_HTTP="true",
+        )
+        # Names of this run's own, so that a reused emulator does not matter.
+        cls.tag = uuid.uuid4().hex[:8]
+        cls.azure = BlobServiceClient.from_connection_string(
+            f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint={azurite}/devstoreaccount1;"
+        )
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def veil(self, *args, check=True):
+        r = subprocess.run([VEIL, *args], capture_output=True, text=True, env=self.env)
+        if check and r.returncode != 0:
+            self.fail(f"veil {args[0]} failed ({r.returncode}): {r.stderr}")
+        return r
+
+    def export_to(self, destination, large=False):
+        """De-identifies an input into `destination`; the manifest written there."""
+        if large:
+            self.veil("deid", "-c", self.no_rules, "-b", "-i", self.large, "-o", destination)
+        else:
+            self.veil("deid", "-c", "safe-harbor", "-b", "-i", self.small, "-o", destination)
+
+    def share(self, destination, expires="1h", *extra):
+        r = self.veil("share", "create", "--db", self.db, "--path", destination, "--expires", expires, *extra)
+        link = r.stdout.strip()
+        self.assertEqual(len(r.stdout.strip().splitlines()), 1, "stdout holds the link alone")
+        self.assertNotIn(link.split("?")[-1], r.stderr, "the signature is not echoed to stderr")
+        return link
+
+    def fetch(self, link, out):
+        return self.veil("fetch", link, "-o", out, check=False)
+
+    def assert_fetched(self, out, manifest):
+        for f in manifest["files"]:
+            with open(os.path.join(out, f["path"]), "rb") as h:
+                data = h.read()
+            self.assertEqual((len(data), sha256(data)), (f["size"], f["sha256"]), f["path"])
+
+    # --- Azure -------------------------------------------------------------
+
+    def test_azure_container_sas_lists_and_reads_only_that_container(self):
+        exported, other = f"export-a-{self.tag}", f"other-study-{self.tag}"
+        for name in (exported, other):
+            self.azure.create_container(name)
+        self.azure.get_container_client(other).upload_blob("secret.ndjson", b'{"resourceType":"Patient","id":"not-shared"}\n')
+        self.export_to(f"az://{exported}", large=True)
+        manifest = json.loads(self.azure.get_container_client(exported).download_blob("veil-manifest.json").readall())
+        self.assertEqual([f["path"] for f in manifest["files"]], ["Observation.ndjson"])
+        big = max(f["size"] for f in manifest["files"])
+        self.assertGreater(big, 8 * 1024 * 1024, "one file went up in parts")
+
+        link = self.share(f"az://{exported}", "1h", "--recipient", "Team A")
+        self.assertIn("sp=rl", link)
+        self.assertIn("sr=c", link)
+
+        # Azure's own client, with nothing but the link.
+        team = ContainerClient.from_container_url(link)
+        names = sorted(b.name for b in team.list_blobs())
+        self.assertEqual(names, sorted([f["path"] for f in manifest["files"]] + ["veil-manifest.json"]))
+        for f in manifest["files"]:
+            data = team.download_blob(f["path"]).readall()
+            self.assertEqual(sha256(data), f["sha256"], f["path"])
+        # A blob URL made from the container link reads that blob too.
+        one = BlobClient.from_blob_url(link.replace(f"/{exported}?", f"/{exported}/Observation.ndjson?"))
+        self.assertEqual(sha256(one.download_blob().readall()), manifest["files"][0]["sha256"])
+
+        # Nothing else in the account, and no writing.
+        elsewhere = ContainerClient.from_container_url(link.replace(f"/{exported}?", f"/{other}?"))
+        with self.assertRaises(HttpResponseError) as e:
+            list(elsewhere.list_blobs())
+        self.assertEqual(e.exception.status_code, 403)
+        with self.assertRaises(HttpResponseError) as e:
+            elsewhere.download_blob("secret.ndjson").readall()
+        self.assertEqual(e.exception.status_code, 403)
+        for write in (lambda: team.upload_blob("planted.ndjson", b"x"), lambda: team.delete_blob("Observation.ndjson"),
+                      lambda: team.upload_blob("Observation.ndjson", b"x", overwrite=True)):
+            with self.assertRaises(HttpResponseError) as e:
+                write()
+            self.assertEqual(e.exception.status_code, 403)
+        self.assertEqual(sorted(b.name for b in team.list_blobs()), names, "nothing was written")
+
+        # veil fetch: every file, checked.
+        out = os.path.join(self.tmp, "fetched-azure")
+        r = self.fetch(link, out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assert_fetched(out, manifest)
+        listed = self.veil("share", "list", "--db", self.db).stdout
+        self.assertIn("azure-sas", listed)
+        self.assertIn("Team A", listed)
+
+    def test_azure_sas_stops_at_expiry(self):
+        container = f"export-expiring-{self.tag}"
+        self.azure.create_container(container)
+        self.export_to(f"az://{container}")
+        link = self.share(f"az://{container}", "3s")
+        team = ContainerClient.from_container_url(link)
+        self.assertTrue(list(team.list_blobs()))
+        time.sleep(5)
+        with self.assertRaises(HttpResponseError) as e:
+            list(team.list_blobs())
+        self.assertEqual(e.exception.status_code, 403)
+        r = self.fetch(link, os.path.join(self.tmp, "fetched-expired"))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("expired", r.stderr)
+        self.assertNotIn("sig=", r.stderr, "no message carries the link")
+        # Longer than Azure allows is refused before anything is signed.
+        r = self.veil("share", "create", "--db", self.db, "--path", f"az://{container}", "--expires", "8d", check=False)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("7 days", r.stderr)
+
+    def test_azure_prefix_gets_a_read_only_sas_per_file(self):
+        container = f"exports-{self.tag}"
+        self.azure.create_container(container)
+        self.azure.get_container_client(container).upload_blob("2026/other-run/secret.ndjson", b'{"resourceType":"Patient"}\n')
+        self.export_to(f"az://{container}/2026/run-1")
+        link = self.share(f"az://{container}/2026/run-1")
+        status, body = http_get(link)
+        self.assertEqual(status, 200)
+        share = json.loads(body)
+        self.assertEqual({f["path"] for f in share["files"]}, {"Patient.ndjson", "Condition.ndjson"})
+        for f in share["files"]:
+            self.assertIn("sp=r&", f["url"])
+            self.assertIn("sr=b", f["url"])
+        url = next(f["url"] for f in share["files"] if f["path"] == "Patient.ndjson")
+        self.assertEqual(http_get(url)[0], 200)
+        self.assertEqual(http_get(url.replace("2026/run-1/Patient.ndjson", "2026/other-run/secret.ndjson"))[0], 403)
+        self.assertEqual(http_get(url, method="PUT", data=b"x", headers={"x-ms-blob-type": "BlockBlob"})[0], 403)
+        out = os.path.join(self.tmp, "fetched-prefix")
+        r = self.fetch(link, out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assert_fetched(out, share)
+
+    # --- S3 -----------------------------------------------------------------
+
+    def test_s3_presigned_urls_read_the_shared_files_only_and_expire(self):
+        root = need("VEIL_TEST_S3_ROOT")
+        bucket = f"lake-{self.tag}"
+        os.makedirs(os.path.join(root, bucket, "private"), exist_ok=True)
+        with open(os.path.join(root, bucket, "private", "secret.ndjson"), "w") as f:
+            f.write('{"resourceType":"Patient","id":"not-shared"}\n')
+        self.export_to(f"s3://{bucket}/exports/run-1", large=True)
+        with open(os.path.join(root, bucket, "exports", "run-1", "veil-manifest.json")) as f:
+            manifest = json.load(f)
+        self.assertGreater(max(f["size"] for f in manifest["files"]), 8 * 1024 * 1024, "one file went up in parts")
+
+        link = self.share(f"s3://{bucket}/exports/run-1", "1h", "--recipient", "Team B")
+        self.assertIn("X-Amz-Signature=", link)
+        status, body = http_get(link)
+        self.assertEqual(status, 200)
+        share = json.loads(body)
+        self.assertEqual([(f["path"], f["sha256"]) for f in share["files"]], [(f["path"], f["sha256"]) for f in manifest["files"]])
+        for f in share["files"]:
+            status, data = http_get(f["url"])
+            self.assertEqual((status, sha256(data)), (200, f["sha256"]), f["path"])
+        url = share["files"][0]["url"]
+        key = "exports/run-1/" + share["files"][0]["path"]
+        for elsewhere in ("private/secret.ndjson", "exports/run-1/veil-manifest.json"):
+            self.assertEqual(http_get(url.replace(key, elsewhere))[0], 403, elsewhere)
+        self.assertEqual(http_get(url.split("?")[0])[0], 403, "not without the signature")
+        self.assertEqual(http_get(url, method="PUT", data=b"x")[0], 403, "a GET URL writes nothing")
+
+        out = os.path.join(self.tmp, "fetched-s3")
+        r = self.fetch(link, out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assert_fetched(out, manifest)
+
+        short = self.share(f"s3://{bucket}/exports/run-1", "2s")
+        first = json.loads(http_get(short)[1])["files"][0]["url"]
+        time.sleep(4)
+        self.assertEqual(http_get(short)[0], 403)
+        self.assertEqual(http_get(first)[0], 403)
+        r = self.fetch(short, os.path.join(self.tmp, "fetched-s3-expired"))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("expired", r.stderr)
+        self.assertNotIn("X-Amz-Signature", r.stderr)
+
+        # S3 cannot withdraw a presigned URL: revoke says so, and what to do.
+        share_id = [line.split()[0] for line in self.veil("share", "list", "--db", self.db).stdout.splitlines() if "Team B" in line][0]
+        r = self.veil("share", "revoke", "--db", self.db, share_id, check=False)
+        self.assertEqual(r.returncode, 3)
+        self.assertIn("access key", r.stdout)
+        self.assertEqual(http_get(link)[0], 200, "as revoke said: the link still works until it expires")
+
+
+if __name__ == "__main__":
+    unittest.main()
