@@ -22,13 +22,14 @@ def veil(*args, **kw):
     return subprocess.run([VEIL, *args], check=True, capture_output=True, text=True, **kw)
 
 
-def listen(*args, log):
+def listen(*args, log, env=None):
     """Starts `veil ARGS --listen 127.0.0.1:PORT` on a free port, its stderr
-    to `log`; (the process, its base URL) once it accepts connections."""
+    to `log` (and its environment `env`, if given); (the process, its base
+    URL) once it accepts connections."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = subprocess.Popen([VEIL, *args, "--listen", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=log)
+    process = subprocess.Popen([VEIL, *args, "--listen", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=log, env=env)
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()

@@ -24,7 +24,7 @@ import uuid
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient
 
-from flu_export import ROOT, VEIL
+from flu_export import ROOT, VEIL, listen
 
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
@@ -261,6 +261,56 @@ class CloudShares(unittest.TestCase):
         self.assertEqual(r.returncode, 3)
         self.assertIn("access key", r.stdout)
         self.assertEqual(http_get(link)[0], 200, "as revoke said: the link still works until it expires")
+
+    def test_serve_exports_to_s3_and_shares_the_job(self):
+        root = need("VEIL_TEST_S3_ROOT")
+        bucket = f"veil-{self.tag}"
+        policies = os.path.join(root, bucket, "veil", "anonymization")
+        os.makedirs(policies)
+        shutil.copy(os.path.join(ROOT, "crates", "deid", "policies", "safe-harbor.json"), policies)
+        db = "sqlite:" + os.path.join(self.tmp, "serve.db")
+        self.veil("load", "--db", db, os.path.join(self.small, "Patient.ndjson"), os.path.join(self.small, "Condition.ndjson"))
+        work = os.path.join(self.tmp, "serve-work")
+        storage = f"s3://{bucket}/veil"
+        with open(os.path.join(self.tmp, "serve.log"), "w") as log:
+            server, base = listen("serve", "--db", db, "--storage", storage, "--work-dir", work, "--insecure-no-auth", log=log, env=self.env)
+        try:
+            request = urllib.request.Request(f"{base}/$export?_type=Patient,Condition&_anonymizationConfig=safe-harbor.json&_container=research",
+                                             headers={"Prefer": "respond-async"})
+            with urllib.request.urlopen(request) as r:
+                self.assertEqual(r.status, 202)
+                status = r.headers["Content-Location"]
+            for _ in range(300):
+                code, body = http_get(status)
+                if code == 200:
+                    break
+                self.assertIn(code, (202, 429), body)
+                time.sleep(0.2)
+            self.assertEqual(code, 200)
+            output = json.loads(body)["output"]
+        finally:
+            server.terminate()
+            server.wait()
+        job = status.rsplit("/", 1)[1]
+        research = os.path.join(root, bucket, "veil", "research")
+        [folder] = [d for d in os.listdir(research) if d.endswith(job)]
+        with open(os.path.join(research, folder, "veil-manifest.json")) as f:
+            manifest = json.load(f)
+        self.assertEqual(sorted(f["path"] for f in manifest["files"]), sorted(o["url"].rsplit("/", 1)[1] for o in output))
+        for f in manifest["files"]:
+            with open(os.path.join(research, folder, f["path"]), "rb") as h:
+                self.assertEqual(sha256(h.read()), f["sha256"])
+
+        link = self.share_export(db, job, storage, work)
+        out = os.path.join(self.tmp, "fetched-serve")
+        r = self.fetch(link, out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assert_fetched(out, manifest)
+
+    def share_export(self, db, job, storage, work):
+        r = self.veil("share", "create", "--db", db, "--export", job, "--storage", storage, "--work-dir", work)
+        self.assertIn("s3-presigned", r.stderr)
+        return r.stdout.strip()
 
 
 if __name__ == "__main__":

@@ -15,10 +15,13 @@ use crate::input::{for_each_json_in_tar_gz, resources};
 
 /// Run Veil on the bundled sample: 100 synthetic patients (Synthea).
 ///
-/// Today this loads every resource and evaluates the FHIRPath expressions
-/// that de-identification rules and study views are made of, printing what
-/// each one selects (counts and the location of the first match, never a
-/// value).
+/// It loads every resource and evaluates the FHIRPath expressions that
+/// de-identification rules and study views are made of (counts and the
+/// location of the first match, never a value); de-identifies with Safe
+/// Harbor; serves the store and runs a de-identified $export as a
+/// registered client; shares that export with a Veil link and fetches it;
+/// builds the flu study; and merges two sites' uploads in an aggregator.
+/// It ends with the share link and the command a research team runs.
 #[derive(clap::Args)]
 pub(crate) struct Args {
     /// The sample archive (a .tar.gz of FHIR JSON files).
@@ -112,9 +115,13 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     println!();
     deidentify(&all)?;
     println!();
-    serve_and_export(&args.data, &args.out)?;
+    let share = serve_and_export(&args.data, &args.out)?;
     println!();
-    println!("Next on the path: share links for the export and pulling from an EHR (veil export).");
+    let db = format!("sqlite:{}", args.out.join("veil.db").display());
+    println!("The de-identified export, shared with the research team ({}, expires {}; veil share list --db {db}):", share.record.id, share.record.expires);
+    println!("  {}", share.link);
+    println!("While veil serve answers it (veil serve --db {db} --storage {}), the team runs:", args.out.join("storage").display());
+    println!("  veil fetch '{}' -o research-copy", share.link);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -169,7 +176,7 @@ fn deidentify(all: &[Json]) -> Result<()> {
 /// The third step: an empty store, the sample loaded into it, `veil serve`
 /// started on loopback, and a de-identified `$export` asked of it over HTTP,
 /// as Azure's de-identified export is asked.
-fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<()> {
+fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<crate::share::Made> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -227,6 +234,15 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<()>
     let folder = export_over_http(&http, &base, "_anonymizationConfig=safe-harbor.json&_container=research", &storage_root)?;
     println!("  files: {}", folder.display());
 
+    // Handed over: a Veil share link to exactly that export, fetched and
+    // checked as the research team would. The token does not depend on the
+    // address, so the link printed at the end names veil serve's default.
+    let shared = crate::share::make_share(&*store, &veil_storage::Location::Local(folder.clone()), Duration::from_secs(72 * 3600), Some("Research team (demo)".into()), None, &base)?;
+    let copy = out.join("research-copy");
+    let fetched = veil_storage::fetch::fetch(&shared.link, &copy, &mut |_, _| {})?;
+    println!("Shared it ({}, a Veil link that expires {}); veil fetch downloaded {} files ({} bytes) into {}, every SHA-256 checked", shared.record.id, shared.record.expires, fetched.files, fetched.bytes, copy.display());
+    let shared = crate::share::Made { link: shared.link.replace(&base, "http://127.0.0.1:8080"), ..shared };
+
     // The study's minimum-necessary export: only the types and elements the
     // flu study reads, de-identified with the policy its preset pairs with.
     let study = veil_study::Study::builtin("flu").expect("built in");
@@ -243,7 +259,8 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<()>
     println!();
     build_flu_study(&study, &flu_export, out)?;
     println!();
-    two_sites(&study, &flu_export, out)
+    two_sites(&study, &flu_export, out)?;
+    Ok(shared)
 }
 
 /// An HTTP client that sends a current access token with every request.
@@ -283,8 +300,11 @@ fn export_over_http(client: &Authorized, base: &str, query: &str, storage: &std:
     let outputs = manifest["output"].as_array().cloned().unwrap_or_default();
     let resources: u64 = outputs.iter().filter_map(|o| o["count"].as_u64()).sum();
     println!("  200 manifest: {resources} de-identified resources in {} files, in {}", outputs.len(), ms(t.elapsed()));
-    let container = query.split('&').find_map(|p| p.strip_prefix("_container=")).unwrap_or_default();
-    Ok(storage.join(container))
+    let container = storage.join(query.split('&').find_map(|p| p.strip_prefix("_container=")).unwrap_or_default());
+    // A container holds a timestamped folder per export, and the demo's
+    // storage starts empty: this export's is the only one.
+    let folder = std::fs::read_dir(&container)?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.is_dir());
+    Ok(folder.unwrap_or(container))
 }
 
 /// The last step: the flu study built from the de-identified export, and

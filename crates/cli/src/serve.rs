@@ -41,9 +41,16 @@ pub(crate) struct Args {
     /// The store: sqlite:PATH or postgres://….
     #[arg(long, value_name = "URL", default_value = "sqlite:veil.db", env = "VEIL_DB")]
     db: String,
-    /// Where exports are written: a folder whose subfolders are containers.
-    #[arg(long, value_name = "DIR", default_value = "storage", env = "VEIL_STORAGE")]
-    storage: PathBuf,
+    /// Where exports are written: a folder whose subfolders are containers
+    /// (`anonymization` holds policies), or s3://bucket/prefix,
+    /// az://container/prefix or gs://bucket/prefix, laid out the same way
+    /// (credentials from the cloud's usual environment variables).
+    #[arg(long, value_name = "DIR|URL", default_value = "storage", env = "VEIL_STORAGE")]
+    storage: String,
+    /// With cloud --storage: the local folder export workers write in
+    /// before uploading (downloads are served from it).
+    #[arg(long, value_name = "DIR", default_value = "storage-work", env = "VEIL_WORK_DIR")]
+    work_dir: PathBuf,
     /// Address to listen on; beyond loopback only with authorization on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", env = "VEIL_LISTEN")]
     listen: SocketAddr,
@@ -69,7 +76,7 @@ pub(crate) struct Args {
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let store: Arc<dyn veil_store::Store> =
         Arc::from(veil_store::open(&args.db).map_err(|e| UsageError(format!("cannot open the store {}: {e}", veil_store::printable_url(&args.db))))?);
-    let storage = Storage::new(&args.storage).with_context(|| format!("cannot create {}", args.storage.display()))?;
+    let storage = storage_of(&args.storage, &args.work_dir)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let auth = if args.insecure_no_auth {
         eprintln!("veil serve: WARNING: authorization is OFF (--insecure-no-auth): anyone who can connect to {} can read and export every resource", args.listen);
@@ -89,7 +96,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
             std::thread::spawn(move || worker_loop(&*store, &storage, &format!("veil-{host}-{i}"), config, &stop))
         })
         .collect();
-    eprintln!("veil serve: {base_url} (store {}, storage {})", veil_store::printable_url(&args.db), args.storage.display());
+    eprintln!("veil serve: {base_url} (store {}, storage {})", veil_store::printable_url(&args.db), args.storage);
     if !addr.ip().is_loopback() && !base_url.starts_with("https://") {
         // Veil speaks plain HTTP; beyond loopback, TLS belongs to a proxy in front.
         eprintln!("veil serve: WARNING: {base_url} is not https: tokens and data would cross the network in the clear; serve behind a TLS-terminating proxy and pass --base-url https://…");
@@ -110,4 +117,14 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         let _ = w.join();
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// veil serve's storage from `--storage` (a folder, or a cloud location
+/// with `work_dir` as its local copy).
+pub(crate) fn storage_of(storage: &str, work_dir: &std::path::Path) -> Result<Storage> {
+    let location = veil_storage::Location::parse(storage).map_err(|e| UsageError(e.to_string()))?;
+    match location {
+        veil_storage::Location::Local(dir) => Storage::new(&dir).with_context(|| format!("cannot create {}", dir.display())),
+        cloud => Storage::with_remote(work_dir, cloud).with_context(|| format!("cannot create {}", work_dir.display())),
+    }
 }

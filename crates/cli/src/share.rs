@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use veil_storage::share::{Cidr, MAX_CLOUD_LIFETIME, MAX_VEIL_LIFETIME, ShareKind, create_cloud_share, new_share_id, sign_token};
 use veil_storage::{Location, MANIFEST_NAME, Manifest, Storage};
 use veil_store::{JobState, ShareRecord, Store};
@@ -86,9 +86,12 @@ struct CreateArgs {
     /// Veil links).
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080", env = "VEIL_BASE_URL")]
     base_url: String,
-    /// veil serve's storage folder (where --export looks for the job's files).
-    #[arg(long, value_name = "DIR", default_value = "storage", env = "VEIL_STORAGE")]
-    storage: PathBuf,
+    /// veil serve's --storage (where --export looks for the job's files).
+    #[arg(long, value_name = "DIR|URL", default_value = "storage", env = "VEIL_STORAGE")]
+    storage: String,
+    /// veil serve's --work-dir, with cloud --storage.
+    #[arg(long, value_name = "DIR", default_value = "storage-work", env = "VEIL_WORK_DIR")]
+    work_dir: PathBuf,
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
@@ -149,7 +152,7 @@ pub(crate) fn make_share(store: &dyn Store, location: &Location, lifetime: std::
 fn create(store: &dyn Store, c: CreateArgs) -> Result<ExitCode> {
     let lifetime = veil_storage::parse_lifetime(&c.expires).map_err(UsageError)?;
     let location = match (&c.export, &c.path) {
-        (Some(job), _) => Location::Local(export_folder(store, job, &c.storage)?),
+        (Some(job), _) => export_location(store, job, &crate::serve::storage_of(&c.storage, &c.work_dir)?)?,
         (None, Some(path)) => Location::parse(path).map_err(|e| UsageError(e.to_string()))?,
         (None, None) => unreachable!("clap requires --export or --path"),
     };
@@ -165,16 +168,15 @@ fn create(store: &dyn Store, c: CreateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The folder of a completed export job in veil serve's storage.
-pub(crate) fn export_folder(store: &dyn Store, job: &str, storage: &std::path::Path) -> Result<PathBuf> {
+/// Where a completed export job's files are in veil serve's storage.
+fn export_location(store: &dyn Store, job: &str, storage: &veil_server::export::Storage) -> Result<Location> {
     let j = store.job(job)?.ok_or_else(|| UsageError(format!("no export job {job} in this store")))?;
     if j.state != JobState::Completed {
         return Err(UsageError(format!("export job {job} is {:?}, not completed: only a finished export can be shared", j.state)).into());
     }
     let request = serde_json::from_str(&j.request).ok().and_then(|r| veil_server::export::ExportRequest::from_json(&r));
     let container = request.and_then(|r| r.container);
-    let storage = veil_server::export::Storage::new(storage).with_context(|| format!("cannot open the storage {}", storage.display()))?;
-    Ok(storage.job_dir(job, container.as_deref(), &j.created))
+    Ok(storage.job_location(job, container.as_deref(), &j.created))
 }
 
 fn status(s: &ShareRecord) -> String {

@@ -148,6 +148,20 @@ fn demo_runs_on_the_bundled_sample() {
         let sum: u64 = parts.trim_end_matches(')').split(" + ").map(|p| p.split(' ').nth(1).unwrap().parse::<u64>().unwrap()).sum();
         assert_eq!(total.parse::<u64>().unwrap(), sum, "{line}");
     }
+    // The export was shared and fetched: the research team's copy is the
+    // export, file for file; the demo ends with the link and the command.
+    let export = std::fs::read_dir(dir.join("storage/research")).unwrap().next().unwrap().unwrap().path();
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(export.join("veil-manifest.json")).unwrap()).unwrap();
+    let shared = manifest["files"].as_array().unwrap();
+    assert_eq!(shared.len(), 19);
+    for f in shared {
+        let name = f["path"].as_str().unwrap();
+        assert_eq!(std::fs::read(dir.join("research-copy").join(name)).unwrap(), std::fs::read(export.join(name)).unwrap(), "{name}");
+    }
+    assert!(stdout.contains("veil fetch downloaded 19 files"), "{stdout}");
+    let tail: Vec<&str> = stdout.lines().rev().take(4).collect();
+    assert!(tail[0].starts_with("  veil fetch 'http://127.0.0.1:8080/share/v1.sh_") && tail[0].ends_with("/' -o research-copy"), "{stdout}");
+    assert!(tail[2].starts_with("  http://127.0.0.1:8080/share/v1.sh_"), "{stdout}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -98,9 +98,15 @@ impl ExportRequest {
 
 /// The server's storage: a folder whose subfolders are containers
 /// (`anonymization` holds de-identification configurations).
+///
+/// With a cloud location (`s3://…`, `az://…`, `gs://…`) the folder is the
+/// workers' local copy: each finished export is uploaded below the
+/// location, at the same relative path (`CONTAINER/STAMP-JOB/…`, manifest
+/// last), and configurations are read from its `anonymization/` prefix.
 #[derive(Debug, Clone)]
 pub struct Storage {
     root: PathBuf,
+    remote: Option<veil_storage::Location>,
 }
 
 impl Storage {
@@ -108,7 +114,31 @@ impl Storage {
     pub fn new(root: impl Into<PathBuf>) -> std::io::Result<Storage> {
         let root = root.into();
         fs::create_dir_all(root.join("anonymization"))?;
-        Ok(Storage { root })
+        Ok(Storage { root, remote: None })
+    }
+
+    /// Storage whose exports go to a cloud `remote` too, `root` holding the
+    /// local copy.
+    pub fn with_remote(root: impl Into<PathBuf>, remote: veil_storage::Location) -> std::io::Result<Storage> {
+        Ok(Storage { remote: (!remote.is_local()).then_some(remote), ..Storage::new(root)? })
+    }
+
+    /// Where a job's files are, as a location: the cloud copy when there is
+    /// one, else the local folder.
+    pub fn job_location(&self, job: &str, container: Option<&str>, created: &str) -> veil_storage::Location {
+        let dir = self.job_dir(job, container, created);
+        match (&self.remote, dir.strip_prefix(&self.root)) {
+            (Some(remote), Ok(rel)) => rel.iter().fold(remote.clone(), |l, part| l.join(&part.to_string_lossy())),
+            _ => veil_storage::Location::Local(dir),
+        }
+    }
+
+    /// Uploads a finished job folder to the cloud copy, if there is one.
+    fn publish(&self, dir: &Path) -> Result<(), veil_storage::StorageError> {
+        let (Some(remote), Ok(rel)) = (&self.remote, dir.strip_prefix(&self.root)) else { return Ok(()) };
+        let target = rel.iter().fold(remote.clone(), |l, part| l.join(&part.to_string_lossy()));
+        veil_storage::Storage::open(&target)?.upload_dir(dir, &mut |_| {})?;
+        Ok(())
     }
 
     /// The folder of a job's files.
@@ -127,6 +157,10 @@ impl Storage {
     pub fn anonymization_config(&self, name: &str) -> Option<String> {
         if !is_safe_name(name) {
             return None;
+        }
+        if let Some(remote) = &self.remote {
+            let bytes = veil_storage::Storage::open(&remote.join("anonymization")).and_then(|s| s.get(name)).ok()?;
+            return String::from_utf8(bytes).ok();
         }
         fs::read_to_string(self.root.join("anonymization").join(name)).ok()
     }
@@ -405,6 +439,9 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
     let manifest = veil_storage::manifest_of_dir(&dir).map(|m| m.to_json()).and_then(|m| fs::write(dir.join(veil_storage::MANIFEST_NAME), m));
     if let Err(e) = manifest {
         return Outcome::Failed(500, format!("cannot write the export's manifest: {e}"));
+    }
+    if let Err(e) = storage.publish(&dir) {
+        return Outcome::Failed(500, format!("cannot upload the export: {e}"));
     }
     Outcome::Completed(json!({
         "transactionTime": job.created,
