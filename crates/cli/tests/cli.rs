@@ -217,7 +217,15 @@ fn deid_folders_like_the_microsoft_tool() {
     let p = |x: &str| t.0.join(x).to_string_lossy().into_owned();
     let out = veil(&["deid", "-c", &p("policy.json"), "-i", &p("in"), "-o", &p("out"), "-r"], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(t.files("out"), ["a.json", "sub"]);
+    assert_eq!(t.files("out"), ["a.json", "sub", "veil-manifest.json"]);
+    // The manifest, written last, names every output file with its digest.
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(t.0.join("out/veil-manifest.json")).unwrap()).unwrap();
+    for f in manifest["files"].as_array().unwrap() {
+        let bytes = std::fs::read(t.0.join("out").join(f["path"].as_str().unwrap())).unwrap();
+        let digest: String = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes)).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!((f["size"].as_u64().unwrap(), f["sha256"].as_str().unwrap()), (bytes.len() as u64, digest.as_str()));
+    }
+    assert_eq!(manifest["files"].as_array().unwrap().len(), 1 + t.files("out/sub").len());
     let a: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(t.0.join("out/a.json")).unwrap()).unwrap();
     assert!(a.get("name").is_none());
     assert_ne!(a["id"], "a");
