@@ -239,7 +239,7 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<cra
     // address, so the link printed at the end names veil serve's default.
     let shared = crate::share::make_share(&*store, &veil_storage::Location::Local(folder.clone()), Duration::from_secs(72 * 3600), Some("Research team (demo)".into()), None, &base)?;
     let copy = out.join("research-copy");
-    let fetched = veil_storage::fetch::fetch(&shared.link, &copy, &mut |_, _| {})?;
+    let fetched = veil_storage::fetch::fetch(&shared.link, &copy, &mut |_| {})?;
     println!("Shared it ({}, a Veil link that expires {}); veil fetch downloaded {} files ({} bytes) into {}, every SHA-256 checked", shared.record.id, shared.record.expires, fetched.files, fetched.bytes, copy.display());
     let shared = crate::share::Made { link: shared.link.replace(&base, "http://127.0.0.1:8080"), ..shared };
 

@@ -257,11 +257,29 @@ pub(crate) struct FetchArgs {
 }
 
 pub(crate) fn fetch(args: FetchArgs) -> Result<ExitCode> {
+    use veil_storage::fetch::Event;
     let started = std::time::Instant::now();
-    let mut report = |f: &veil_storage::share::SharedFile, reused: bool| {
-        eprintln!("  {} ({} bytes){}", f.path, f.size, if reused { ", already here and intact" } else { ", checked" });
+    // On a terminal, one bar by bytes; elsewhere (a log), a line per file.
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        let style = indicatif::ProgressStyle::with_template("veil fetch: [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}");
+        bar.set_style(style.unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()).progress_chars("#."));
+        bar
+    });
+    let mut report = |event: Event<'_>| match (event, &bar) {
+        (Event::Planned { bytes, .. }, Some(bar)) => bar.set_length(bytes),
+        (Event::Bytes(n), Some(bar)) => bar.inc(n),
+        (Event::File { file, .. }, Some(bar)) => bar.set_message(file.path.clone()),
+        (Event::File { file, reused }, None) => {
+            eprintln!("  {} ({} bytes){}", file.path, file.size, if reused { ", already here and intact" } else { ", checked" })
+        }
+        _ => {}
     };
-    match veil_storage::fetch::fetch(&args.link, &args.out, &mut report) {
+    let result = veil_storage::fetch::fetch(&args.link, &args.out, &mut report);
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    match result {
         Ok(done) => {
             eprintln!(
                 "veil fetch: {} files in {} ({} downloaded now, {} bytes, {:.1} s), every checksum matches",

@@ -876,7 +876,12 @@ fn share_an_export_fetch_it_resume_it_and_revoke_it() {
 
     // Round trip: every file identical to the export.
     let out = t.0.join("fetched");
-    let fetch = |dir: &Path, link: &str| veil(&["fetch", link, "-o", dir.to_str().unwrap()], None);
+    let fetch_stderr = std::cell::RefCell::new(Vec::new());
+    let fetch = |dir: &Path, link: &str| {
+        let out = veil(&["fetch", link, "-o", dir.to_str().unwrap()], None);
+        fetch_stderr.borrow_mut().push(text(&out.stderr));
+        out
+    };
     let r = fetch(&out, &link);
     assert!(r.status.success(), "{}", text(&r.stderr));
     for f in &files {
@@ -939,5 +944,10 @@ fn share_an_export_fetch_it_resume_it_and_revoke_it() {
     assert!(logged.contains("/share/{token}/{*path}"), "the access log names the route");
     let signature = token.rsplit('.').next().unwrap();
     assert!(!logged.contains(signature) && !logged.contains(&token), "the token is not logged");
+    let fetch_stderr = fetch_stderr.into_inner();
+    assert!(fetch_stderr.len() >= 5);
+    for said in &fetch_stderr {
+        assert!(!said.contains(signature), "veil fetch does not print the link: {said}");
+    }
     assert!(!list.contains(signature));
 }

@@ -43,6 +43,16 @@ pub enum FetchError {
     Io(#[from] io::Error),
 }
 
+/// What a fetch reports as it goes.
+pub enum Event<'a> {
+    /// What the share holds: files and bytes.
+    Planned { files: usize, bytes: u64 },
+    /// Bytes arrived.
+    Bytes(u64),
+    /// A file is in place (`reused`: it was there already, intact).
+    File { file: &'a SharedFile, reused: bool },
+}
+
 /// What a fetch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Fetched {
@@ -55,9 +65,9 @@ pub struct Fetched {
 }
 
 /// Downloads everything `link` shares into `dest`, and writes the export's
-/// manifest there last. `each` hears of each file when it is in place
-/// (`true` if it was there already).
-pub fn fetch(link: &str, dest: &Path, each: &mut dyn FnMut(&SharedFile, bool)) -> Result<Fetched, FetchError> {
+/// manifest there last. `each` hears what is planned, bytes as they
+/// arrive, and each file when it is in place.
+pub fn fetch(link: &str, dest: &Path, each: &mut dyn FnMut(Event<'_>)) -> Result<Fetched, FetchError> {
     let url = reqwest::Url::parse(link.trim()).map_err(|_| FetchError::Link("that is not a share link (a URL)".into()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(FetchError::Link("a share link starts with https:// (or http:// on loopback)".into()));
@@ -69,11 +79,12 @@ pub fn fetch(link: &str, dest: &Path, each: &mut dyn FnMut(&SharedFile, bool)) -
         .map_err(|e| FetchError::Http(e.without_url().to_string()))?;
     let files = resolve(&client, &url)?;
     fs::create_dir_all(dest)?;
+    each(Event::Planned { files: files.len(), bytes: files.iter().map(|f| f.size).sum() });
     let mut done = Fetched { files: files.len(), ..Fetched::default() };
     for file in &files {
-        let reused = download(&client, file, dest, &mut done.bytes)?;
+        let reused = download(&client, file, dest, &mut done.bytes, each)?;
         done.reused += usize::from(reused);
-        each(file, reused);
+        each(Event::File { file, reused });
     }
     let manifest = Manifest::new(files.iter().map(|f| FileEntry { path: f.path.clone(), size: f.size, sha256: f.sha256.clone() }).collect());
     fs::write(dest.join(MANIFEST_NAME), manifest.to_json())?;
@@ -154,13 +165,14 @@ fn resolve_azure_container(client: &Client, url: &reqwest::Url) -> Result<Vec<Sh
 /// downloaded into `NAME.part` (continuing a part an earlier run left) and
 /// renamed once its size and SHA-256 match. Transient failures are retried,
 /// continuing from what arrived.
-fn download(client: &Client, file: &SharedFile, dest: &Path, bytes: &mut u64) -> Result<bool, FetchError> {
+fn download(client: &Client, file: &SharedFile, dest: &Path, bytes: &mut u64, each: &mut dyn FnMut(Event<'_>)) -> Result<bool, FetchError> {
     let target = dest.join(&file.path);
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent)?;
     }
     if target.is_file() {
         if digest_file(&target)? == (file.sha256.clone(), file.size) {
+            each(Event::Bytes(file.size));
             return Ok(true);
         }
         fs::remove_file(&target)?;
@@ -169,7 +181,7 @@ fn download(client: &Client, file: &SharedFile, dest: &Path, bytes: &mut u64) ->
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match download_part(client, file, &part, bytes) {
+        match download_part(client, file, &part, bytes, each) {
             Ok(()) => break,
             Err(FetchError::Http(_)) if attempt < 4 => std::thread::sleep(Duration::from_secs(attempt)),
             Err(e) => return Err(e),
@@ -185,23 +197,42 @@ fn download(client: &Client, file: &SharedFile, dest: &Path, bytes: &mut u64) ->
     Ok(false)
 }
 
-fn download_part(client: &Client, file: &SharedFile, part: &Path, bytes: &mut u64) -> Result<(), FetchError> {
+fn download_part(client: &Client, file: &SharedFile, part: &Path, bytes: &mut u64, each: &mut dyn FnMut(Event<'_>)) -> Result<(), FetchError> {
     let have = fs::metadata(part).map_or(0, |m| m.len());
     if have >= file.size && have > 0 {
         return Ok(());
     }
     let mut response = get(client, &file.url, (have > 0).then_some(have))?;
-    let mut out = if response.status() == StatusCode::PARTIAL_CONTENT && starts_at(&response) == Some(have) {
+    let out = if response.status() == StatusCode::PARTIAL_CONTENT && starts_at(&response) == Some(have) {
+        each(Event::Bytes(have));
         OpenOptions::new().append(true).open(part)?
     } else {
         // The server sent the whole file: start again.
         File::create(part)?
     };
+    let mut out = Counting { inner: out, each };
     let copied = io::copy(&mut response, &mut out).map_err(|e| FetchError::Http(format!("{}: the download was cut off ({e})", file.path)));
-    out.flush()?;
-    out.sync_all()?;
+    out.inner.flush()?;
+    out.inner.sync_all()?;
     *bytes += copied?;
     Ok(())
+}
+
+/// A file that reports the bytes written to it.
+struct Counting<'a, 'b> {
+    inner: File,
+    each: &'a mut dyn FnMut(Event<'b>),
+}
+
+impl io::Write for Counting<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        (self.each)(Event::Bytes(n as u64));
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Where a 206 response's range starts.
