@@ -160,6 +160,21 @@ class CloudShares(unittest.TestCase):
             self.assertEqual(e.exception.status_code, 403)
         self.assertEqual(sorted(b.name for b in team.list_blobs()), names, "nothing was written")
 
+        # An address range becomes the SAS's signed sip. Azurite does not
+        # enforce sip, so this checks only that the signature covers it.
+        near = self.share(f"az://{exported}", "1h", "--ip", "127.0.0.1")
+        self.assertIn("sip=127.0.0.1&", near)
+        self.assertEqual(sorted(b.name for b in ContainerClient.from_container_url(near).list_blobs()), names)
+        with self.assertRaises(HttpResponseError) as e:
+            list(ContainerClient.from_container_url(near.replace("sip=127.0.0.1", "sip=127.0.0.2")).list_blobs())
+        self.assertEqual(e.exception.status_code, 403)
+
+        # A container that does not exist is named before any work is done.
+        r = self.veil("deid", "-c", "safe-harbor", "-b", "-i", self.small, "-o", f"az://missing-{self.tag}", check=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("ContainerNotFound", r.stderr)
+        self.assertNotIn("resources in", r.stderr, "nothing was de-identified for nowhere")
+
         # veil fetch: every file, checked.
         out = os.path.join(self.tmp, "fetched-azure")
         r = self.fetch(link, out)

@@ -113,6 +113,8 @@ fn run_to_cloud(mut args: Args, destination: &veil_storage::Location) -> Result<
         bail!(UsageError("standard input goes to standard output or a local file, not to cloud storage: give input files or -i".into()));
     }
     let storage = veil_storage::Storage::open(destination)?;
+    // Before the work, not after it: a missing bucket or a refused key.
+    storage.check()?;
     let stage = std::env::temp_dir().join(format!("veil-deid-{}-{}", std::process::id(), veil_storage::now_secs()));
     fs::create_dir_all(&stage)?;
     args.output = Some(stage.clone());

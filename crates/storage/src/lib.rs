@@ -55,6 +55,9 @@ pub enum StorageError {
     /// The store refused or failed.
     #[error("{location}: {message}")]
     Store { location: String, message: String },
+    /// There is no such object (or no such bucket or container).
+    #[error("{0}: not found")]
+    NotFound(String),
     /// A local file.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -146,8 +149,23 @@ impl Storage {
     }
 
     fn failed(&self, name: &str) -> impl Fn(object_store::Error) -> StorageError + '_ {
-        let location = self.location.join(name).to_string();
-        move |e| StorageError::Store { location: location.clone(), message: describe(&e) }
+        let location = if name.is_empty() { self.location.to_string() } else { self.location.join(name).to_string() };
+        move |e| match e {
+            object_store::Error::NotFound { .. } => StorageError::NotFound(location.clone()),
+            other => StorageError::Store { location: location.clone(), message: describe(&other) },
+        }
+    }
+
+    /// Checks that the destination can be listed (the bucket or container
+    /// exists and the credentials open it) before work is done for it.
+    pub fn check(&self) -> Result<(), StorageError> {
+        let prefix = (!self.root.is_empty()).then(|| ObjectPath::from(self.root.as_str()));
+        let first = self.runtime.block_on(async { self.store().list(prefix.as_ref()).next().await.transpose() });
+        match first {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Err(StorageError::Location(format!("{}: the bucket or container does not exist (Veil does not create it)", self.location))),
+            Err(e) => Err(self.failed("")(e)),
+        }
     }
 
     /// Writes `bytes` as `name`, whole or not at all.
@@ -230,7 +248,7 @@ impl Storage {
     /// not all there, or this is not a Veil destination).
     pub fn read_manifest(&self) -> Result<Manifest, StorageError> {
         let bytes = self.get(MANIFEST_NAME).map_err(|e| match e {
-            StorageError::Store { location, .. } => StorageError::Location(format!(
+            StorageError::NotFound(location) => StorageError::Location(format!(
                 "{location} is missing: {} holds no complete Veil export (the manifest is written last)",
                 self.location
             )),
@@ -286,12 +304,20 @@ impl Storage {
     }
 }
 
-/// An object_store error in a sentence; its Display can run long (it nests
-/// the HTTP error) but never holds a credential.
+/// An object_store error in a sentence. Its Display nests the HTTP error
+/// and the server's XML; the status and the cloud's error code are what a
+/// person needs (`404 Not Found: ContainerNotFound`), else its first line.
 fn describe(e: &object_store::Error) -> String {
-    match e {
-        object_store::Error::NotFound { .. } => "not found".into(),
-        other => other.to_string(),
+    let text = e.to_string();
+    let status = text.split("status code: ").nth(1).and_then(|s| s.split(':').next()).map(str::trim);
+    let code = text.split("<Code>").nth(1).and_then(|s| s.split("</Code>").next());
+    if text.contains("token request") {
+        return format!("no credentials: the token request failed ({}); set the cloud's credential variables", status.unwrap_or("no answer"));
+    }
+    match (status, code) {
+        (Some(status), Some(code)) => format!("{status}: {code}"),
+        (Some(status), None) => status.to_string(),
+        _ => text.lines().next().unwrap_or_default().chars().take(300).collect(),
     }
 }
 
