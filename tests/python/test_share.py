@@ -131,8 +131,8 @@ class CloudShares(unittest.TestCase):
         self.assertGreater(big, 8 * 1024 * 1024, "one file went up in parts")
 
         link = self.share(f"az://{exported}", "1h", "--recipient", "Team A")
-        self.assertIn("sp=rl", link)
         self.assertIn("sr=c", link)
+        self.assertIn("si=sh_", link, "the SAS names the share's stored access policy")
 
         # Azure's own client, with nothing but the link.
         team = ContainerClient.from_container_url(link)
@@ -184,6 +184,18 @@ class CloudShares(unittest.TestCase):
         self.assertIn("azure-sas", listed)
         self.assertIn("Team A", listed)
 
+        # Revoked: the share's stored access policy goes, and with it this
+        # share's SAS; another share of the same container still works.
+        share_id = [line.split()[0] for line in listed.splitlines() if "Team A" in line][0]
+        r = self.veil("share", "revoke", "--db", self.db, share_id)
+        self.assertIn("stored access policy was deleted", r.stdout)
+        with self.assertRaises(HttpResponseError) as e:
+            list(team.list_blobs())
+        self.assertEqual(e.exception.status_code, 403)
+        self.assertEqual(sorted(b.name for b in ContainerClient.from_container_url(near).list_blobs()), names)
+        r = self.fetch(link, os.path.join(self.tmp, "fetched-revoked"))
+        self.assertEqual(r.returncode, 1)
+
     def test_azure_sas_stops_at_expiry(self):
         container = f"export-expiring-{self.tag}"
         self.azure.create_container(container)
@@ -215,9 +227,9 @@ class CloudShares(unittest.TestCase):
         share = json.loads(body)
         self.assertEqual({f["path"] for f in share["files"]}, {"Patient.ndjson", "Condition.ndjson"})
         for f in share["files"]:
-            self.assertIn("sp=r&", f["url"])
             self.assertIn("sr=b", f["url"])
         url = next(f["url"] for f in share["files"] if f["path"] == "Patient.ndjson")
+        self.assertIn("si=sh_", url)
         self.assertEqual(http_get(url)[0], 200)
         self.assertEqual(http_get(url.replace("2026/run-1/Patient.ndjson", "2026/other-run/secret.ndjson"))[0], 403)
         self.assertEqual(http_get(url, method="PUT", data=b"x", headers={"x-ms-blob-type": "BlockBlob"})[0], 403)

@@ -26,8 +26,10 @@ use crate::UsageError;
 ///                    answers: signed, expiring, limited to an address range
 ///                    with --ip, revoked at once, every download audited
 ///   az://container   an Azure service SAS: read and list, https only, at
-///                    most 7 days (an export below a prefix gets a read-only
-///                    SAS per file, listed in a share manifest)
+///                    most 7 days, through a stored access policy made for
+///                    the share (so revoke is immediate; five per container);
+///                    an export below a prefix gets a read-only SAS per
+///                    file, listed in a share manifest
 ///   s3://, gs://     a presigned URL per file, listed in a share manifest
 ///                    that is itself presigned; at most 7 days
 ///
@@ -49,8 +51,9 @@ enum Command {
     Create(CreateArgs),
     /// List shares: id, kind, expiry, status, downloads, recipient.
     List,
-    /// Revoke a share: at once for Veil links; for cloud links, says what
-    /// else must be done.
+    /// Revoke a share: at once for Veil links and Azure SAS (its stored
+    /// access policy is deleted); for S3 and GCS, says what else must be
+    /// done (exit code 3).
     Revoke {
         /// The share's id (`sh_…`, from `veil share list`).
         id: String,
@@ -216,11 +219,17 @@ fn revoke(store: &dyn Store, id: &str) -> Result<ExitCode> {
         "gcs-presigned" => ShareKind::GcsPresigned,
         _ => ShareKind::Veil,
     };
+    if kind == ShareKind::AzureSas {
+        let location = Location::parse(&share.location)?;
+        if !veil_storage::share::revoke_azure(&location, id)? {
+            eprintln!("veil share: {id}: no stored access policy of that name was left on {} (it expired or was removed)", share.location);
+        }
+    }
     println!("revoked {id}: {}", kind.revocation());
-    if kind != ShareKind::Veil {
+    if matches!(kind, ShareKind::S3Presigned | ShareKind::GcsPresigned) {
         println!("  shared location: {}", share.location);
-        // Without a working link there is nothing more Veil can do; with
-        // one, the operator must act, so say it by the exit code too.
+        // The links still work: the operator must act, so say it by the
+        // exit code too.
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)

@@ -266,11 +266,16 @@ fn get(client: &Client, url: &str, from: Option<u64>) -> Result<Response, FetchE
 }
 
 /// When a signed URL stops working, from its own query: an Azure SAS's
-/// `se`, an S3 SigV4 or GCS V4 URL's signing time plus lifetime.
+/// `se`, or the expiry in the name of the stored access policy Veil made
+/// (`si=<share>.<expiry>`); an S3 SigV4 or GCS V4 URL's signing time plus
+/// lifetime.
 fn signed_expiry(url: &reqwest::Url) -> Option<u64> {
     let q = |name: &str| url.query_pairs().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.into_owned());
     if let Some(se) = q("se") {
         return crate::parse_iso(&se);
+    }
+    if let Some(si) = q("si") {
+        return si.rsplit_once('.')?.1.parse().ok();
     }
     let (date, lifetime) = q("X-Amz-Date").zip(q("X-Amz-Expires")).or_else(|| q("X-Goog-Date").zip(q("X-Goog-Expires")))?;
     // 20261123T020904Z
@@ -312,6 +317,8 @@ mod tests {
     fn signed_urls_tell_when_they_expire() {
         let azure = reqwest::Url::parse("https://a.blob.core.windows.net/c?sv=2022-11-02&sr=c&sp=rl&se=2026-11-23T02%3A09%3A04Z&sig=x").unwrap();
         assert_eq!(signed_expiry(&azure), crate::parse_iso("2026-11-23T02:09:04Z"));
+        let policy = reqwest::Url::parse("https://a.blob.core.windows.net/c?sv=2022-11-02&sr=c&si=sh_0123456789abcdef.1795000000&sig=x").unwrap();
+        assert_eq!(signed_expiry(&policy), Some(1_795_000_000));
         let s3 = reqwest::Url::parse("http://h/b/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20261123T020904Z&X-Amz-Expires=3600&X-Amz-Signature=x").unwrap();
         assert_eq!(signed_expiry(&s3), crate::parse_iso("2026-11-23T03:09:04Z"));
         assert_eq!(signed_expiry(&reqwest::Url::parse("http://h/share/v1.x/").unwrap()), None);

@@ -276,6 +276,15 @@ impl Storage {
         Ok(names)
     }
 
+    /// An Azure URL that reads `name` as the container's stored access
+    /// policy `policy` allows.
+    pub fn azure_blob_sas(&self, name: &str, policy: &azure::AccessPolicy, ip: Option<&share::Cidr>) -> Result<String, StorageError> {
+        let Location::Azure { container, .. } = &self.location else {
+            return Err(StorageError::Unsupported(format!("{} is not in Azure", self.location)));
+        };
+        Ok(azure::Account::from_env()?.blob_sas_url(container, self.path(name)?.as_ref(), policy, ip))
+    }
+
     /// Deletes `name`.
     pub fn delete(&self, name: &str) -> Result<(), StorageError> {
         let path = self.path(name)?;
@@ -283,18 +292,14 @@ impl Storage {
     }
 
     /// A URL that reads `name` until `lifetime` has passed, signed as the
-    /// cloud's own SDK would: S3 SigV4 and GCS V4 presigned GETs, an Azure
-    /// blob service SAS (read only).
-    pub fn presigned_get(&self, name: &str, lifetime: Duration, ip: Option<&share::Cidr>) -> Result<String, StorageError> {
+    /// cloud's own SDK would: S3 SigV4 and GCS V4 presigned GETs.
+    pub fn presigned_get(&self, name: &str, lifetime: Duration) -> Result<String, StorageError> {
         let path = self.path(name)?;
         let url = match &self.backend {
             Backend::S3(s3) => self.runtime.block_on(s3.signed_url(reqwest::Method::GET, &path, lifetime)).map_err(self.failed(name))?,
             Backend::Gcs(gcs) => self.runtime.block_on(gcs.signed_url(reqwest::Method::GET, &path, lifetime)).map_err(self.failed(name))?,
             Backend::Azure(_) => {
-                let Location::Azure { container, .. } = &self.location else { unreachable!("an Azure backend has an Azure location") };
-                let account = azure::Account::from_env()?;
-                let expiry = now_secs() + lifetime.as_secs();
-                return Ok(account.blob_sas_url(container, path.as_ref(), expiry, ip));
+                return Err(StorageError::Unsupported("an Azure share names a stored access policy: use Storage::azure_blob_sas".into()));
             }
             Backend::Local(_) => {
                 return Err(StorageError::Unsupported("a local folder has no presigned URLs: share it through `veil serve` (a Veil link)".into()));

@@ -10,7 +10,8 @@
 //!   service SAS on the container with read and list permissions only,
 //!   https only; for an export below a prefix, a read-only SAS per blob,
 //!   listed in a share manifest (a container SAS would open the other
-//!   exports beside it).
+//!   exports beside it). Either names a stored access policy made for the
+//!   share, so revoking it is immediate too.
 //! * **S3 and GCS** (`s3-presigned`, `gcs-presigned`): a presigned GET per
 //!   file, listed in a share manifest that is itself uploaded and presigned;
 //!   the link is that manifest's URL.
@@ -75,9 +76,9 @@ impl ShareKind {
         match self {
             ShareKind::Veil => "the link stopped working now: veil serve refuses it from this moment.",
             ShareKind::AzureSas => {
-                "Veil recorded the revocation, but an Azure SAS cannot be withdrawn one by one: it keeps working until it expires \
-                 unless you rotate the storage account key that signed it (az storage account keys renew; this ends every SAS \
-                 signed with that key) or delete the shared blobs or container."
+                "the share's stored access policy was deleted from its container, so every SAS of this share stops working \
+                 (at once on Azurite; Azure says within 30 seconds). A SAS Veil made before it used policies keeps working until \
+                 it expires unless the storage account key is rotated."
             }
             ShareKind::S3Presigned => {
                 "Veil recorded the revocation, but presigned S3 URLs cannot be withdrawn one by one: they keep working until they \
@@ -280,27 +281,59 @@ pub fn create_cloud_share(storage: &Storage, id: &str, expires: u64, ip: Option<
     if lifetime > MAX_CLOUD_LIFETIME + Duration::from_secs(60) {
         return Err(StorageError::Unsupported("cloud share links live at most 7 days (--expires 7d)".into()));
     }
-    if let Location::Azure { container, prefix } = storage.location()
-        && prefix.is_empty()
-    {
+    if let Location::Azure { container, prefix } = storage.location() {
+        // A stored access policy per share: deleting it revokes the share.
         let account = crate::azure::Account::from_env()?;
-        return Ok(CloudShare {
-            link: account.container_sas_url(container, expires, ip),
-            scope: format!("read and list the container {container} only ({} files)", manifest.files.len()),
-        });
+        let mut policies = account.access_policies(container)?;
+        policies.retain(|p| p.expiry > crate::now_secs());
+        if policies.len() >= crate::azure::MAX_POLICIES {
+            return Err(StorageError::Unsupported(format!(
+                "the container {container} already has {} live shares, Azure's limit: revoke one (veil share revoke) or export to another container",
+                policies.len()
+            )));
+        }
+        let policy = crate::azure::AccessPolicy::for_share(id, expires, if prefix.is_empty() { "rl" } else { "r" });
+        policies.push(policy.clone());
+        account.set_access_policies(container, &policies)?;
+        if prefix.is_empty() {
+            return Ok(CloudShare {
+                link: account.container_sas_url(container, &policy, ip),
+                scope: format!("read and list the container {container} only ({} files)", manifest.files.len()),
+            });
+        }
     }
     if ip.is_some() && !matches!(storage.location(), Location::Azure { .. }) {
         return Err(StorageError::Unsupported(
             "S3 and GCS presigned URLs cannot be limited to an address range: leave out --ip, or limit the bucket with a policy (aws:SourceIp)".into(),
         ));
     }
-    let share = ShareManifest::new(id, expires, &manifest, |path| storage.presigned_get(path, lifetime, ip))?;
+    let policy = crate::azure::AccessPolicy::for_share(id, expires, "r");
+    let azure = matches!(storage.location(), Location::Azure { .. });
+    let url = |path: &str| if azure { storage.azure_blob_sas(path, &policy, ip) } else { storage.presigned_get(path, lifetime) };
+    let share = ShareManifest::new(id, expires, &manifest, url)?;
     let name = format!("veil-share-{id}.json");
     storage.put_bytes(&name, serde_json::to_vec_pretty(&share).unwrap_or_default())?;
     Ok(CloudShare {
-        link: storage.presigned_get(&name, lifetime, ip)?,
+        link: url(&name)?,
         scope: format!("read {} files, each by its own signed URL, listed in {name}", manifest.files.len()),
     })
+}
+
+/// Revokes an Azure share by deleting its stored access policy from the
+/// container at `location`; `false` if there was none (already gone).
+pub fn revoke_azure(location: &Location, id: &str) -> Result<bool, StorageError> {
+    let Location::Azure { container, .. } = location else {
+        return Err(StorageError::Unsupported("not an Azure location".into()));
+    };
+    let account = crate::azure::Account::from_env()?;
+    let mut policies = account.access_policies(container)?;
+    let before = policies.len();
+    policies.retain(|p| !p.is_for(id));
+    if policies.len() == before {
+        return Ok(false);
+    }
+    account.set_access_policies(container, &policies)?;
+    Ok(true)
 }
 
 #[cfg(test)]
