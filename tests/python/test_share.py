@@ -334,6 +334,19 @@ class CloudShares(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assert_fetched(out, manifest)
 
+        # Deleting the export (Bulk Data's DELETE on its status URL) deletes
+        # the cloud copy too.
+        with open(os.path.join(self.tmp, "serve.log"), "a") as log:
+            server, base = listen("serve", "--db", db, "--storage", storage, "--work-dir", work, "--insecure-no-auth", log=log, env=self.env)
+        try:
+            status = base + "/_export-status/" + job
+            self.assertEqual(http_get(status, method="DELETE")[0], 202)
+        finally:
+            server.terminate()
+            server.wait()
+        self.assertFalse(os.listdir(os.path.join(research, folder)), "the job's objects are gone")
+        self.assertNotIn(job, " ".join(os.listdir(work) + os.listdir(os.path.join(work, "research"))))
+
     def share_export(self, db, job, storage, work):
         r = self.veil("share", "create", "--db", db, "--export", job, "--storage", storage, "--work-dir", work)
         self.assertIn("s3-presigned", r.stderr)

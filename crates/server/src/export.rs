@@ -133,6 +133,15 @@ impl Storage {
         }
     }
 
+    /// Deletes a job's files: the local folder and the cloud copy.
+    pub fn remove_job(&self, job: &str, container: Option<&str>, created: &str) -> Result<(), veil_storage::StorageError> {
+        let _ = fs::remove_dir_all(self.job_dir(job, container, created));
+        match self.job_location(job, container, created) {
+            veil_storage::Location::Local(_) => Ok(()),
+            cloud => veil_storage::Storage::open(&cloud)?.delete_all().map(|_| ()),
+        }
+    }
+
     /// Uploads a finished job folder to the cloud copy, if there is one.
     fn publish(&self, dir: &Path) -> Result<(), veil_storage::StorageError> {
         let (Some(remote), Ok(rel)) = (&self.remote, dir.strip_prefix(&self.root)) else { return Ok(()) };

@@ -735,7 +735,7 @@ async fn cancel(State(st): State<Arc<AppState>>, Extension(caller): Extension<Ca
         // Cancel first, so a running worker stops at its next heartbeat, then forget the job.
         store.cancel_job(&job).map_err(|e| e.to_string())?;
         let container = ExportRequest::from_json(&serde_json::from_str(&j.request).unwrap_or(Json::Null)).and_then(|r| r.container);
-        let _ = std::fs::remove_dir_all(storage.job_dir(&job, container.as_deref(), &j.created));
+        storage.remove_job(&job, container.as_deref(), &j.created).map_err(|e| e.to_string())?;
         store.delete_job(&job).map_err(|e| e.to_string())?;
         Ok(true)
     })

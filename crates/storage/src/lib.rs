@@ -285,6 +285,20 @@ impl Storage {
         Ok(azure::Account::from_env()?.blob_sas_url(container, self.path(name)?.as_ref(), policy, ip))
     }
 
+    /// Deletes everything below this destination, the manifest first (so a
+    /// reader never finds a manifest whose files are going).
+    pub fn delete_all(&self) -> Result<usize, StorageError> {
+        let names = self.list()?;
+        let (manifest, rest): (Vec<String>, Vec<String>) = names.into_iter().partition(|n| n == MANIFEST_NAME);
+        for name in manifest.iter().chain(&rest) {
+            match self.delete(name) {
+                Ok(()) | Err(StorageError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(manifest.len() + rest.len())
+    }
+
     /// Deletes `name`.
     pub fn delete(&self, name: &str) -> Result<(), StorageError> {
         let path = self.path(name)?;
