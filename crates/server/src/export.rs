@@ -430,6 +430,13 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
     for what in &req.ignored {
         errors.push(operation_outcome("information", "informational", &format!("ignored under handling=lenient: {what}")));
     }
+    if lists_deletions(&req) && req.anonymization_config.is_some() {
+        errors.push(operation_outcome(
+            "information",
+            "informational",
+            "deleted resources are not listed in a de-identified export: their ids are the stored ones, not de-identified",
+        ));
+    }
     let mut error_files = Vec::new();
     if !errors.is_empty() {
         let path = dir.join("OperationOutcome-1.ndjson");
@@ -467,7 +474,9 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
 /// Tombstones leave their compartments, so only system-level exports list
 /// them.
 fn deleted_files(store: &dyn Store, req: &ExportRequest, filter: &ScanFilter, dir: &Path) -> std::io::Result<Vec<(String, PathBuf, u64)>> {
-    if req.since.is_none() || req.level != Level::System {
+    // Fail closed: a deletion names a resource by its stored id, which a
+    // de-identified export must not carry (and the folder may be shared).
+    if !lists_deletions(req) || req.anonymization_config.is_some() {
         return Ok(Vec::new());
     }
     let mut by_type: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -491,6 +500,11 @@ fn deleted_files(store: &dyn Store, req: &ExportRequest, filter: &ScanFilter, di
         out.push((ty, path, urls.len() as u64));
     }
     Ok(out)
+}
+
+/// Whether the request asks for deletions: `_since` at system level.
+fn lists_deletions(req: &ExportRequest) -> bool {
+    req.since.is_some() && req.level == Level::System
 }
 
 fn file_url(req: &ExportRequest, job: &str, path: &Path) -> String {

@@ -288,6 +288,12 @@ fn rest(s: &Server, patient: &str) {
     assert_eq!((deleted["type"].as_str(), deleted["count"].as_u64()), (Some("Patient"), Some(1)));
     let line: Json = serde_json::from_str(c.get(deleted["url"].as_str().unwrap()).send().unwrap().text().unwrap().trim()).unwrap();
     assert_eq!(line["entry"][0]["request"], json!({"method": "DELETE", "url": format!("Patient/{id}")}));
+    // De-identified, the same export lists no deletion: its id is the stored
+    // one. An informational outcome says why.
+    let deid: Json = wait(&status_url(&kickoff(s, &format!("/$export?_since={before_delete}&_anonymizationConfig=safe-harbor.json")))).json().unwrap();
+    assert_eq!(deid["deleted"], json!([]));
+    let why = c.get(deid["error"][0]["url"].as_str().unwrap()).send().unwrap().text().unwrap();
+    assert!(why.contains("deleted resources are not listed in a de-identified export") && !why.contains(&id), "{why}");
     assert_eq!(c.get(format!("{}/Patient/{id}", s.base)).send().unwrap().status(), 410);
     assert_eq!(c.delete(format!("{}/Patient/{id}", s.base)).send().unwrap().status(), 404);
     // A transaction Bundle.
