@@ -209,21 +209,20 @@ fn revoke(store: &dyn Store, id: &str) -> Result<ExitCode> {
     let Some(share) = store.share(id)? else {
         return Err(UsageError(format!("no share {id} in this store (see veil share list)")).into());
     };
-    if !store.revoke_share(id)? {
-        eprintln!("veil share: {id} was revoked already ({})", share.revoked.unwrap_or_default());
-        return Ok(ExitCode::SUCCESS);
-    }
     let kind = match share.kind.as_str() {
         "azure-sas" => ShareKind::AzureSas,
         "s3-presigned" => ShareKind::S3Presigned,
         "gcs-presigned" => ShareKind::GcsPresigned,
         _ => ShareKind::Veil,
     };
-    if kind == ShareKind::AzureSas {
-        let location = Location::parse(&share.location)?;
-        if !veil_storage::share::revoke_azure(&location, id)? {
-            eprintln!("veil share: {id}: no stored access policy of that name was left on {} (it expired or was removed)", share.location);
-        }
+    // The policy first: if Azure refuses, nothing is recorded, and the
+    // same command can be run again.
+    if kind == ShareKind::AzureSas && !veil_storage::share::revoke_azure(&Location::parse(&share.location)?, id)? {
+        eprintln!("veil share: {id}: no stored access policy of that name was left on {} (it expired or was removed)", share.location);
+    }
+    if !store.revoke_share(id)? {
+        eprintln!("veil share: {id} was revoked already ({})", share.revoked.unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
     }
     println!("revoked {id}: {}", kind.revocation());
     if matches!(kind, ShareKind::S3Presigned | ShareKind::GcsPresigned) {
