@@ -165,6 +165,10 @@ fn create(store: &dyn Store, c: CreateArgs) -> Result<ExitCode> {
     eprintln!("  expires {}{}{}", r.expires, r.recipient.as_ref().map(|w| format!(", for {w}")).unwrap_or_default(), r.ip.as_ref().map(|i| format!(", from {i} only")).unwrap_or_default());
     if r.kind == ShareKind::Veil.as_str() {
         eprintln!("  served by veil serve at {} (with this store); revoke with: veil share revoke {}", c.base_url, r.id);
+        let host = c.base_url.strip_prefix("http://").map(|rest| rest.split(['/', ':']).next().unwrap_or_default());
+        if host.is_some_and(|h| !matches!(h, "127.0.0.1" | "localhost" | "[::1]")) {
+            eprintln!("  WARNING: {} is plain http: the link's token would cross the network in the clear; give --base-url https://…", c.base_url);
+        }
     }
     eprintln!("  the research team runs: veil fetch 'LINK' -o DIR   (the link is below; it is the credential: send it privately)");
     println!("{}", made.link);
