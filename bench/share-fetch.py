@@ -10,10 +10,13 @@ lists (no checks: the floor for moving the bytes over HTTP) and `veil
 fetch` (the manifest, every file into NAME.part, size and SHA-256 checked,
 renamed, and each download written to the server's audit log). Prints the
 median of each and the ratio."""
-import argparse, json, os, shutil, socket, statistics, subprocess, tempfile, time, urllib.request
+import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-VEIL = os.environ.get("VEIL", os.path.join(ROOT, "target", "release", "veil"))
+VEIL = os.environ.setdefault("VEIL", os.path.join(ROOT, "target", "release", "veil"))
+# The tests' way of starting a listening veil, on the binary named above.
+sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
+from flu_export import listen  # noqa: E402
 ap = argparse.ArgumentParser()
 ap.add_argument("--runs", type=int, default=5)
 args = ap.parse_args()
@@ -24,19 +27,8 @@ try:
     subprocess.run([VEIL, "demo", "--out", demo], cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     [export] = [os.path.join(demo, "storage", "research", d) for d in os.listdir(os.path.join(demo, "storage", "research"))]
     db = "sqlite:" + os.path.join(demo, "veil.db")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([VEIL, "serve", "--db", db, "--storage", os.path.join(demo, "storage"), "--listen", f"127.0.0.1:{port}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, base = listen("serve", "--db", db, "--storage", os.path.join(demo, "storage"), log=subprocess.DEVNULL)
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
         link = subprocess.run([VEIL, "share", "create", "--db", db, "--path", export, "--base-url", base],
                               check=True, capture_output=True, text=True).stdout.strip()
         files = json.load(urllib.request.urlopen(link))["files"]

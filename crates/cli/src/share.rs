@@ -213,12 +213,7 @@ fn revoke(store: &dyn Store, id: &str) -> Result<ExitCode> {
     let Some(share) = store.share(id)? else {
         return Err(UsageError(format!("no share {id} in this store (see veil share list)")).into());
     };
-    let kind = match share.kind.as_str() {
-        "azure-sas" => ShareKind::AzureSas,
-        "s3-presigned" => ShareKind::S3Presigned,
-        "gcs-presigned" => ShareKind::GcsPresigned,
-        _ => ShareKind::Veil,
-    };
+    let kind = ShareKind::parse(&share.kind);
     // The policy first: if Azure refuses, nothing is recorded, and the
     // same command can be run again.
     if kind == ShareKind::AzureSas && !veil_storage::share::revoke_azure(&Location::parse(&share.location)?, id)? {

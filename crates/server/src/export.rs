@@ -127,10 +127,13 @@ impl Storage {
     /// one, else the local folder.
     pub fn job_location(&self, job: &str, container: Option<&str>, created: &str) -> veil_storage::Location {
         let dir = self.job_dir(job, container, created);
-        match (&self.remote, dir.strip_prefix(&self.root)) {
-            (Some(remote), Ok(rel)) => rel.iter().fold(remote.clone(), |l, part| l.join(&part.to_string_lossy())),
-            _ => veil_storage::Location::Local(dir),
-        }
+        self.remote_of(&dir).unwrap_or(veil_storage::Location::Local(dir))
+    }
+
+    /// The cloud copy of a folder below the local root, if there is a cloud.
+    fn remote_of(&self, dir: &Path) -> Option<veil_storage::Location> {
+        let rel = dir.strip_prefix(&self.root).ok()?;
+        Some(rel.iter().fold(self.remote.clone()?, |l, part| l.join(&part.to_string_lossy())))
     }
 
     /// Deletes a job's files: the local folder and the cloud copy.
@@ -144,8 +147,7 @@ impl Storage {
 
     /// Uploads a finished job folder to the cloud copy, if there is one.
     fn publish(&self, dir: &Path) -> Result<(), veil_storage::StorageError> {
-        let (Some(remote), Ok(rel)) = (&self.remote, dir.strip_prefix(&self.root)) else { return Ok(()) };
-        let target = rel.iter().fold(remote.clone(), |l, part| l.join(&part.to_string_lossy()));
+        let Some(target) = self.remote_of(dir) else { return Ok(()) };
         veil_storage::Storage::open(&target)?.upload_dir(dir, &mut |_| {})?;
         Ok(())
     }

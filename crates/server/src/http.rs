@@ -716,12 +716,7 @@ async fn status(State(st): State<Arc<AppState>>, Extension(caller): Extension<Ca
 
 /// An HTTP date (RFC 9110 IMF-fixdate) `secs` from now.
 fn httpdate_in(secs: u64) -> String {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) + secs;
-    let days = (t / 86_400) as i64;
-    let (y, m, d) = veil_fhir::calendar::civil_from_days(days);
-    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][m as usize - 1];
-    format!("{weekday}, {d:02} {month} {y} {:02}:{:02}:{:02} GMT", t / 3600 % 24, t / 60 % 60, t % 60)
+    httpdate::fmt_http_date(std::time::SystemTime::now() + std::time::Duration::from_secs(secs))
 }
 
 async fn cancel(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path(job): Path<String>) -> Response {

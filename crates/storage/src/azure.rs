@@ -16,7 +16,7 @@
 //! `se`: Azurite, at least, ignores one beside a policy). The policies are read and written with
 //! the Set/Get Container ACL operations, authorized with Shared Key.
 
-use hmac::{KeyInit as _, Mac as _};
+use hmac::Mac as _;
 
 use crate::StorageError;
 use crate::share::Cidr;
@@ -118,9 +118,7 @@ impl Account {
     }
 
     fn hmac(&self, text: &str) -> Vec<u8> {
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
-        mac.update(text.as_bytes());
-        mac.finalize().into_bytes().to_vec()
+        crate::hmac_sha256(&self.key, text).finalize().into_bytes().to_vec()
     }
 
     /// The stored access policies of `container`.
@@ -179,7 +177,7 @@ impl Account {
         let status = response.status();
         let text = response.text().map_err(|e| failed(e.without_url().to_string()))?;
         if !status.is_success() {
-            let code = text.split("<Code>").nth(1).and_then(|s| s.split("</Code>").next()).unwrap_or_default();
+            let code = crate::xml_text(&text, "Code").unwrap_or_default();
             return Err(failed(format!("{status}: {code}")));
         }
         Ok(text)

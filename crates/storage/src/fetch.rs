@@ -15,7 +15,7 @@ use reqwest::blocking::{Client, Response};
 use reqwest::header::{CONTENT_RANGE, RANGE};
 
 use crate::share::{ShareManifest, SharedFile};
-use crate::{FileEntry, MANIFEST_NAME, Manifest, digest_file, is_safe_name};
+use crate::{FileEntry, MANIFEST_NAME, Manifest, digest_file, encode_path, xml_text};
 
 /// Why a fetch stopped. No variant holds a link or a signature.
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +112,7 @@ fn resolve(client: &Client, url: &reqwest::Url) -> Result<Vec<SharedFile>, Fetch
         .files
         .into_iter()
         .map(|f| {
-            if !is_safe_name(&f.path) || f.sha256.len() != 64 {
+            if !crate::manifest::is_plausible_entry(&f.path, &f.sha256) {
                 return Err(FetchError::Link(format!("the share names a file Veil will not write: '{}'", f.path)));
             }
             let absolute = base.join(&f.url).map_err(|_| FetchError::Link(format!("the share gives no usable URL for {}", f.path)))?;
@@ -155,7 +155,7 @@ fn resolve_azure_container(client: &Client, url: &reqwest::Url) -> Result<Vec<Sh
             if !listed.contains(&f.path) {
                 return Err(FetchError::Link(format!("the shared container lacks {}, which its manifest names", f.path)));
             }
-            let url = format!("{base}/{}?{sas}", f.path);
+            let url = format!("{base}/{}?{sas}", encode_path(&f.path));
             Ok(SharedFile { path: f.path, size: f.size, sha256: f.sha256, url })
         })
         .collect()
@@ -294,11 +294,7 @@ fn explain(status: StatusCode, body: &str) -> FetchError {
             _ => FetchError::Refused { status: status.as_u16(), reason: if message.is_empty() { "no reason given".into() } else { message } },
         };
     }
-    let tag = |name: &str| {
-        let start = body.find(&format!("<{name}>"))? + name.len() + 2;
-        let end = body[start..].find(&format!("</{name}>"))? + start;
-        Some(body[start..end].lines().next().unwrap_or_default().chars().take(200).collect::<String>())
-    };
+    let tag = |name: &str| xml_text(body, name).map(|t| t.lines().next().unwrap_or_default().chars().take(200).collect::<String>());
     let message = tag("Message").or_else(|| tag("Code")).unwrap_or_else(|| status.canonical_reason().unwrap_or("refused").to_string());
     // Azure puts why a SAS failed in AuthenticationErrorDetail.
     let detail = tag("AuthenticationErrorDetail").unwrap_or_default();

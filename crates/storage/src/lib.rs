@@ -25,7 +25,6 @@ pub mod share;
 mod time;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -75,10 +74,10 @@ pub struct Storage {
 }
 
 enum Backend {
-    Local(Arc<LocalFileSystem>),
-    S3(Arc<AmazonS3>),
-    Azure(Arc<MicrosoftAzure>),
-    Gcs(Arc<GoogleCloudStorage>),
+    Local(LocalFileSystem),
+    S3(AmazonS3),
+    Azure(MicrosoftAzure),
+    Gcs(GoogleCloudStorage),
 }
 
 impl Storage {
@@ -93,22 +92,22 @@ impl Storage {
         let (backend, root) = match location {
             Location::Local(dir) => {
                 std::fs::create_dir_all(dir)?;
-                (Backend::Local(Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(failed)?)), String::new())
+                (Backend::Local(LocalFileSystem::new_with_prefix(dir).map_err(failed)?), String::new())
             }
             Location::S3 { bucket, prefix } => {
                 let s3 = AmazonS3Builder::from_env().with_bucket_name(bucket).build().map_err(failed)?;
-                (Backend::S3(Arc::new(s3)), prefix.clone())
+                (Backend::S3(s3), prefix.clone())
             }
             Location::Azure { container, prefix } => {
                 let mut builder = MicrosoftAzureBuilder::from_env().with_container_name(container);
                 if azure::use_emulator() {
                     builder = builder.with_use_emulator(true);
                 }
-                (Backend::Azure(Arc::new(builder.build().map_err(failed)?)), prefix.clone())
+                (Backend::Azure(builder.build().map_err(failed)?), prefix.clone())
             }
             Location::Gcs { bucket, prefix } => {
                 let gcs = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket).build().map_err(failed)?;
-                (Backend::Gcs(Arc::new(gcs)), prefix.clone())
+                (Backend::Gcs(gcs), prefix.clone())
             }
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -127,10 +126,10 @@ impl Storage {
 
     fn store(&self) -> &dyn ObjectStore {
         match &self.backend {
-            Backend::Local(s) => s.as_ref(),
-            Backend::S3(s) => s.as_ref(),
-            Backend::Azure(s) => s.as_ref(),
-            Backend::Gcs(s) => s.as_ref(),
+            Backend::Local(s) => s,
+            Backend::S3(s) => s,
+            Backend::Azure(s) => s,
+            Backend::Gcs(s) => s,
         }
     }
 
@@ -140,12 +139,6 @@ impl Storage {
             return Err(StorageError::Location(format!("'{name}' is not a file name Veil writes")));
         }
         Ok(ObjectPath::from(if self.root.is_empty() { name.to_string() } else { format!("{}/{name}", self.root) }))
-    }
-
-    /// The object key of `name` below this destination (as the cloud
-    /// names it, for signing).
-    pub fn key(&self, name: &str) -> Result<String, StorageError> {
-        Ok(self.path(name)?.to_string())
     }
 
     fn failed(&self, name: &str) -> impl Fn(object_store::Error) -> StorageError + '_ {
@@ -329,7 +322,7 @@ impl Storage {
 fn describe(e: &object_store::Error) -> String {
     let text = e.to_string();
     let status = text.split("status code: ").nth(1).and_then(|s| s.split(':').next()).map(str::trim);
-    let code = text.split("<Code>").nth(1).and_then(|s| s.split("</Code>").next());
+    let code = xml_text(&text, "Code");
     if text.contains("token request") {
         return format!("no credentials: the token request failed ({}); set the cloud's credential variables", status.unwrap_or("no answer"));
     }
@@ -338,6 +331,24 @@ fn describe(e: &object_store::Error) -> String {
         (Some(status), None) => status.to_string(),
         _ => text.lines().next().unwrap_or_default().chars().take(300).collect(),
     }
+}
+
+/// The text of the first `<tag>` in a cloud's XML error (`Code`,
+/// `Message`…); cheaper and more forgiving than parsing a document that
+/// may be cut short.
+pub(crate) fn xml_text<'a>(body: &'a str, tag: &str) -> Option<&'a str> {
+    let start = body.find(&format!("<{tag}>"))? + tag.len() + 2;
+    let end = body[start..].find(&format!("</{tag}>"))? + start;
+    Some(&body[start..end])
+}
+
+/// HMAC-SHA256 of `text` under `key`: Veil's share tokens and Azure's
+/// signatures.
+pub(crate) fn hmac_sha256(key: &[u8], text: &str) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::{KeyInit as _, Mac as _};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(text.as_bytes());
+    mac
 }
 
 /// `name` percent-encoded for a URL path, its `/` kept.

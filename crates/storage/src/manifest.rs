@@ -58,7 +58,7 @@ impl Manifest {
         if m.format != "veil-manifest/1" {
             return Err(format!("manifest format '{}' is not one this Veil reads", m.format));
         }
-        if let Some(bad) = m.files.iter().find(|f| !crate::is_safe_name(&f.path) || f.sha256.len() != 64) {
+        if let Some(bad) = m.files.iter().find(|f| !is_plausible_entry(&f.path, &f.sha256)) {
             return Err(format!("the manifest names a file Veil will not write: '{}'", bad.path));
         }
         Ok(m)
@@ -68,6 +68,12 @@ impl Manifest {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec_pretty(self).unwrap_or_default()
     }
+}
+
+/// Whether a manifest entry from outside names a file Veil may write (a
+/// safe relative name) with a SHA-256 of the right length.
+pub(crate) fn is_plausible_entry(path: &str, sha256: &str) -> bool {
+    crate::is_safe_name(path) && sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// SHA-256 and size of what `reader` yields.

@@ -24,7 +24,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use hmac::{KeyInit as _, Mac as _};
+use hmac::Mac as _;
 use serde::{Deserialize, Serialize};
 
 use crate::{Location, Manifest, Storage, StorageError};
@@ -50,6 +50,12 @@ pub enum ShareKind {
 }
 
 impl ShareKind {
+    /// Read back from the store (an unknown kind is a Veil link, the one
+    /// kind Veil serves itself).
+    pub fn parse(text: &str) -> ShareKind {
+        [ShareKind::AzureSas, ShareKind::S3Presigned, ShareKind::GcsPresigned].into_iter().find(|k| k.as_str() == text).unwrap_or(ShareKind::Veil)
+    }
+
     /// As the store keeps it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -108,9 +114,7 @@ pub fn new_signing_key() -> String {
 }
 
 fn mac(key: &[u8], id: &str, expires: u64) -> hmac::Hmac<sha2::Sha256> {
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(format!("veil-share/v1\n{id}\n{expires}").as_bytes());
-    mac
+    crate::hmac_sha256(key, &format!("veil-share/v1\n{id}\n{expires}"))
 }
 
 /// The token of a Veil link for share `id`, valid until `expires` (seconds
