@@ -23,6 +23,7 @@ import urllib.parse
 import urllib.request
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -80,7 +81,9 @@ class Dashboard(unittest.TestCase):
                            capture_output=True, timeout=300)
         os.makedirs(ARTIFACTS, exist_ok=True)
         cls.driver = browser()
-        cls.wait = WebDriverWait(cls.driver, 20)
+        # The page redraws the chart by replacing its nodes: an element found
+        # just before a redraw goes stale, and the wait looks again.
+        cls.wait = WebDriverWait(cls.driver, 20, ignored_exceptions=(StaleElementReferenceException,))
 
     @classmethod
     def tearDownClass(cls):
