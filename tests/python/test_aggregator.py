@@ -8,8 +8,18 @@ the third with the real `cumulus-library upload` from PyPI, through the
 network path (`--network`). The merged cubes the aggregator serves must be,
 cell by cell, the sums of the sites' cubes (plus each site's own rows under
 its name), and no merged cell may be under the minimum cell size.
+
+`ThreeSitesOnS3` runs the same checks with the aggregator's storage in S3
+(s3s-fs, which checks POST policies and signatures as S3 does; scripts/test
+starts it): the handshake answers with an S3 presigned POST, the zips go
+to the bucket, and the aggregator finds, checks and merges them there. It
+adds what only S3 storage needs: the bucket takes nothing the policy does
+not sign, a hostile zip posted there is refused and leaves nothing
+visible, and an upload that arrives while the aggregator is down is merged
+when it comes back.
 """
 import collections
+import io
 import json
 import os
 import shutil
@@ -17,10 +27,14 @@ import subprocess
 import sys
 import tempfile
 import unittest
+import time
 import urllib.error
 import urllib.request
+import uuid
+import zipfile
 
 import pyarrow.parquet as pq
+import requests
 
 from flu_export import VEIL, flu_sites, listen, veil
 
@@ -29,6 +43,12 @@ MIN_CELL = 10
 
 
 class ThreeSites(unittest.TestCase):
+    env = None
+
+    @classmethod
+    def storage(cls):
+        return os.path.join(cls.tmp, "archive")
+
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="veil-aggregator-tests-")
@@ -38,15 +58,34 @@ class ThreeSites(unittest.TestCase):
                                "--db", cls.db).stdout.strip() for s in SITES}
         cls.key = veil("aggregator", "key", "add", "--name", "tests", "--db", cls.db).stdout.strip()
         cls.log = open(os.path.join(cls.tmp, "serve.log"), "w+")
-        cls.server, cls.url = listen("aggregator", "serve", "--db", cls.db, "--dir", os.path.join(cls.tmp, "archive"),
-                                     "--network", "flu-net", "--min-cell", str(MIN_CELL), log=cls.log)
+        cls.start()
+
+    @classmethod
+    def start(cls):
+        cls.server, cls.url = listen("aggregator", "serve", "--db", cls.db, "--storage", cls.storage(), "--poll-secs", "1",
+                                     "--max-upload-mib", "1", "--network", "flu-net", "--min-cell", str(MIN_CELL),
+                                     log=cls.log, env=cls.env)
+
+    @classmethod
+    def stop(cls):
+        cls.server.terminate()
+        cls.server.wait()
 
     @classmethod
     def tearDownClass(cls):
-        cls.server.terminate()
-        cls.server.wait()
+        cls.stop()
         cls.log.close()
         shutil.rmtree(cls.tmp, True)
+
+    def settled(self, count):
+        """The upload log once it holds `count` uploads (with S3 storage the
+        aggregator checks them a moment after they reach the bucket)."""
+        for _ in range(100):
+            uploads = self.get("/uploads")
+            if len(uploads) >= count:
+                return uploads
+            time.sleep(0.2)
+        self.fail(f"only {len(uploads)} of {count} uploads were checked")
 
     def get(self, path, key=None):
         request = urllib.request.Request(self.url + path, headers={"x-api-key": key or self.key})
@@ -74,7 +113,7 @@ class ThreeSites(unittest.TestCase):
         for site in SITES:
             run = self.upload(site)
             self.assertEqual(run.returncode, 0, f"{site}: {run.stdout}{run.stderr}")
-        uploads = {(u["site"], u["outcome"]) for u in self.get("/uploads")}
+        uploads = {(u["site"], u["outcome"]) for u in self.settled(len(SITES))}
         self.assertEqual(uploads, {(s, "accepted") for s in SITES}, "cumulus-library's upload was accepted too")
 
         packages = {p["name"]: p for p in self.get("/data-packages")}
@@ -141,3 +180,121 @@ class ThreeSites(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def need(name):
+    value = os.environ.get(name)
+    if not value:
+        raise unittest.SkipTest(f"{name} is not set: scripts/test starts the emulators and sets it")
+    return value
+
+
+class ThreeSitesOnS3(ThreeSites):
+    @classmethod
+    def storage(cls):
+        return f"s3://{cls.bucket}/aggregator"
+
+    @classmethod
+    def setUpClass(cls):
+        access, secret = need("VEIL_TEST_S3_KEYS").split(":")
+        # A bucket of this run's own, so that a reused emulator does not matter.
+        cls.bucket = f"agg-{uuid.uuid4().hex[:8]}"
+        cls.bucket_dir = os.path.join(need("VEIL_TEST_S3_ROOT"), cls.bucket)
+        os.makedirs(cls.bucket_dir)
+        cls.env = dict(os.environ, AWS_ACCESS_KEY_ID=access, AWS_SECRET_ACCESS_KEY=secret, AWS_REGION="us-east-1",
+                       AWS_ENDPOINT=need("VEIL_TEST_S3"), AWS_ALLOW_HTTP="true")
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        shutil.rmtree(cls.bucket_dir, True)
+
+    def objects(self, below):
+        top = os.path.join(self.bucket_dir, "aggregator", below)
+        return sorted(os.path.relpath(os.path.join(d, f), top) for d, _, files in os.walk(top) for f in files)
+
+    def handshake(self, site):
+        """A site's upload form, asked for by hand: (url, fields, transaction)."""
+        r = requests.post(self.url + "/flu-net", json={"study": "flu", "data_package_version": 1, "filename": f"{site}_flu.zip"},
+                          auth=(f"{site}-uploader", self.secrets[site]))
+        self.assertEqual(r.status_code, 200, r.text)
+        answer = r.json()
+        return answer["url"], answer["fields"], r.headers["transaction-id"]
+
+    def post(self, url, fields, body):
+        return requests.post(url, data=fields, files={"file": ("upload.zip", body)})
+
+    def verdict(self, site, transaction):
+        """What the aggregator says became of an upload, once it has checked it."""
+        for _ in range(100):
+            r = requests.get(f"{self.url}/upload/{transaction}", auth=(f"{site}-uploader", self.secrets[site]))
+            self.assertEqual(r.status_code, 200, r.text)
+            if r.json()["state"] != "waiting":
+                return r.json()
+            time.sleep(0.2)
+        self.fail("the upload was never checked")
+
+    # These run after test_1 (unittest orders them by name): each site has
+    # uploaded its package once, and all three have been checked.
+
+    def test_3_the_bucket_takes_only_what_the_policy_signs(self):
+        url, fields, transaction = self.handshake("site_a")
+        self.assertTrue(url.startswith(os.environ["VEIL_TEST_S3"]), "the zip goes to the bucket, not to the aggregator")
+        self.assertTrue(fields["key"].startswith("aggregator/upload_staging/flu/site_a/001/"))
+        with open(os.path.join(self.data_paths["site_a"], "flu", "flu.zip"), "rb") as f:
+            package = f.read()
+        other_site = dict(fields, key=fields["key"].replace("/site_a/", "/site_b/"))
+        forged = dict(fields, **{"x-amz-signature": "0" * 64})
+        longer = dict(fields, **{"x-amz-date": fields["x-amz-date"][:-3] + "00Z"})
+        # Each refused with S3's own error code (AWS and s3s name a policy mismatch differently).
+        policy = {"AccessDenied", "InvalidPolicyDocument"}
+        for name, form, body, codes in [("another site's key", other_site, package, policy),
+                                        ("a forged signature", forged, package, {"SignatureDoesNotMatch"}),
+                                        ("a changed date", longer, package, policy),
+                                        ("over the size cap", fields, b"0" * ((1 << 20) + 1), {"EntityTooLarge"})]:
+            with self.subTest(name):
+                r = self.post(url, form, body)
+                self.assertIn(r.status_code, (400, 403), r.text)
+                self.assertIn(r.text.split("<Code>")[1].split("</Code>")[0], codes, r.text)
+        self.assertEqual(self.objects("upload_staging"), [], "nothing was stored")
+        # No upload arrived under the transaction: the lock is still held.
+        r = requests.get(f"{self.url}/upload/{transaction}", auth=("site_a-uploader", self.secrets["site_a"]))
+        self.assertEqual(r.json(), {"state": "waiting"})
+        # Another site cannot ask after site_a's upload.
+        r = requests.get(f"{self.url}/upload/{transaction}", auth=("site_b-uploader", self.secrets["site_b"]))
+        self.assertEqual(r.status_code, 404)
+        self.assertEqual(self.post(url, fields, package).status_code, 204)
+        self.assertEqual(self.verdict("site_a", transaction)["state"], "unchanged", "the same package again changes nothing")
+
+    def test_4_a_hostile_zip_in_the_bucket_is_refused_and_leaves_nothing(self):
+        before = {p["id"]: p["last_data_update"] for p in self.get("/data-packages")}
+        archived = self.objects("archive")
+        for name, members in [("path traversal", {"../flu__count_vaccinated.cube.parquet": b"x"}),
+                              ("not parquet", {"flu__count_vaccinated.cube.parquet": b"not parquet",
+                                               "flu__meta_date.meta.parquet": b"x"})]:
+            with self.subTest(name):
+                url, fields, transaction = self.handshake("site_b")
+                body = io.BytesIO()
+                with zipfile.ZipFile(body, "w") as z:
+                    for member, data in members.items():
+                        z.writestr(member, data)
+                self.assertEqual(self.post(url, fields, body.getvalue()).status_code, 204, "S3 takes it: the policy allows it")
+                verdict = self.verdict("site_b", transaction)
+                self.assertEqual(verdict["state"], "refused")
+                self.assertTrue(verdict["message"], "the site is told why")
+        self.assertEqual(self.objects("upload_staging"), [], "refused uploads are removed")
+        self.assertEqual(self.objects("archive"), archived, "and never archived")
+        self.assertEqual({p["id"]: p["last_data_update"] for p in self.get("/data-packages")}, before, "nothing changed")
+
+    def test_5_an_upload_made_while_the_aggregator_is_down_is_merged_when_it_returns(self):
+        url, fields, transaction = self.handshake("site_c")
+        self.stop()
+        try:
+            with open(os.path.join(self.data_paths["site_c"], "flu", "flu.zip"), "rb") as f:
+                self.assertEqual(self.post(url, fields, f.read()).status_code, 204)
+            self.assertEqual(len(self.objects("upload_staging")), 1, "it waits in the bucket")
+        finally:
+            type(self).start()
+        self.assertEqual(self.verdict("site_c", transaction)["state"], "unchanged")
+        self.assertEqual(self.objects("upload_staging"), [])

@@ -5,18 +5,24 @@
 //!   secret, a JSON body `{study, data_package_version, filename}`; answers
 //!   200 `{url, fields}` and a `transaction-id` header, 412 while the site's
 //!   previous upload of the study holds the lock, 401, 403 or 400 otherwise.
+//!   With S3 storage, `{url, fields}` is an S3 presigned POST into the
+//!   bucket's `upload_staging/` ([`crate::staging`] takes it from there);
+//!   otherwise it points at this server's `/upload`.
 //! * `POST /upload`: the multipart form `fields` + `file` the handshake
 //!   described, checked against the signed policy (HMAC over the site,
 //!   study, version, transaction, size cap and expiry), then validated and
 //!   merged before the answer: 204 when kept, 400 with the reason when not.
+//! * `GET /upload/{transaction}`: Basic auth again; what became of that
+//!   upload of the site's (`waiting`, `accepted`, `unchanged`, `refused`
+//!   with the reason), so that a site that uploaded to S3 learns it too.
+//!   The handshake names this URL in an `x-veil-status` header.
 //! * `GET /data-packages[/{id}[/chart]]`, `/metadata/…`, `/study-periods/…`,
 //!   `/studies[/{study}]`, `/uploads`: the query API, with an `x-api-key`.
 //! * `GET /dashboard` (and `GET /`, which sends a browser there): the web
 //!   dashboard ([`crate::dashboard`]), which reads only the query API.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, RawQuery, Request, State};
@@ -26,11 +32,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value as Json, json};
 use sha2::Digest as _;
+use veil_storage::{Location, Storage};
 use veil_views::csv_line;
 
 use crate::chart::{ChartQuery, chart, column_summary};
-use crate::ledger::{Arrival, Ledger, Outcome, Site, version_key};
-use crate::package::{self, Limits, is_identifier};
+use crate::intake::{Failure, Upload, ingest, is_file_name};
+use crate::ledger::{Ledger, Site, UploadState, version_key};
+use crate::package::{Limits, is_identifier};
 use crate::secrets;
 
 /// How long an upload lock lasts without an upload (Cumulus: 10 minutes).
@@ -42,8 +50,11 @@ pub const POLICY_SECS: i64 = 3600;
 pub struct Config {
     /// The database.
     pub ledger: Arc<Ledger>,
-    /// Where accepted zips are kept: `archive/<study>/<site>/<NNN>/<sha256>.zip`.
-    pub dir: PathBuf,
+    /// Where accepted zips are kept (`archive/<study>/<site>/<NNN>/<sha256>.zip`):
+    /// a local folder or any cloud location; when it is S3, sites upload
+    /// straight to it (`upload_staging/…`) and [`crate::staging`] takes
+    /// the uploads from there.
+    pub storage: Arc<Storage>,
     /// The URL sites reach this server at (the upload URL is built from it).
     pub base_url: String,
     /// The research network, if the handshake is also served at `/<network>`.
@@ -56,13 +67,21 @@ pub struct Config {
     pub access_log: bool,
 }
 
+impl Config {
+    /// Whether sites upload straight to the storage (S3) rather than to `/upload`.
+    pub fn uploads_to_storage(&self) -> bool {
+        matches!(self.storage.location(), Location::S3 { .. })
+    }
+}
+
 struct AppState {
-    config: Config,
+    config: Arc<Config>,
     signing_key: Vec<u8>,
 }
 
-/// The router, with its state.
-pub fn router(config: Config) -> Result<Router, crate::ledger::LedgerError> {
+/// The router, with its state. When [`Config::uploads_to_storage`], run
+/// [`crate::staging::watch`] on the same configuration beside it.
+pub fn router(config: Arc<Config>) -> Result<Router, crate::ledger::LedgerError> {
     let signing_key = config.ledger.signing_key()?;
     let upload_cap = usize::try_from(config.limits.zip_bytes).unwrap_or(usize::MAX).saturating_add(1 << 20);
     let state = Arc::new(AppState { config, signing_key });
@@ -84,6 +103,7 @@ pub fn router(config: Config) -> Result<Router, crate::ledger::LedgerError> {
         .merge(crate::dashboard::routes())
         .route("/{network}", post(handshake_network))
         .route("/upload", post(upload).layer(DefaultBodyLimit::max(upload_cap)))
+        .route("/upload/{transaction}", get(upload_status))
         .merge(query)
         .layer(axum::middleware::from_fn_with_state(state.clone(), access_log))
         .with_state(state))
@@ -91,7 +111,7 @@ pub fn router(config: Config) -> Result<Router, crate::ledger::LedgerError> {
 
 type Shared = State<Arc<AppState>>;
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
@@ -158,13 +178,11 @@ async fn handshake_network(st: Shared, Path(network): Path<String>, headers: Hea
     handshake(st, headers, body).await
 }
 
-/// The signed description of one permitted upload.
+/// The signed description of one permitted upload to `/upload`.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Policy {
-    transaction: String,
-    site: String,
-    study: String,
-    version: i64,
+    #[serde(flatten)]
+    upload: Upload,
     key: String,
     max_bytes: u64,
     expires: i64,
@@ -186,7 +204,7 @@ async fn handshake(State(st): Shared, headers: HeaderMap, body: axum::body::Byte
     if !is_identifier(study) {
         return answer(message(StatusCode::BAD_REQUEST, "Malformed data payload: a study name is lower-case letters, digits and _"));
     }
-    if filename.is_empty() || filename.len() > 200 || !filename.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) || filename.starts_with('.') {
+    if !is_file_name(filename) {
         return answer(message(StatusCode::BAD_REQUEST, "Malformed data payload: the filename must be a plain file name"));
     }
     // As the Cumulus client sends it: a number, or text read as int(float(v)).
@@ -211,21 +229,53 @@ async fn handshake(State(st): Shared, headers: HeaderMap, body: axum::body::Byte
         Ok(Ok(Err(()))) => return answer(message(StatusCode::PRECONDITION_FAILED, format!("Currently processing a previous upload of {study}. Please try again later."))),
         Ok(Err(_)) | Err(_) => return answer(internal()),
     };
-    let policy = Policy {
-        transaction: transaction.clone(),
-        site: site.name.clone(),
-        study: study.to_string(),
-        version,
-        key: format!("upload_staging/{study}/{}/{}/{filename}", site.name, version_key(version)),
-        max_bytes: st.config.limits.zip_bytes,
-        expires: now_secs() + POLICY_SECS,
+    let upload = Upload { transaction: transaction.clone(), site: site.name.clone(), study: study.to_string(), version };
+    let key = upload.staging_key(filename);
+    let base = st.config.base_url.trim_end_matches('/').to_string();
+    let form = if st.config.uploads_to_storage() {
+        let storage = st.config.storage.clone();
+        let max_bytes = st.config.limits.zip_bytes;
+        match blocking(move || storage.presigned_post(&key, max_bytes, Duration::from_secs(POLICY_SECS as u64))).await {
+            Ok(Ok(post)) => json!({"url": post.url, "fields": post.fields.into_iter().map(|(k, v)| (k, Json::String(v))).collect::<serde_json::Map<_, _>>()}),
+            Ok(Err(e)) => {
+                eprintln!("veil aggregator: cannot sign an S3 upload form: {e}");
+                return answer(internal());
+            }
+            Err(r) => return answer(r),
+        }
+    } else {
+        let policy = Policy { upload, key, max_bytes: st.config.limits.zip_bytes, expires: now_secs() + POLICY_SECS };
+        let encoded = veil_fhir::base64::encode(serde_json::to_string(&policy).expect("a policy serialises").as_bytes(), veil_fhir::base64::STANDARD);
+        let signature = veil_fhir::hex::encode(&secrets::mac(&st.signing_key, encoded.as_bytes()));
+        json!({"url": format!("{base}/upload"), "fields": {"key": policy.key, "policy": encoded, "signature": signature}})
     };
-    let encoded = veil_fhir::base64::encode(serde_json::to_string(&policy).expect("a policy serialises").as_bytes(), veil_fhir::base64::STANDARD);
-    let signature = veil_fhir::hex::encode(&secrets::mac(&st.signing_key, encoded.as_bytes()));
-    let url = format!("{}/upload", st.config.base_url.trim_end_matches('/'));
-    let mut response = axum::Json(json!({"url": url, "fields": {"key": policy.key, "policy": encoded, "signature": signature}})).into_response();
-    response.headers_mut().insert("transaction-id", HeaderValue::from_str(&transaction).expect("hex is a header value"));
+    let mut response = axum::Json(form).into_response();
+    let headers = response.headers_mut();
+    headers.insert("transaction-id", HeaderValue::from_str(&transaction).expect("hex is a header value"));
+    if let Ok(status) = HeaderValue::from_str(&format!("{base}/upload/{transaction}")) {
+        headers.insert("x-veil-status", status);
+    }
     answer(response)
+}
+
+/// What became of one of the site's uploads.
+async fn upload_status(State(st): Shared, Path(transaction): Path<String>, headers: HeaderMap) -> Response {
+    let site = match authenticate(&st, &headers).await {
+        Ok(site) => site,
+        Err(r) => return r,
+    };
+    let who = site.name.clone();
+    let ledger = st.config.ledger.clone();
+    let state = match blocking(move || ledger.upload_state(&site.name, &transaction)).await {
+        Ok(Ok(state)) => state,
+        _ => return with_who(internal(), &who),
+    };
+    let body = match state {
+        UploadState::Unknown => return with_who(message(StatusCode::NOT_FOUND, "this site has no upload with that transaction id"), &who),
+        UploadState::Waiting => json!({"state": "waiting"}),
+        UploadState::Done { outcome, message } => json!({"state": outcome, "message": message}),
+    };
+    with_who(axum::Json(body).into_response(), &who)
 }
 
 fn verify_policy(st: &AppState, policy: &str, signature: &str) -> Option<Policy> {
@@ -268,10 +318,10 @@ async fn upload(State(st): Shared, mut form: Multipart) -> Response {
             return message(StatusCode::FORBIDDEN, "the upload's policy signature does not match");
         };
         if p.expires <= now_secs() {
-            return with_who(message(StatusCode::FORBIDDEN, "the upload's policy has expired: ask for a new upload URL"), &p.site);
+            return with_who(message(StatusCode::FORBIDDEN, "the upload's policy has expired: ask for a new upload URL"), &p.upload.site);
         }
         if fields.get("key") != Some(&p.key) {
-            return with_who(message(StatusCode::FORBIDDEN, "the upload's key is not the one its policy signs"), &p.site);
+            return with_who(message(StatusCode::FORBIDDEN, "the upload's key is not the one its policy signs"), &p.upload.site);
         }
         let mut field = field;
         loop {
@@ -279,7 +329,7 @@ async fn upload(State(st): Shared, mut form: Multipart) -> Response {
                 Ok(Some(chunk)) => {
                     if (zip.len() + chunk.len()) as u64 > p.max_bytes {
                         release(&st, &p).await;
-                        return with_who(message(StatusCode::PAYLOAD_TOO_LARGE, format!("the zip is larger than the aggregator accepts ({} MiB)", p.max_bytes >> 20)), &p.site);
+                        return with_who(message(StatusCode::PAYLOAD_TOO_LARGE, format!("the zip is larger than the aggregator accepts ({} MiB)", p.max_bytes >> 20)), &p.upload.site);
                     }
                     zip.extend_from_slice(&chunk);
                 }
@@ -288,7 +338,7 @@ async fn upload(State(st): Shared, mut form: Multipart) -> Response {
                     // A dropped connection: nothing was kept; free the lock
                     // so that the site can try again at once.
                     release(&st, &p).await;
-                    return with_who(message(StatusCode::BAD_REQUEST, "the upload ended before the whole file arrived"), &p.site);
+                    return with_who(message(StatusCode::BAD_REQUEST, "the upload ended before the whole file arrived"), &p.upload.site);
                 }
             }
         }
@@ -298,9 +348,9 @@ async fn upload(State(st): Shared, mut form: Multipart) -> Response {
     let Some(policy) = policy else {
         return message(StatusCode::BAD_REQUEST, "the form has no file");
     };
-    let who = policy.site.clone();
-    let st2 = st.clone();
-    let outcome = blocking(move || ingest(&st2, &policy, &zip)).await;
+    let who = policy.upload.site.clone();
+    let config = st.config.clone();
+    let outcome = blocking(move || ingest(&config, &policy.upload, &zip)).await;
     match outcome {
         Ok(Ok(Ok(outcome))) => {
             let mut r = StatusCode::NO_CONTENT.into_response();
@@ -308,70 +358,14 @@ async fn upload(State(st): Shared, mut form: Multipart) -> Response {
             with_who(r, &who)
         }
         Ok(Ok(Err(refusal))) => with_who(message(StatusCode::BAD_REQUEST, refusal.0), &who),
-        Ok(Err(UploadFailure::Busy)) => with_who(message(StatusCode::PRECONDITION_FAILED, "another upload of this study by this site took over the lock; ask for a new upload URL"), &who),
-        Ok(Err(UploadFailure::Internal)) | Err(_) => with_who(internal(), &who),
+        Ok(Err(Failure::Busy)) => with_who(message(StatusCode::PRECONDITION_FAILED, "another upload of this study by this site took over the lock; ask for a new upload URL"), &who),
+        Ok(Err(Failure::Internal)) | Err(_) => with_who(internal(), &who),
     }
 }
 
 async fn release(st: &Arc<AppState>, p: &Policy) {
-    let (ledger, site, study, id) = (st.config.ledger.clone(), p.site.clone(), p.study.clone(), p.transaction.clone());
-    let _ = blocking(move || ledger.unlock(&site, &study, &id)).await;
-}
-
-enum UploadFailure {
-    Busy,
-    Internal,
-}
-
-/// Checks, archives and merges one upload, then frees the site's lock.
-fn ingest(st: &AppState, p: &Policy, zip: &[u8]) -> Result<Result<Outcome, package::Refusal>, UploadFailure> {
-    let ledger = &st.config.ledger;
-    if !ledger.lock_is(&p.site, &p.study, &p.transaction, now_secs()).map_err(|_| UploadFailure::Internal)? {
-        return Err(UploadFailure::Busy);
-    }
-    let sha256 = veil_fhir::hex::encode(&sha2::Sha256::digest(zip));
-    let arrival = Arrival { id: &p.transaction, site: &p.site, study: &p.study, version: p.version, sha256: &sha256, bytes: zip.len() as i64 };
-    let result = match package::read(zip, &p.study, p.version, st.config.min_cell, &st.config.limits) {
-        Err(refusal) => {
-            ledger.refuse(&arrival, &refusal).map_err(|_| UploadFailure::Internal)?;
-            Ok(Err(refusal))
-        }
-        Ok(package) => {
-            let archived = archive(st, p, &sha256, zip).map_err(|e| {
-                eprintln!("veil aggregator: cannot archive an upload of {} from {}: {}", p.study, p.site, e.kind());
-                UploadFailure::Internal
-            })?;
-            let outcome = ledger.accept(&arrival, &package).map_err(|_| UploadFailure::Internal)?;
-            if outcome.is_err() {
-                let _ = std::fs::remove_file(&archived);
-            }
-            Ok(outcome)
-        }
-    };
-    let _ = ledger.unlock(&p.site, &p.study, &p.transaction);
-    if st.config.access_log {
-        let (outcome, why) = match &result {
-            Ok(Ok(o)) => (o.as_str(), String::new()),
-            Ok(Err(r)) => ("refused", format!(": {r}")),
-            Err(_) => ("failed", String::new()),
-        };
-        eprintln!("{} upload {outcome} site={} study={} version={}{why}", veil_store::now_instant(), p.site, p.study, version_key(p.version));
-    }
-    result
-}
-
-/// Keeps the zip as it arrived, written beside its final name and renamed.
-fn archive(st: &AppState, p: &Policy, sha256: &str, zip: &[u8]) -> std::io::Result<PathBuf> {
-    use std::io::Write as _;
-    let dir = st.config.dir.join("archive").join(&p.study).join(&p.site).join(version_key(p.version));
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{sha256}.zip"));
-    let tmp = dir.join(format!(".{sha256}.zip.{}.tmp", p.transaction));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(zip)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(path)
+    let (ledger, u) = (st.config.ledger.clone(), p.upload.clone());
+    let _ = blocking(move || ledger.unlock(&u.site, &u.study, &u.transaction)).await;
 }
 
 // ---- the query API --------------------------------------------------------

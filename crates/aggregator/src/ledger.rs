@@ -99,6 +99,22 @@ pub struct UploadRecord {
     pub message: Option<String>,
 }
 
+/// What became of an upload, as its site may ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadState {
+    /// The handshake was made and the upload not yet checked.
+    Waiting,
+    /// Checked: `accepted`, `unchanged` or `refused` (with the reason).
+    Done {
+        /// The outcome's name.
+        outcome: String,
+        /// Why it was refused.
+        message: Option<String>,
+    },
+    /// No such upload of this site's (or its lock lapsed unused).
+    Unknown,
+}
+
 /// An upload that passed [`crate::package::read`], with who sent it.
 pub struct Arrival<'a> {
     /// The handshake's transaction id.
@@ -542,6 +558,17 @@ impl Ledger {
             out[&study][version_key(version)] = entry;
         }
         Ok(out)
+    }
+
+    /// What became of the site's upload under `transaction`.
+    pub fn upload_state(&self, site: &str, transaction: &str) -> Result<UploadState> {
+        self.db.read(|db| {
+            if let Some(mut row) = db.query_opt("SELECT outcome, message FROM uploads WHERE site = ?1 AND id = ?2 ORDER BY seq DESC LIMIT 1", args![site, transaction])? {
+                return Ok(UploadState::Done { outcome: row.text(0)?, message: row.opt_text(1)? });
+            }
+            let waiting = db.query_opt("SELECT 1 FROM locks WHERE site = ?1 AND id = ?2", args![site, transaction])?.is_some();
+            Ok(if waiting { UploadState::Waiting } else { UploadState::Unknown })
+        })
     }
 
     /// The latest uploads, newest first.

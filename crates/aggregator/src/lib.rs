@@ -17,6 +17,10 @@
 //!   twice is a no-op, and a schema change without a version bump is
 //!   refused with the columns named;
 //! * the upload lock is a lease, released as soon as the upload is done;
+//! * uploads go to this server, or with S3 storage straight to the bucket
+//!   by a presigned POST, as with Cumulus; either way nothing of one is
+//!   visible before it has been checked ([`staging`]), and a site can ask
+//!   what became of it;
 //! * chart queries are evaluated over parsed filters ([`chart::chart`]), never
 //!   by building query text from a request.
 //!
@@ -33,9 +37,11 @@ pub mod chart;
 pub mod http;
 pub mod dashboard;
 mod db;
+mod intake;
 mod ledger;
 pub mod merge;
 pub mod package;
 mod secrets;
+pub mod staging;
 
-pub use ledger::{ApiKey, Arrival, DataPackage, Ledger, LedgerError, Outcome, Site, UploadRecord, version_key};
+pub use ledger::{ApiKey, Arrival, DataPackage, Ledger, LedgerError, Outcome, Site, UploadRecord, UploadState, version_key};

@@ -23,6 +23,8 @@ struct Aggregator {
     key: String,
     /// The database the ledger opened, for a second server on it.
     target: String,
+    /// What the server runs on (its storage, for the staging sweep).
+    config: Arc<Config>,
     _dir: TempDir,
     _schema: Option<Schema>,
 }
@@ -90,14 +92,16 @@ fn start(name: &str, db: Db, limits: Limits) -> Aggregator {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let config = Config { ledger: ledger.clone(), dir: dir.clone(), base_url: url.clone(), network: Some("flu-net".into()), min_cell: 10, limits, access_log: false };
-    let app = router(config).unwrap();
+    let storage = Arc::new(veil_storage::Storage::open(&veil_storage::Location::Local(dir.clone())).unwrap());
+    let config = Config { ledger: ledger.clone(), storage, base_url: url.clone(), network: Some("flu-net".into()), min_cell: 10, limits, access_log: false };
+    let config = Arc::new(config);
+    let app = router(config.clone()).unwrap();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         runtime.block_on(async { axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app).await.unwrap() });
     });
     let key = ledger.add_api_key("tests").unwrap();
-    Aggregator { url, ledger, http: Client::new(), key, target, _dir: TempDir(dir), _schema: schema }
+    Aggregator { url, ledger, http: Client::new(), key, target, config, _dir: TempDir(dir), _schema: schema }
 }
 
 /// A Parquet table: `columns` as (name, type), rows as JSON values.
@@ -392,6 +396,70 @@ fn a_broken_upload_leaves_nothing_and_frees_the_lock(db: Db) {
     assert_eq!(agg.get("/data-packages/flu__count_sex__001")["total"], 40);
 }
 
+fn a_site_can_ask_what_became_of_its_upload(db: Db) {
+    let agg = start("status", db, Limits::default());
+    let a = agg.site("site_a", &[]);
+    let b = agg.site("site_b", &[]);
+    let state = |site: &(String, String), transaction: &str| {
+        let r = agg.http.get(format!("{}/upload/{transaction}", agg.url)).basic_auth(&site.0, Some(&site.1)).send().unwrap();
+        (r.status().as_u16(), r.json::<Json>().unwrap_or(Json::Null))
+    };
+    let r = agg.handshake("/", &a, json!({"study": "flu", "data_package_version": 1, "filename": "a.zip"}), None);
+    let transaction = r.headers()["transaction-id"].to_str().unwrap().to_string();
+    assert_eq!(r.headers()["x-veil-status"].to_str().unwrap(), format!("{}/upload/{transaction}", agg.url));
+    let presigned: Json = r.json().unwrap();
+    assert_eq!(state(&a, &transaction), (200, json!({"state": "waiting"})));
+    assert_eq!(state(&b, &transaction).0, 404, "another site cannot ask after it");
+    assert_eq!(state(&(a.0.clone(), "wrong".into()), &transaction).0, 401);
+    assert_eq!(agg.post_form(&presigned, package(1, &[(30, None)])).status(), 204);
+    assert_eq!(state(&a, &transaction), (200, json!({"state": "accepted", "message": null})));
+
+    let r = agg.handshake("/", &a, json!({"study": "flu", "data_package_version": 1, "filename": "a.zip"}), None);
+    let transaction = r.headers()["transaction-id"].to_str().unwrap().to_string();
+    assert_eq!(agg.post_form(&r.json().unwrap(), package(1, &[(3, None)])).status(), 400);
+    let (status, body) = state(&a, &transaction);
+    assert_eq!((status, &body["state"]), (200, &json!("refused")));
+    assert!(body["message"].as_str().unwrap().contains("minimum cell size"), "{body}");
+    assert_eq!(state(&a, "0123456789abcdef0123456789abcdef").0, 404);
+}
+
+/// The sweep that takes uploads sites posted to S3, here over a local
+/// folder (S3 itself is tests/python/test_aggregator.py's): objects are
+/// checked once, removed after the ledger has recorded them, taken again
+/// harmlessly after a crash between the two, and an upload overtaken by a
+/// newer handshake is refused, not merged.
+fn staged_uploads_are_swept_once_and_a_crash_loses_nothing(db: Db) {
+    use veil_aggregator::staging::{Swept, sweep};
+    let agg = start("staging", db, Limits::default());
+    agg.site("site_a", &[]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let storage = &agg.config.storage;
+    let stage = |transaction: &str, zip: Vec<u8>| storage.put_bytes(&format!("upload_staging/flu/site_a/001/{transaction}/a.zip"), zip).unwrap();
+    let first = agg.ledger.lock("site_a", "flu", None, now, 600).unwrap().unwrap();
+    stage(&first, package(1, &[(30, None)]));
+    storage.put_bytes("upload_staging/flu/notes.txt", b"not an upload".to_vec()).unwrap();
+    assert_eq!(sweep(&agg.config).unwrap(), Swept { checked: 1, dropped: 1, retry: 0 });
+    assert_eq!(storage.list_below("upload_staging").unwrap(), Vec::<String>::new());
+    assert_eq!(storage.list_below("archive").unwrap().len(), 1);
+    assert_eq!(agg.get("/data-packages/flu__count_sex__001")["total"], 30);
+    assert_eq!(sweep(&agg.config).unwrap(), Swept::default(), "nothing twice");
+
+    // A crash after the ledger recorded it, before the object was removed.
+    stage(&first, package(1, &[(30, None)]));
+    assert_eq!(sweep(&agg.config).unwrap().checked, 1);
+    let outcomes: Vec<String> = agg.ledger.uploads(10).unwrap().into_iter().map(|u| u.outcome).collect();
+    assert_eq!(outcomes, ["unchanged", "accepted"]);
+
+    // An upload whose lock lapsed and was taken by a newer handshake.
+    let stale = agg.ledger.lock("site_a", "flu", None, now, -1).unwrap().unwrap();
+    agg.ledger.lock("site_a", "flu", None, now, 600).unwrap().unwrap();
+    stage(&stale, package(1, &[(99, None)]));
+    assert_eq!(sweep(&agg.config).unwrap().checked, 1);
+    let latest = agg.ledger.uploads(1).unwrap().remove(0);
+    assert_eq!((latest.outcome.as_str(), latest.message.unwrap().starts_with("superseded")), ("refused", true));
+    assert_eq!(agg.get("/data-packages/flu__count_sex__001")["total"], 30, "not merged");
+}
+
 fn flat_tables_are_kept_per_site_and_need_counts_too(db: Db) {
     let agg = start("flat", db, Limits::default());
     let a = agg.site("site_a", &[]);
@@ -500,6 +568,8 @@ on_both!(
     one_site_cannot_write_as_another,
     malformed_and_hostile_zips_are_refused_with_a_message,
     a_broken_upload_leaves_nothing_and_frees_the_lock,
+    a_site_can_ask_what_became_of_its_upload,
+    staged_uploads_are_swept_once_and_a_crash_loses_nothing,
     flat_tables_are_kept_per_site_and_need_counts_too,
     two_servers_merging_at_once_lose_nothing,
     the_dashboard_is_served_without_data,

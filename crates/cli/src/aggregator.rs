@@ -2,7 +2,6 @@
 //! administration (sites, API keys, the upload log).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -24,6 +23,8 @@ use crate::UsageError;
 ///   veil aggregator site add bch --user bch-uploader --studies flu   # prints the site's secret
 ///   veil aggregator key add --name dashboard                        # prints an API key
 ///   veil aggregator serve --listen 127.0.0.1:8090
+///   # or, with uploads going straight to S3 (a presigned POST, as with Cumulus):
+///   veil aggregator serve --storage s3://cumulus-uploads/flu-net --db postgres://agg@db/aggregator
 ///   # at the site:
 ///   CUMULUS_AGGREGATOR_USER=bch-uploader CUMULUS_AGGREGATOR_ID=<secret> \
 ///     veil upload flu --url http://127.0.0.1:8090/
@@ -67,9 +68,17 @@ impl DbArgs {
 struct ServeArgs {
     #[command(flatten)]
     db: DbArgs,
-    /// Where accepted uploads are archived as they arrived.
-    #[arg(long, value_name = "DIR", default_value = "aggregator-data", env = "VEIL_AGGREGATOR_DIR")]
-    dir: PathBuf,
+    /// Where accepted uploads are archived as they arrived: a folder, or
+    /// s3://bucket/prefix (az://…, gs://… too). With S3, sites upload
+    /// straight to the bucket by a presigned POST (as with the Cumulus
+    /// aggregator) and this server checks and merges what arrives there;
+    /// credentials come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_REGION (AWS_ENDPOINT for another S3 server) or an instance role.
+    #[arg(long, visible_alias = "dir", value_name = "DIR|URL", default_value = "aggregator-data", env = "VEIL_AGGREGATOR_STORAGE")]
+    storage: String,
+    /// With S3 storage: how often to look for new uploads in the bucket, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    poll_secs: u64,
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8090", env = "VEIL_AGGREGATOR_LISTEN")]
     listen: SocketAddr,
@@ -271,7 +280,9 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         return Err(UsageError(format!("{n:?} cannot name a network (lower-case letters, digits, - and _; not a route of the API)")).into());
     }
     let ledger = Arc::new(a.db.open()?);
-    std::fs::create_dir_all(&a.dir).with_context(|| format!("cannot create {}", a.dir.display()))?;
+    let location = veil_storage::Location::parse(&a.storage).map_err(|e| UsageError(e.to_string()))?;
+    let storage = veil_storage::Storage::open(&location).with_context(|| format!("cannot open {location}"))?;
+    storage.check().map_err(|e| UsageError(format!("cannot use {location} for uploads: {e}")))?;
     let runtime = tokio::runtime::Runtime::new()?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind(a.listen)).map_err(|e| UsageError(format!("cannot listen on {}: {e}", a.listen)))?;
     let addr = listener.local_addr()?;
@@ -279,10 +290,14 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     let sites = ledger.sites()?.len();
     let keys = ledger.api_keys()?.len();
     let limits = Limits { zip_bytes: a.max_upload_mib << 20, ..Limits::default() };
-    let config = Config { ledger, dir: a.dir.clone(), base_url: base_url.clone(), network: a.network.clone(), min_cell: a.min_cell, limits, access_log: true };
-    let app = router(config)?;
+    let config = Arc::new(Config { ledger, storage: Arc::new(storage), base_url: base_url.clone(), network: a.network.clone(), min_cell: a.min_cell, limits, access_log: true });
+    let app = router(config.clone())?;
     let at = a.network.as_ref().map(|n| format!(" and {base_url}/{n}")).unwrap_or_default();
-    eprintln!("veil aggregator: {base_url} (database {}, archive {}); uploads at {base_url}/{at}; minimum cell {}", veil_store::printable_url(&a.db.db), a.dir.display(), a.min_cell);
+    eprintln!("veil aggregator: {base_url} (database {}, archive {location}); handshake at {base_url}/{at}; minimum cell {}", veil_store::printable_url(&a.db.db), a.min_cell);
+    if config.uploads_to_storage() {
+        eprintln!("veil aggregator: sites upload to {} by presigned POST; checked every {} s", location.join("upload_staging"), a.poll_secs);
+        runtime.spawn(veil_aggregator::staging::watch(config.clone(), std::time::Duration::from_secs(a.poll_secs.max(1))));
+    }
     eprintln!("veil aggregator: {sites} site(s) (veil aggregator site add), {keys} API key(s) (veil aggregator key add)");
     if !addr.ip().is_loopback() && !base_url.starts_with("https://") {
         eprintln!("veil aggregator: WARNING: {base_url} is not https: site secrets would cross the network in the clear; serve behind a TLS-terminating proxy and pass --base-url https://…");

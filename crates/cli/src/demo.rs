@@ -351,14 +351,14 @@ fn two_sites(study: &veil_study::Study, export: &std::path::Path, out: &std::pat
     let base = format!("http://{}", listener.local_addr()?);
     let config = veil_aggregator::http::Config {
         ledger: ledger.clone(),
-        dir: dir.clone(),
+        storage: Arc::new(veil_storage::Storage::open(&veil_storage::Location::Local(dir.clone()))?),
         base_url: base.clone(),
         network: None,
         min_cell: veil_study::DEFAULT_MIN_CELL,
         limits: Default::default(),
         access_log: false,
     };
-    let app = veil_aggregator::http::router(config)?;
+    let app = veil_aggregator::http::router(Arc::new(config))?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = runtime.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(async move { drop(rx.await) }).await });
     println!("veil aggregator is listening on {base} (database {})", dir.join("aggregator.db").display());
@@ -368,7 +368,7 @@ fn two_sites(study: &veil_study::Study, export: &std::path::Path, out: &std::pat
         let data_path = half.join("data_export");
         veil_study::export(&built, &data_path)?;
         let package = veil_study::Package::find(&data_path, &study.prefix)?;
-        let aggregator = veil_study::Aggregator { url: format!("{base}/"), network: None, user: site.to_string(), site_id: secret };
+        let aggregator = veil_study::Aggregator { url: format!("{base}/"), network: None, user: site.to_string(), site_id: secret, wait: std::time::Duration::ZERO };
         veil_study::upload(&aggregator, &package, &mut |_| {})?;
         println!("  site {site}: built flu from {} resources and uploaded it (veil upload)", built.resources);
     }
@@ -395,7 +395,7 @@ fn two_sites(study: &veil_study::Study, export: &std::path::Path, out: &std::pat
     let key_file = dir.join("api-key.txt");
     let _ = std::fs::remove_file(&key_file); // the previous run's
     crate::client::write_private(&key_file, &key)?;
-    println!("See it in the dashboard: veil aggregator serve --db {} --dir {}", dir.join("aggregator.db").display(), dir.display());
+    println!("See it in the dashboard: veil aggregator serve --db {} --storage {}", dir.join("aggregator.db").display(), dir.display());
     println!("  then open http://127.0.0.1:8090/ and sign in with the API key in {}", key_file.display());
     Ok(())
 }

@@ -42,6 +42,11 @@ pub(crate) struct Args {
     /// Show what would be sent, without contacting the aggregator.
     #[arg(long)]
     preview: bool,
+    /// When the zip goes to the aggregator's storage (S3) rather than to
+    /// the aggregator itself: how long to wait for a Veil aggregator to say
+    /// it was accepted or refused, in seconds (0: do not wait).
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    wait: u64,
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
@@ -56,7 +61,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let (Some(user), Some(site_id)) = (args.user.clone(), args.site_id.clone()) else {
         return Err(UsageError("the aggregator needs this site's credentials: set CUMULUS_AGGREGATOR_USER and CUMULUS_AGGREGATOR_ID (or --user and --id)".into()).into());
     };
-    let aggregator = Aggregator { url: args.url.clone(), network: args.network.clone(), user, site_id };
+    let aggregator = Aggregator { url: args.url.clone(), network: args.network.clone(), user, site_id, wait: std::time::Duration::from_secs(args.wait) };
     for package in &packages {
         if args.preview {
             preview(&aggregator, package);

@@ -21,6 +21,7 @@ pub mod azure;
 pub mod fetch;
 mod location;
 mod manifest;
+mod s3_post;
 pub mod share;
 mod time;
 
@@ -28,7 +29,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorage, GoogleCloudStorageBuilder};
 use object_store::local::LocalFileSystem;
@@ -37,6 +38,7 @@ use object_store::signer::Signer as _;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart};
 
 pub use location::Location;
+pub use s3_post::PresignedPost;
 pub use manifest::{FileEntry, MANIFEST_NAME, Manifest, digest, digest_file, files_below, manifest_of_dir};
 pub use time::{iso, now_iso, now_secs, parse_iso, parse_lifetime};
 
@@ -71,6 +73,33 @@ pub struct Storage {
     backend: Backend,
     root: String,
     runtime: tokio::runtime::Runtime,
+    /// For S3: where POST uploads go and the region that signs them.
+    s3_bucket: Option<S3Bucket>,
+}
+
+struct S3Bucket {
+    name: String,
+    region: String,
+    url: String,
+}
+
+impl S3Bucket {
+    /// The bucket's URL as object_store reaches it (its own rule: a
+    /// virtual-hosted endpoint names the bucket already, any other gets it
+    /// as the first path segment), so that uploads go where reads do.
+    fn of(builder: &AmazonS3Builder, name: &str) -> S3Bucket {
+        let get = |key| builder.get_config_value(&key);
+        let region = get(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".to_string());
+        let endpoint = get(AmazonS3ConfigKey::S3Endpoint).or_else(|| get(AmazonS3ConfigKey::Endpoint));
+        let virtual_hosted = get(AmazonS3ConfigKey::VirtualHostedStyleRequest).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let url = match (endpoint, virtual_hosted) {
+            (Some(endpoint), true) => endpoint,
+            (Some(endpoint), false) => format!("{}/{name}", endpoint.trim_end_matches('/')),
+            (None, true) => format!("https://{name}.s3.{region}.amazonaws.com"),
+            (None, false) => format!("https://s3.{region}.amazonaws.com/{name}"),
+        };
+        S3Bucket { name: name.to_string(), region, url }
+    }
 }
 
 enum Backend {
@@ -89,14 +118,16 @@ impl Storage {
     /// `GOOGLE_SERVICE_ACCOUNT` / `GOOGLE_APPLICATION_CREDENTIALS`.
     pub fn open(location: &Location) -> Result<Storage, StorageError> {
         let failed = |e: object_store::Error| StorageError::Store { location: location.to_string(), message: describe(&e) };
+        let mut s3_bucket = None;
         let (backend, root) = match location {
             Location::Local(dir) => {
                 std::fs::create_dir_all(dir)?;
                 (Backend::Local(LocalFileSystem::new_with_prefix(dir).map_err(failed)?), String::new())
             }
             Location::S3 { bucket, prefix } => {
-                let s3 = AmazonS3Builder::from_env().with_bucket_name(bucket).build().map_err(failed)?;
-                (Backend::S3(s3), prefix.clone())
+                let builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                s3_bucket = Some(S3Bucket::of(&builder, bucket));
+                (Backend::S3(builder.build().map_err(failed)?), prefix.clone())
             }
             Location::Azure { container, prefix } => {
                 let mut builder = MicrosoftAzureBuilder::from_env().with_container_name(container);
@@ -111,7 +142,7 @@ impl Storage {
             }
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        Ok(Storage { location: location.clone(), backend, root, runtime })
+        Ok(Storage { location: location.clone(), backend, root, runtime, s3_bucket })
     }
 
     /// Opens a destination written as text (see [`Location::parse`]).
@@ -252,7 +283,14 @@ impl Storage {
 
     /// The names of everything below this destination, sorted.
     pub fn list(&self) -> Result<Vec<String>, StorageError> {
-        let prefix = (!self.root.is_empty()).then(|| ObjectPath::from(self.root.as_str()));
+        self.list_below("")
+    }
+
+    /// The names (from the top of this destination) of everything below
+    /// its folder `dir`, sorted.
+    pub fn list_below(&self, dir: &str) -> Result<Vec<String>, StorageError> {
+        let below = [self.root.as_str(), dir].into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join("/");
+        let prefix = (!below.is_empty()).then(|| ObjectPath::from(below.as_str()));
         let mut names: Vec<String> = self.runtime.block_on(async {
             let mut out = Vec::new();
             let mut listing = self.store().list(prefix.as_ref());
@@ -296,6 +334,21 @@ impl Storage {
     pub fn delete(&self, name: &str) -> Result<(), StorageError> {
         let path = self.path(name)?;
         self.runtime.block_on(self.store().delete(&path)).map_err(self.failed(name))
+    }
+
+    /// A form that uploads one object, `name`, of at most `max_bytes`, until
+    /// `lifetime` has passed: S3's presigned POST, signed with the
+    /// credentials object_store found.
+    pub fn presigned_post(&self, name: &str, max_bytes: u64, lifetime: Duration) -> Result<PresignedPost, StorageError> {
+        let path = self.path(name)?;
+        let (Backend::S3(s3), Some(bucket)) = (&self.backend, &self.s3_bucket) else {
+            return Err(StorageError::Unsupported(format!("{}: presigned POST uploads are S3's", self.location)));
+        };
+        let credential = self.runtime.block_on(s3.credentials().get_credential()).map_err(self.failed(name))?;
+        let now = now_secs();
+        let grant = s3_post::PostGrant { bucket: &bucket.name, region: &bucket.region, key: path.as_ref(), max_bytes, now, expires: now + lifetime.as_secs() };
+        let signer = s3_post::Signer { key_id: &credential.key_id, secret_key: &credential.secret_key, token: credential.token.as_deref() };
+        Ok(PresignedPost { url: bucket.url.clone(), fields: s3_post::sign(&grant, &signer) })
     }
 
     /// A URL that reads `name` until `lifetime` has passed, signed as the

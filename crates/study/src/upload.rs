@@ -53,6 +53,9 @@ pub struct Aggregator {
     pub user: String,
     /// `CUMULUS_AGGREGATOR_ID`, the site's secret: sent, never shown.
     pub site_id: String,
+    /// How long to wait for the aggregator's verdict when the zip went to
+    /// its storage (S3) rather than to itself; zero: do not wait.
+    pub wait: Duration,
 }
 
 impl Aggregator {
@@ -142,6 +145,8 @@ pub fn upload(aggregator: &Aggregator, package: &Package, progress: &mut dyn FnM
         http.post(&endpoint).basic_auth(&aggregator.user, Some(&aggregator.site_id)).json(&body).timeout(Duration::from_secs(60)).send()
     })?;
     let status = response.status().as_u16();
+    // A Veil aggregator says where to ask what became of the upload.
+    let status_url = response.headers().get("x-veil-status").and_then(|h| h.to_str().ok()).map(str::to_string);
     let text = response.text().unwrap_or_default();
     match status {
         200 => {}
@@ -184,7 +189,53 @@ pub fn upload(aggregator: &Aggregator, package: &Package, progress: &mut dyn FnM
         return Err(UploadError::Aggregator(format!("the upload was refused ({status}): {}", first_line(&response.text().unwrap_or_default()))));
     }
     progress(&format!("uploaded {} ({status})", package.study));
-    Ok(())
+    if let Some(outcome) = response.headers().get("x-veil-outcome").and_then(|h| h.to_str().ok()) {
+        progress(&format!("the aggregator checked it: {outcome}"));
+        return Ok(());
+    }
+    match status_url {
+        Some(url) if !aggregator.wait.is_zero() && same_origin(&url, &endpoint) => await_verdict(&http, aggregator, &url, progress),
+        _ => Ok(()),
+    }
+}
+
+/// Asks the aggregator what became of an upload that went to its storage,
+/// every second until it has been checked or `aggregator.wait` has passed.
+fn await_verdict(http: &reqwest::blocking::Client, aggregator: &Aggregator, url: &str, progress: &mut dyn FnMut(&str)) -> Result<(), UploadError> {
+    progress("waiting for the aggregator to check it");
+    let deadline = std::time::Instant::now() + aggregator.wait;
+    loop {
+        let answer = http.get(url).basic_auth(&aggregator.user, Some(&aggregator.site_id)).timeout(Duration::from_secs(30)).send();
+        if let Ok(r) = answer {
+            let status = r.status().as_u16();
+            let body: Json = r.json().unwrap_or(Json::Null);
+            match (status, body["state"].as_str()) {
+                (200, Some("waiting")) | (500.., _) => {}
+                (200, Some("refused")) => {
+                    return Err(UploadError::Aggregator(format!("the aggregator refused the upload: {}", body["message"].as_str().unwrap_or("no reason given"))));
+                }
+                (200, Some(outcome)) => {
+                    progress(&format!("the aggregator checked it: {outcome}"));
+                    return Ok(());
+                }
+                _ => return Err(UploadError::Aggregator(format!("the aggregator has no record of this upload ({status}); ask its operators"))),
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            progress(&format!("not checked within {} s; the aggregator checks it later on its own", aggregator.wait.as_secs()));
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Whether two URLs share scheme, host and port: the site's credentials
+/// go only where the handshake went.
+fn same_origin(a: &str, b: &str) -> bool {
+    match (reqwest::Url::parse(a), reqwest::Url::parse(b)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin(),
+        _ => false,
+    }
 }
 
 /// Runs `send` until it gets an answer that is not transient, at most
@@ -214,9 +265,15 @@ fn with_retries(
 }
 
 /// The first line of an answer, at most 200 characters; a JSON string
-/// (as aggregators send messages) without its quotes.
+/// (as aggregators send messages) without its quotes; of S3's XML error,
+/// its code and message.
 fn first_line(text: &str) -> String {
-    let text = serde_json::from_str::<String>(text).unwrap_or_else(|_| text.to_string());
+    let tag = |name: &str| Some(text.split(&format!("<{name}>")).nth(1)?.split(&format!("</{name}>")).next()?.to_string());
+    let text = match (tag("Code"), tag("Message")) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code,
+        _ => serde_json::from_str::<String>(text).unwrap_or_else(|_| text.to_string()),
+    };
     text.lines().next().unwrap_or("").chars().take(200).collect()
 }
 
@@ -253,7 +310,7 @@ mod tests {
 
     #[test]
     fn the_network_is_a_path_under_the_url() {
-        let mut a = Aggregator { url: "https://agg.example/".into(), network: None, user: "u".into(), site_id: "s".into() };
+        let mut a = Aggregator { url: "https://agg.example/".into(), network: None, user: "u".into(), site_id: "s".into(), wait: Duration::ZERO };
         assert_eq!(a.endpoint(), "https://agg.example/");
         a.network = Some("flu-net".into());
         assert_eq!(a.endpoint(), "https://agg.example/flu-net");
