@@ -71,13 +71,21 @@ fn delete(config: &Config, name: &str) -> Result<(), StorageError> {
 /// Sweeps at once (what a crash left), then every `every`, for as long as
 /// the server runs. A failed sweep is logged and tried again.
 pub async fn watch(config: Arc<Config>, every: Duration) {
+    // A failure is told once, not every few seconds while it lasts.
+    let mut last_failure = None;
     loop {
         let cfg = config.clone();
-        match tokio::task::spawn_blocking(move || sweep(&cfg)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => eprintln!("veil aggregator: cannot read the uploads waiting in {}: {e}", config.storage.location().join(STAGING)),
-            Err(_) => eprintln!("veil aggregator: a sweep of the staged uploads stopped unexpectedly"),
+        let failure = match tokio::task::spawn_blocking(move || sweep(&cfg)).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(format!("cannot read the uploads waiting in {}: {e}", config.storage.location().join(STAGING))),
+            Err(_) => Some("a sweep of the staged uploads stopped unexpectedly".to_string()),
+        };
+        match (&failure, &last_failure) {
+            (Some(now), before) if Some(now) != before.as_ref() => eprintln!("veil aggregator: {now}"),
+            (None, Some(_)) => eprintln!("veil aggregator: the staged uploads can be read again"),
+            _ => {}
         }
+        last_failure = failure;
         tokio::time::sleep(every).await;
     }
 }

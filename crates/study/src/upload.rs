@@ -195,7 +195,10 @@ pub fn upload(aggregator: &Aggregator, package: &Package, progress: &mut dyn FnM
     }
     match status_url {
         Some(url) if !aggregator.wait.is_zero() && same_origin(&url, &endpoint) => await_verdict(&http, aggregator, &url, progress),
-        _ => Ok(()),
+        _ => {
+            progress("the aggregator checks it on its own");
+            Ok(())
+        }
     }
 }
 
