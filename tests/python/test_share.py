@@ -7,7 +7,9 @@ $VEIL_TEST_S3_ROOT, keys $VEIL_TEST_S3_KEYS).
 create` makes the link, and then the research team's side is played by
 Azure's own Python client (azure-storage-blob), by plain HTTP, and by
 `veil fetch`. Each link must open exactly the shared export, write
-nothing, and stop working at expiry."""
+nothing, and stop working at expiry. `veil export -o s3://…` (pulling from
+a `veil serve` on loopback) must land a de-identified, checksummed export
+in the bucket."""
 import hashlib
 import json
 import os
@@ -172,7 +174,7 @@ class CloudShares(unittest.TestCase):
         # A container that does not exist is named before any work is done.
         r = self.veil("deid", "-c", "safe-harbor", "-b", "-i", self.small, "-o", f"az://missing-{self.tag}", check=False)
         self.assertEqual(r.returncode, 1)
-        self.assertIn("ContainerNotFound", r.stderr)
+        self.assertIn(f"az://missing-{self.tag}: the bucket or container does not exist", r.stderr)
         self.assertNotIn("resources in", r.stderr, "nothing was de-identified for nowhere")
 
         # veil fetch: every file, checked.
@@ -346,6 +348,47 @@ class CloudShares(unittest.TestCase):
             server.wait()
         self.assertFalse(os.listdir(os.path.join(research, folder)), "the job's objects are gone")
         self.assertNotIn(job, " ".join(os.listdir(work) + os.listdir(os.path.join(work, "research"))))
+
+    def test_export_pulls_from_a_bulk_server_into_s3(self):
+        root = need("VEIL_TEST_S3_ROOT")
+        bucket = f"pull-{self.tag}"
+        os.makedirs(os.path.join(root, bucket))
+        db = "sqlite:" + os.path.join(self.tmp, "ehr.db")
+        patients = os.path.join(self.small, "Patient.ndjson")
+        self.veil("load", "--db", db, patients, os.path.join(self.small, "Condition.ndjson"))
+        work = os.path.join(self.tmp, "pull-work")
+        with open(os.path.join(self.tmp, "ehr.log"), "w") as log:
+            server, base = listen("serve", "--db", db, "--storage", os.path.join(self.tmp, "ehr-storage"), "--insecure-no-auth", log=log)
+        try:
+            # A missing bucket is found before anything is asked of the server.
+            r = self.veil("export", "--from", base, "--deid", "safe-harbor", "-o", f"s3://missing-{self.tag}/x", "--work-dir", work, check=False)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("does not exist", r.stderr)
+            self.assertFalse(os.path.exists(work))
+            r = self.veil("export", "--from", base, "--type", "Patient,Condition", "--deid", "safe-harbor",
+                          "-o", f"s3://{bucket}/cohort-1", "--work-dir", work)
+        finally:
+            server.terminate()
+            server.wait()
+        self.assertIn(f"s3://{bucket}/cohort-1", r.stdout)
+        self.assertFalse(os.path.exists(work), "the work folder is removed once uploaded")
+        folder = os.path.join(root, bucket, "cohort-1")
+        with open(os.path.join(folder, "veil-manifest.json")) as f:
+            manifest = json.load(f)
+        names = sorted(f["path"] for f in manifest["files"])
+        self.assertIn("veil-export-manifest.json", names)
+        self.assertTrue(any(n.startswith("Patient.") for n in names) and any(n.startswith("Condition.") for n in names), names)
+        exported = b""
+        for f in manifest["files"]:
+            with open(os.path.join(folder, f["path"]), "rb") as h:
+                data = h.read()
+            self.assertEqual(sha256(data), f["sha256"], f["path"])
+            exported += data
+        # De-identified on the way in: no patient's family name reached the bucket.
+        with open(patients) as f:
+            families = {n["family"] for line in f for n in json.loads(line).get("name", []) if "family" in n}
+        self.assertTrue(families)
+        self.assertFalse([n for n in families if n.encode() in exported])
 
     def share_export(self, db, job, storage, work):
         r = self.veil("share", "create", "--db", db, "--export", job, "--storage", storage, "--work-dir", work)

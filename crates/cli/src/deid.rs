@@ -11,7 +11,7 @@ use serde_json::{Value as Json, json};
 use veil_deid::{Engine, OnError, Policy, Quarantined, Report, anonymize_ndjson};
 
 use crate::UsageError;
-use crate::output::{Progress, write_atomically};
+use crate::output::{Destination, Progress, open_cloud, upload_stage, write_atomically};
 
 /// De-identify FHIR R4 resources with a Microsoft FHIR anonymizer configuration.
 ///
@@ -91,16 +91,12 @@ pub(crate) fn read_policy(config: &str, command: &str) -> Result<Policy> {
 }
 
 pub(crate) fn run(mut args: Args) -> Result<ExitCode> {
-    let destination = match args.output.as_ref().and_then(|o| o.to_str()).filter(|o| o.contains("://")) {
-        Some(text) => Some(veil_storage::Location::parse(text).map_err(|e| UsageError(e.to_string()))?),
-        None => None,
-    };
-    match destination {
-        Some(veil_storage::Location::Local(dir)) => {
+    match args.output.as_deref().map(Destination::parse).transpose()? {
+        Some(Destination::Cloud(cloud)) => run_to_cloud(args, &cloud),
+        Some(Destination::Local(dir)) => {
             args.output = Some(dir);
             run_local(args)
         }
-        Some(cloud) => run_to_cloud(args, &cloud),
         None => run_local(args),
     }
 }
@@ -112,18 +108,11 @@ fn run_to_cloud(mut args: Args, destination: &veil_storage::Location) -> Result<
     if args.input_folder.is_none() && args.files.is_empty() {
         bail!(UsageError("standard input goes to standard output or a local file, not to cloud storage: give input files or -i".into()));
     }
-    let storage = veil_storage::Storage::open(destination)?;
-    // Before the work, not after it: a missing bucket or a refused key.
-    storage.check()?;
+    let storage = open_cloud(destination)?;
     let stage = std::env::temp_dir().join(format!("veil-deid-{}-{}", std::process::id(), veil_storage::now_secs()));
     fs::create_dir_all(&stage)?;
     args.output = Some(stage.clone());
-    let outcome = run_local(args).and_then(|code| {
-        let mut uploaded = 0;
-        let manifest = storage.upload_dir(&stage, &mut |_| uploaded += 1)?;
-        eprintln!("veil deid: uploaded {uploaded} files ({} bytes) and {} to {destination}", manifest.bytes(), veil_storage::MANIFEST_NAME);
-        Ok(code)
-    });
+    let outcome = run_local(args).and_then(|code| upload_stage("veil deid", &storage, &stage).map(|()| code));
     let _ = fs::remove_dir_all(&stage);
     outcome
 }

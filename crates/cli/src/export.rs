@@ -8,6 +8,7 @@ use anyhow::Result;
 use veil_bulk::{Auth, Client, ExportRequest, Level, Options};
 
 use crate::UsageError;
+use crate::output::{Destination, open_cloud, upload_stage};
 
 /// Pull data from any FHIR server's Bulk Data $export, de-identified on the way in.
 ///
@@ -26,9 +27,14 @@ use crate::UsageError;
 /// interruption, the same command with --resume continues without fetching
 /// finished files again.
 ///
+/// A cloud destination (s3://, az://, gs://) is checked first; the export
+/// is made in a local work folder (--work-dir, kept for --resume until the
+/// export is done), then uploaded with veil-manifest.json last.
+///
 ///   veil export --from https://ehr.example.org/fhir --group cohort-1 --type Patient,Immunization \
 ///     --client-id veil --private-key veil.pem --deid safe-harbor -o cohort-1/
 ///   veil export --from https://ehr.example.org/fhir --group cohort-1 … -o cohort-1/ --resume
+///   veil export --from … --deid safe-harbor -o s3://research-drop/cohort-1
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub(crate) struct Args {
@@ -62,9 +68,14 @@ pub(crate) struct Args {
     /// With --deid, also keep the raw files here.
     #[arg(long, value_name = "DIR", requires = "deid")]
     keep_raw: Option<PathBuf>,
-    /// The destination folder.
-    #[arg(short, long, value_name = "DIR")]
+    /// The destination: a folder, or s3://bucket/prefix, az://container/prefix, gs://bucket/prefix.
+    #[arg(short, long, value_name = "DIR|URL")]
     output: PathBuf,
+    /// With a cloud destination: the local folder the export is made in
+    /// before it is uploaded; default: one in the temporary folder, named
+    /// after the destination (so that --resume finds it).
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
     /// Continue the interrupted export in the destination.
     #[arg(long)]
     resume: bool,
@@ -117,7 +128,16 @@ pub(crate) fn run(a: Args) -> Result<ExitCode> {
     };
     let engine = a.deid.as_deref().map(|config| crate::deid::read_policy(config, "veil export")).transpose()?.map(veil_deid::Engine::new);
     let client = Client::new(&a.from, auth);
-    let options = Options { dest: a.output.clone(), concurrency: a.concurrency, deid: engine.as_ref(), keep_raw: a.keep_raw.clone(), resume: a.resume };
+    let (dest, cloud) = match Destination::parse(&a.output)? {
+        Destination::Local(dir) => (dir, None),
+        Destination::Cloud(location) => {
+            let storage = open_cloud(&location)?;
+            let stage = a.work_dir.clone().unwrap_or_else(|| work_dir_for(&location));
+            create_private_dir(&stage)?;
+            (stage, Some((location, storage)))
+        }
+    };
+    let options = Options { dest: dest.clone(), concurrency: a.concurrency, deid: engine.as_ref(), keep_raw: a.keep_raw.clone(), resume: a.resume };
     let started = std::time::Instant::now();
     // On a terminal the per-file lines ("[12/40] …") become one bar that
     // moves; elsewhere (a log) every line is kept.
@@ -131,10 +151,21 @@ pub(crate) fn run(a: Args) -> Result<ExitCode> {
     if terminal {
         eprintln!();
     }
+    if result.is_err() && cloud.is_some() {
+        eprintln!("veil export: what was fetched is kept in {}; the same command with --resume continues", dest.display());
+    }
     let summary = result.map_err(|e| match e {
         veil_bulk::BulkError::Destination(m) => anyhow::Error::from(UsageError(m)),
         other => other.into(),
     })?;
+    let into = match &cloud {
+        Some((location, storage)) => {
+            upload_stage("veil export", storage, &dest)?;
+            std::fs::remove_dir_all(&dest).map_err(|e| anyhow::anyhow!("cannot remove the work folder {}: {e}", dest.display()))?;
+            location.to_string()
+        }
+        None => dest.display().to_string(),
+    };
     let total: u64 = summary.resources.values().sum();
     let per_type: Vec<String> = summary.resources.iter().map(|(t, n)| format!("{t} {n}")).collect();
     println!(
@@ -142,7 +173,7 @@ pub(crate) fn run(a: Args) -> Result<ExitCode> {
         summary.files,
         per_type.join(", "),
         started.elapsed().as_secs_f64(),
-        a.output.display(),
+        into,
         if a.deid.is_some() { ", de-identified" } else { "" }
     );
     if summary.deleted > 0 {
@@ -161,6 +192,23 @@ pub(crate) fn run(a: Args) -> Result<ExitCode> {
         println!("{} deleted/error files were not kept: they are not de-identified", summary.not_kept);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The default work folder for a cloud destination: the same one each time
+/// (so that --resume finds it), in the temporary folder.
+fn work_dir_for(location: &veil_storage::Location) -> PathBuf {
+    let digest = veil_storage::digest(location.to_string().as_bytes()).map(|(sha, _)| sha).unwrap_or_default();
+    std::env::temp_dir().join(format!("veil-export-{}", &digest[..16]))
+}
+
+/// A folder only this user can read: without --deid it holds the
+/// server's data as it came.
+fn create_private_dir(dir: &std::path::Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|e| anyhow::anyhow!("cannot create the work folder {}: {e}", dir.display()))
 }
 
 /// `[12/40] Patient.003.ndjson: 300 resources` as a bar:

@@ -1,11 +1,53 @@
-//! Writing results: files that appear whole or not at all, and progress
-//! on a terminal.
+//! Writing results: files that appear whole or not at all, cloud
+//! destinations (work staged in a local folder, then uploaded with the
+//! manifest last), and progress on a terminal.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, IsTerminal};
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
+use veil_storage::{Location, Storage};
+
+use crate::UsageError;
+
+/// Where `-o` points: a local folder, or a cloud location that the work is
+/// staged for locally and then uploaded to.
+pub(crate) enum Destination {
+    Local(std::path::PathBuf),
+    Cloud(Location),
+}
+
+impl Destination {
+    /// Reads `-o`: `s3://`, `az://`, `abfss://`, `gs://` are cloud
+    /// locations; anything else (`file://` too) is a local folder.
+    pub(crate) fn parse(text: &Path) -> Result<Destination> {
+        let Some(url) = text.to_str().filter(|t| t.contains("://")) else {
+            return Ok(Destination::Local(text.to_path_buf()));
+        };
+        Ok(match Location::parse(url).map_err(|e| UsageError(e.to_string()))? {
+            Location::Local(dir) => Destination::Local(dir),
+            cloud => Destination::Cloud(cloud),
+        })
+    }
+}
+
+/// Opens a cloud destination and checks it before any work is done for
+/// it: a missing bucket or a refused key is found now, not after an hour.
+pub(crate) fn open_cloud(location: &Location) -> Result<Storage> {
+    let storage = Storage::open(location)?;
+    storage.check()?;
+    Ok(storage)
+}
+
+/// Uploads every file of the finished folder `stage`, the manifest last
+/// (a reader who finds it finds everything), and says so.
+pub(crate) fn upload_stage(command: &str, storage: &Storage, stage: &Path) -> Result<()> {
+    let mut uploaded = 0;
+    let manifest = storage.upload_dir(stage, &mut |_| uploaded += 1)?;
+    eprintln!("{command}: uploaded {uploaded} files ({} bytes) and {} to {}", manifest.bytes(), veil_storage::MANIFEST_NAME, storage.location());
+    Ok(())
+}
 
 /// Writes `path` through a temporary file in the same folder, renamed into
 /// place only when complete, so that an interrupted run never leaves a

@@ -185,9 +185,12 @@ impl Storage {
     pub fn check(&self) -> Result<(), StorageError> {
         let prefix = (!self.root.is_empty()).then(|| ObjectPath::from(self.root.as_str()));
         let first = self.runtime.block_on(async { self.store().list(prefix.as_ref()).next().await.transpose() });
+        let missing = || StorageError::Location(format!("{}: the bucket or container does not exist (Veil does not create it)", self.location));
         match first {
             Ok(_) => Ok(()),
-            Err(object_store::Error::NotFound { .. }) => Err(StorageError::Location(format!("{}: the bucket or container does not exist (Veil does not create it)", self.location))),
+            Err(object_store::Error::NotFound { .. }) => Err(missing()),
+            // A listing's 404 reaches object_store as a generic error.
+            Err(e) if ["NoSuchBucket", "ContainerNotFound"].iter().any(|code| describe(&e).ends_with(code)) => Err(missing()),
             Err(e) => Err(self.failed("")(e)),
         }
     }
