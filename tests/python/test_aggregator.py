@@ -113,6 +113,10 @@ class ThreeSites(unittest.TestCase):
         for site in SITES:
             run = self.upload(site)
             self.assertEqual(run.returncode, 0, f"{site}: {run.stdout}{run.stderr}")
+            if site != "site_c":
+                # veil upload reports the verdict: from the upload's answer,
+                # or with S3 storage by asking the aggregator after S3's 204.
+                self.assertIn("the aggregator checked it: accepted", run.stderr)
         uploads = {(u["site"], u["outcome"]) for u in self.settled(len(SITES))}
         self.assertEqual(uploads, {(s, "accepted") for s in SITES}, "cumulus-library's upload was accepted too")
 
@@ -283,6 +287,19 @@ class ThreeSitesOnS3(ThreeSites):
                 verdict = self.verdict("site_b", transaction)
                 self.assertEqual(verdict["state"], "refused")
                 self.assertTrue(verdict["message"], "the site is told why")
+        # veil upload of a package its own checks let through (allowed names,
+        # meta_date present) but the aggregator refuses: the site hears why.
+        data_path = os.path.join(self.tmp, "bad-package")
+        os.makedirs(os.path.join(data_path, "flu"))
+        with zipfile.ZipFile(os.path.join(data_path, "flu", "flu.zip"), "w") as z:
+            z.writestr("flu__count_vaccinated.cube.parquet", b"not parquet")
+            z.writestr("flu__meta_date.meta.parquet", b"not parquet either")
+        env = dict(os.environ, CUMULUS_AGGREGATOR_USER="site_b-uploader", CUMULUS_AGGREGATOR_ID=self.secrets["site_b"])
+        run = subprocess.run([VEIL, "upload", "flu", "--url", self.url + "/", "--data-path", data_path],
+                             env=env, capture_output=True, text=True, timeout=300)
+        self.assertNotEqual(run.returncode, 0)
+        self.assertIn("uploaded flu (204)", run.stderr, "S3 took it")
+        self.assertIn("the aggregator refused the upload: ", run.stderr)
         self.assertEqual(self.objects("upload_staging"), [], "refused uploads are removed")
         self.assertEqual(self.objects("archive"), archived, "and never archived")
         self.assertEqual({p["id"]: p["last_data_update"] for p in self.get("/data-packages")}, before, "nothing changed")

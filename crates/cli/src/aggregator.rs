@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use veil_aggregator::Ledger;
 use veil_aggregator::http::{Config, router};
 use veil_aggregator::package::{Limits, is_identifier};
@@ -281,8 +281,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     }
     let ledger = Arc::new(a.db.open()?);
     let location = veil_storage::Location::parse(&a.storage).map_err(|e| UsageError(e.to_string()))?;
-    let storage = veil_storage::Storage::open(&location).with_context(|| format!("cannot open {location}"))?;
-    storage.check().map_err(|e| UsageError(format!("cannot use {location} for uploads: {e}")))?;
+    let storage = crate::output::open_checked(&location).map_err(|e| UsageError(format!("cannot use {location} for uploads: {e}")))?;
     let runtime = tokio::runtime::Runtime::new()?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind(a.listen)).map_err(|e| UsageError(format!("cannot listen on {}: {e}", a.listen)))?;
     let addr = listener.local_addr()?;

@@ -11,7 +11,7 @@ use serde_json::{Value as Json, json};
 use veil_deid::{Engine, OnError, Policy, Quarantined, Report, anonymize_ndjson};
 
 use crate::UsageError;
-use crate::output::{Destination, Progress, open_cloud, upload_stage, write_atomically};
+use crate::output::{Destination, Progress, open_checked, upload_stage, write_atomically};
 
 /// De-identify FHIR R4 resources with a Microsoft FHIR anonymizer configuration.
 ///
@@ -108,7 +108,7 @@ fn run_to_cloud(mut args: Args, destination: &veil_storage::Location) -> Result<
     if args.input_folder.is_none() && args.files.is_empty() {
         bail!(UsageError("standard input goes to standard output or a local file, not to cloud storage: give input files or -i".into()));
     }
-    let storage = open_cloud(destination)?;
+    let storage = open_checked(destination)?;
     let stage = std::env::temp_dir().join(format!("veil-deid-{}-{}", std::process::id(), veil_storage::now_secs()));
     fs::create_dir_all(&stage)?;
     args.output = Some(stage.clone());

@@ -8,7 +8,7 @@ use anyhow::Result;
 use veil_bulk::{Auth, Client, ExportRequest, Level, Options};
 
 use crate::UsageError;
-use crate::output::{Destination, open_cloud, upload_stage};
+use crate::output::{Destination, open_checked, upload_stage};
 
 /// Pull data from any FHIR server's Bulk Data $export, de-identified on the way in.
 ///
@@ -131,7 +131,7 @@ pub(crate) fn run(a: Args) -> Result<ExitCode> {
     let (dest, cloud) = match Destination::parse(&a.output)? {
         Destination::Local(dir) => (dir, None),
         Destination::Cloud(location) => {
-            let storage = open_cloud(&location)?;
+            let storage = open_checked(&location)?;
             let stage = a.work_dir.clone().unwrap_or_else(|| work_dir_for(&location));
             create_private_dir(&stage)?;
             (stage, Some((location, storage)))
@@ -197,7 +197,7 @@ pub(crate) fn run(a: Args) -> Result<ExitCode> {
 /// The default work folder for a cloud destination: the same one each time
 /// (so that --resume finds it), in the temporary folder.
 fn work_dir_for(location: &veil_storage::Location) -> PathBuf {
-    let digest = veil_storage::digest(location.to_string().as_bytes()).map(|(sha, _)| sha).unwrap_or_default();
+    let (digest, _) = veil_storage::digest(location.to_string().as_bytes()).expect("reading memory cannot fail");
     std::env::temp_dir().join(format!("veil-export-{}", &digest[..16]))
 }
 

@@ -32,9 +32,9 @@ impl Destination {
     }
 }
 
-/// Opens a cloud destination and checks it before any work is done for
-/// it: a missing bucket or a refused key is found now, not after an hour.
-pub(crate) fn open_cloud(location: &Location) -> Result<Storage> {
+/// Opens a destination and checks it before any work is done for it: a
+/// missing bucket or a refused key is found now, not after an hour.
+pub(crate) fn open_checked(location: &Location) -> Result<Storage> {
     let storage = Storage::open(location)?;
     storage.check()?;
     Ok(storage)
