@@ -3,7 +3,7 @@
 //! with Retry-After while polling, connections dropped mid-file, and files
 //! that stop answering (an interrupted export, then resumed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -110,8 +110,13 @@ struct Faults {
     poll_429: AtomicUsize,
     /// Files whose first response is cut off halfway.
     cut_first_try: AtomicBool,
-    /// File requests answered 401 (a token the server no longer takes).
+    /// Files whose first request is answered 401 (a token the server no
+    /// longer takes). Each file is refused once at most: files download in
+    /// parallel, and a budget shared by all could refuse one file's retry
+    /// too, with the fresh token, which the client rightly takes as final.
     file_401: AtomicUsize,
+    /// The files refused so far.
+    refused_401: Mutex<BTreeSet<String>>,
     /// Token requests seen.
     tokens: AtomicUsize,
     /// After this many whole files, every file request fails (an outage).
@@ -137,8 +142,12 @@ async fn forward(State((upstream, faults)): State<(String, Arc<Faults>)>, reques
     if is_status && take(&faults.poll_429) {
         return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")], "slow down").into_response();
     }
-    if is_file && take(&faults.file_401) {
-        return (StatusCode::UNAUTHORIZED, "the token has expired").into_response();
+    if is_file {
+        let mut refused = faults.refused_401.lock().unwrap();
+        if !refused.contains(&path) && take(&faults.file_401) {
+            refused.insert(path.clone());
+            return (StatusCode::UNAUTHORIZED, "the token has expired").into_response();
+        }
     }
     let mut tries = 0;
     if is_file {
