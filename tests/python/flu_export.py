@@ -5,6 +5,7 @@ the Synthea sample as NDJSON, de-identified by `veil deid` with the policy
 `veil`."""
 import atexit
 import functools
+import json
 import os
 import shutil
 import socket
@@ -57,15 +58,25 @@ def build():
 
 def flu_sites(tmp, sites):
     """One `flu` data package per site, each from the K-th of len(sites)
-    disjoint sets of the sample's patients (`bench/synthea-ndjson.py --part`);
-    {site: its data path}."""
+    disjoint sets of the sample's patients (`bench/synthea-ndjson.py --part`),
+    de-identified by `veil deid` with the study's preset policy and the
+    site's own keys, as each hospital would; {site: its data path}."""
+    preset = os.path.join(tmp, "flu-policy.json")
+    veil("export-preset", "flu", "--policy", preset)
+    with open(preset) as f:
+        policy = json.load(f)
     data_paths = {}
     for k, site in enumerate(sites, start=1):
-        raw = os.path.join(tmp, site, "raw")
+        raw, deid = os.path.join(tmp, site, "raw"), os.path.join(tmp, site, "deid")
         subprocess.run([sys.executable, os.path.join(ROOT, "bench", "synthea-ndjson.py"), raw,
                         "--part", f"{k}/{len(sites)}", "--types", "Patient,Immunization"], check=True)
+        policy["parameters"].update(dateShiftKey=f"{site}-date-shift-key", cryptoHashKey=f"{site}-crypto-hash-key")
+        site_policy = os.path.join(tmp, site, "policy.json")
+        with open(site_policy, "w") as f:
+            json.dump(policy, f)
+        veil("deid", "-c", site_policy, "-b", "-i", raw, "-o", deid)
         build = os.path.join(tmp, site, "build")
-        veil("study", "build", "flu", "--input", raw, "--build-dir", build)
+        veil("study", "build", "flu", "--input", deid, "--build-dir", build)
         data_paths[site] = os.path.join(tmp, site, "data_export")
         veil("study", "export", "flu", "--build-dir", build, "--data-path", data_paths[site])
     return data_paths

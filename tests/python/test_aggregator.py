@@ -2,12 +2,13 @@
 Parquet files, read here with pyarrow.
 
 Each site holds a disjoint third of the Synthea sample's patients
-(`bench/synthea-ndjson.py --part K/3`), builds and exports the `flu` study
-with Veil, and uploads it with its own credentials: two with `veil upload`,
-the third with the real `cumulus-library upload` from PyPI, through the
-network path (`--network`). The merged cubes the aggregator serves must be,
-cell by cell, the sums of the sites' cubes (plus each site's own rows under
-its name), and no merged cell may be under the minimum cell size.
+(`bench/synthea-ndjson.py --part K/3`), de-identifies it with its own keys,
+builds and exports the `flu` study with Veil, and uploads it with its own
+credentials: two with `veil upload`, the third with the real
+`cumulus-library upload` from PyPI, through the network path (`--network`).
+The merged cubes the aggregator serves must be, cell by cell, the sums of
+the sites' cubes (plus each site's own rows under its name), and no merged
+cell may be under the minimum cell size.
 
 `ThreeSitesOnS3` runs the same checks with the aggregator's storage in S3
 (s3s-fs, which checks POST policies and signatures as S3 does; scripts/test
