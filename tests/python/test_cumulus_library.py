@@ -9,7 +9,7 @@ prefetch with Basic auth answered by `{url, fields}`, then a multipart POST
 of the fields and the file, answered 204. The bytes that arrive must be the
 zip Veil wrote. `veil upload` is held to the same stand-in: it must send
 what the real client sends, retry a transient failure, and explain a
-refusal without printing the site's id. (The aggregator itself is another
+refusal or a lasting failure without printing the site's id. (The aggregator itself is another
 issue.)
 """
 import base64
@@ -118,6 +118,11 @@ class CumulusLibrary(unittest.TestCase):
                 self.assertIn(words, run.stderr)
                 self.assertEqual(len(received), 1, "no upload after a refusal")
                 self.assertNotIn("secret-site-id", run.stdout + run.stderr)
+        # An aggregator that keeps failing: three tries, then plain words.
+        run, received = self.send(self.veil_upload, refusals=[500, 502, 503])
+        self.assertNotEqual(run.returncode, 0)
+        self.assertEqual(len(received), 3, "three tries, no upload")
+        self.assertIn("the aggregator kept failing (503): try again later", run.stderr)
         # A preview contacts nobody and shows no secret.
         run, received = self.send(lambda url: self.veil_upload(url) + ["--preview"])
         self.assertEqual(run.returncode, 0, run.stderr)
