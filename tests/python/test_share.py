@@ -202,10 +202,12 @@ class CloudShares(unittest.TestCase):
         container = f"export-expiring-{self.tag}"
         self.azure.create_container(container)
         self.export_to(f"az://{container}")
-        link = self.share(f"az://{container}", "3s")
+        # Expiry is signed in whole seconds, and the link is used once
+        # before it: a few seconds of margin for a loaded machine.
+        link = self.share(f"az://{container}", "6s")
         team = ContainerClient.from_container_url(link)
         self.assertTrue(list(team.list_blobs()))
-        time.sleep(5)
+        time.sleep(8)
         with self.assertRaises(HttpResponseError) as e:
             list(team.list_blobs())
         self.assertEqual(e.exception.status_code, 403)
@@ -274,9 +276,11 @@ class CloudShares(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assert_fetched(out, manifest)
 
-        short = self.share(f"s3://{bucket}/exports/run-1", "2s")
+        # X-Amz-Date is in whole seconds and the share manifest is uploaded
+        # after signing: a few seconds of margin before the first use.
+        short = self.share(f"s3://{bucket}/exports/run-1", "5s")
         first = json.loads(http_get(short)[1])["files"][0]["url"]
-        time.sleep(4)
+        time.sleep(7)
         self.assertEqual(http_get(short)[0], 403)
         self.assertEqual(http_get(first)[0], 403)
         r = self.fetch(short, os.path.join(self.tmp, "fetched-s3-expired"))
