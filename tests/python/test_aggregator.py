@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import unittest
 import time
 import urllib.error
@@ -110,6 +111,30 @@ class ThreeSites(unittest.TestCase):
         strata = [c for c in rows[0] if c != "cnt"]
         return strata, {tuple(str(r[c]) if r[c] is not None else None for c in strata): r["cnt"] for r in rows}
 
+    def handshake(self, site, transaction=None):
+        """A site's upload form, asked for by hand (with `transaction`, the
+        lock that transaction holds is entered again): (url, fields,
+        transaction)."""
+        headers = {"transaction-id": transaction} if transaction else {}
+        r = requests.post(self.url + "/flu-net", json={"study": "flu", "data_package_version": 1, "filename": f"{site}_flu.zip"},
+                          auth=(f"{site}-uploader", self.secrets[site]), headers=headers)
+        self.assertEqual(r.status_code, 200, r.text)
+        answer = r.json()
+        return answer["url"], answer["fields"], r.headers["transaction-id"]
+
+    def post(self, url, fields, body):
+        return requests.post(url, data=fields, files={"file": ("upload.zip", body)})
+
+    def verdict(self, site, transaction):
+        """What the aggregator says became of an upload, once it has checked it."""
+        for _ in range(100):
+            r = requests.get(f"{self.url}/upload/{transaction}", auth=(f"{site}-uploader", self.secrets[site]))
+            self.assertEqual(r.status_code, 200, r.text)
+            if r.json()["state"] != "waiting":
+                return r.json()
+            time.sleep(0.2)
+        self.fail("the upload was never checked")
+
     def test_1_each_site_uploads_and_the_merge_is_the_sum(self):
         for site in SITES:
             run = self.upload(site)
@@ -183,8 +208,83 @@ class ThreeSites(unittest.TestCase):
             self.assertNotIn(secret, log)
 
 
-if __name__ == "__main__":
-    unittest.main()
+    def settle(self):
+        """Waits for uploads the aggregator has still to check (none here:
+        a local upload is checked before its answer)."""
+
+    def merged_contributions(self):
+        """Every merged cube as {table: {site: {strata: cnt}}}, after checking
+        that each cross-site cell is the sum of the sites' cells."""
+        tables = {}
+        for package in self.get("/data-packages"):
+            merged = self.get(f"/data-packages/{package['id']}/download?type=json")
+            by_site, summed = collections.defaultdict(dict), {}
+            for row in merged["rows"]:
+                strata = tuple(str(v) if v is not None else None for v in row[1:-1])
+                if row[-1] is None:
+                    summed[strata] = row[0]
+                else:
+                    by_site[row[-1]][strata] = row[0]
+            expected = collections.Counter()
+            for cells in by_site.values():
+                expected.update(cells)
+            self.assertEqual(summed, dict(expected), f"{package['name']}: every cross-site cell is the sum of the sites'")
+            tables[package["name"]] = by_site
+        return tables
+
+    def test_6_a_killed_aggregator_leaves_each_upload_whole_or_absent(self):
+        """SIGKILL at points spread over an upload's life (receiving, checking,
+        merging, answering; with S3, the sweep): afterwards site_a's
+        contribution is all of one package or all of the other, in every
+        table at once, and every cross-site sum still holds."""
+        packages = {}
+        for source in ("site_a", "site_b"):
+            with open(os.path.join(self.data_paths[source], "flu", "flu.zip"), "rb") as f:
+                packages[source] = f.read()
+        cubes = {source: {t: self.site_cube(source, t)[1] for t in ("count_vaccinated", "count_doses")} for source in packages}
+
+        def contributed():
+            """Which package site_a's merged rows are, in every table at once."""
+            self.settle()
+            found = {t: by_site["site_a"] for t, by_site in self.merged_contributions().items()}
+            sources = [source for source, cube in cubes.items() if found == cube]
+            self.assertEqual(len(sources), 1, "site_a's rows are one whole package")
+            return sources[0]
+
+        # One upload undisturbed (site_b's package, sent as site_a's), timed
+        # from the post to the verdict.
+        url, fields, transaction = self.handshake("site_a")
+        started = time.monotonic()
+        self.assertEqual(self.post(url, fields, packages["site_b"]).status_code, 204)
+        self.assertEqual(self.verdict("site_a", transaction)["state"], "accepted")
+        duration = time.monotonic() - started
+        self.assertEqual(contributed(), "site_b")
+
+        seen = collections.Counter()
+        for step in range(12):
+            source = ("site_a", "site_b")[step % 2]
+            # The killed upload may still hold the lock: its transaction enters it again.
+            url, fields, transaction = self.handshake("site_a", transaction)
+            sender = threading.Thread(target=lambda: self.post_ignoring_errors(url, fields, packages[source]))
+            sender.start()
+            time.sleep(duration * step / 10)
+            self.server.kill()
+            self.server.wait()
+            sender.join()
+            type(self).start()
+            seen[contributed() == source] += 1
+        # Put site_a's own package back for whatever runs next.
+        url, fields, transaction = self.handshake("site_a", transaction)
+        self.assertEqual(self.post(url, fields, packages["site_a"]).status_code, 204)
+        self.assertIn(self.verdict("site_a", transaction)["state"], ("accepted", "unchanged"))
+        self.assertEqual(contributed(), "site_a")
+        print(f"\n  killed 12 uploads: {seen[True]} merged whole, {seen[False]} left out whole", file=sys.stderr)
+
+    def post_ignoring_errors(self, url, fields, body):
+        try:
+            self.post(url, fields, body)
+        except requests.RequestException:
+            pass  # the aggregator was killed under it
 
 
 def need(name):
@@ -219,6 +319,9 @@ class ThreeSitesOnS3(ThreeSites):
         top = os.path.join(self.bucket_dir, "aggregator", below)
         return sorted(os.path.relpath(os.path.join(d, f), top) for d, _, files in os.walk(top) for f in files)
 
+    def settle(self):
+        self.staging_emptied("the sweep takes every upload in the bucket")
+
     def staging_emptied(self, why):
         """Waits for the staging area to empty. The aggregator records an
         upload's verdict before it deletes the staged object (so that a
@@ -229,27 +332,6 @@ class ThreeSitesOnS3(ThreeSites):
                 return
             time.sleep(0.2)
         self.assertEqual(self.objects("upload_staging"), [], why)
-
-    def handshake(self, site):
-        """A site's upload form, asked for by hand: (url, fields, transaction)."""
-        r = requests.post(self.url + "/flu-net", json={"study": "flu", "data_package_version": 1, "filename": f"{site}_flu.zip"},
-                          auth=(f"{site}-uploader", self.secrets[site]))
-        self.assertEqual(r.status_code, 200, r.text)
-        answer = r.json()
-        return answer["url"], answer["fields"], r.headers["transaction-id"]
-
-    def post(self, url, fields, body):
-        return requests.post(url, data=fields, files={"file": ("upload.zip", body)})
-
-    def verdict(self, site, transaction):
-        """What the aggregator says became of an upload, once it has checked it."""
-        for _ in range(100):
-            r = requests.get(f"{self.url}/upload/{transaction}", auth=(f"{site}-uploader", self.secrets[site]))
-            self.assertEqual(r.status_code, 200, r.text)
-            if r.json()["state"] != "waiting":
-                return r.json()
-            time.sleep(0.2)
-        self.fail("the upload was never checked")
 
     # These run after test_1 (unittest orders them by name): each site has
     # uploaded its package once, and all three have been checked.
@@ -327,3 +409,7 @@ class ThreeSitesOnS3(ThreeSites):
             type(self).start()
         self.assertEqual(self.verdict("site_c", transaction)["state"], "unchanged")
         self.staging_emptied("a checked upload is removed from the bucket")
+
+
+if __name__ == "__main__":
+    unittest.main()
