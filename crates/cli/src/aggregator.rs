@@ -28,8 +28,9 @@ use crate::UsageError;
 ///   # at the site:
 ///   CUMULUS_AGGREGATOR_USER=bch-uploader CUMULUS_AGGREGATOR_ID=<secret> \
 ///     veil upload flu --url http://127.0.0.1:8090/
-///   # anyone with the key:
-///   curl -H "x-api-key: $KEY" 'http://127.0.0.1:8090/data-packages/flu__count_vaccinated__001/chart?column=year&stratifier=site'
+///   # anyone with the key: doses by year, a series per site
+///   curl -H "x-api-key: $KEY" \
+///     'http://127.0.0.1:8090/data-packages/flu__count_doses__001/chart?column=year&stratifier=site'
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub(crate) struct Args {
