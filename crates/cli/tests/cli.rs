@@ -107,6 +107,8 @@ fn demo_runs_on_the_bundled_sample() {
     let dir = std::env::temp_dir().join(format!("veil-demo-{}", std::process::id()));
     let out = veil(&["demo", "--out", dir.to_str().unwrap()], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // A panic on a thread the demo does not wait for would not change its exit code.
+    assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("Loaded 38971 resources from 103 files"), "{stdout}");
     // 100 patients, each with a name: the HumanName rule selects at least those.

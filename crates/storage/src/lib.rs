@@ -72,9 +72,22 @@ pub struct Storage {
     location: Location,
     backend: Backend,
     root: String,
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until dropped; see [`Storage::block_on`] and the `Drop` impl.
+    runtime: Option<tokio::runtime::Runtime>,
     /// For S3: where POST uploads go and the region that signs them.
     s3_bucket: Option<S3Bucket>,
+}
+
+/// Servers keep a `Storage` in their state, which their runtime drops on
+/// one of its threads, where tokio forbids the blocking shutdown of a
+/// dropped runtime. Every call has finished by then (the API is blocking),
+/// so the runtime is let go without waiting.
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 struct S3Bucket {
@@ -142,12 +155,17 @@ impl Storage {
             }
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        Ok(Storage { location: location.clone(), backend, root, runtime, s3_bucket })
+        Ok(Storage { location: location.clone(), backend, root, runtime: Some(runtime), s3_bucket })
     }
 
     /// Opens a destination written as text (see [`Location::parse`]).
     pub fn open_str(text: &str) -> Result<Storage, StorageError> {
         Storage::open(&Location::parse(text)?)
+    }
+
+    /// Runs `future` to completion on this storage's own runtime.
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.as_ref().expect("the runtime lives as long as the storage").block_on(future)
     }
 
     /// Where this is.
@@ -184,7 +202,7 @@ impl Storage {
     /// exists and the credentials open it) before work is done for it.
     pub fn check(&self) -> Result<(), StorageError> {
         let prefix = (!self.root.is_empty()).then(|| ObjectPath::from(self.root.as_str()));
-        let first = self.runtime.block_on(async { self.store().list(prefix.as_ref()).next().await.transpose() });
+        let first = self.block_on(async { self.store().list(prefix.as_ref()).next().await.transpose() });
         let missing = || StorageError::Location(format!("{}: the bucket or container does not exist (Veil does not create it)", self.location));
         match first {
             Ok(_) => Ok(()),
@@ -199,7 +217,7 @@ impl Storage {
     pub fn put_bytes(&self, name: &str, bytes: Vec<u8>) -> Result<FileEntry, StorageError> {
         let path = self.path(name)?;
         let (sha256, size) = digest(bytes.as_slice())?;
-        self.runtime.block_on(self.store().put(&path, PutPayload::from(bytes))).map_err(self.failed(name))?;
+        self.block_on(self.store().put(&path, PutPayload::from(bytes))).map_err(self.failed(name))?;
         Ok(FileEntry { path: name.to_string(), size, sha256 })
     }
 
@@ -219,7 +237,7 @@ impl Storage {
         let mut hasher = sha2::Sha256::new();
         let mut size = 0u64;
         let store = self.store();
-        let result: Result<(), StorageError> = self.runtime.block_on(async {
+        let result: Result<(), StorageError> = self.block_on(async {
             let upload = store.put_multipart(&path).await.map_err(self.failed(name))?;
             let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
             let mut buf = vec![0u8; PART_SIZE];
@@ -267,7 +285,7 @@ impl Storage {
     /// Reads `name` whole.
     pub fn get(&self, name: &str) -> Result<Vec<u8>, StorageError> {
         let path = self.path(name)?;
-        let bytes = self.runtime.block_on(async { self.store().get(&path).await?.bytes().await }).map_err(self.failed(name))?;
+        let bytes = self.block_on(async { self.store().get(&path).await?.bytes().await }).map_err(self.failed(name))?;
         Ok(bytes.to_vec())
     }
 
@@ -294,7 +312,7 @@ impl Storage {
     pub fn list_below(&self, dir: &str) -> Result<Vec<String>, StorageError> {
         let below = [self.root.as_str(), dir].into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join("/");
         let prefix = (!below.is_empty()).then(|| ObjectPath::from(below.as_str()));
-        let mut names: Vec<String> = self.runtime.block_on(async {
+        let mut names: Vec<String> = self.block_on(async {
             let mut out = Vec::new();
             let mut listing = self.store().list(prefix.as_ref());
             while let Some(meta) = listing.next().await {
@@ -336,7 +354,7 @@ impl Storage {
     /// Deletes `name`.
     pub fn delete(&self, name: &str) -> Result<(), StorageError> {
         let path = self.path(name)?;
-        self.runtime.block_on(self.store().delete(&path)).map_err(self.failed(name))
+        self.block_on(self.store().delete(&path)).map_err(self.failed(name))
     }
 
     /// A form that uploads one object, `name`, of at most `max_bytes`, until
@@ -347,7 +365,7 @@ impl Storage {
         let (Backend::S3(s3), Some(bucket)) = (&self.backend, &self.s3_bucket) else {
             return Err(StorageError::Unsupported(format!("{}: presigned POST uploads are S3's", self.location)));
         };
-        let credential = self.runtime.block_on(s3.credentials().get_credential()).map_err(self.failed(name))?;
+        let credential = self.block_on(s3.credentials().get_credential()).map_err(self.failed(name))?;
         let now = now_secs();
         let grant = s3_post::PostGrant { bucket: &bucket.name, region: &bucket.region, key: path.as_ref(), max_bytes, now, expires: now + lifetime.as_secs() };
         let signer = s3_post::Signer { key_id: &credential.key_id, secret_key: &credential.secret_key, token: credential.token.as_deref() };
@@ -359,8 +377,8 @@ impl Storage {
     pub fn presigned_get(&self, name: &str, lifetime: Duration) -> Result<String, StorageError> {
         let path = self.path(name)?;
         let url = match &self.backend {
-            Backend::S3(s3) => self.runtime.block_on(s3.signed_url(reqwest::Method::GET, &path, lifetime)).map_err(self.failed(name))?,
-            Backend::Gcs(gcs) => self.runtime.block_on(gcs.signed_url(reqwest::Method::GET, &path, lifetime)).map_err(self.failed(name))?,
+            Backend::S3(s3) => self.block_on(s3.signed_url(reqwest::Method::GET, &path, lifetime)).map_err(self.failed(name))?,
+            Backend::Gcs(gcs) => self.block_on(gcs.signed_url(reqwest::Method::GET, &path, lifetime)).map_err(self.failed(name))?,
             Backend::Azure(_) => {
                 return Err(StorageError::Unsupported("an Azure share names a stored access policy: use Storage::azure_blob_sas".into()));
             }

@@ -37,3 +37,16 @@ fn a_folder_is_uploaded_with_its_manifest_last_and_reads_back() {
     let _ = std::fs::remove_dir_all(&source);
     let _ = std::fs::remove_dir_all(&dest);
 }
+
+#[test]
+fn a_storage_can_be_dropped_in_async_code() {
+    // A server keeps its Storage in its state, which its runtime drops on
+    // a worker thread when it stops. The Storage's own runtime must not
+    // panic there (tokio refuses to block in an async context).
+    let dir = temp("dropped-async");
+    let storage = Storage::open(&Location::Local(dir.clone())).unwrap();
+    storage.put_bytes("a.txt", b"a".to_vec()).unwrap();
+    let server = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+    server.block_on(async move { tokio::spawn(async move { drop(storage) }).await }).expect("dropped without a panic");
+    let _ = std::fs::remove_dir_all(&dir);
+}
