@@ -206,6 +206,7 @@ class ThreeSites(unittest.TestCase):
         self.assertIn("upload accepted site=site_c study=flu", log)
         for secret in [*self.secrets.values(), other, self.key, self.key.split(".")[1]]:
             self.assertNotIn(secret, log)
+        self.assertNotIn("panicked", log)
 
 
     def settle(self):
