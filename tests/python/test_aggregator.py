@@ -208,7 +208,6 @@ class ThreeSites(unittest.TestCase):
             self.assertNotIn(secret, log)
         self.assertNotIn("panicked", log)
 
-
     def settle(self):
         """Waits for uploads the aggregator has still to check (none here:
         a local upload is checked before its answer)."""
