@@ -9,8 +9,8 @@ prefetch with Basic auth answered by `{url, fields}`, then a multipart POST
 of the fields and the file, answered 204. The bytes that arrive must be the
 zip Veil wrote. `veil upload` is held to the same stand-in: it must send
 what the real client sends, retry a transient failure, and explain a
-refusal or a lasting failure without printing the site's id. (The aggregator itself is another
-issue.)
+refusal or a lasting failure without printing the site's id. (The
+aggregator itself is another issue.)
 """
 import base64
 import email.parser
