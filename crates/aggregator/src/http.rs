@@ -65,6 +65,9 @@ pub struct Config {
     pub limits: Limits,
     /// Log one line per request on stderr.
     pub access_log: bool,
+    /// The rate and failure backoff per address on the doors that check
+    /// credentials (the handshake, upload status, the query API's keys).
+    pub guard: veil_guard::Limits,
 }
 
 impl Config {
@@ -84,7 +87,9 @@ struct AppState {
 pub fn router(config: Arc<Config>) -> Result<Router, crate::ledger::LedgerError> {
     let signing_key = config.ledger.signing_key()?;
     let upload_cap = usize::try_from(config.limits.zip_bytes).unwrap_or(usize::MAX).saturating_add(1 << 20);
+    let door = Arc::new(veil_guard::Door::new(config.guard));
     let state = Arc::new(AppState { config, signing_key });
+    let guarded = |router: Router<Arc<AppState>>| router.route_layer(axum::middleware::from_fn_with_state(door.clone(), veil_guard::guard));
     let query = Router::new()
         .route("/data-packages", get(data_packages))
         .route("/data-packages/{id}", get(data_package))
@@ -98,13 +103,16 @@ pub fn router(config: Arc<Config>) -> Result<Router, crate::ledger::LedgerError>
         .route("/studies/{study}", get(study))
         .route("/uploads", get(uploads))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_api_key));
-    Ok(Router::new()
-        .route("/", post(handshake_root).get(crate::dashboard::to_dashboard))
-        .merge(crate::dashboard::routes())
+    let sites = Router::new()
+        .route("/", post(handshake_root))
         .route("/{network}", post(handshake_network))
+        .route("/upload/{transaction}", get(upload_status));
+    Ok(Router::new()
+        .route("/", get(crate::dashboard::to_dashboard))
+        .merge(crate::dashboard::routes())
+        .merge(guarded(sites))
         .route("/upload", post(upload).layer(DefaultBodyLimit::max(upload_cap)))
-        .route("/upload/{transaction}", get(upload_status))
-        .merge(query)
+        .merge(guarded(query))
         .layer(axum::middleware::from_fn_with_state(state.clone(), access_log))
         .with_state(state))
 }
@@ -210,12 +218,10 @@ async fn handshake(State(st): Shared, headers: HeaderMap, body: axum::body::Byte
     // As the Cumulus client sends it: a number, or text read as int(float(v)).
     let version = match &request["data_package_version"] {
         Json::Null => Some(0),
-        Json::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
-        Json::String(s) => s.parse::<f64>().ok().map(|f| f as i64),
-        _ => None,
+        v => crate::package::package_version(v),
     };
-    let Some(version) = version.filter(|v| (0..=999).contains(v)) else {
-        return answer(message(StatusCode::BAD_REQUEST, "Malformed data payload: data_package_version must be a number from 0 to 999"));
+    let Some(version) = version else {
+        return answer(message(StatusCode::BAD_REQUEST, "Malformed data payload: data_package_version must be a whole number from 0 to 999"));
     };
     if !site.may_upload(study) {
         return answer(message(StatusCode::FORBIDDEN, format!("site {} may not upload the study {study}", site.name)));
@@ -357,6 +363,7 @@ async fn upload(State(st): Shared, mut form: Multipart) -> Response {
             r.headers_mut().insert("x-veil-outcome", HeaderValue::from_static(outcome.as_str()));
             with_who(r, &who)
         }
+        Ok(Ok(Err(refusal))) if refusal.0 == crate::ledger::FORM_GONE => with_who(message(StatusCode::FORBIDDEN, refusal.0), &who),
         Ok(Ok(Err(refusal))) => with_who(message(StatusCode::BAD_REQUEST, refusal.0), &who),
         Ok(Err(Failure::Busy)) => with_who(message(StatusCode::PRECONDITION_FAILED, "another upload of this study by this site took over the lock; ask for a new upload URL"), &who),
         Ok(Err(Failure::Internal)) | Err(_) => with_who(internal(), &who),
@@ -422,6 +429,16 @@ async fn data_package(State(st): Shared, Path(id): Path<String>) -> Response {
     }
 }
 
+/// A text cell a spreadsheet would run as a formula (starting with `=`,
+/// `+`, `-`, `@`, a tab or a carriage return; the values come from sites'
+/// uploads) gets a leading `'`, as OWASP advises, so that it shows as text.
+fn spreadsheet_safe(cell: &Json) -> Json {
+    match cell {
+        Json::String(t) if t.starts_with(['=', '+', '-', '@', '\t', '\r']) => Json::String(format!("'{t}")),
+        other => other.clone(),
+    }
+}
+
 /// The whole table, `?type=json` (`{columns, rows}`, the default) or
 /// `csv` (an empty cell is NULL), as Cumulus' `/from-parquet` offers it.
 async fn download(State(st): Shared, Path(id): Path<String>, RawQuery(query): RawQuery) -> Response {
@@ -439,7 +456,7 @@ async fn download(State(st): Shared, Path(id): Path<String>, RawQuery(query): Ra
             let header: Vec<Json> = names.iter().map(|n| Json::from(*n)).collect();
             let mut text = csv_line(&header);
             for row in &found.aggregate.rows {
-                text += &csv_line(row);
+                text += &csv_line(&row.iter().map(spreadsheet_safe).collect::<Vec<_>>());
             }
             let disposition = format!("attachment; filename=\"{}.csv\"", found.id);
             ([(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, disposition)], text).into_response()
@@ -544,6 +561,14 @@ async fn uploads(State(st): Shared) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formula_cells_are_neutralised_for_spreadsheets() {
+        for (cell, want) in [("=1+2", "'=1+2"), ("+cmd", "'+cmd"), ("-2", "'-2"), ("@SUM(A1)", "'@SUM(A1)"), ("\tx", "'\tx"), ("female", "female")] {
+            assert_eq!(spreadsheet_safe(&json!(cell)), json!(want));
+        }
+        assert_eq!(spreadsheet_safe(&json!(-2)), json!(-2), "numbers stay numbers");
+    }
 
     #[test]
     fn query_strings_decode_as_forms() {

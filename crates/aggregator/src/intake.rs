@@ -7,7 +7,7 @@ use sha2::Digest as _;
 use veil_storage::Storage;
 
 use crate::http::Config;
-use crate::ledger::{Arrival, Outcome, version_key};
+use crate::ledger::{Arrival, FORM_GONE, LockState, Outcome, version_key};
 use crate::package::{self, Refusal, is_identifier};
 
 /// Where uploads wait in S3 until they are checked.
@@ -63,15 +63,28 @@ pub(crate) enum Failure {
     Internal,
 }
 
-/// Checks, archives and merges one upload, then frees the site's lock.
+/// Checks, archives and merges one upload, consuming its form (the lock
+/// its handshake took): a form is good for one upload, and only while the
+/// credentials it was issued under stand.
 pub(crate) fn ingest(config: &Config, upload: &Upload, zip: &[u8]) -> Result<Result<Outcome, Refusal>, Failure> {
     let ledger = &config.ledger;
-    let now = crate::http::now_secs();
-    if !ledger.lock_is(&upload.site, &upload.study, &upload.transaction, now).map_err(|_| Failure::Internal)? {
-        return Err(Failure::Busy);
-    }
     let sha256 = veil_fhir::hex::encode(&sha2::Sha256::digest(zip));
     let arrival = upload.arrival(&sha256, zip.len());
+    match ledger.lock_state(&upload.site, &upload.study, &upload.transaction).map_err(|_| Failure::Internal)? {
+        LockState::Held => {}
+        LockState::TakenOver => return Err(Failure::Busy),
+        // Recorded already: the same S3 object again after a crash.
+        LockState::Gone if ledger.recorded(&upload.site, &upload.transaction, &sha256).map_err(|_| Failure::Internal)? => {
+            ledger.repeated(&arrival).map_err(|_| Failure::Internal)?;
+            return Ok(Ok(Outcome::Unchanged));
+        }
+        LockState::Gone => {
+            let refusal = Refusal(FORM_GONE.into());
+            ledger.refuse(&arrival, &refusal).map_err(|_| Failure::Internal)?;
+            log(config, upload, &Ok(Err(refusal.clone())));
+            return Ok(Err(refusal));
+        }
+    }
     let result = match package::read(zip, &upload.study, upload.version, config.min_cell, &config.limits) {
         Err(refusal) => {
             ledger.refuse(&arrival, &refusal).map_err(|_| Failure::Internal)?;
@@ -89,16 +102,21 @@ pub(crate) fn ingest(config: &Config, upload: &Upload, zip: &[u8]) -> Result<Res
             Ok(outcome)
         }
     };
+    // Recording consumed the lock; after a failure, free it all the same.
     let _ = ledger.unlock(&upload.site, &upload.study, &upload.transaction);
+    log(config, upload, &result);
+    result
+}
+
+fn log(config: &Config, upload: &Upload, result: &Result<Result<Outcome, Refusal>, Failure>) {
     if config.access_log {
-        let (outcome, why) = match &result {
+        let (outcome, why) = match result {
             Ok(Ok(o)) => (o.as_str(), String::new()),
             Ok(Err(r)) => ("refused", format!(": {r}")),
             Err(_) => ("failed", String::new()),
         };
         eprintln!("{} upload {outcome} site={} study={} version={}{why}", veil_store::now_instant(), upload.site, upload.study, version_key(upload.version));
     }
-    result
 }
 
 /// Records that a staged upload lost its lock to a newer handshake, so

@@ -159,6 +159,25 @@ pub struct Ledger {
     db: Database,
 }
 
+/// Why an upload on a form that is no longer valid is refused.
+pub const FORM_GONE: &str = "this upload form is no longer valid: it was used already, or the site's credentials were rotated or removed since it was issued; ask the aggregator for a new one";
+
+/// Where an upload stands with its lock (see [`Ledger::lock_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockState {
+    /// Its lock is held under its transaction: it may be merged.
+    Held,
+    /// A newer handshake of the site's took the lock.
+    TakenOver,
+    /// No lock: the form was used, or the credentials changed.
+    Gone,
+}
+
+/// Deletes the lock `arrival`'s transaction holds; whether it held one.
+fn consume_lock(db: &mut dyn Sql, a: &Arrival<'_>) -> Result<bool> {
+    Ok(db.execute("DELETE FROM locks WHERE site = ?1 AND study = ?2 AND id = ?3", args![a.site, a.study, a.id])? == 1)
+}
+
 /// Zero-padded to three digits, as Cumulus writes versions in names.
 pub fn version_key(version: i64) -> String {
     format!("{version:03}")
@@ -210,6 +229,11 @@ impl Ledger {
                 "UPDATE sites SET salt = ?2, digest = ?3, rotated = ?4 WHERE name = ?1",
                 args![name, &salt, &digest, &veil_store::now_instant()],
             )
+            .and_then(|changed| {
+                // Upload forms issued under the old secret die with it.
+                db.execute("DELETE FROM locks WHERE site = ?1", args![name])?;
+                Ok(changed)
+            })
         })?;
         Ok((changed == 1).then_some(secret))
     }
@@ -219,6 +243,8 @@ impl Ledger {
     pub fn remove_site(&self, name: &str, purge: bool) -> Result<bool> {
         self.db.write(|db| {
             let existed = db.execute("DELETE FROM sites WHERE name = ?1", args![name])? == 1;
+            // Its outstanding upload forms die with it.
+            db.execute("DELETE FROM locks WHERE site = ?1", args![name])?;
             if purge {
                 let touched = db
                     .query(
@@ -360,18 +386,46 @@ impl Ledger {
         })
     }
 
-    /// Whether the lock is still `id`'s (or free: a lapsed lock nobody took).
-    pub fn lock_is(&self, site: &str, study: &str, id: &str, now: i64) -> Result<bool> {
+    /// Where the upload under transaction `id` stands with its lock. A
+    /// form is good for one upload: its lock is consumed when the upload
+    /// is recorded (kept or refused), and rotating or removing the site's
+    /// credentials deletes the site's locks, so a form used once, or issued
+    /// under credentials that are gone, finds [`LockState::Gone`].
+    pub fn lock_state(&self, site: &str, study: &str, id: &str) -> Result<LockState> {
         let held = self.db.read(|db| {
             db.query_opt(
-                "SELECT id, expires FROM locks WHERE site = ?1 AND study = ?2",
+                "SELECT id FROM locks WHERE site = ?1 AND study = ?2",
                 args![site, study],
             )
         })?;
-        Ok(match held {
-            Some(mut row) => row.text(0)? == id || row.int(1)? <= now,
-            None => true,
+        Ok(match held.map(|mut row| row.text(0)).transpose()? {
+            // Even lapsed: nobody took it over, so it is still this upload's.
+            Some(holder) if holder == id => LockState::Held,
+            Some(_) => LockState::TakenOver,
+            None => LockState::Gone,
         })
+    }
+
+    /// Whether an outcome was recorded for this very upload (same site,
+    /// transaction and bytes): an S3 object taken again after a crash that
+    /// came between recording and removing it.
+    pub fn recorded(&self, site: &str, transaction: &str, sha256: &str) -> Result<bool> {
+        self.db.read(|db| {
+            Ok(db.query_opt("SELECT 1 FROM uploads WHERE site = ?1 AND id = ?2 AND sha256 = ?3", args![site, transaction, sha256])?.is_some())
+        })
+    }
+
+    /// Records that an upload already recorded came again (the same S3
+    /// object after a crash): unchanged, and nothing else done.
+    pub fn repeated(&self, arrival: &Arrival<'_>) -> Result<()> {
+        self.db.write(|db| record(db, arrival, Outcome::Unchanged, None))
+    }
+
+    /// Frees every upload lock: at the start of a server whose uploads come
+    /// to it (not through S3), any upload that held one died with the last
+    /// process, and its site should not wait out the lease to try again.
+    pub fn release_all_locks(&self) -> Result<u64> {
+        self.db.write(|db| db.execute("DELETE FROM locks", args![]))
     }
 
     /// Releases the lock if `id` holds it.
@@ -385,10 +439,12 @@ impl Ledger {
         Ok(())
     }
 
-    /// Records a refused upload.
+    /// Records a refused upload, consuming its form.
     pub fn refuse(&self, arrival: &Arrival<'_>, why: &Refusal) -> Result<()> {
-        self.db
-            .write(|db| record(db, arrival, Outcome::Refused, Some(&why.0)))
+        self.db.write(|db| {
+            consume_lock(db, arrival)?;
+            record(db, arrival, Outcome::Refused, Some(&why.0))
+        })
     }
 
     /// Keeps a checked package: replaces the site's contribution to the
@@ -404,6 +460,13 @@ impl Ledger {
     ) -> Result<Result<Outcome, Refusal>> {
         self.db.write(|db| {
             let a = arrival;
+            // In the same transaction as the merge: a rotation or a second
+            // use of the form racing this upload cannot both succeed.
+            if !consume_lock(db, a)? {
+                let why = Refusal(FORM_GONE.into());
+                record(db, a, Outcome::Refused, Some(&why.0))?;
+                return Ok(Err(why));
+            }
             let current = db.query_opt("SELECT sha256 FROM site_versions WHERE site = ?1 AND study = ?2 AND version = ?3", args![a.site, a.study, a.version])?;
             if current.map(|mut r| r.text(0)).transpose()?.as_deref() == Some(a.sha256) {
                 record(db, a, Outcome::Unchanged, None)?;

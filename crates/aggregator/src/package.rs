@@ -34,13 +34,49 @@ pub struct Limits {
     /// taken for a zip bomb (Parquet is already compressed: real members
     /// stay far below).
     pub ratio: u64,
+    /// Rows of all tables together. Parquet compresses repeated rows to
+    /// almost nothing, so this is checked from each file's metadata before
+    /// anything is decoded, and again while decoding.
+    pub rows: u64,
+    /// Columns of one table.
+    pub columns: usize,
+    /// Bytes the decoded tables may take in memory, all together: checked
+    /// against the sizes the Parquet metadata declares before decoding, and
+    /// counted cell by cell while decoding (strings are read through their
+    /// dictionary, so a repeated value is not copied per row before it is
+    /// counted).
+    pub decoded_bytes: u64,
+    /// Bytes of one text cell.
+    pub cell_bytes: usize,
 }
 
 impl Default for Limits {
+    /// Sized so that one upload, however hostile, stays within 256 MiB of
+    /// memory: a 64 MiB zip, 64 MiB of members unpacked, 96 MiB of decoded
+    /// cells; a real cube holds thousands of rows, not millions.
     fn default() -> Limits {
-        Limits { zip_bytes: 64 << 20, members: 1000, unpacked_bytes: 256 << 20, ratio: 100 }
+        Limits {
+            zip_bytes: 64 << 20,
+            members: 1000,
+            unpacked_bytes: 64 << 20,
+            ratio: 100,
+            rows: 1_000_000,
+            columns: 64,
+            decoded_bytes: 96 << 20,
+            cell_bytes: 4096,
+        }
     }
 }
+
+/// What is left of an upload's row and byte caps as its tables are read.
+struct Budget {
+    rows: u64,
+    bytes: u64,
+}
+
+/// What a decoded cell costs in memory besides its text: the JSON value and
+/// its share of the row.
+const CELL_COST: u64 = 48;
 
 /// What a member holds, from its name's infix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +220,7 @@ pub fn read(zip: &[u8], study: &str, version: i64, min_cell: u64, limits: &Limit
     let mut package = Package { tables: Vec::new(), period: None, manifest: None };
     let mut seen_version = None;
     let mut names = std::collections::BTreeSet::new();
+    let mut decoding = Budget { rows: limits.rows, bytes: limits.decoded_bytes };
     for i in 0..archive.len() {
         let mut member = archive.by_index(i).or_else(|e| refuse(format!("the zip's member {i} is unreadable: {e}")))?;
         let name = member.name().or_else(|e| refuse(format!("the zip's member {i} has an unreadable name: {e}")))?.to_string();
@@ -223,7 +260,7 @@ pub fn read(zip: &[u8], study: &str, version: i64, min_cell: u64, limits: &Limit
                 package.manifest = Some(text);
             }
             Some((package_name, kind)) => {
-                let table = read_parquet(bytes, &shown, package_name, kind)?;
+                let table = read_parquet(bytes, &shown, package_name, kind, limits, &mut decoding)?;
                 if kind == Kind::Meta {
                     match package_name {
                         "meta_version" => seen_version = Some(meta_version(&table, &shown)?),
@@ -294,11 +331,27 @@ pub fn is_identifier(name: &str) -> bool {
     name.len() <= 100 && name.starts_with(|c: char| c.is_ascii_lowercase()) && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-fn read_parquet(bytes: Vec<u8>, shown: &str, package: &str, kind: Kind) -> Result<Table, Refusal> {
+fn read_parquet(bytes: Vec<u8>, shown: &str, package: &str, kind: Kind, limits: &Limits, budget: &mut Budget) -> Result<Table, Refusal> {
+    use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
     let unreadable = |e: &dyn std::fmt::Display| Refusal(format!("{shown} is not a readable Parquet file: {e}"));
-    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).map_err(|e| unreadable(&e))?;
-    let schema = builder.schema().clone();
+    let bytes = bytes::Bytes::from(bytes);
+    let metadata = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::new()).map_err(|e| unreadable(&e))?;
+    // The caps, from the metadata, before a single value is decoded.
+    let file = metadata.metadata();
+    let rows = u64::try_from(file.file_metadata().num_rows()).unwrap_or(u64::MAX);
+    if rows > budget.rows {
+        return refuse(format!("{shown} holds {rows} rows; the aggregator accepts at most {} in one upload", limits.rows));
+    }
+    let declared: u64 = file.row_groups().iter().flat_map(|g| g.columns()).map(|c| u64::try_from(c.uncompressed_size()).unwrap_or(u64::MAX)).fold(0, u64::saturating_add);
+    if declared > budget.bytes {
+        return refuse(format!("{shown} declares {} MiB of data; the aggregator accepts at most {} MiB in one upload", declared >> 20, limits.decoded_bytes >> 20));
+    }
+    let schema = metadata.schema().clone();
+    if schema.fields().len() > limits.columns {
+        return refuse(format!("{shown} has {} columns; the aggregator accepts at most {}", schema.fields().len(), limits.columns));
+    }
     let mut columns = Vec::new();
+    let mut read_as = Vec::new();
     for field in schema.fields() {
         let name = field.name();
         if !is_identifier(name) {
@@ -311,24 +364,52 @@ fn read_parquet(bytes: Vec<u8>, shown: &str, package: &str, kind: Kind) -> Resul
             return refuse(format!("{shown}: column {name} has the type {}, which a count table cannot hold", field.data_type()));
         };
         columns.push(Column { name: name.clone(), column_type });
+        // Text through its dictionary: a value repeated in every row is
+        // held once until each cell is counted against the budget.
+        let data_type = match field.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+            other => other.clone(),
+        };
+        read_as.push(field.as_ref().clone().with_data_type(data_type));
     }
-    let reader = builder.build().map_err(|e| unreadable(&e))?;
+    let options = ArrowReaderOptions::new().with_schema(std::sync::Arc::new(arrow_schema::Schema::new(read_as)));
+    let metadata = ArrowReaderMetadata::try_new(file.clone(), options).map_err(|e| unreadable(&e))?;
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, metadata).with_batch_size(4096).build().map_err(|e| unreadable(&e))?;
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| unreadable(&e))?;
-        append_rows(&batch, &mut rows);
+        append_rows(&batch, &mut rows, shown, limits, budget)?;
     }
     Ok(Table { package: package.to_string(), kind, columns, rows })
 }
 
-fn append_rows(batch: &RecordBatch, rows: &mut Vec<Vec<Json>>) {
-    let start = rows.len();
-    rows.extend((0..batch.num_rows()).map(|_| Vec::with_capacity(batch.num_columns())));
-    for column in batch.columns() {
-        for (i, row) in rows[start..].iter_mut().enumerate() {
-            row.push(value(column.as_ref(), i));
-        }
+fn append_rows(batch: &RecordBatch, rows: &mut Vec<Vec<Json>>, shown: &str, limits: &Limits, budget: &mut Budget) -> Result<(), Refusal> {
+    let n = batch.num_rows() as u64;
+    if n > budget.rows {
+        return refuse(format!("{shown} holds more rows than the aggregator accepts in one upload ({})", limits.rows));
     }
+    budget.rows -= n;
+    for i in 0..batch.num_rows() {
+        let mut row = Vec::with_capacity(batch.num_columns());
+        for column in batch.columns() {
+            let cell = value(column.as_ref(), i);
+            let text = match &cell {
+                Json::String(t) => t.len(),
+                _ => 0,
+            };
+            if text > limits.cell_bytes {
+                return refuse(format!("{shown} has a text cell longer than the aggregator accepts ({} bytes)", limits.cell_bytes));
+            }
+            let cost = CELL_COST + text as u64;
+            if cost > budget.bytes {
+                return refuse(format!("{shown}: the upload's tables decode to more than the aggregator accepts ({} MiB)", limits.decoded_bytes >> 20));
+            }
+            budget.bytes -= cost;
+            row.push(cell);
+        }
+        rows.push(row);
+    }
+    Ok(())
 }
 
 /// One cell as JSON. The types are those [`ColumnType::of`] admits.
@@ -337,6 +418,10 @@ fn value(column: &dyn Array, i: usize) -> Json {
     use arrow_array::types::*;
     if column.is_null(i) {
         return Json::Null;
+    }
+    if let Some(dictionary) = column.as_dictionary_opt::<Int32Type>() {
+        let key = dictionary.keys().value(i);
+        return usize::try_from(key).ok().filter(|k| *k < dictionary.values().len()).map_or(Json::Null, |k| value(dictionary.values().as_ref(), k));
     }
     match column.data_type() {
         DataType::Utf8 => column.as_string::<i32>().value(i).into(),
@@ -401,14 +486,21 @@ fn check_counts(table: &Table, shown: &str, min_cell: u64) -> Result<(), Refusal
     Ok(())
 }
 
+/// A data package version as sites send it (a number, or its text, as the
+/// Cumulus client writes `int(float(v))`): a whole number from 0 to 999,
+/// `3.0` included; `NaN`, `-0.5`, `2.5` and the like are not versions.
+pub fn package_version(v: &Json) -> Option<i64> {
+    let f = match v {
+        Json::Number(n) => n.as_f64()?,
+        Json::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    (f.is_finite() && f.fract() == 0.0 && (0.0..=999.0).contains(&f) && !(f == 0.0 && f.is_sign_negative())).then_some(f as i64)
+}
+
 fn meta_version(table: &Table, shown: &str) -> Result<i64, Refusal> {
     let cell = table.position("data_package_version").and_then(|i| table.rows.first().map(|r| &r[i]));
-    match cell {
-        Some(Json::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
-        Some(Json::String(s)) => s.parse::<f64>().ok().map(|f| f as i64),
-        _ => None,
-    }
-    .ok_or_else(|| Refusal(format!("{shown} holds no data_package_version")))
+    cell.and_then(package_version).ok_or_else(|| Refusal(format!("{shown} holds no data_package_version that is a whole number from 0 to 999")))
 }
 
 fn meta_date(table: &Table, shown: &str) -> Result<Option<(String, String)>, Refusal> {
@@ -441,6 +533,17 @@ mod tests {
             "flu__x.weird.parquet",
         ] {
             assert!(member_name(bad, "flu").is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn versions_are_whole_numbers_from_0_to_999() {
+        use serde_json::json;
+        for (v, want) in [(json!(3), Some(3)), (json!(3.0), Some(3)), (json!("7"), Some(7)), (json!("7.0"), Some(7)), (json!(0), Some(0)), (json!(999), Some(999))] {
+            assert_eq!(package_version(&v), want, "{v}");
+        }
+        for bad in [json!("NaN"), json!("nan"), json!(-0.5), json!("-0.5"), json!("-0"), json!(2.5), json!(1000), json!(-1), json!("inf"), json!(null), json!(true)] {
+            assert_eq!(package_version(&bad), None, "{bad}");
         }
     }
 

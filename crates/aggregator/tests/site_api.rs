@@ -93,7 +93,7 @@ fn start(name: &str, db: Db, limits: Limits) -> Aggregator {
     listener.set_nonblocking(true).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let storage = Arc::new(veil_storage::Storage::open(&veil_storage::Location::Local(dir.clone())).unwrap());
-    let config = Config { ledger: ledger.clone(), storage, base_url: url.clone(), network: Some("flu-net".into()), min_cell: 10, limits, access_log: false };
+    let config = Config { ledger: ledger.clone(), storage, base_url: url.clone(), network: Some("flu-net".into()), min_cell: 10, limits, access_log: false, guard: veil_guard::Limits::default() };
     let config = Arc::new(config);
     let app = router(config.clone()).unwrap();
     std::thread::spawn(move || {
@@ -498,7 +498,11 @@ fn two_servers_merging_at_once_lose_nothing(db: Db) {
             std::thread::spawn(move || {
                 let zip = package(1, &[(10 + i, None)]);
                 let checked = veil_aggregator::package::read(&zip, "flu", 1, 10, &Limits::default()).unwrap();
-                let (id, site, sha) = (format!("t{i}"), format!("site_{i}"), format!("{i:064}"));
+                let site = format!("site_{i}");
+                // Each upload holds its lock, as one that came through a handshake does.
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+                let id = ledger.lock(&site, "flu", None, now, 600).unwrap().unwrap();
+                let sha = format!("{i:064}");
                 let arrival = veil_aggregator::Arrival { id: &id, site: &site, study: "flu", version: 1, sha256: &sha, bytes: zip.len() as i64 };
                 ledger.accept(&arrival, &checked).unwrap().unwrap()
             })

@@ -95,6 +95,12 @@ struct ServeArgs {
     /// The largest zip accepted, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     max_upload_mib: u64,
+    /// Requests per second one address may make to the doors that check
+    /// credentials (handshake, upload status, the query API), in bursts of
+    /// twice that; after 5 failed attempts an address waits 1 s, doubling
+    /// with each further failure up to a minute (429 with Retry-After).
+    #[arg(long, value_name = "N", default_value_t = 20.0)]
+    auth_rate: f64,
 }
 
 #[derive(clap::Args)]
@@ -290,7 +296,16 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     let sites = ledger.sites()?.len();
     let keys = ledger.api_keys()?.len();
     let limits = Limits { zip_bytes: a.max_upload_mib << 20, ..Limits::default() };
-    let config = Arc::new(Config { ledger, storage: Arc::new(storage), base_url: base_url.clone(), network: a.network.clone(), min_cell: a.min_cell, limits, access_log: true });
+    let guard = veil_guard::Limits { per_second: a.auth_rate, burst: 2.0 * a.auth_rate, ..veil_guard::Limits::default() };
+    let uploads_here = !matches!(location, veil_storage::Location::S3 { .. });
+    if uploads_here {
+        // An upload that held a lock when the last process stopped died with it.
+        let freed = ledger.release_all_locks()?;
+        if freed > 0 {
+            eprintln!("veil aggregator: freed {freed} upload lock(s) left by the last run (those sites may upload again at once)");
+        }
+    }
+    let config = Arc::new(Config { ledger, storage: Arc::new(storage), base_url: base_url.clone(), network: a.network.clone(), min_cell: a.min_cell, limits, access_log: true, guard });
     let app = router(config.clone())?;
     let at = a.network.as_ref().map(|n| format!(" and {base_url}/{n}")).unwrap_or_default();
     eprintln!("veil aggregator: {base_url} (database {}, archive {location}); handshake at {base_url}/{at}; minimum cell {}", veil_store::printable_url(&a.db.db), a.min_cell);
@@ -305,6 +320,8 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
+    // The client's address is what the credential doors' rate limits count by.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     runtime.block_on(async { axum::serve(listener, app).with_graceful_shutdown(shutdown).await })?;
     Ok(ExitCode::SUCCESS)
 }

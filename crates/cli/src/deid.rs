@@ -112,7 +112,8 @@ fn run_to_cloud(mut args: Args, destination: &veil_storage::Location) -> Result<
     let stage = std::env::temp_dir().join(format!("veil-deid-{}-{}", std::process::id(), veil_storage::now_secs()));
     fs::create_dir_all(&stage)?;
     args.output = Some(stage.clone());
-    let outcome = run_local(args).and_then(|code| upload_stage("veil deid", &storage, &stage).map(|()| code));
+    let deidentified = Some(veil_storage::Deidentified { policy: policy_name(&args.config) });
+    let outcome = run_local(args).and_then(|code| upload_stage("veil deid", &storage, &stage, deidentified).map(|()| code));
     let _ = fs::remove_dir_all(&stage);
     outcome
 }
@@ -176,7 +177,7 @@ fn run_local(args: Args) -> Result<ExitCode> {
     }
     // A folder of output ends with its checksummed manifest, written last.
     if let Some(dir) = args.output.as_ref().filter(|o| o.is_dir()) {
-        let manifest = veil_storage::manifest_of_dir(dir)?;
+        let manifest = veil_storage::manifest_of_dir(dir)?.deidentified(Some(veil_storage::Deidentified { policy: policy_name(&args.config) }));
         write_atomically(&dir.join(veil_storage::MANIFEST_NAME), |w| w.write_all(&manifest.to_json()))?;
     }
     print_report(&total, &quarantined, started, bytes_in);
@@ -208,6 +209,13 @@ fn plan(args: &Args) -> Result<Vec<Job>> {
         return Ok(vec![Job { input: PathBuf::from("-"), output: args.output.clone(), ndjson: true }]);
     }
     let single = args.files.len() == 1;
+    // `-o DIR/` (a trailing separator), or several inputs: a folder, made
+    // if missing; otherwise, for one input, a missing path is the file.
+    if let Some(o) = &args.output
+        && (!single || o.as_os_str().to_string_lossy().ends_with(std::path::MAIN_SEPARATOR))
+    {
+        fs::create_dir_all(o).with_context(|| format!("cannot create the output folder {}", o.display()))?;
+    }
     for f in &args.files {
         let ndjson = f.extension().is_some_and(|e| e == "ndjson") || args.bulk_data;
         let output = match &args.output {
@@ -354,4 +362,11 @@ fn print_report(r: &Report, quarantined: &[(String, Quarantined)], started: Inst
     if quarantined.len() > 10 {
         let _ = writeln!(e, "  … and {} more", quarantined.len() - 10);
     }
+}
+
+/// The name a manifest gives the policy: a built-in's name, or the
+/// configuration file's name (not its folder, which may say more than it
+/// should).
+pub(crate) fn policy_name(config: &str) -> String {
+    std::path::Path::new(config).file_name().map_or_else(|| config.to_string(), |n| n.to_string_lossy().into_owned())
 }

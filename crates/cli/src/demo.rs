@@ -237,7 +237,7 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<cra
     // Handed over: a Veil share link to exactly that export, fetched and
     // checked as the research team would. The token does not depend on the
     // address, so the link printed at the end names veil serve's default.
-    let shared = crate::share::make_share(&*store, &veil_storage::Location::Local(folder.clone()), Duration::from_secs(72 * 3600), Some("Research team (demo)".into()), None, &base)?;
+    let shared = crate::share::make_share(&*store, &veil_storage::Location::Local(folder.clone()), Duration::from_secs(72 * 3600), Some("Research team (demo)".into()), None, &base, crate::share::Exposure::DeidentifiedOnly)?;
     let copy = out.join("research-copy");
     let fetched = veil_storage::fetch::fetch(&shared.link, &copy, &mut |_| {})?;
     println!("Shared it ({}, a Veil link that expires {}); veil fetch downloaded {} files ({} bytes) into {}, every SHA-256 checked", shared.record.id, shared.record.expires, fetched.files, fetched.bytes, copy.display());
@@ -357,6 +357,7 @@ fn two_sites(study: &veil_study::Study, export: &std::path::Path, out: &std::pat
         min_cell: veil_study::DEFAULT_MIN_CELL,
         limits: Default::default(),
         access_log: false,
+        guard: Default::default(),
     };
     let app = veil_aggregator::http::router(Arc::new(config))?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -160,7 +160,8 @@ pub(crate) fn run(a: Args) -> Result<ExitCode> {
     })?;
     let into = match &cloud {
         Some((location, storage)) => {
-            upload_stage("veil export", storage, &dest)?;
+            let deidentified = a.deid.as_deref().map(|config| veil_storage::Deidentified { policy: crate::deid::policy_name(config) });
+            upload_stage("veil export", storage, &dest, deidentified)?;
             std::fs::remove_dir_all(&dest).map_err(|e| anyhow::anyhow!("cannot remove the work folder {}: {e}", dest.display()))?;
             location.to_string()
         }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context as _, Result};
 use veil_server::export::{DEFAULT_FILE_LIMIT, Storage, WorkerConfig, worker_loop};
 use veil_server::auth::Auth;
-use veil_server::http::{AppState, bind, serve};
+use veil_server::http::{AppState, ExportLimits, bind, serve};
 
 use crate::UsageError;
 
@@ -71,6 +71,26 @@ pub(crate) struct Args {
     /// taken over by another worker or a restarted server.
     #[arg(long, default_value_t = 60)]
     lease_secs: i64,
+    /// Exports one client may have queued or running at once; one more is
+    /// answered 429 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = ExportLimits::default().per_client)]
+    max_exports_per_client: usize,
+    /// GiB of export files one client may hold; a kick-off beyond is
+    /// answered 429 until earlier exports are deleted or expire.
+    #[arg(long, value_name = "GIB", default_value_t = 20.0)]
+    client_quota_gib: f64,
+    /// GiB the export disk must keep free; below, kick-offs get 503.
+    #[arg(long, value_name = "GIB", default_value_t = 1.0)]
+    min_free_gib: f64,
+    /// Hours a finished export is kept (the status answer's Expires); then
+    /// its files and job are deleted.
+    #[arg(long, value_name = "HOURS", default_value_t = 24.0)]
+    retention_hours: f64,
+    /// Token requests per second one address may make, in bursts of twice
+    /// that; after 5 refused requests an address waits 1 s, doubling with
+    /// each further refusal up to a minute (429 with Retry-After).
+    #[arg(long, value_name = "N", default_value_t = 20.0)]
+    token_rate: f64,
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
@@ -107,6 +127,14 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     }
     let mut state = AppState::new(store, storage, base_url, auth);
     state.access_log = true;
+    let gib = |g: f64| (g.max(0.0) * f64::from(1u32 << 30)) as u64;
+    state.limits = ExportLimits {
+        per_client: args.max_exports_per_client,
+        client_quota_bytes: gib(args.client_quota_gib),
+        min_free_bytes: gib(args.min_free_gib),
+        retention_secs: (args.retention_hours.max(0.0) * 3600.0) as u64,
+    };
+    state.token_guard = veil_guard::Limits { per_second: args.token_rate, burst: 2.0 * args.token_rate, ..veil_guard::Limits::default() };
     let state = Arc::new(state);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -95,6 +95,13 @@ struct CreateArgs {
     /// veil serve's --work-dir, with cloud --storage.
     #[arg(long, value_name = "DIR", default_value = "storage-work", env = "VEIL_WORK_DIR")]
     work_dir: PathBuf,
+    /// Share an export that was not de-identified (its manifest names no
+    /// de-identification policy), knowing that it holds identified data
+    /// about patients: for recipients under an agreement that allows it.
+    /// The share is recorded, listed and logged as identified. Without
+    /// this flag such an export is refused.
+    #[arg(long)]
+    identified: bool,
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
@@ -115,20 +122,45 @@ pub(crate) struct Made {
 }
 
 /// Makes a share of `location` (see `veil share create`).
-pub(crate) fn make_share(store: &dyn Store, location: &Location, lifetime: std::time::Duration, recipient: Option<String>, ip: Option<Cidr>, base_url: &str) -> Result<Made> {
+/// Whether the operator said the data is identified: only then is an
+/// export that no manifest shows de-identified shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exposure {
+    /// Share only what the manifest shows de-identified.
+    DeidentifiedOnly,
+    /// `--identified`: share it even so, and record that it is identified.
+    Identified,
+}
+
+pub(crate) fn make_share(store: &dyn Store, location: &Location, lifetime: std::time::Duration, recipient: Option<String>, ip: Option<Cidr>, base_url: &str, exposure: Exposure) -> Result<Made> {
     let kind = ShareKind::for_location(location);
     let cap = if kind == ShareKind::Veil { MAX_VEIL_LIFETIME } else { MAX_CLOUD_LIFETIME };
     if lifetime > cap {
         return Err(UsageError(format!("{} links live at most {} days", kind.as_str(), cap.as_secs() / 86_400)).into());
     }
+    // Fail closed: the manifest (written last, by whatever made the export)
+    // must show the data de-identified.
+    let manifest = match location {
+        Location::Local(dir) => std::fs::read(dir.join(MANIFEST_NAME))
+            .map_err(|_| UsageError(format!("{} holds no {MANIFEST_NAME}: only a complete Veil export can be shared", dir.display())))
+            .and_then(|bytes| Manifest::from_json(&bytes).map_err(UsageError))?,
+        cloud => Storage::open(cloud)?.read_manifest()?,
+    };
+    let identified = match (&manifest.deidentified, exposure) {
+        (Some(_), _) => false,
+        (None, Exposure::Identified) => true,
+        (None, Exposure::DeidentifiedOnly) => {
+            return Err(UsageError(format!(
+                "{location} was not de-identified (its {MANIFEST_NAME} names no de-identification policy): it may hold names, dates and narratives about patients. Share de-identified exports ($export with _anonymizationConfig, veil deid, veil export --deid); to share this one all the same, under an agreement that allows identified data, add --identified"
+            ))
+            .into());
+        }
+    };
     let id = new_share_id();
     let expires = veil_storage::now_secs() + lifetime.as_secs();
     let (link, scope, location_text) = match location {
         Location::Local(dir) => {
             let dir = std::fs::canonicalize(dir).map_err(|e| UsageError(format!("cannot share {}: {e}", dir.display())))?;
-            let manifest = std::fs::read(dir.join(MANIFEST_NAME))
-                .map_err(|_| UsageError(format!("{} holds no {MANIFEST_NAME}: only a complete Veil export can be shared", dir.display())))?;
-            let manifest = Manifest::from_json(&manifest).map_err(UsageError)?;
             let key = veil_server::share::ShareKey::default().get(store)?;
             let link = format!("{}/share/{}/", base_url.trim_end_matches('/'), sign_token(&key, &id, expires));
             (link, format!("{} files ({} bytes), through veil serve", manifest.files.len(), manifest.bytes()), dir.display().to_string())
@@ -148,6 +180,7 @@ pub(crate) fn make_share(store: &dyn Store, location: &Location, lifetime: std::
         recipient,
         ip: ip.map(|c| c.to_string()),
         revoked: None,
+        identified,
     })?;
     Ok(Made { link, record, scope })
 }
@@ -159,8 +192,12 @@ fn create(store: &dyn Store, c: CreateArgs) -> Result<ExitCode> {
         (None, Some(path)) => Location::parse(path).map_err(|e| UsageError(e.to_string()))?,
         (None, None) => unreachable!("clap requires --export or --path"),
     };
-    let made = make_share(store, &location, lifetime, c.recipient, c.ip, &c.base_url)?;
+    let exposure = if c.identified { Exposure::Identified } else { Exposure::DeidentifiedOnly };
+    let made = make_share(store, &location, lifetime, c.recipient, c.ip, &c.base_url, exposure)?;
     let r = &made.record;
+    if r.identified {
+        eprintln!("veil share: WARNING: {} shares IDENTIFIED data: {} was not de-identified, so its files may hold patients' names, addresses, dates, identifiers and clinical narratives; the share is recorded as identified", r.id, r.location);
+    }
     eprintln!("veil share: {} ({}) shares {}: {}", r.id, r.kind, r.location, made.scope);
     eprintln!("  expires {}{}{}", r.expires, r.recipient.as_ref().map(|w| format!(", for {w}")).unwrap_or_default(), r.ip.as_ref().map(|i| format!(", from {i} only")).unwrap_or_default());
     if r.kind == ShareKind::Veil.as_str() {
@@ -201,12 +238,16 @@ fn list(store: &dyn Store) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let downloads = store.downloads(None)?;
-    println!("{:<19} {:<13} {:<20} {:<30} {:>9}  {:<20} location", "id", "kind", "expires", "status", "downloads", "recipient");
+    println!("{:<19} {:<13} {:<14} {:<20} {:<30} {:>9}  {:<20} location", "id", "kind", "data", "expires", "status", "downloads", "recipient");
     for s in &shares {
         let n = downloads.iter().filter(|d| d.share_id == s.id).count();
-        println!("{:<19} {:<13} {:<20} {:<30} {:>9}  {:<20} {}", s.id, s.kind, s.expires, status(s), n, s.recipient.as_deref().unwrap_or("-"), s.location);
+        println!("{:<19} {:<13} {:<14} {:<20} {:<30} {:>9}  {:<20} {}", s.id, s.kind, data_kind(s), s.expires, status(s), n, s.recipient.as_deref().unwrap_or("-"), s.location);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn data_kind(s: &ShareRecord) -> &'static str {
+    if s.identified { "IDENTIFIED" } else { "de-identified" }
 }
 
 fn revoke(store: &dyn Store, id: &str) -> Result<ExitCode> {
@@ -238,8 +279,10 @@ fn log(store: &dyn Store, id: Option<&str>) -> Result<ExitCode> {
     if downloads.is_empty() {
         eprintln!("veil share: no downloads recorded{}", id.map(|i| format!(" for {i}")).unwrap_or_default());
     }
+    let identified: std::collections::HashSet<String> = store.shares()?.into_iter().filter(|s| s.identified).map(|s| s.id).collect();
     for d in downloads {
-        println!("{}  {}  {}  {} bytes  from {}", d.time, d.share_id, d.file, d.bytes, d.client);
+        let data = if identified.contains(&d.share_id) { "IDENTIFIED" } else { "de-identified" };
+        println!("{}  {}  {data}  {}  {} bytes  from {}", d.time, d.share_id, d.file, d.bytes, d.client);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -138,27 +138,36 @@ pub fn anonymize_ndjson(
 ) -> Result<Report, StreamError> {
     let mut report = Report::default();
     let mut line_no: u64 = 0;
-    let mut batch: Vec<String> = Vec::with_capacity(BATCH_LINES);
+    // A line that is not UTF-8 is a failed line like any other, named by
+    // its number (it is quarantined or stops the run, as `on_error` says).
+    let mut batch: Vec<Result<String, String>> = Vec::with_capacity(BATCH_LINES);
     loop {
         batch.clear();
         let mut bytes = 0;
         while batch.len() < BATCH_LINES && bytes < BATCH_BYTES {
-            let mut line = String::new();
-            if input.read_line(&mut line)? == 0 {
+            let mut raw = Vec::new();
+            if input.read_until(b'\n', &mut raw)? == 0 {
                 break;
             }
-            bytes += line.len();
+            bytes += raw.len();
+            let line = String::from_utf8(raw).map_err(|e| format!("not valid UTF-8 (byte {} of the line)", e.utf8_error().valid_up_to() + 1));
             // A byte-order mark may open the file.
-            if line_no == 0 && batch.is_empty()
-                && let Some(rest) = line.strip_prefix('\u{feff}') {
-                    line = rest.to_string();
-                }
+            let line = match line {
+                Ok(l) if line_no == 0 && batch.is_empty() && l.starts_with('\u{feff}') => Ok(l['\u{feff}'.len_utf8()..].to_string()),
+                other => other,
+            };
             batch.push(line);
         }
         if batch.is_empty() {
             break;
         }
-        let results: Vec<LineResult> = batch.par_iter().map(|l| process_line(engine, l)).collect();
+        let results: Vec<LineResult> = batch
+            .par_iter()
+            .map(|l| match l {
+                Ok(l) => process_line(engine, l),
+                Err(reason) => LineResult::Failed { ty: "(unparsed)".into(), reason: reason.clone() },
+            })
+            .collect();
         for result in results {
             line_no += 1;
             match result {

@@ -13,6 +13,8 @@
 //! * [`Model::child`] finds the [`Element`] a name selects below a type or a
 //!   backbone path, following type inheritance (`SimpleQuantity.value` is
 //!   `Quantity.value`).
+//! * [`validate::check_resource`] checks that a JSON document has the shape
+//!   of an R4 resource (defined elements, primitives of their types).
 //! * [`Model::search_params`] and [`Model::patient_compartment`] serve the
 //!   export side (`_typeFilter`, Patient-level `$export`).
 //!
@@ -35,5 +37,6 @@ pub mod calendar;
 pub mod hex;
 mod model;
 mod r4;
+pub mod validate;
 
 pub use model::{Element, Model, SearchParam, SearchParamKind, r4};

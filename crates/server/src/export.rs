@@ -146,9 +146,9 @@ impl Storage {
     }
 
     /// Uploads a finished job folder to the cloud copy, if there is one.
-    fn publish(&self, dir: &Path) -> Result<(), veil_storage::StorageError> {
+    fn publish(&self, dir: &Path, deidentified: Option<veil_storage::Deidentified>) -> Result<(), veil_storage::StorageError> {
         let Some(target) = self.remote_of(dir) else { return Ok(()) };
-        veil_storage::Storage::open(&target)?.upload_dir(dir, &mut |_| {})?;
+        veil_storage::Storage::open(&target)?.upload_dir(dir, deidentified, &mut |_| {})?;
         Ok(())
     }
 
@@ -176,6 +176,13 @@ impl Storage {
         fs::read_to_string(self.root.join("anonymization").join(name)).ok()
     }
 
+    /// Bytes a job's files take in the local folder.
+    pub fn job_bytes(&self, job: &str, container: Option<&str>, created: &str) -> u64 {
+        let dir = self.job_dir(job, container, created);
+        let Ok(names) = veil_storage::files_below(&dir) else { return 0 };
+        names.iter().filter_map(|n| fs::metadata(dir.join(n)).ok()).map(|m| m.len()).sum()
+    }
+
     /// The root folder.
     pub fn root(&self) -> &Path {
         &self.root
@@ -187,6 +194,20 @@ impl Storage {
 pub fn etag(content: &str) -> String {
     use sha2::Digest;
     veil_fhir::hex::encode(&sha2::Sha256::digest(content.as_bytes()))
+}
+
+/// A name `_container` may take: Azure's rule for container names (3 to 63
+/// lower-case letters, digits and single hyphens, starting and ending with a
+/// letter or digit), so that one name means one folder on every file system
+/// and cloud whatever their letter case, and nothing hidden; and none of the
+/// server's own folders (`anonymization`, `export-…`).
+pub fn is_container_name(name: &str) -> bool {
+    let shape = (3..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    shape && name != "anonymization" && !name.starts_with("export-")
 }
 
 /// Container and file names: no path separators, no dot-dot.
@@ -454,11 +475,16 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
     };
     // Last, the checksummed manifest: what `veil share` hands over and
     // `veil fetch` checks. Its presence says the folder is complete.
-    let manifest = veil_storage::manifest_of_dir(&dir).map(|m| m.to_json()).and_then(|m| fs::write(dir.join(veil_storage::MANIFEST_NAME), m));
+    // It says whether the files were de-identified, so that sharing them
+    // can fail closed.
+    let deidentified = req.anonymization_config.clone().map(|policy| veil_storage::Deidentified { policy });
+    let manifest = veil_storage::manifest_of_dir(&dir)
+        .map(|m| m.deidentified(deidentified.clone()).to_json())
+        .and_then(|m| fs::write(dir.join(veil_storage::MANIFEST_NAME), m));
     if let Err(e) = manifest {
         return Outcome::Failed(500, format!("cannot write the export's manifest: {e}"));
     }
-    if let Err(e) = storage.publish(&dir) {
+    if let Err(e) = storage.publish(&dir, deidentified) {
         return Outcome::Failed(500, format!("cannot upload the export: {e}"));
     }
     Outcome::Completed(json!({
@@ -512,6 +538,26 @@ fn lists_deletions(req: &ExportRequest) -> bool {
 fn file_url(req: &ExportRequest, job: &str, path: &Path) -> String {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     format!("{}/_export/{job}/{name}", req.base_url.trim_end_matches('/'))
+}
+
+/// Deletes every finished (or failed) export kicked off more than
+/// `retention_secs` ago: its files, local and cloud, then its job; the
+/// number deleted.
+pub fn expire_exports(store: &dyn Store, storage: &Storage, retention_secs: u64) -> usize {
+    let now = veil_storage::now_secs();
+    let Ok(jobs) = store.jobs() else { return 0 };
+    let mut expired = 0;
+    for j in jobs {
+        let old = veil_storage::parse_iso(&j.created).is_some_and(|c| c + retention_secs <= now);
+        if !old || !matches!(j.state, JobState::Completed | JobState::Failed | JobState::Cancelled) {
+            continue;
+        }
+        let container = serde_json::from_str(&j.request).ok().as_ref().and_then(ExportRequest::from_json).and_then(|r| r.container);
+        if storage.remove_job(&j.id, container.as_deref(), &j.created).is_ok() && store.delete_job(&j.id).unwrap_or(false) {
+            expired += 1;
+        }
+    }
+    expired
 }
 
 /// Claims and runs jobs until `stop` says so; sleeps briefly when idle.

@@ -42,16 +42,65 @@ pub struct AppState {
     polls: Mutex<HashMap<String, Instant>>,
     /// The key Veil share links are signed with.
     pub(crate) share_key: Arc<crate::share::ShareKey>,
+    /// What one client may ask of the export machinery.
+    pub limits: ExportLimits,
+    /// The rate and failure backoff per address at the token endpoint.
+    pub token_guard: veil_guard::Limits,
+    /// Held while a kick-off checks the limits and records its job, so that
+    /// a burst of kick-offs cannot all pass the same check.
+    kickoff_gate: Mutex<()>,
+    /// The CapabilityStatement, built on first use: it changes only with
+    /// the binary, and building it per request let anonymous callers
+    /// spend the server's time.
+    capabilities: std::sync::OnceLock<String>,
 }
 
 /// Seconds a client should wait between status polls.
 const RETRY_AFTER_SECS: u64 = 1;
 
+/// Limits on what one client may ask of the export machinery, each set by a
+/// `veil serve` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportLimits {
+    /// Exports one client may have queued or running at once; one more
+    /// is answered 429 with Retry-After (`--max-exports-per-client`).
+    pub per_client: usize,
+    /// Bytes of export files one client may hold in storage; a kick-off
+    /// beyond is refused until some are deleted or expire
+    /// (`--client-quota-gib`).
+    pub client_quota_bytes: u64,
+    /// Free bytes the export disk must keep: below, kick-offs are refused
+    /// (`--min-free-gib`).
+    pub min_free_bytes: u64,
+    /// How long a finished export's files are kept; then they and the job
+    /// are deleted, as the status answer's `Expires` says (`--retention-hours`).
+    pub retention_secs: u64,
+}
+
+impl Default for ExportLimits {
+    /// 4 exports at once, 20 GiB per client, 1 GiB kept free, 24 hours.
+    fn default() -> ExportLimits {
+        ExportLimits { per_client: 4, client_quota_bytes: 20 << 30, min_free_bytes: 1 << 30, retention_secs: 24 * 3600 }
+    }
+}
+
 impl AppState {
     /// Shared state for the router; `auth` `None` serves without
     /// authorization, for experiments on loopback.
     pub fn new(store: Arc<dyn Store>, storage: Storage, base_url: String, auth: Option<Auth>) -> AppState {
-        AppState { store, storage, base_url, auth, access_log: false, polls: Mutex::new(HashMap::new()), share_key: Arc::default() }
+        AppState {
+            store,
+            storage,
+            base_url,
+            auth,
+            access_log: false,
+            polls: Mutex::new(HashMap::new()),
+            share_key: Arc::default(),
+            limits: ExportLimits::default(),
+            token_guard: veil_guard::Limits::default(),
+            kickoff_gate: Mutex::new(()),
+            capabilities: std::sync::OnceLock::new(),
+        }
     }
 }
 
@@ -62,7 +111,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let open = Router::new()
         .route("/metadata", get(metadata))
         .route("/.well-known/smart-configuration", get(crate::auth::smart_configuration))
-        .route(crate::auth::TOKEN_PATH, axum::routing::post(crate::auth::token))
+        .route(
+            crate::auth::TOKEN_PATH,
+            axum::routing::post(crate::auth::token).route_layer(axum::middleware::from_fn_with_state(Arc::new(veil_guard::Door::new(state.token_guard)), veil_guard::guard)),
+        )
         // Share links carry their own credential (a signed token).
         .route("/share/{token}", get(crate::share::manifest))
         .route("/share/{token}/", get(crate::share::manifest))
@@ -109,6 +161,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 async fn metadata(State(st): State<Arc<AppState>>) -> Response {
+    let body = st.capabilities.get_or_init(|| capability_statement(&st.base_url));
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/fhir+json")], body.clone()).into_response()
+}
+
+fn capability_statement(base_url: &str) -> String {
     let export = |name: &str, canonical: &str| json!({"name": name, "definition": canonical});
     let types: Vec<Json> = {
         let mut t: Vec<&str> = veil_fhir::r4().resource_types().filter(|t| !matches!(*t, "Resource" | "DomainResource")).collect();
@@ -131,16 +188,14 @@ async fn metadata(State(st): State<Arc<AppState>>) -> Response {
             })
             .collect()
     };
-    fhir_json(
-        StatusCode::OK,
-        json!({
+    json!({
             "resourceType": "CapabilityStatement",
             "status": "active",
             "date": veil_store::now_instant(),
             "kind": "instance",
             "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
             "software": {"name": "Veil", "version": env!("CARGO_PKG_VERSION")},
-            "implementation": {"description": "Veil FHIR server", "url": st.base_url},
+            "implementation": {"description": "Veil FHIR server", "url": base_url},
             "fhirVersion": "4.0.1",
             "format": ["application/fhir+json"],
             "rest": [{
@@ -149,8 +204,8 @@ async fn metadata(State(st): State<Arc<AppState>>) -> Response {
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
                 "operation": [export("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export")]
             }]
-        }),
-    )
+        })
+    .to_string()
 }
 
 async fn read(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path((ty, id)): Path<(String, String)>) -> Response {
@@ -182,7 +237,14 @@ fn parse_resource(body: &str, ty: &str) -> Result<Json, Response> {
     if doc.get("resourceType").and_then(Json::as_str) != Some(ty) {
         return Err(outcome(StatusCode::BAD_REQUEST, "invalid", &format!("the body is not a {ty}")));
     }
+    valid_r4(&doc)?;
     Ok(doc)
+}
+
+/// 422 unless `doc` has the shape of an R4 resource: what is stored must be
+/// what search and export can read, not something export later drops.
+fn valid_r4(doc: &Json) -> Result<(), Response> {
+    veil_fhir::validate::check_resource(doc).map_err(|e| outcome(StatusCode::UNPROCESSABLE_ENTITY, "structure", &format!("not a valid FHIR R4 resource: {e}")))
 }
 
 fn written(status: StatusCode, base: &str, location: &str, body: Json) -> Response {
@@ -196,7 +258,10 @@ fn written(status: StatusCode, base: &str, location: &str, body: Json) -> Respon
 async fn store_one(st: &Arc<AppState>, doc: Json) -> Result<(String, Json), Response> {
     let store = st.store.clone();
     let kept = doc.clone();
-    let r = blocking(move || crate::load_document(&*store, doc, "request")).await?;
+    // Stored as the one resource it is: a Bundle POSTed or PUT to /Bundle
+    // is kept as a Bundle, never unpacked (only the base processes
+    // transactions, where every entry is checked).
+    let r = blocking(move || crate::store_resource(&*store, doc, "request")).await?;
     match r {
         Ok(report) => Ok((report.locations.first().cloned().unwrap_or_default(), kept)),
         Err(crate::LoadError::Invalid(e)) => Err(outcome(StatusCode::BAD_REQUEST, "invalid", &e)),
@@ -269,11 +334,20 @@ async fn transaction(State(st): State<Arc<AppState>>, Extension(caller): Extensi
     if !matches!(kind.as_str(), "transaction" | "batch") {
         return outcome(StatusCode::BAD_REQUEST, "invalid", "POST to the base takes a transaction or batch Bundle");
     }
-    // Every entry writes (creates or replaces) its resource.
-    for entry in doc.get("entry").and_then(Json::as_array).into_iter().flatten() {
-        let ty = entry.pointer("/resource/resourceType").and_then(Json::as_str).unwrap_or("Resource");
-        if !caller.permits(ty, 'c') || !caller.permits(ty, 'u') {
-            return Caller::forbidden(ty, "writing");
+    // Every entry is checked for its own type and interaction before
+    // anything of the Bundle is written.
+    let actions = match crate::entry_actions(&doc) {
+        Ok(a) => a,
+        Err(e) => return outcome(StatusCode::BAD_REQUEST, "invalid", &e),
+    };
+    for (i, action) in actions.iter().enumerate() {
+        if let Some(&missing) = action.needs.iter().find(|&&p| !caller.permits(&action.resource_type, p)) {
+            let what = match missing {
+                'c' => "creating",
+                'u' => "updating",
+                _ => "deleting",
+            };
+            return outcome(StatusCode::FORBIDDEN, "forbidden", &format!("entry {i}: the access token's scopes do not allow {what} {}", action.resource_type));
         }
     }
     let store = st.store.clone();
@@ -548,8 +622,8 @@ async fn kickoff(
             }
             "_anonymizationConfigEtag" => etag = Some(value.clone()),
             "_container" => {
-                if !is_safe_name(value) || value == "anonymization" {
-                    return bad("_container must be a container name (letters, digits, '-', '_', '.'), not 'anonymization'");
+                if !crate::export::is_container_name(value) {
+                    return bad("_container must be a container name: 3 to 63 lower-case letters, digits and single hyphens, not 'anonymization' or 'export-…'");
                 }
                 req.container = Some(value.clone());
             }
@@ -614,6 +688,8 @@ async fn kickoff(
         _ => None,
     };
     let wanted_patients = req.patients.clone();
+    let state = st.clone();
+    let client = caller.client_id().map(str::to_string);
     let created = blocking(move || -> Result<Result<String, Response>, String> {
         let members = match &group {
             Some(g) => match store.group_members(g).map_err(|e| e.to_string())? {
@@ -632,6 +708,12 @@ async fn kickoff(
                 let why = if members.is_some() { "is not a member of the group" } else { "is not known" };
                 return Ok(Err(outcome(StatusCode::BAD_REQUEST, "invalid", &format!("patient {p} {why}"))));
             }
+        }
+        // Checked and recorded under one gate, so that a burst of
+        // kick-offs cannot all pass the same count.
+        let _gate = state.kickoff_gate.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(refusal) = over_limits(&state, client.as_deref())? {
+            return Ok(Err(refusal));
         }
         let id = crate::new_id();
         store.create_job(&id, &request).map_err(|e| e.to_string())?;
@@ -652,6 +734,42 @@ async fn kickoff(
             r
         }
     }
+}
+
+/// The answer to a kick-off that a limit stops, if one does: too many of
+/// the client's exports running (429), its storage quota used (429 until
+/// its oldest export expires), or the export disk nearly full (503).
+fn over_limits(st: &AppState, client: Option<&str>) -> Result<Option<Response>, String> {
+    let limits = st.limits;
+    let busy = |status: StatusCode, retry: u64, text: &str| {
+        let mut r = outcome(status, "throttled", text);
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry.max(1)));
+        r
+    };
+    let free = rustix::fs::statvfs(st.storage.root()).map(|v| v.f_bavail.saturating_mul(v.f_frsize)).map_err(|e| e.to_string())?;
+    if free < limits.min_free_bytes {
+        return Ok(Some(busy(StatusCode::SERVICE_UNAVAILABLE, 600, "the server's export storage is nearly full: try again later")));
+    }
+    let jobs = st.store.jobs().map_err(|e| e.to_string())?;
+    let mine: Vec<(veil_store::Job, ExportRequest)> = jobs
+        .into_iter()
+        .filter_map(|j| {
+            let r = serde_json::from_str(&j.request).ok().as_ref().and_then(ExportRequest::from_json)?;
+            (r.client.as_deref() == client).then_some((j, r))
+        })
+        .collect();
+    let running = mine.iter().filter(|(j, _)| matches!(j.state, JobState::Queued | JobState::Running)).count();
+    if running >= limits.per_client {
+        return Ok(Some(busy(StatusCode::TOO_MANY_REQUESTS, 10, &format!("{running} of this client's exports are still running (at most {}): wait for one to finish", limits.per_client))));
+    }
+    let used: u64 = mine.iter().map(|(j, r)| st.storage.job_bytes(&j.id, r.container.as_deref(), &j.created)).sum();
+    if used >= limits.client_quota_bytes {
+        let oldest = mine.iter().filter_map(|(j, _)| veil_storage::parse_iso(&j.created)).min().unwrap_or_else(veil_storage::now_secs);
+        let wait = (oldest + limits.retention_secs).saturating_sub(veil_storage::now_secs());
+        let text = format!("this client's exports hold {} MiB, its quota is {} MiB: delete finished exports (DELETE their status URL) or wait for them to expire", used >> 20, limits.client_quota_bytes >> 20);
+        return Ok(Some(busy(StatusCode::TOO_MANY_REQUESTS, wait, &text)));
+    }
+    Ok(None)
 }
 
 /// Whether `caller` started `job`: with authorization on, only the client
@@ -701,8 +819,9 @@ async fn status(State(st): State<Arc<AppState>>, Extension(caller): Extension<Ca
         }
         JobState::Completed => {
             let body = j.result.unwrap_or_else(|| "{}".into());
-            // Files stay until the export is DELETEd; promise a day.
-            let expires = httpdate_in(24 * 3600);
+            // The files are deleted this long after the kick-off.
+            let created = veil_storage::parse_iso(&j.created).unwrap_or_else(veil_storage::now_secs);
+            let expires = httpdate_in((created + st.limits.retention_secs).saturating_sub(veil_storage::now_secs()));
             (StatusCode::OK, [(header::CONTENT_TYPE, "application/json".to_string()), (header::EXPIRES, expires)], body).into_response()
         }
         JobState::Failed | JobState::Cancelled => {
@@ -784,8 +903,29 @@ pub async fn bind(addr: SocketAddr, authorization: bool) -> std::io::Result<toki
 
 /// Serves on `listener` until `shutdown` resolves.
 pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    // Retention: finished exports past their expiry are deleted, files and job.
+    let sweeper = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let (store, storage, retention) = (state.store.clone(), state.storage.clone(), state.limits.retention_secs);
+                let _ = tokio::task::spawn_blocking(move || crate::export::expire_exports(&*store, &storage, retention)).await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        })
+    };
+    let _stop_sweeper = AbortOnDrop(sweeper);
     // The client's address is what share links with an address range check.
     axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown).await
+}
+
+/// Stops a background task when the server stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A file as a stream of 64 KiB chunks, so downloads never hold a whole

@@ -134,22 +134,78 @@ fn write(store: &dyn Store, prepared: &[Prepared], report: &mut LoadReport) -> R
     Ok(())
 }
 
+/// Whether `doc` is a Bundle that [`load_document`] unpacks.
+pub fn is_transaction_or_batch(doc: &Json) -> bool {
+    doc.get("resourceType").and_then(Json::as_str) == Some("Bundle") && matches!(doc.get("type").and_then(Json::as_str), Some("transaction" | "batch"))
+}
+
+/// Stores `doc` as the one resource it is, whatever it holds: a Bundle of
+/// any type too (FHIR's `POST /Bundle` stores a Bundle; only the base URL
+/// processes transactions). An id is assigned when it has none.
+pub fn store_resource(store: &dyn Store, mut doc: Json, name: &str) -> Result<LoadReport, LoadError> {
+    let mut report = LoadReport::default();
+    if doc.get("id").is_none() {
+        doc["id"] = Json::String(new_id());
+    }
+    let p = prepare(doc, &|| name.to_string())?;
+    write(store, &[p], &mut report)?;
+    Ok(report)
+}
+
+/// What one entry of a transaction or batch asks to do, for checking it
+/// against the caller's scopes before anything is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryAction {
+    /// The resource type the entry touches.
+    pub resource_type: String,
+    /// The interactions it needs: `c` create, `u` update, `d` delete.
+    pub needs: &'static [char],
+}
+
+/// The action of every entry of a transaction or batch Bundle, in order,
+/// or why an entry cannot be read as one (naming its index). An entry's
+/// type comes from what it writes and from its request URL, and both must
+/// agree: a default never stands in for a missing type.
+pub fn entry_actions(bundle: &Json) -> Result<Vec<EntryAction>, String> {
+    let mut actions = Vec::new();
+    for (i, entry) in bundle.get("entry").and_then(Json::as_array).into_iter().flatten().enumerate() {
+        let method = entry.pointer("/request/method").and_then(Json::as_str).unwrap_or("PUT").to_ascii_uppercase();
+        let url_type = entry
+            .pointer("/request/url")
+            .and_then(Json::as_str)
+            .map(|u| u.split(['/', '?']).next().unwrap_or("").to_string())
+            .filter(|t| !t.is_empty());
+        let body_type = entry.pointer("/resource/resourceType").and_then(Json::as_str).map(str::to_string);
+        let resource_type = match (&method[..], body_type, url_type) {
+            ("DELETE", _, Some(t)) => t,
+            ("POST" | "PUT", Some(b), Some(u)) if b == u => b,
+            ("POST" | "PUT", Some(b), None) => b,
+            ("POST" | "PUT", Some(_), Some(_)) => return Err(format!("entry {i}: the resource's type differs from its request URL's")),
+            ("POST" | "PUT", None, _) => return Err(format!("entry {i}: {method} without a resource")),
+            ("DELETE", _, None) => return Err(format!("entry {i}: DELETE needs a request URL Type/id")),
+            _ => return Err(format!("entry {i}: the method {method} is not supported in a transaction or batch")),
+        };
+        if !veil_fhir::r4().is_resource_type(&resource_type) || matches!(resource_type.as_str(), "Resource" | "DomainResource") {
+            return Err(format!("entry {i}: not a FHIR R4 resource type"));
+        }
+        // Entries are stored by their id (a POST's own, or its urn:uuid
+        // fullUrl's), replacing what is there: any write may create or
+        // update, so it needs both.
+        let needs: &'static [char] = if method == "DELETE" { &['d'] } else { &['c', 'u'] };
+        actions.push(EntryAction { resource_type, needs });
+    }
+    Ok(actions)
+}
+
 /// Loads one document: a transaction or batch Bundle is unpacked (entries'
 /// `fullUrl` references rewritten to `Type/id`, ids assigned where missing,
 /// `DELETE` requests applied); any other resource is stored as it is.
 /// A transaction's entries are written in one store transaction.
 pub fn load_document(store: &dyn Store, mut doc: Json, name: &str) -> Result<LoadReport, LoadError> {
-    let mut report = LoadReport::default();
-    let is_bundle_to_unpack = doc.get("resourceType").and_then(Json::as_str) == Some("Bundle")
-        && matches!(doc.get("type").and_then(Json::as_str), Some("transaction" | "batch"));
-    if !is_bundle_to_unpack {
-        if doc.get("id").is_none() {
-            doc["id"] = Json::String(new_id());
-        }
-        let p = prepare(doc, &|| name.to_string())?;
-        write(store, &[p], &mut report)?;
-        return Ok(report);
+    if !is_transaction_or_batch(&doc) {
+        return store_resource(store, doc, name);
     }
+    let mut report = LoadReport::default();
     let Some(Json::Array(entries)) = doc.get_mut("entry").map(Json::take) else { return Ok(report) };
     // First pass: ids, and the map from fullUrl to Type/id.
     let mut by_full_url = HashMap::new();

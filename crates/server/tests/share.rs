@@ -86,6 +86,7 @@ impl Fixture {
                 recipient: Some("Team A".into()),
                 ip: ip.map(str::to_string),
                 revoked: None,
+                identified: false,
             })
             .unwrap();
         sign_token(&self.key, id, expires)

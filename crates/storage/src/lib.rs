@@ -39,7 +39,7 @@ use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart}
 
 pub use location::Location;
 pub use s3_post::PresignedPost;
-pub use manifest::{FileEntry, MANIFEST_NAME, Manifest, digest, digest_file, files_below, manifest_of_dir};
+pub use manifest::{Deidentified, FileEntry, MANIFEST_NAME, Manifest, digest, digest_file, files_below, manifest_of_dir};
 pub use time::{iso, now_iso, now_secs, parse_iso, parse_lifetime};
 
 /// Files larger than this go up in parts of this size (S3 needs at least
@@ -269,15 +269,16 @@ impl Storage {
 
     /// Uploads every file below the local folder `dir` (but `.part` files
     /// and a manifest found there), then the manifest of what was uploaded,
-    /// last. `each` hears of each file as it is done.
-    pub fn upload_dir(&self, dir: &Path, each: &mut dyn FnMut(&FileEntry)) -> Result<Manifest, StorageError> {
+    /// stating how it was `deidentified`, last. `each` hears of each file
+    /// as it is done.
+    pub fn upload_dir(&self, dir: &Path, deidentified: Option<Deidentified>, each: &mut dyn FnMut(&FileEntry)) -> Result<Manifest, StorageError> {
         let mut files = Vec::new();
         for name in files_below(dir)? {
             let entry = self.put_file(&name, &dir.join(&name))?;
             each(&entry);
             files.push(entry);
         }
-        let manifest = Manifest::new(files);
+        let manifest = Manifest::new(files).deidentified(deidentified);
         self.put_bytes(MANIFEST_NAME, manifest.to_json())?;
         Ok(manifest)
     }

@@ -21,6 +21,20 @@ pub struct Manifest {
     pub created: String,
     /// Every file but the manifest, by name.
     pub files: Vec<FileEntry>,
+    /// How the files were de-identified, when Veil de-identified them;
+    /// absent when they were not, or nobody can say (a manifest from
+    /// before Veil recorded it), and then sharing them is refused unless
+    /// the operator says they are identified data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deidentified: Option<Deidentified>,
+}
+
+/// The evidence that an export was de-identified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deidentified {
+    /// The policy applied, by the name it was given (a built-in name or a
+    /// configuration file's name).
+    pub policy: String,
 }
 
 /// One file: its name below the destination, size and SHA-256.
@@ -38,7 +52,12 @@ impl Manifest {
     /// A manifest of `files`, sorted by name.
     pub fn new(mut files: Vec<FileEntry>) -> Manifest {
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        Manifest { format: "veil-manifest/1".into(), created: crate::time::now_iso(), files }
+        Manifest { format: "veil-manifest/1".into(), created: crate::time::now_iso(), files, deidentified: None }
+    }
+
+    /// The same manifest, stating how its files were de-identified.
+    pub fn deidentified(self, how: Option<Deidentified>) -> Manifest {
+        Manifest { deidentified: how, ..self }
     }
 
     /// The entry for `path`.

@@ -22,7 +22,7 @@ fn a_folder_is_uploaded_with_its_manifest_last_and_reads_back() {
     let storage = Storage::open(&Location::parse(&format!("file://{}", dest.display())).unwrap()).unwrap();
     assert!(storage.read_manifest().unwrap_err().to_string().contains("holds no complete Veil export"));
     let mut seen = Vec::new();
-    let manifest = storage.upload_dir(&source, &mut |f| seen.push(f.path.clone())).unwrap();
+    let manifest = storage.upload_dir(&source, None, &mut |f| seen.push(f.path.clone())).unwrap();
     assert_eq!(seen, ["Observation-1.ndjson", "sub/Patient-1.ndjson"], "unfinished files are not uploaded");
     assert_eq!(manifest.files, manifest_of_dir(&source).unwrap().files, "sizes and digests as computed locally");
     assert_eq!(storage.read_manifest().unwrap(), manifest);

@@ -215,6 +215,10 @@ pub struct ShareRecord {
     pub ip: Option<String>,
     /// When it was revoked.
     pub revoked: Option<String>,
+    /// Whether it shares data that was not de-identified (or whose
+    /// de-identification nobody could show), as the operator said
+    /// explicitly when making it.
+    pub identified: bool,
 }
 
 /// One download through a Veil share link: the audit log's line.
@@ -252,6 +256,8 @@ pub trait Store: Send + Sync {
     fn create_job(&self, id: &str, request: &str) -> Result<Job>;
     /// A job by id.
     fn job(&self, id: &str) -> Result<Option<Job>>;
+    /// Every job, oldest first (for limits per client and retention).
+    fn jobs(&self) -> Result<Vec<Job>>;
     /// Takes the oldest queued job, or a running one whose lease lapsed,
     /// for `lease_secs`; each job is given to one worker at a time.
     fn claim_job(&self, owner: &str, lease_secs: i64) -> Result<Option<Job>>;
@@ -323,7 +329,7 @@ pub(crate) fn schema(int: &str, serial: &str, sequence: &str) -> String {
         CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
         CREATE TABLE IF NOT EXISTS shares (
             id TEXT PRIMARY KEY, kind TEXT NOT NULL, location TEXT NOT NULL, created TEXT NOT NULL,
-            expires TEXT NOT NULL, recipient TEXT, ip TEXT, revoked TEXT);
+            expires TEXT NOT NULL, recipient TEXT, ip TEXT, revoked TEXT, identified {int} NOT NULL DEFAULT 0);
         CREATE TABLE IF NOT EXISTS share_downloads (
             seq {serial}, share_id TEXT NOT NULL, time TEXT NOT NULL, file TEXT NOT NULL,
             bytes {int} NOT NULL, client TEXT NOT NULL);
@@ -335,7 +341,11 @@ pub(crate) fn schema(int: &str, serial: &str, sequence: &str) -> String {
 pub(crate) const CLIENT_COLS: &str = "id, name, jwks, jwks_url, scopes, created";
 
 /// The columns of a share, in [`ShareRecord`]'s order.
-pub(crate) const SHARE_COLS: &str = "id, kind, location, created, expires, recipient, ip, revoked";
+pub(crate) const SHARE_COLS: &str = "id, kind, location, created, expires, recipient, ip, revoked, identified";
+
+/// Columns added to tables after their first release, for stores made
+/// before: `(table, column, definition)`.
+pub(crate) const ADDED_COLUMNS: [(&str, &str, &str); 1] = [("shares", "identified", "{int} NOT NULL DEFAULT 0")];
 
 /// The columns of a download, in [`ShareDownload`]'s order.
 pub(crate) const DOWNLOAD_COLS: &str = "share_id, time, file, bytes, client";

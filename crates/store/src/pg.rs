@@ -22,7 +22,11 @@ impl PgStore {
         let mut client = connect(url)?;
         // Concurrent first starts may race to create the same tables.
         client.batch_execute("SELECT pg_advisory_lock(7357001)")?;
-        let created = client.batch_execute(&crate::schema("BIGINT", "BIGSERIAL PRIMARY KEY", "CREATE SEQUENCE IF NOT EXISTS resource_seq;"));
+        let added: String = crate::ADDED_COLUMNS
+            .iter()
+            .map(|(table, column, definition)| format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {};", definition.replace("{int}", "BIGINT")))
+            .collect();
+        let created = client.batch_execute(&(crate::schema("BIGINT", "BIGSERIAL PRIMARY KEY", "CREATE SEQUENCE IF NOT EXISTS resource_seq;") + &added));
         client.batch_execute("SELECT pg_advisory_unlock(7357001)")?;
         created?;
         Ok(PgStore { client: Mutex::new(client) })
@@ -244,6 +248,11 @@ impl Store for PgStore {
         Ok(client.query_opt(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"), &[&id])?.as_ref().map(job))
     }
 
+    fn jobs(&self) -> Result<Vec<Job>> {
+        let mut client = self.client();
+        Ok(client.query(&format!("SELECT {JOB_COLS} FROM jobs ORDER BY created, id"), &[])?.iter().map(job).collect())
+    }
+
     fn claim_job(&self, owner: &str, lease_secs: i64) -> Result<Option<Job>> {
         let mut client = self.client();
         let sql = format!(
@@ -327,8 +336,8 @@ impl Store for PgStore {
     }
 
     fn add_share(&self, s: &ShareRecord) -> Result<ShareRecord> {
-        let sql = format!("INSERT INTO shares ({SHARE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL) RETURNING {SHARE_COLS}");
-        let row = self.client().query_one(&sql, &[&s.id, &s.kind, &s.location, &now_instant(), &s.expires, &s.recipient, &s.ip])?;
+        let sql = format!("INSERT INTO shares ({SHARE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8) RETURNING {SHARE_COLS}");
+        let row = self.client().query_one(&sql, &[&s.id, &s.kind, &s.location, &now_instant(), &s.expires, &s.recipient, &s.ip, &i64::from(s.identified)])?;
         Ok(share_row(&row))
     }
 
@@ -359,7 +368,7 @@ impl Store for PgStore {
 
 /// A share row.
 fn share_row(r: &Row) -> ShareRecord {
-    ShareRecord { id: r.get(0), kind: r.get(1), location: r.get(2), created: r.get(3), expires: r.get(4), recipient: r.get(5), ip: r.get(6), revoked: r.get(7) }
+    ShareRecord { id: r.get(0), kind: r.get(1), location: r.get(2), created: r.get(3), expires: r.get(4), recipient: r.get(5), ip: r.get(6), revoked: r.get(7), identified: r.get::<_, i64>(8) != 0 }
 }
 
 /// A client row (named so as not to clash with the connection's `client`).

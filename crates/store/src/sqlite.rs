@@ -23,6 +23,12 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.execute_batch(&crate::schema("INTEGER", "INTEGER PRIMARY KEY", "CREATE TABLE IF NOT EXISTS seq (n INTEGER NOT NULL);"))?;
+        for (table, column, definition) in crate::ADDED_COLUMNS {
+            let present: i64 = conn.query_row(&format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"), [column], |r| r.get(0))?;
+            if present == 0 {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {}", definition.replace("{int}", "INTEGER")))?;
+            }
+        }
         let has_seq: i64 = conn.query_row("SELECT COUNT(*) FROM seq", [], |r| r.get(0))?;
         if has_seq == 0 {
             conn.execute("INSERT INTO seq (n) VALUES (0)", [])?;
@@ -172,6 +178,13 @@ impl Store for SqliteStore {
         Ok(conn.query_row(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"), [id], job).optional()?)
     }
 
+    fn jobs(&self) -> Result<Vec<Job>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {JOB_COLS} FROM jobs ORDER BY created, id"))?;
+        let rows = stmt.query_map([], job)?.collect::<rusqlite::Result<Vec<Job>>>()?;
+        Ok(rows)
+    }
+
     fn claim_job(&self, owner: &str, lease_secs: i64) -> Result<Option<Job>> {
         let conn = self.conn();
         let sql = format!(
@@ -257,8 +270,8 @@ impl Store for SqliteStore {
     }
 
     fn add_share(&self, s: &ShareRecord) -> Result<ShareRecord> {
-        let sql = format!("INSERT INTO shares ({SHARE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL) RETURNING {SHARE_COLS}");
-        Ok(self.conn().query_row(&sql, params![s.id, s.kind, s.location, now_instant(), s.expires, s.recipient, s.ip], share_row)?)
+        let sql = format!("INSERT INTO shares ({SHARE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8) RETURNING {SHARE_COLS}");
+        Ok(self.conn().query_row(&sql, params![s.id, s.kind, s.location, now_instant(), s.expires, s.recipient, s.ip, i64::from(s.identified)], share_row)?)
     }
 
     fn share(&self, id: &str) -> Result<Option<ShareRecord>> {
@@ -290,7 +303,7 @@ impl Store for SqliteStore {
 }
 
 fn share_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ShareRecord> {
-    Ok(ShareRecord { id: r.get(0)?, kind: r.get(1)?, location: r.get(2)?, created: r.get(3)?, expires: r.get(4)?, recipient: r.get(5)?, ip: r.get(6)?, revoked: r.get(7)? })
+    Ok(ShareRecord { id: r.get(0)?, kind: r.get(1)?, location: r.get(2)?, created: r.get(3)?, expires: r.get(4)?, recipient: r.get(5)?, ip: r.get(6)?, revoked: r.get(7)?, identified: r.get::<_, i64>(8)? != 0 })
 }
 
 fn client(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRecord> {

@@ -117,14 +117,16 @@ both! {
     shares_are_recorded_revoked_once_and_audited => |s: &dyn Store| {
         let share = |id: &str| ShareRecord {
             id: id.into(), kind: "veil".into(), location: "file:///exports/a".into(), created: String::new(),
-            expires: "2030-01-01T00:00:00.000Z".into(), recipient: Some("Team A".into()), ip: None, revoked: None,
+            expires: "2030-01-01T00:00:00.000Z".into(), recipient: Some("Team A".into()), ip: None, revoked: None, identified: false,
         };
         let made = s.add_share(&share("sh_1")).unwrap();
         assert_eq!(made.created.len(), 24, "the store sets the creation time");
         assert_eq!(s.share("sh_1").unwrap().unwrap(), made);
         assert!(s.add_share(&share("sh_1")).is_err(), "ids are unique");
         std::thread::sleep(std::time::Duration::from_millis(5));
-        s.add_share(&ShareRecord { ip: Some("10.0.0.0/8".into()), ..share("sh_2") }).unwrap();
+        s.add_share(&ShareRecord { ip: Some("10.0.0.0/8".into()), identified: true, ..share("sh_2") }).unwrap();
+        assert!(s.share("sh_2").unwrap().unwrap().identified, "an identified share is recorded as one");
+        assert!(!s.share("sh_1").unwrap().unwrap().identified);
         let ids: Vec<String> = s.shares().unwrap().into_iter().map(|x| x.id).collect();
         assert_eq!(ids, ["sh_2", "sh_1"], "newest first");
         assert!(s.revoke_share("sh_1").unwrap());
@@ -245,6 +247,7 @@ both! {
         assert!(s.finish_job("j1", "w1", JobState::Completed, r#"{"output":[]}"#).unwrap());
         let done = s.job("j1").unwrap().unwrap();
         assert_eq!((done.state, done.result.as_deref()), (JobState::Completed, Some(r#"{"output":[]}"#)));
+        assert_eq!(s.jobs().unwrap(), vec![done.clone()], "every job is listed");
         assert!(!s.finish_job("j1", "w1", JobState::Failed, "late").unwrap(), "finished once");
         assert!(s.delete_job("j1").unwrap());
         assert!(s.job("j1").unwrap().is_none());

@@ -133,7 +133,11 @@ pub fn start(name: &str, postgres: bool, auth: Option<u64>) -> Server {
             let listener = bind("127.0.0.1:0".parse().unwrap(), auth.is_some()).await.unwrap();
             let addr = listener.local_addr().unwrap();
             let auth = auth.map(|secs| Auth::new(&*st).unwrap().with_token_lifetime(secs));
-            let state = Arc::new(AppState::new(st, sg, format!("http://{addr}"), auth));
+            let mut state = AppState::new(st, sg, format!("http://{addr}"), auth);
+            // These tests send refused token requests on purpose, many in a
+            // row; the failure backoff has tests of its own (tests/python/test_hostile.py).
+            state.token_guard.free_failures = 1000;
+            let state = Arc::new(state);
             addr_tx.send(addr).unwrap();
             serve(state, listener, async move {
                 let _ = rx.await;
