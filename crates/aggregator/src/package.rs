@@ -138,6 +138,10 @@ pub enum ColumnType {
 
 impl ColumnType {
     fn of(name: &str, data_type: &DataType) -> Option<ColumnType> {
+        // A dictionary-encoded column (as pyarrow writes categories) is its values' type.
+        if let DataType::Dictionary(_, values) = data_type {
+            return ColumnType::of(name, values);
+        }
         let by_name = [("year", ColumnType::Year), ("month", ColumnType::Month), ("week", ColumnType::Week), ("day", ColumnType::Day)]
             .into_iter()
             .find(|(suffix, _)| name.ends_with(suffix))
@@ -366,7 +370,11 @@ fn read_parquet(bytes: Vec<u8>, shown: &str, package: &str, kind: Kind, limits: 
         columns.push(Column { name: name.clone(), column_type });
         // Text through its dictionary: a value repeated in every row is
         // held once until each cell is counted against the budget.
-        let data_type = match field.data_type() {
+        let plain = match field.data_type() {
+            DataType::Dictionary(_, values) => values.as_ref(),
+            other => other,
+        };
+        let data_type = match plain {
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
             other => other.clone(),
         };

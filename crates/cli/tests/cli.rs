@@ -447,7 +447,9 @@ fn two_servers_share_one_postgres_job_queue() {
     let load = veil(&["load", "--db", &db, input.to_str().unwrap()], None);
     assert!(load.status.success(), "{}", text(&load.stderr));
     let ports = [free_port(), free_port()];
-    let mut servers: Vec<_> = ports.iter().map(|p| spawn_serve(&db, &t.0.join("storage"), *p)).collect();
+    // Six exports of one (anonymous) client at once: above the default limit of 4.
+    let extra = ["--insecure-no-auth", "--max-exports-per-client", "6"];
+    let mut servers: Vec<_> = ports.iter().map(|p| spawn_serve_with(&db, &t.0.join("storage"), *p, &extra, Stdio::null())).collect();
     let http = reqwest::blocking::Client::new();
     // Six exports kicked off at the first server; both servers' workers take them.
     let urls: Vec<String> = (0..6)

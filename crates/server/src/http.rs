@@ -910,7 +910,8 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener, shut
             loop {
                 let (store, storage, retention) = (state.store.clone(), state.storage.clone(), state.limits.retention_secs);
                 let _ = tokio::task::spawn_blocking(move || crate::export::expire_exports(&*store, &storage, retention)).await;
-                tokio::time::sleep(Duration::from_secs(60)).await;
+                // A minute apart, or sooner when exports live less long.
+                tokio::time::sleep(Duration::from_secs(retention.clamp(1, 60))).await;
             }
         })
     };
