@@ -54,7 +54,19 @@ def peak_rss(process):
     raise AssertionError("no VmHWM")
 
 
-class Serve(unittest.TestCase):
+class OneServer(unittest.TestCase):
+    """A test class around one server process (`server`, its `log`) and a
+    temporary folder (`tmp`), all removed at the end."""
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.terminate()
+        cls.server.wait()
+        cls.log.close()
+        shutil.rmtree(cls.tmp, True)
+
+
+class Serve(OneServer):
     """`veil serve` with clients of narrow scopes."""
     db = None
 
@@ -90,13 +102,6 @@ class Serve(unittest.TestCase):
             subprocess.run([VEIL, "client", "keygen", "--out", key], stdout=f, check=True)
         client_id = veil("client", "add", "--db", db or cls.db, "--name", name, "--jwks", jwks, "--scope", scope).stdout.strip()
         return veil("client", "token", "--fhir-url", base or cls.base, "--client-id", client_id, "--key", key, "--scope", scope).stdout.strip()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.terminate()
-        cls.server.wait()
-        cls.log.close()
-        shutil.rmtree(cls.tmp, True)
 
     def call(self, method, path, token, body=None, base=None, **kw):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -301,7 +306,7 @@ def cube(rows, compression="zstd"):
     return parquet_bytes(pa.table({"cnt": pa.array([r[0] for r in rows], pa.int64()), "sex": pa.array([r[1] for r in rows], pa.string())}), compression)
 
 
-class Aggregator(unittest.TestCase):
+class Aggregator(OneServer):
     """`veil aggregator serve` against a registered site that turned hostile."""
     db = None
 
@@ -314,13 +319,6 @@ class Aggregator(unittest.TestCase):
         cls.log = open(os.path.join(cls.tmp, "serve.log"), "w+")
         cls.server, cls.url = listen("aggregator", "serve", "--db", cls.db, "--storage", os.path.join(cls.tmp, "archive"),
                                      "--network", "flu-net", log=cls.log)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.terminate()
-        cls.server.wait()
-        cls.log.close()
-        shutil.rmtree(cls.tmp, True)
 
     # The transaction of the site's last handshake: a handshake takes the
     # site's upload lock for ten minutes, and the site enters it again by
