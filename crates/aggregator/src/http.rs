@@ -153,9 +153,11 @@ async fn access_log(State(st): Shared, request: Request, next: Next) -> Response
     response
 }
 
+/// A response to a site whose credentials were good: named for the access
+/// log, and counted as a success by the credential door.
 fn with_who(mut response: Response, who: &str) -> Response {
     response.extensions_mut().insert(Who(who.to_string()));
-    response
+    veil_guard::Credentials::Accepted.mark(response)
 }
 
 async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Site, Response> {
@@ -165,12 +167,12 @@ async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Site, Respon
         r
     };
     let Some((user, secret)) = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(secrets::basic) else {
-        return Err(unauthorized());
+        return Err(veil_guard::Credentials::Refused.mark(unauthorized()));
     };
     let ledger = st.config.ledger.clone();
     match blocking(move || ledger.authenticate(&user, &secret)).await? {
         Ok(Some(site)) => Ok(site),
-        Ok(None) => Err(unauthorized()),
+        Ok(None) => Err(veil_guard::Credentials::Refused.mark(unauthorized())),
         Err(_) => Err(internal()),
     }
 }
@@ -380,12 +382,12 @@ async fn release(st: &Arc<AppState>, p: &Policy) {
 async fn require_api_key(State(st): Shared, request: Request, next: Next) -> Response {
     let key = request.headers().get("x-api-key").and_then(|h| h.to_str().ok()).map(str::to_string);
     let Some(key) = key else {
-        return message(StatusCode::UNAUTHORIZED, "an x-api-key header is required (veil aggregator key add)");
+        return veil_guard::Credentials::Refused.mark(message(StatusCode::UNAUTHORIZED, "an x-api-key header is required (veil aggregator key add)"));
     };
     let ledger = st.config.ledger.clone();
     match blocking(move || ledger.check_api_key(&key)).await {
-        Ok(Ok(true)) => next.run(request).await,
-        Ok(Ok(false)) => message(StatusCode::UNAUTHORIZED, "the API key is not valid"),
+        Ok(Ok(true)) => veil_guard::Credentials::Accepted.mark(next.run(request).await),
+        Ok(Ok(false)) => veil_guard::Credentials::Refused.mark(message(StatusCode::UNAUTHORIZED, "the API key is not valid")),
         _ => internal(),
     }
 }

@@ -115,12 +115,33 @@ impl Door {
     }
 }
 
+/// What a handler found of the credentials it checked, put in its
+/// response's extensions for [`guard`] to count: only refused credentials
+/// are failures (a malformed request or a scope not granted are not
+/// guesses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credentials {
+    /// They were good.
+    Accepted,
+    /// They were wrong, unknown or forged.
+    Refused,
+}
+
+impl Credentials {
+    /// `response`, marked with what its handler found.
+    pub fn mark(self, mut response: Response) -> Response {
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
 /// Middleware for routes that check credentials
 /// (`axum::middleware::from_fn_with_state(door, veil_guard::guard)`): a
 /// caller (by address) over its rate or backing off gets 429 with
-/// `Retry-After` before its credentials are looked at; an answer of 400,
-/// 401 or 403 counts as a failed attempt, any other as a success. Without
-/// the server's connection information all callers share one count.
+/// `Retry-After` before its credentials are looked at; a response its
+/// handler marked [`Credentials::Refused`] counts as a failed attempt, one
+/// marked [`Credentials::Accepted`] as a success. Without the server's
+/// connection information all callers share one count.
 pub async fn guard(State(door): State<Arc<Door>>, request: Request, next: Next) -> Response {
     let caller = request.extensions().get::<ConnectInfo<SocketAddr>>().map_or_else(|| "-".to_string(), |c| c.0.ip().to_string());
     if let Err(wait) = door.admit(&caller) {
@@ -131,8 +152,9 @@ pub async fn guard(State(door): State<Arc<Door>>, request: Request, next: Next) 
         return r;
     }
     let response = next.run(request).await;
-    let failed = matches!(response.status().as_u16(), 400 | 401 | 403);
-    door.outcome(&caller, !failed);
+    if let Some(found) = response.extensions().get::<Credentials>() {
+        door.outcome(&caller, *found == Credentials::Accepted);
+    }
     response
 }
 

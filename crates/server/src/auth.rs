@@ -141,15 +141,21 @@ pub(crate) async fn smart_configuration(State(st): State<Arc<AppState>>) -> Resp
 /// (bulk-export.md §4.4), answering a token or an OAuth error.
 pub(crate) async fn token(State(st): State<Arc<AppState>>, headers: HeaderMap, body: String) -> Response {
     let Some(auth) = &st.auth else { return authorization_off() };
-    let (status, body) = match issue(&st, auth, &headers, &body).await {
-        Ok(body) => (StatusCode::OK, body),
+    let (status, body, found) = match issue(&st, auth, &headers, &body).await {
+        Ok(body) => (StatusCode::OK, body, Some(veil_guard::Credentials::Accepted)),
         Err(e) => {
             let status = if e.code == "server_error" { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::BAD_REQUEST };
-            (status, e.to_json())
+            // Only a refused client counts towards the backoff, not a malformed request or a scope.
+            let found = (e.code == "invalid_client").then_some(veil_guard::Credentials::Refused);
+            (status, e.to_json(), found)
         }
     };
     // Tokens must never be cached (RFC 6749 §5.1).
-    (status, [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store"), (header::PRAGMA, "no-cache")], body.to_string()).into_response()
+    let response = (status, [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store"), (header::PRAGMA, "no-cache")], body.to_string()).into_response();
+    match found {
+        Some(found) => found.mark(response),
+        None => response,
+    }
 }
 
 fn error(code: &'static str, description: &str) -> OAuthError {

@@ -189,22 +189,22 @@ fn capability_statement(base_url: &str) -> String {
             .collect()
     };
     json!({
-            "resourceType": "CapabilityStatement",
-            "status": "active",
-            "date": veil_store::now_instant(),
-            "kind": "instance",
-            "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
-            "software": {"name": "Veil", "version": env!("CARGO_PKG_VERSION")},
-            "implementation": {"description": "Veil FHIR server", "url": base_url},
-            "fhirVersion": "4.0.1",
-            "format": ["application/fhir+json"],
-            "rest": [{
-                "mode": "server",
-                "resource": types,
-                "interaction": [{"code": "transaction"}, {"code": "batch"}],
-                "operation": [export("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export")]
-            }]
-        })
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": veil_store::now_instant(),
+        "kind": "instance",
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
+        "software": {"name": "Veil", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "Veil FHIR server", "url": base_url},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json"],
+        "rest": [{
+            "mode": "server",
+            "resource": types,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            "operation": [export("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export")]
+        }]
+    })
     .to_string()
 }
 
