@@ -11,7 +11,8 @@
 //! nothing.
 //!
 //! The state is in memory, per process, and bounded: past [`MAX_CALLERS`]
-//! callers the idle ones are forgotten.
+//! callers the idle ones are forgotten, then those not backing off; a new
+//! caller finding every place taken by callers backing off waits a second.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -83,6 +84,14 @@ impl Door {
         let mut callers = self.callers.lock().unwrap_or_else(|e| e.into_inner());
         if callers.len() >= MAX_CALLERS && !callers.contains_key(caller) {
             callers.retain(|_, c| now.duration_since(c.refilled) < Duration::from_secs(60) || c.blocked_until.is_some_and(|b| b > now));
+            if callers.len() >= MAX_CALLERS {
+                // All busy: keep only those backing off (forgetting them
+                // would reset their wait), so memory stays bounded.
+                callers.retain(|_, c| c.blocked_until.is_some_and(|b| b > now));
+            }
+            if callers.len() >= MAX_CALLERS {
+                return Err(Duration::from_secs(1));
+            }
         }
         let limits = self.limits;
         let c = callers.entry(caller.to_string()).or_insert(Caller { tokens: limits.burst, refilled: now, failures: 0, blocked_until: None });
@@ -219,5 +228,12 @@ mod tests {
         }
         door.admit_at("late", t0 + Duration::from_secs(61)).unwrap();
         assert!(door.callers.lock().unwrap().len() < 10, "idle callers forgotten");
+        // Every place taken by active callers: the ones not backing off go.
+        let t1 = t0 + Duration::from_secs(62);
+        for i in 0..MAX_CALLERS {
+            door.admit_at(&format!("busy{i}"), t1).unwrap();
+        }
+        door.admit_at("newcomer", t1).unwrap();
+        assert!(door.callers.lock().unwrap().len() <= MAX_CALLERS);
     }
 }

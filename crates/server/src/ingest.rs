@@ -135,7 +135,7 @@ fn write(store: &dyn Store, prepared: &[Prepared], report: &mut LoadReport) -> R
 }
 
 /// Whether `doc` is a Bundle that [`load_document`] unpacks.
-pub fn is_transaction_or_batch(doc: &Json) -> bool {
+fn is_transaction_or_batch(doc: &Json) -> bool {
     doc.get("resourceType").and_then(Json::as_str) == Some("Bundle") && matches!(doc.get("type").and_then(Json::as_str), Some("transaction" | "batch"))
 }
 

@@ -34,4 +34,4 @@ pub mod http;
 pub mod search;
 mod ingest;
 
-pub use ingest::{EntryAction, LoadError, LoadReport, entry_actions, is_transaction_or_batch, load_document, load_ndjson, new_id, store_resource};
+pub use ingest::{EntryAction, LoadError, LoadReport, entry_actions, load_document, load_ndjson, new_id, store_resource};
