@@ -86,7 +86,10 @@ fn parse_one(text: &str, aggregate: &Aggregate) -> Result<Filter, BadRequest> {
     let mut parts = text.splitn(3, ':');
     let (name, kind, value) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next());
     let column = column(aggregate, name)?;
-    let need = |v: Option<&str>| v.map(str::to_string).ok_or_else(|| BadRequest(format!("the filter {kind} on {name} needs a value (col:{kind}:value)")));
+    let need = |v: Option<&str>| {
+        v.map(str::to_string)
+            .ok_or_else(|| BadRequest(format!("the filter {kind} on {name} needs a value (col:{kind}:value)")))
+    };
     let test = if let Some(rest) = kind.strip_prefix("str") {
         let (negated, rest) = rest.strip_prefix("Not").map_or((false, rest), |r| (true, r));
         let (case_insensitive, rest) = rest.strip_suffix("CI").map_or((false, rest), |r| (true, r));
@@ -110,11 +113,15 @@ fn parse_one(text: &str, aggregate: &Aggregate) -> Result<Filter, BadRequest> {
         let pattern = if kind.ends_with("CI") { format!("(?i){pattern}") } else { pattern };
         // The regex crate matches in linear time, and the size limit keeps
         // a request from compiling a huge automaton.
-        let regex = regex::RegexBuilder::new(&pattern).size_limit(1 << 20).build().map_err(|_| BadRequest(format!("the filter {kind} on {name} has an invalid pattern")))?;
+        let regex = regex::RegexBuilder::new(&pattern)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|_| BadRequest(format!("the filter {kind} on {name} has an invalid pattern")))?;
         Test::Matches { negated, regex }
     } else if let Some((order, period)) = date_kind(kind) {
         let value = need(value)?;
-        let day = parse_date(&value).ok_or_else(|| BadRequest(format!("the filter {kind} on {name} needs a date YYYY-MM-DD")))?;
+        let day = parse_date(&value)
+            .ok_or_else(|| BadRequest(format!("the filter {kind} on {name} needs a date YYYY-MM-DD")))?;
         Test::Date { order, period, value: truncate(day, period) }
     } else {
         match kind {
@@ -235,10 +242,11 @@ impl Filter {
                 (truth == Some(*want)) != *negated
             }
             Test::Number { op, value } => {
-                let ordering = match (cell.as_f64().or_else(|| cell.as_str().and_then(|s| s.parse().ok())), value.as_f64()) {
-                    (Some(a), Some(b)) => a.partial_cmp(&b),
-                    _ => text_of(cell).map(|a| a.as_str().cmp(text_of(value).as_deref().unwrap_or(""))),
-                };
+                let ordering =
+                    match (cell.as_f64().or_else(|| cell.as_str().and_then(|s| s.parse().ok())), value.as_f64()) {
+                        (Some(a), Some(b)) => a.partial_cmp(&b),
+                        _ => text_of(cell).map(|a| a.as_str().cmp(text_of(value).as_deref().unwrap_or(""))),
+                    };
                 let Some(ordering) = ordering else { return false };
                 match *op {
                     "eq" => ordering.is_eq(),
@@ -291,7 +299,9 @@ pub fn chart(aggregate: &Aggregate, query: &ChartQuery) -> Result<Json, BadReque
     let free = |i: usize| i != cnt && Some(i) != strat && !filtered.contains(&i);
     let passes = |row: &[Json]| all_of.iter().all(|any| any.iter().any(|f| f.passes(row)));
     let selected = |row: &&Vec<Json>, shown: &[usize]| {
-        shown.iter().all(|&i| !row[i].is_null()) && (0..row.len()).filter(|&i| free(i) && !shown.contains(&i)).all(|i| row[i].is_null()) && passes(row)
+        shown.iter().all(|&i| !row[i].is_null())
+            && (0..row.len()).filter(|&i| free(i) && !shown.contains(&i)).all(|i| row[i].is_null())
+            && passes(row)
     };
     let count = |row: &Vec<Json>| row[cnt].as_i64().unwrap_or(0);
 
@@ -309,7 +319,8 @@ pub fn chart(aggregate: &Aggregate, query: &ChartQuery) -> Result<Json, BadReque
     }
     let row_count: usize = series.values().map(|(_, rows)| rows.len()).sum();
     let total = aggregate.rows.iter().find(|r| (1..r.len()).all(|i| r[i].is_null())).map(count);
-    let mut series: Vec<(Json, Vec<(Json, i64)>)> = series.into_values().map(|(s, rows)| (s, rows.into_values().collect())).collect();
+    let mut series: Vec<(Json, Vec<(Json, i64)>)> =
+        series.into_values().map(|(s, rows)| (s, rows.into_values().collect())).collect();
     series.sort_by(|a, b| axis_order(&a.0, &b.0));
     for (_, rows) in &mut series {
         rows.sort_by(|a, b| axis_order(&a.0, &b.0));
@@ -352,7 +363,13 @@ pub fn chart(aggregate: &Aggregate, query: &ChartQuery) -> Result<Json, BadReque
 fn lower_bounds(aggregate: &Aggregate, free: impl Fn(usize) -> bool) -> impl Fn(&[Json]) -> bool {
     let site = aggregate.columns.iter().position(|c| c.name == "site").filter(|&i| free(i));
     let strata_key = move |row: &[Json], site: usize| -> String {
-        row.iter().enumerate().skip(1).filter(|&(i, _)| i != site).map(|(_, v)| v.to_string()).collect::<Vec<_>>().join("\u{1f}")
+        row.iter()
+            .enumerate()
+            .skip(1)
+            .filter(|&(i, _)| i != site)
+            .map(|(_, v)| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\u{1f}")
     };
     let mut reporting: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut sites = std::collections::BTreeSet::new();
@@ -362,7 +379,11 @@ fn lower_bounds(aggregate: &Aggregate, free: impl Fn(usize) -> bool) -> impl Fn(
             *reporting.entry(strata_key(row, site)).or_default() += 1;
         }
     }
-    move |row: &[Json]| site.is_some_and(|site| row[site].is_null() && reporting.get(&strata_key(row, site)).copied().unwrap_or(0) < sites.len())
+    move |row: &[Json]| {
+        site.is_some_and(|site| {
+            row[site].is_null() && reporting.get(&strata_key(row, site)).copied().unwrap_or(0) < sites.len()
+        })
+    }
 }
 
 /// The columns as `/data-packages` reports them:
@@ -372,7 +393,8 @@ pub fn column_summary(aggregate: &Aggregate) -> Json {
     for (i, c) in aggregate.columns.iter().enumerate() {
         let mut entry = json!({"type": type_name(c.column_type)});
         if c.name != "cnt" {
-            let distinct: std::collections::HashSet<String> = aggregate.rows.iter().filter(|r| !r[i].is_null()).map(|r| r[i].to_string()).collect();
+            let distinct: std::collections::HashSet<String> =
+                aggregate.rows.iter().filter(|r| !r[i].is_null()).map(|r| r[i].to_string()).collect();
             entry["distinct_values_count"] = distinct.len().into();
         }
         columns.insert(c.name.clone(), entry);
@@ -419,13 +441,22 @@ mod tests {
             (12, Json::Null, json!(NONE), Json::Null),
         ];
         Aggregate {
-            columns: vec![col("cnt", ColumnType::Integer), col("year", ColumnType::Year), col("sex", ColumnType::String), col("site", ColumnType::String)],
+            columns: vec![
+                col("cnt", ColumnType::Integer),
+                col("year", ColumnType::Year),
+                col("sex", ColumnType::String),
+                col("site", ColumnType::String),
+            ],
             rows: rows.into_iter().map(|(n, y, s, site)| vec![json!(n), y, s, site]).collect(),
         }
     }
 
     fn query(column: &str, stratifier: Option<&str>, filters: &[&str]) -> ChartQuery {
-        ChartQuery { column: column.into(), stratifier: stratifier.map(Into::into), filters: filters.iter().map(|f| f.to_string()).collect() }
+        ChartQuery {
+            column: column.into(),
+            stratifier: stratifier.map(Into::into),
+            filters: filters.iter().map(|f| f.to_string()).collect(),
+        }
     }
 
     #[test]
@@ -450,7 +481,10 @@ mod tests {
     #[test]
     fn a_stratifier_splits_the_series_and_counts_each_stratum() {
         let c = chart(&aggregate(), &query("year", Some("site"), &[])).unwrap();
-        assert_eq!(c["data"], json!([{"stratifier": "a", "rows": [["2020", 35], ["2021", 25]]}, {"stratifier": "b", "rows": [["2020", 25], ["2021", 15]]}]));
+        assert_eq!(
+            c["data"],
+            json!([{"stratifier": "a", "rows": [["2020", 35], ["2021", 25]]}, {"stratifier": "b", "rows": [["2020", 25], ["2021", 15]]}])
+        );
         assert_eq!(c["counts"], json!({"a": 60, "b": 40}));
         assert_eq!(c["rowCount"], 4);
     }
@@ -461,7 +495,8 @@ mod tests {
         assert_eq!(female["data"], json!([{"rows": [["2020", 30], ["2021", 25]]}]));
         let either = chart(&aggregate(), &query("year", None, &["sex:strEq:female,sex:strEqCI:MALE"])).unwrap();
         assert_eq!(either["data"], json!([{"rows": [["2020", 60], ["2021", 40]]}]), "OR sums both sexes' rows");
-        let both = chart(&aggregate(), &query("year", None, &["sex:strEq:female", "year:afterYear:2020-06-01"])).unwrap();
+        let both =
+            chart(&aggregate(), &query("year", None, &["sex:strEq:female", "year:afterYear:2020-06-01"])).unwrap();
         assert_eq!(both["data"], json!([{"rows": [["2021", 25]]}]));
         let none = chart(&aggregate(), &query("sex", None, &["sex:isNone"])).unwrap();
         assert_eq!(none["data"], json!([{"rows": [[NONE, 12]]}]));

@@ -103,10 +103,7 @@ pub(crate) struct Row(Vec<Cell>);
 
 impl Row {
     fn take(&mut self, i: usize) -> Cell {
-        self.0
-            .get_mut(i)
-            .map(|c| std::mem::replace(c, Cell::Null))
-            .unwrap_or(Cell::Null)
+        self.0.get_mut(i).map(|c| std::mem::replace(c, Cell::Null)).unwrap_or(Cell::Null)
     }
 
     pub fn text(&mut self, i: usize) -> Result<String> {
@@ -183,9 +180,7 @@ impl Sql for Lite<'_> {
                     Ok(match r.get_ref(i)? {
                         rusqlite::types::ValueRef::Null => Cell::Null,
                         rusqlite::types::ValueRef::Integer(n) => Cell::Int(n),
-                        rusqlite::types::ValueRef::Text(t) => {
-                            Cell::Text(String::from_utf8_lossy(t).into_owned())
-                        }
+                        rusqlite::types::ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
                         rusqlite::types::ValueRef::Blob(b) => Cell::Bytes(b.to_vec()),
                         rusqlite::types::ValueRef::Real(_) => return Err(LedgerError::Decode(i)),
                     })
@@ -226,11 +221,9 @@ fn pg_row(r: &postgres::Row) -> Result<Row> {
             } else if *ty == Type::INT8 {
                 r.get::<_, Option<i64>>(i).map_or(Cell::Null, Cell::Int)
             } else if *ty == Type::INT4 {
-                r.get::<_, Option<i32>>(i)
-                    .map_or(Cell::Null, |n| Cell::Int(n.into()))
+                r.get::<_, Option<i32>>(i).map_or(Cell::Null, |n| Cell::Int(n.into()))
             } else if *ty == Type::BYTEA {
-                r.get::<_, Option<Vec<u8>>>(i)
-                    .map_or(Cell::Null, Cell::Bytes)
+                r.get::<_, Option<Vec<u8>>>(i).map_or(Cell::Null, Cell::Bytes)
             } else {
                 return Err(LedgerError::Decode(i));
             })
@@ -243,17 +236,11 @@ struct Pg<'c, C: postgres::GenericClient>(&'c mut C);
 
 impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
     fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
-        Ok(self
-            .0
-            .execute(&dollar_placeholders(sql), &pg_params(params))?)
+        Ok(self.0.execute(&dollar_placeholders(sql), &pg_params(params))?)
     }
 
     fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
-        self.0
-            .query(&dollar_placeholders(sql), &pg_params(params))?
-            .iter()
-            .map(pg_row)
-            .collect()
+        self.0.query(&dollar_placeholders(sql), &pg_params(params))?.iter().map(pg_row).collect()
     }
 }
 
@@ -261,7 +248,10 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
 pub(crate) enum Database {
     Sqlite(Mutex<rusqlite::Connection>),
     /// With what it was opened with, to connect again.
-    Postgres { target: String, client: Box<Mutex<postgres::Client>> },
+    Postgres {
+        target: String,
+        client: Box<Mutex<postgres::Client>>,
+    },
 }
 
 /// The tables, in the SQL both databases speak.
@@ -333,8 +323,7 @@ impl Database {
         match self {
             Database::Sqlite(conn) => {
                 let mut conn = relock(conn);
-                let tx =
-                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let out = work(&mut Lite(&tx))?;
                 tx.commit()?;
                 Ok(out)
@@ -362,7 +351,11 @@ impl Database {
 /// and once more after a failure that closed it (the server restarted, a
 /// failover, a cut connection): the transaction it was in rolled back, so
 /// trying again is safe.
-fn with_postgres<T>(target: &str, client: &Mutex<postgres::Client>, mut work: impl FnMut(&mut postgres::Client) -> Result<T>) -> Result<T> {
+fn with_postgres<T>(
+    target: &str,
+    client: &Mutex<postgres::Client>,
+    mut work: impl FnMut(&mut postgres::Client) -> Result<T>,
+) -> Result<T> {
     let mut client = relock(client);
     if client.is_closed() {
         *client = veil_store::connect_postgres(target)?;

@@ -89,7 +89,9 @@ pub fn router(config: Arc<Config>) -> Result<Router, crate::ledger::LedgerError>
     let upload_cap = usize::try_from(config.limits.zip_bytes).unwrap_or(usize::MAX).saturating_add(1 << 20);
     let door = Arc::new(veil_guard::Door::new(config.guard));
     let state = Arc::new(AppState { config, signing_key });
-    let guarded = |router: Router<Arc<AppState>>| router.route_layer(axum::middleware::from_fn_with_state(door.clone(), veil_guard::guard));
+    let guarded = |router: Router<Arc<AppState>>| {
+        router.route_layer(axum::middleware::from_fn_with_state(door.clone(), veil_guard::guard))
+    };
     let query = Router::new()
         .route("/data-packages", get(data_packages))
         .route("/data-packages/{id}", get(data_package))
@@ -146,10 +148,18 @@ async fn access_log(State(st): Shared, request: Request, next: Next) -> Response
     }
     let started = Instant::now();
     let method = request.method().clone();
-    let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("(no route)".to_string(), |m| m.as_str().to_string());
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("(no route)".to_string(), |m| m.as_str().to_string());
     let response = next.run(request).await;
     let who = response.extensions().get::<Who>().map_or("-".to_string(), |w| w.0.clone());
-    eprintln!("{} {method} {route} {} site={who} {}ms", veil_store::now_instant(), response.status().as_u16(), started.elapsed().as_millis());
+    eprintln!(
+        "{} {method} {route} {} site={who} {}ms",
+        veil_store::now_instant(),
+        response.status().as_u16(),
+        started.elapsed().as_millis()
+    );
     response
 }
 
@@ -166,7 +176,9 @@ async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Site, Respon
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"veil aggregator\""));
         r
     };
-    let Some((user, secret)) = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(secrets::basic) else {
+    let Some((user, secret)) =
+        headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(secrets::basic)
+    else {
         return Err(veil_guard::Credentials::Refused.mark(unauthorized()));
     };
     let ledger = st.config.ledger.clone();
@@ -181,7 +193,12 @@ async fn handshake_root(st: Shared, headers: HeaderMap, body: axum::body::Bytes)
     handshake(st, headers, body).await
 }
 
-async fn handshake_network(st: Shared, Path(network): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn handshake_network(
+    st: Shared,
+    Path(network): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     if st.config.network.as_deref() != Some(network.as_str()) {
         return message(StatusCode::NOT_FOUND, "no such research network here");
     }
@@ -206,16 +223,25 @@ async fn handshake(State(st): Shared, headers: HeaderMap, body: axum::body::Byte
     let who = site.name.clone();
     let answer = |r: Response| with_who(r, &who);
     let Ok(request) = serde_json::from_slice::<Json>(&body) else {
-        return answer(message(StatusCode::BAD_REQUEST, "Malformed data payload: expected JSON {study, data_package_version, filename}"));
+        return answer(message(
+            StatusCode::BAD_REQUEST,
+            "Malformed data payload: expected JSON {study, data_package_version, filename}",
+        ));
     };
     let (Some(study), Some(filename)) = (request["study"].as_str(), request["filename"].as_str()) else {
         return answer(message(StatusCode::BAD_REQUEST, "Malformed data payload: study and filename are required"));
     };
     if !is_identifier(study) {
-        return answer(message(StatusCode::BAD_REQUEST, "Malformed data payload: a study name is lower-case letters, digits and _"));
+        return answer(message(
+            StatusCode::BAD_REQUEST,
+            "Malformed data payload: a study name is lower-case letters, digits and _",
+        ));
     }
     if !is_file_name(filename) {
-        return answer(message(StatusCode::BAD_REQUEST, "Malformed data payload: the filename must be a plain file name"));
+        return answer(message(
+            StatusCode::BAD_REQUEST,
+            "Malformed data payload: the filename must be a plain file name",
+        ));
     }
     // As the Cumulus client sends it: a number, or text read as int(float(v)).
     let version = match &request["data_package_version"] {
@@ -223,7 +249,10 @@ async fn handshake(State(st): Shared, headers: HeaderMap, body: axum::body::Byte
         v => crate::package::package_version(v),
     };
     let Some(version) = version else {
-        return answer(message(StatusCode::BAD_REQUEST, "Malformed data payload: data_package_version must be a whole number from 0 to 999"));
+        return answer(message(
+            StatusCode::BAD_REQUEST,
+            "Malformed data payload: data_package_version must be a whole number from 0 to 999",
+        ));
     };
     if !site.may_upload(study) {
         return answer(message(StatusCode::FORBIDDEN, format!("site {} may not upload the study {study}", site.name)));
@@ -231,20 +260,29 @@ async fn handshake(State(st): Shared, headers: HeaderMap, body: axum::body::Byte
     let transaction = headers.get("transaction-id").and_then(|h| h.to_str().ok()).map(str::to_string);
     let ledger = st.config.ledger.clone();
     let (site_name, study_name) = (site.name.clone(), study.to_string());
-    let lock = blocking(move || ledger.lock(&site_name, &study_name, transaction.as_deref(), now_secs(), LOCK_SECS)).await;
+    let lock =
+        blocking(move || ledger.lock(&site_name, &study_name, transaction.as_deref(), now_secs(), LOCK_SECS)).await;
     let transaction = match lock {
         Ok(Ok(Ok(id))) => id,
-        Ok(Ok(Err(()))) => return answer(message(StatusCode::PRECONDITION_FAILED, format!("Currently processing a previous upload of {study}. Please try again later."))),
+        Ok(Ok(Err(()))) => {
+            return answer(message(
+                StatusCode::PRECONDITION_FAILED,
+                format!("Currently processing a previous upload of {study}. Please try again later."),
+            ));
+        }
         Ok(Err(_)) | Err(_) => return answer(internal()),
     };
-    let upload = Upload { transaction: transaction.clone(), site: site.name.clone(), study: study.to_string(), version };
+    let upload =
+        Upload { transaction: transaction.clone(), site: site.name.clone(), study: study.to_string(), version };
     let key = upload.staging_key(filename);
     let base = st.config.base_url.trim_end_matches('/').to_string();
     let form = if st.config.uploads_to_storage() {
         let storage = st.config.storage.clone();
         let max_bytes = st.config.limits.zip_bytes;
         match blocking(move || storage.presigned_post(&key, max_bytes, Duration::from_secs(POLICY_SECS as u64))).await {
-            Ok(Ok(post)) => json!({"url": post.url, "fields": post.fields.into_iter().map(|(k, v)| (k, Json::String(v))).collect::<serde_json::Map<_, _>>()}),
+            Ok(Ok(post)) => {
+                json!({"url": post.url, "fields": post.fields.into_iter().map(|(k, v)| (k, Json::String(v))).collect::<serde_json::Map<_, _>>()})
+            }
             Ok(Err(e)) => {
                 eprintln!("veil aggregator: cannot sign an S3 upload form: {e}");
                 return answer(internal());
@@ -253,7 +291,10 @@ async fn handshake(State(st): Shared, headers: HeaderMap, body: axum::body::Byte
         }
     } else {
         let policy = Policy { upload, key, max_bytes: st.config.limits.zip_bytes, expires: now_secs() + POLICY_SECS };
-        let encoded = veil_fhir::base64::encode(serde_json::to_string(&policy).expect("a policy serialises").as_bytes(), veil_fhir::base64::STANDARD);
+        let encoded = veil_fhir::base64::encode(
+            serde_json::to_string(&policy).expect("a policy serialises").as_bytes(),
+            veil_fhir::base64::STANDARD,
+        );
         let signature = veil_fhir::hex::encode(&secrets::mac(&st.signing_key, encoded.as_bytes()));
         json!({"url": format!("{base}/upload"), "fields": {"key": policy.key, "policy": encoded, "signature": signature}})
     };
@@ -279,7 +320,9 @@ async fn upload_status(State(st): Shared, Path(transaction): Path<String>, heade
         _ => return with_who(internal(), &who),
     };
     let body = match state {
-        UploadState::Unknown => return with_who(message(StatusCode::NOT_FOUND, "this site has no upload with that transaction id"), &who),
+        UploadState::Unknown => {
+            return with_who(message(StatusCode::NOT_FOUND, "this site has no upload with that transaction id"), &who);
+        }
         UploadState::Waiting => json!({"state": "waiting"}),
         UploadState::Done { outcome, message } => json!({"state": outcome, "message": message}),
     };
@@ -287,7 +330,9 @@ async fn upload_status(State(st): Shared, Path(transaction): Path<String>, heade
 }
 
 fn verify_policy(st: &AppState, policy: &str, signature: &str) -> Option<Policy> {
-    let given: Vec<u8> = (0..signature.len() / 2).filter_map(|i| u8::from_str_radix(signature.get(2 * i..2 * i + 2)?, 16).ok()).collect();
+    let given: Vec<u8> = (0..signature.len() / 2)
+        .filter_map(|i| u8::from_str_radix(signature.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
     // Compared through the MAC, in constant time.
     if !secrets::matches(policy, &st.signing_key, &given) {
         return None;
@@ -326,10 +371,16 @@ async fn upload(State(st): Shared, mut form: Multipart) -> Response {
             return message(StatusCode::FORBIDDEN, "the upload's policy signature does not match");
         };
         if p.expires <= now_secs() {
-            return with_who(message(StatusCode::FORBIDDEN, "the upload's policy has expired: ask for a new upload URL"), &p.upload.site);
+            return with_who(
+                message(StatusCode::FORBIDDEN, "the upload's policy has expired: ask for a new upload URL"),
+                &p.upload.site,
+            );
         }
         if fields.get("key") != Some(&p.key) {
-            return with_who(message(StatusCode::FORBIDDEN, "the upload's key is not the one its policy signs"), &p.upload.site);
+            return with_who(
+                message(StatusCode::FORBIDDEN, "the upload's key is not the one its policy signs"),
+                &p.upload.site,
+            );
         }
         let mut field = field;
         loop {
@@ -337,7 +388,13 @@ async fn upload(State(st): Shared, mut form: Multipart) -> Response {
                 Ok(Some(chunk)) => {
                     if (zip.len() + chunk.len()) as u64 > p.max_bytes {
                         release(&st, &p).await;
-                        return with_who(message(StatusCode::PAYLOAD_TOO_LARGE, format!("the zip is larger than the aggregator accepts ({} MiB)", p.max_bytes >> 20)), &p.upload.site);
+                        return with_who(
+                            message(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                format!("the zip is larger than the aggregator accepts ({} MiB)", p.max_bytes >> 20),
+                            ),
+                            &p.upload.site,
+                        );
                     }
                     zip.extend_from_slice(&chunk);
                 }
@@ -346,7 +403,10 @@ async fn upload(State(st): Shared, mut form: Multipart) -> Response {
                     // A dropped connection: nothing was kept; free the lock
                     // so that the site can try again at once.
                     release(&st, &p).await;
-                    return with_who(message(StatusCode::BAD_REQUEST, "the upload ended before the whole file arrived"), &p.upload.site);
+                    return with_who(
+                        message(StatusCode::BAD_REQUEST, "the upload ended before the whole file arrived"),
+                        &p.upload.site,
+                    );
                 }
             }
         }
@@ -365,9 +425,17 @@ async fn upload(State(st): Shared, mut form: Multipart) -> Response {
             r.headers_mut().insert("x-veil-outcome", HeaderValue::from_static(outcome.as_str()));
             with_who(r, &who)
         }
-        Ok(Ok(Err(refusal))) if refusal.0 == crate::ledger::FORM_GONE => with_who(message(StatusCode::FORBIDDEN, refusal.0), &who),
+        Ok(Ok(Err(refusal))) if refusal.0 == crate::ledger::FORM_GONE => {
+            with_who(message(StatusCode::FORBIDDEN, refusal.0), &who)
+        }
         Ok(Ok(Err(refusal))) => with_who(message(StatusCode::BAD_REQUEST, refusal.0), &who),
-        Ok(Err(Failure::Busy)) => with_who(message(StatusCode::PRECONDITION_FAILED, "another upload of this study by this site took over the lock; ask for a new upload URL"), &who),
+        Ok(Err(Failure::Busy)) => with_who(
+            message(
+                StatusCode::PRECONDITION_FAILED,
+                "another upload of this study by this site took over the lock; ask for a new upload URL",
+            ),
+            &who,
+        ),
         Ok(Err(Failure::Internal)) | Err(_) => with_who(internal(), &who),
     }
 }
@@ -382,12 +450,15 @@ async fn release(st: &Arc<AppState>, p: &Policy) {
 async fn require_api_key(State(st): Shared, request: Request, next: Next) -> Response {
     let key = request.headers().get("x-api-key").and_then(|h| h.to_str().ok()).map(str::to_string);
     let Some(key) = key else {
-        return veil_guard::Credentials::Refused.mark(message(StatusCode::UNAUTHORIZED, "an x-api-key header is required (veil aggregator key add)"));
+        return veil_guard::Credentials::Refused
+            .mark(message(StatusCode::UNAUTHORIZED, "an x-api-key header is required (veil aggregator key add)"));
     };
     let ledger = st.config.ledger.clone();
     match blocking(move || ledger.check_api_key(&key)).await {
         Ok(Ok(true)) => veil_guard::Credentials::Accepted.mark(next.run(request).await),
-        Ok(Ok(false)) => veil_guard::Credentials::Refused.mark(message(StatusCode::UNAUTHORIZED, "the API key is not valid")),
+        Ok(Ok(false)) => {
+            veil_guard::Credentials::Refused.mark(message(StatusCode::UNAUTHORIZED, "the API key is not valid"))
+        }
         _ => internal(),
     }
 }
@@ -417,7 +488,14 @@ async fn data_packages(State(st): Shared, RawQuery(query): RawQuery) -> Response
     let name = query.as_deref().and_then(|q| form_pairs(q).into_iter().find(|(k, _)| k == "name").map(|(_, v)| v));
     let ledger = st.config.ledger.clone();
     match blocking(move || ledger.data_packages()).await {
-        Ok(Ok(packages)) => axum::Json(Json::Array(packages.iter().filter(|p| name.as_ref().is_none_or(|n| *n == p.name)).map(|p| package_entry(p, st.config.min_cell)).collect())).into_response(),
+        Ok(Ok(packages)) => axum::Json(Json::Array(
+            packages
+                .iter()
+                .filter(|p| name.as_ref().is_none_or(|n| *n == p.name))
+                .map(|p| package_entry(p, st.config.min_cell))
+                .collect(),
+        ))
+        .into_response(),
         _ => internal(),
     }
 }
@@ -444,7 +522,10 @@ fn spreadsheet_safe(cell: &Json) -> Json {
 /// The whole table, `?type=json` (`{columns, rows}`, the default) or
 /// `csv` (an empty cell is NULL), as Cumulus' `/from-parquet` offers it.
 async fn download(State(st): Shared, Path(id): Path<String>, RawQuery(query): RawQuery) -> Response {
-    let kind = form_pairs(query.as_deref().unwrap_or("")).into_iter().find(|(k, _)| k == "type").map_or("json".to_string(), |(_, v)| v);
+    let kind = form_pairs(query.as_deref().unwrap_or(""))
+        .into_iter()
+        .find(|(k, _)| k == "type")
+        .map_or("json".to_string(), |(_, v)| v);
     let ledger = st.config.ledger.clone();
     let found = match blocking(move || ledger.data_package(&id)).await {
         Ok(Ok(Some(p))) => p,
@@ -461,7 +542,14 @@ async fn download(State(st): Shared, Path(id): Path<String>, RawQuery(query): Ra
                 text += &csv_line(&row.iter().map(spreadsheet_safe).collect::<Vec<_>>());
             }
             let disposition = format!("attachment; filename=\"{}.csv\"", found.id);
-            ([(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, disposition)], text).into_response()
+            (
+                [
+                    (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+                    (header::CONTENT_DISPOSITION, disposition),
+                ],
+                text,
+            )
+                .into_response()
         }
         _ => message(StatusCode::BAD_REQUEST, "type must be json or csv"),
     }
@@ -472,7 +560,12 @@ fn form_pairs(query: &str) -> Vec<(String, String)> {
     form_urlencoded::parse(query.as_bytes()).into_owned().collect()
 }
 
-async fn chart_data(State(st): Shared, Path(id): Path<String>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+async fn chart_data(
+    State(st): Shared,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let mut chart_query = ChartQuery::default();
     for (k, v) in form_pairs(query.as_deref().unwrap_or("")) {
         match k.as_str() {
@@ -493,7 +586,12 @@ async fn chart_data(State(st): Shared, Path(id): Path<String>, RawQuery(query): 
     };
     // The answer changes only when the package does: an ETag lets the
     // dashboard cache it, as Cumulus advises.
-    let etag = format!("\"{}\"", veil_fhir::hex::encode(&sha2::Sha256::digest(format!("{}\n{}\n{:?}", found.id, found.updated, query).as_bytes())[..16]));
+    let etag = format!(
+        "\"{}\"",
+        veil_fhir::hex::encode(
+            &sha2::Sha256::digest(format!("{}\n{}\n{:?}", found.id, found.updated, query).as_bytes())[..16]
+        )
+    );
     if headers.get(header::IF_NONE_MATCH).and_then(|h| h.to_str().ok()) == Some(etag.as_str()) {
         return StatusCode::NOT_MODIFIED.into_response();
     }
@@ -566,7 +664,14 @@ mod tests {
 
     #[test]
     fn formula_cells_are_neutralised_for_spreadsheets() {
-        for (cell, want) in [("=1+2", "'=1+2"), ("+cmd", "'+cmd"), ("-2", "'-2"), ("@SUM(A1)", "'@SUM(A1)"), ("\tx", "'\tx"), ("female", "female")] {
+        for (cell, want) in [
+            ("=1+2", "'=1+2"),
+            ("+cmd", "'+cmd"),
+            ("-2", "'-2"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("female", "female"),
+        ] {
             assert_eq!(spreadsheet_safe(&json!(cell)), json!(want));
         }
         assert_eq!(spreadsheet_safe(&json!(-2)), json!(-2), "numbers stay numbers");
@@ -576,7 +681,8 @@ mod tests {
     fn query_strings_decode_as_forms() {
         assert_eq!(
             form_pairs("column=year&filter=sex%3AstrEq%3Afemale&filter=a+b&x=%zz%4"),
-            [("column", "year"), ("filter", "sex:strEq:female"), ("filter", "a b"), ("x", "%zz%4")].map(|(a, b)| (a.to_string(), b.to_string()))
+            [("column", "year"), ("filter", "sex:strEq:female"), ("filter", "a b"), ("x", "%zz%4")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
         );
     }
 }

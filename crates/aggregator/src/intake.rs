@@ -41,18 +41,33 @@ impl Upload {
         let plain = |s: &str| is_identifier(s);
         let version = version.parse::<i64>().ok().filter(|v| version_key(*v) == version)?;
         let hex = transaction.len() == 32 && transaction.bytes().all(|b| b.is_ascii_hexdigit());
-        (plain(study) && plain(site) && hex && is_file_name(filename)).then(|| Upload { transaction: transaction.to_string(), site: site.to_string(), study: study.to_string(), version })
+        (plain(study) && plain(site) && hex && is_file_name(filename)).then(|| Upload {
+            transaction: transaction.to_string(),
+            site: site.to_string(),
+            study: study.to_string(),
+            version,
+        })
     }
 
     fn arrival<'a>(&'a self, sha256: &'a str, bytes: usize) -> Arrival<'a> {
-        Arrival { id: &self.transaction, site: &self.site, study: &self.study, version: self.version, sha256, bytes: bytes as i64 }
+        Arrival {
+            id: &self.transaction,
+            site: &self.site,
+            study: &self.study,
+            version: self.version,
+            sha256,
+            bytes: bytes as i64,
+        }
     }
 }
 
 /// A file name a site may give its zip: letters, digits, `.`, `_`, `-`,
 /// not starting with a dot.
 pub(crate) fn is_file_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 200 && !name.starts_with('.') && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
 /// Why an upload was neither kept nor refused.
@@ -74,7 +89,9 @@ pub(crate) fn ingest(config: &Config, upload: &Upload, zip: &[u8]) -> Result<Res
         LockState::Held => {}
         LockState::TakenOver => return Err(Failure::Busy),
         // Recorded already: the same S3 object again after a crash.
-        LockState::Gone if ledger.recorded(&upload.site, &upload.transaction, &sha256).map_err(|_| Failure::Internal)? => {
+        LockState::Gone
+            if ledger.recorded(&upload.site, &upload.transaction, &sha256).map_err(|_| Failure::Internal)? =>
+        {
             ledger.repeated(&arrival).map_err(|_| Failure::Internal)?;
             return Ok(Ok(Outcome::Unchanged));
         }
@@ -115,7 +132,13 @@ fn log(config: &Config, upload: &Upload, result: &Result<Result<Outcome, Refusal
             Ok(Err(r)) => ("refused", format!(": {r}")),
             Err(_) => ("failed", String::new()),
         };
-        eprintln!("{} upload {outcome} site={} study={} version={}{why}", veil_store::now_instant(), upload.site, upload.study, version_key(upload.version));
+        eprintln!(
+            "{} upload {outcome} site={} study={} version={}{why}",
+            veil_store::now_instant(),
+            upload.site,
+            upload.study,
+            version_key(upload.version)
+        );
     }
 }
 
@@ -141,7 +164,12 @@ mod tests {
 
     #[test]
     fn staging_keys_read_back_and_nothing_else_does() {
-        let upload = Upload { transaction: "0123456789abcdef0123456789abcdef".into(), site: "site_a".into(), study: "flu".into(), version: 7 };
+        let upload = Upload {
+            transaction: "0123456789abcdef0123456789abcdef".into(),
+            site: "site_a".into(),
+            study: "flu".into(),
+            version: 7,
+        };
         let key = upload.staging_key("site_a_flu.zip");
         assert_eq!(key, "upload_staging/flu/site_a/007/0123456789abcdef0123456789abcdef/site_a_flu.zip");
         assert_eq!(Upload::from_staging_key(&key), Some(upload));

@@ -13,8 +13,8 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value as Json, json};
 
-use crate::db::{Database, Result, Row, Sql, args};
 pub use crate::db::LedgerError;
+use crate::db::{Database, Result, Row, Sql, args};
 use crate::merge::{Aggregate, merge, same_schema};
 use crate::package::{Column, Kind, Package, Refusal, Table};
 use crate::secrets;
@@ -196,20 +196,12 @@ impl Ledger {
     /// `postgres://…` / `postgresql://…` (with `?schema=NAME` for a schema of
     /// its own), otherwise a SQLite file path, or `:memory:`.
     pub fn open(target: &str) -> Result<Ledger> {
-        Ok(Ledger {
-            db: Database::open(target)?,
-        })
+        Ok(Ledger { db: Database::open(target)? })
     }
 
     /// Adds a site and returns its new secret (its `CUMULUS_AGGREGATOR_ID`),
     /// or `None` if the name or user is taken.
-    pub fn add_site(
-        &self,
-        name: &str,
-        user: &str,
-        display: &str,
-        studies: &[String],
-    ) -> Result<Option<String>> {
+    pub fn add_site(&self, name: &str, user: &str, display: &str, studies: &[String]) -> Result<Option<String>> {
         let (secret, salt, digest) = new_credential();
         let studies = serde_json::to_string(studies).expect("strings serialise");
         let added = self.db.write(|db| {
@@ -247,10 +239,7 @@ impl Ledger {
             db.execute("DELETE FROM locks WHERE site = ?1", args![name])?;
             if purge {
                 let touched = db
-                    .query(
-                        "SELECT study, package, version FROM contributions WHERE site = ?1",
-                        args![name],
-                    )?
+                    .query("SELECT study, package, version FROM contributions WHERE site = ?1", args![name])?
                     .into_iter()
                     .map(|mut r| Ok((r.text(0)?, r.text(1)?, r.int(2)?)))
                     .collect::<Result<Vec<_>>>()?;
@@ -269,23 +258,14 @@ impl Ledger {
     /// Every site, by name.
     pub fn sites(&self) -> Result<Vec<Site>> {
         self.db.read(|db| {
-            db.query(
-                &format!("SELECT {SITE_COLS} FROM sites ORDER BY name"),
-                args![],
-            )?
-            .into_iter()
-            .map(site)
-            .collect()
+            db.query(&format!("SELECT {SITE_COLS} FROM sites ORDER BY name"), args![])?.into_iter().map(site).collect()
         })
     }
 
     /// The site whose user and secret these are.
     pub fn authenticate(&self, user: &str, secret: &str) -> Result<Option<Site>> {
         let found = self.db.read(|db| {
-            db.query_opt(
-                &format!("SELECT {SITE_COLS}, salt, digest FROM sites WHERE username = ?1"),
-                args![user],
-            )
+            db.query_opt(&format!("SELECT {SITE_COLS}, salt, digest FROM sites WHERE username = ?1"), args![user])
         })?;
         let Some(mut row) = found else {
             return Ok(None);
@@ -310,28 +290,16 @@ impl Ledger {
     /// Every API key (never the secret).
     pub fn api_keys(&self) -> Result<Vec<ApiKey>> {
         self.db.read(|db| {
-            db.query(
-                "SELECT id, name, created FROM api_keys ORDER BY created, id",
-                args![],
-            )?
-            .into_iter()
-            .map(|mut r| {
-                Ok(ApiKey {
-                    id: r.text(0)?,
-                    name: r.text(1)?,
-                    created: r.text(2)?,
-                })
-            })
-            .collect()
+            db.query("SELECT id, name, created FROM api_keys ORDER BY created, id", args![])?
+                .into_iter()
+                .map(|mut r| Ok(ApiKey { id: r.text(0)?, name: r.text(1)?, created: r.text(2)? }))
+                .collect()
         })
     }
 
     /// Removes an API key; returns whether it existed.
     pub fn remove_api_key(&self, id: &str) -> Result<bool> {
-        Ok(self
-            .db
-            .write(|db| db.execute("DELETE FROM api_keys WHERE id = ?1", args![id]))?
-            == 1)
+        Ok(self.db.write(|db| db.execute("DELETE FROM api_keys WHERE id = ?1", args![id]))? == 1)
     }
 
     /// Whether `key` is a current API key.
@@ -339,9 +307,8 @@ impl Ledger {
         let Some((id, secret)) = key.split_once('.') else {
             return Ok(false);
         };
-        let Some(mut row) = self.db.read(|db| {
-            db.query_opt("SELECT salt, digest FROM api_keys WHERE id = ?1", args![id])
-        })?
+        let Some(mut row) =
+            self.db.read(|db| db.query_opt("SELECT salt, digest FROM api_keys WHERE id = ?1", args![id]))?
         else {
             return Ok(false);
         };
@@ -352,8 +319,12 @@ impl Ledger {
     pub fn signing_key(&self) -> Result<Vec<u8>> {
         let fresh = secrets::random(32);
         self.db.write(|db| {
-            db.execute("INSERT INTO settings (name, value) VALUES ('upload-signing-key', ?1) ON CONFLICT DO NOTHING", args![&fresh])?;
-            db.query_opt("SELECT value FROM settings WHERE name = 'upload-signing-key'", args![])?.map_or(Err(LedgerError::Decode(0)), |mut r| r.bytes(0))
+            db.execute(
+                "INSERT INTO settings (name, value) VALUES ('upload-signing-key', ?1) ON CONFLICT DO NOTHING",
+                args![&fresh],
+            )?;
+            db.query_opt("SELECT value FROM settings WHERE name = 'upload-signing-key'", args![])?
+                .map_or(Err(LedgerError::Decode(0)), |mut r| r.bytes(0))
         })
     }
 
@@ -392,12 +363,9 @@ impl Ledger {
     /// credentials deletes the site's locks, so a form used once, or issued
     /// under credentials that are gone, finds [`LockState::Gone`].
     pub fn lock_state(&self, site: &str, study: &str, id: &str) -> Result<LockState> {
-        let held = self.db.read(|db| {
-            db.query_opt(
-                "SELECT id FROM locks WHERE site = ?1 AND study = ?2",
-                args![site, study],
-            )
-        })?;
+        let held = self
+            .db
+            .read(|db| db.query_opt("SELECT id FROM locks WHERE site = ?1 AND study = ?2", args![site, study]))?;
         Ok(match held.map(|mut row| row.text(0)).transpose()? {
             // Even lapsed: nobody took it over, so it is still this upload's.
             Some(holder) if holder == id => LockState::Held,
@@ -411,7 +379,12 @@ impl Ledger {
     /// came between recording and removing it.
     pub fn recorded(&self, site: &str, transaction: &str, sha256: &str) -> Result<bool> {
         self.db.read(|db| {
-            Ok(db.query_opt("SELECT 1 FROM uploads WHERE site = ?1 AND id = ?2 AND sha256 = ?3", args![site, transaction, sha256])?.is_some())
+            Ok(db
+                .query_opt(
+                    "SELECT 1 FROM uploads WHERE site = ?1 AND id = ?2 AND sha256 = ?3",
+                    args![site, transaction, sha256],
+                )?
+                .is_some())
         })
     }
 
@@ -431,10 +404,7 @@ impl Ledger {
     /// Releases the lock if `id` holds it.
     pub fn unlock(&self, site: &str, study: &str, id: &str) -> Result<()> {
         self.db.write(|db| {
-            db.execute(
-                "DELETE FROM locks WHERE site = ?1 AND study = ?2 AND id = ?3",
-                args![site, study, id],
-            )
+            db.execute("DELETE FROM locks WHERE site = ?1 AND study = ?2 AND id = ?3", args![site, study, id])
         })?;
         Ok(())
     }
@@ -453,11 +423,7 @@ impl Ledger {
     /// changes nothing. A schema that differs from other sites' for the
     /// same data package and version is refused (a change needs a new
     /// version), and so recorded.
-    pub fn accept(
-        &self,
-        arrival: &Arrival<'_>,
-        package: &Package,
-    ) -> Result<Result<Outcome, Refusal>> {
+    pub fn accept(&self, arrival: &Arrival<'_>, package: &Package) -> Result<Result<Outcome, Refusal>> {
         self.db.write(|db| {
             let a = arrival;
             // In the same transaction as the merge: a rotation or a second
@@ -528,25 +494,19 @@ impl Ledger {
     /// Every merged and flat data package, by id.
     pub fn data_packages(&self) -> Result<Vec<DataPackage>> {
         self.db.read(|db| {
-            db.query(
-                &format!("SELECT {AGGREGATE_COLS} FROM aggregates ORDER BY id"),
-                args![],
-            )?
-            .into_iter()
-            .map(data_package)
-            .collect()
+            db.query(&format!("SELECT {AGGREGATE_COLS} FROM aggregates ORDER BY id"), args![])?
+                .into_iter()
+                .map(data_package)
+                .collect()
         })
     }
 
     /// One data package.
     pub fn data_package(&self, id: &str) -> Result<Option<DataPackage>> {
         self.db.read(|db| {
-            db.query_opt(
-                &format!("SELECT {AGGREGATE_COLS} FROM aggregates WHERE id = ?1"),
-                args![id],
-            )?
-            .map(data_package)
-            .transpose()
+            db.query_opt(&format!("SELECT {AGGREGATE_COLS} FROM aggregates WHERE id = ?1"), args![id])?
+                .map(data_package)
+                .transpose()
         })
     }
 
@@ -565,14 +525,8 @@ impl Ledger {
         })?;
         let mut out = json!({});
         for mut r in rows {
-            let (site, study, package, version, updated, uploaded) = (
-                r.text(0)?,
-                r.text(1)?,
-                r.text(2)?,
-                r.int(3)?,
-                r.text(4)?,
-                r.text(5)?,
-            );
+            let (site, study, package, version, updated, uploaded) =
+                (r.text(0)?, r.text(1)?, r.text(2)?, r.int(3)?, r.text(4)?, r.text(5)?);
             out[&site][&study][&package][format!("{package}__{}", version_key(version))] = json!({
                 "transaction_format_version": "2",
                 "last_upload": uploaded,
@@ -590,7 +544,12 @@ impl Ledger {
     /// `site → study → <NNN> → {earliest_date, latest_date, …}`, as Cumulus'
     /// `/study-periods` answers.
     pub fn study_periods(&self) -> Result<Json> {
-        let rows = self.db.read(|db| db.query("SELECT site, study, version, earliest, latest, updated FROM site_versions ORDER BY 1, 2, 3", args![]))?;
+        let rows = self.db.read(|db| {
+            db.query(
+                "SELECT site, study, version, earliest, latest, updated FROM site_versions ORDER BY 1, 2, 3",
+                args![],
+            )
+        })?;
         let mut out = json!({});
         for mut r in rows {
             let (site, study, version) = (r.text(0)?, r.text(1)?, r.int(2)?);
@@ -606,12 +565,9 @@ impl Ledger {
 
     /// Each study's manifests: `study → <NNN> → {study_owner, manifest}`.
     pub fn studies(&self) -> Result<Json> {
-        let rows = self.db.read(|db| {
-            db.query(
-                "SELECT study, version, owner, manifest FROM manifests ORDER BY 1, 2",
-                args![],
-            )
-        })?;
+        let rows = self
+            .db
+            .read(|db| db.query("SELECT study, version, owner, manifest FROM manifests ORDER BY 1, 2", args![]))?;
         let mut out = json!({});
         for mut r in rows {
             let (study, version, owner, manifest) = (r.text(0)?, r.int(1)?, r.text(2)?, r.text(3)?);
@@ -626,10 +582,14 @@ impl Ledger {
     /// What became of the site's upload under `transaction`.
     pub fn upload_state(&self, site: &str, transaction: &str) -> Result<UploadState> {
         self.db.read(|db| {
-            if let Some(mut row) = db.query_opt("SELECT outcome, message FROM uploads WHERE site = ?1 AND id = ?2 ORDER BY seq DESC LIMIT 1", args![site, transaction])? {
+            if let Some(mut row) = db.query_opt(
+                "SELECT outcome, message FROM uploads WHERE site = ?1 AND id = ?2 ORDER BY seq DESC LIMIT 1",
+                args![site, transaction],
+            )? {
                 return Ok(UploadState::Done { outcome: row.text(0)?, message: row.opt_text(1)? });
             }
-            let waiting = db.query_opt("SELECT 1 FROM locks WHERE site = ?1 AND id = ?2", args![site, transaction])?.is_some();
+            let waiting =
+                db.query_opt("SELECT 1 FROM locks WHERE site = ?1 AND id = ?2", args![site, transaction])?.is_some();
             Ok(if waiting { UploadState::Waiting } else { UploadState::Unknown })
         })
     }
@@ -673,8 +633,7 @@ fn site(mut r: Row) -> Result<Site> {
     })
 }
 
-const AGGREGATE_COLS: &str =
-    "id, study, package, version, site, kind, columns, rows, total, updated";
+const AGGREGATE_COLS: &str = "id, study, package, version, site, kind, columns, rows, total, updated";
 
 fn data_package(mut r: Row) -> Result<DataPackage> {
     let columns: Vec<Column> = serde_json::from_str(&r.text(6)?).unwrap_or_default();
@@ -692,12 +651,7 @@ fn data_package(mut r: Row) -> Result<DataPackage> {
     })
 }
 
-fn record(
-    db: &mut dyn Sql,
-    a: &Arrival<'_>,
-    outcome: Outcome,
-    message: Option<&str>,
-) -> Result<()> {
+fn record(db: &mut dyn Sql, a: &Arrival<'_>, outcome: Outcome, message: Option<&str>) -> Result<()> {
     db.execute(
         "INSERT INTO uploads (id, site, study, version, sha256, bytes, received, outcome, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         args![a.id, a.site, a.study, a.version, a.sha256, a.bytes, &veil_store::now_instant(), outcome.as_str(), message],
@@ -707,11 +661,7 @@ fn record(
 
 /// A table whose columns differ from another site's for the same data
 /// package and version, or whose kind does.
-fn schema_conflict(
-    db: &mut dyn Sql,
-    a: &Arrival<'_>,
-    package: &Package,
-) -> Result<Option<Refusal>> {
+fn schema_conflict(db: &mut dyn Sql, a: &Arrival<'_>, package: &Package) -> Result<Option<Refusal>> {
     for table in &package.tables {
         let other = db.query_opt(
             "SELECT kind, columns FROM contributions WHERE study = ?1 AND package = ?2 AND version = ?3 AND site <> ?4 LIMIT 1",
@@ -760,17 +710,13 @@ fn remerge(db: &mut dyn Sql, study: &str, package: &str, version: i64, now: &str
     )?;
     let nnn = version_key(version);
     let mut put = |id: String, site: Option<&str>, kind: Kind, aggregate: &Aggregate| {
-        let total = aggregate
-            .columns
-            .iter()
-            .position(|c| c.name == "cnt")
-            .and_then(|cnt| {
-                aggregate
-                    .rows
-                    .iter()
-                    .find(|r| r.iter().enumerate().all(|(i, v)| i == cnt || v.is_null()))
-                    .and_then(|r| r[cnt].as_i64())
-            });
+        let total = aggregate.columns.iter().position(|c| c.name == "cnt").and_then(|cnt| {
+            aggregate
+                .rows
+                .iter()
+                .find(|r| r.iter().enumerate().all(|(i, v)| i == cnt || v.is_null()))
+                .and_then(|r| r[cnt].as_i64())
+        });
         db.execute(
             &format!("INSERT INTO aggregates ({AGGREGATE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
             args![
@@ -787,30 +733,14 @@ fn remerge(db: &mut dyn Sql, study: &str, package: &str, version: i64, now: &str
             ],
         )
     };
-    let merged: Vec<(&str, &Table)> = contributions
-        .iter()
-        .filter(|(_, t)| t.kind.merged())
-        .map(|(s, t)| (s.as_str(), t))
-        .collect();
+    let merged: Vec<(&str, &Table)> =
+        contributions.iter().filter(|(_, t)| t.kind.merged()).map(|(s, t)| (s.as_str(), t)).collect();
     if let Some((_, first)) = merged.first() {
-        put(
-            format!("{study}__{package}__{nnn}"),
-            None,
-            first.kind,
-            &merge(&merged),
-        )?;
+        put(format!("{study}__{package}__{nnn}"), None, first.kind, &merge(&merged))?;
     }
     for (site, table) in contributions.iter().filter(|(_, t)| !t.kind.merged()) {
-        let flat = Aggregate {
-            columns: table.columns.clone(),
-            rows: table.rows.clone(),
-        };
-        put(
-            format!("{study}__{package}__{site}__{nnn}"),
-            Some(site),
-            Kind::Flat,
-            &flat,
-        )?;
+        let flat = Aggregate { columns: table.columns.clone(), rows: table.rows.clone() };
+        put(format!("{study}__{package}__{site}__{nnn}"), Some(site), Kind::Flat, &flat)?;
     }
     Ok(())
 }

@@ -34,9 +34,9 @@
 #![forbid(unsafe_code)]
 
 pub mod chart;
-pub mod http;
 pub mod dashboard;
 mod db;
+pub mod http;
 mod intake;
 mod ledger;
 pub mod merge;
@@ -44,4 +44,6 @@ pub mod package;
 mod secrets;
 pub mod staging;
 
-pub use ledger::{ApiKey, Arrival, DataPackage, Ledger, LedgerError, Outcome, Site, UploadRecord, UploadState, version_key};
+pub use ledger::{
+    ApiKey, Arrival, DataPackage, Ledger, LedgerError, Outcome, Site, UploadRecord, UploadState, version_key,
+};

@@ -34,7 +34,8 @@ pub fn merge(sites: &[(&str, &Table)]) -> Aggregate {
     let mut sums: BTreeMap<Vec<String>, (Vec<Json>, i64)> = BTreeMap::new();
     for (site, table) in sites {
         let cnt = table.position("cnt").expect("ingest requires cnt in cubes");
-        let positions: Vec<usize> = strata.iter().map(|c| table.position(&c.name).expect("ingest requires the same columns")).collect();
+        let positions: Vec<usize> =
+            strata.iter().map(|c| table.position(&c.name).expect("ingest requires the same columns")).collect();
         for row in &table.rows {
             let n = row[cnt].as_i64().expect("ingest requires whole counts");
             let mut values: Vec<Json> = positions.iter().map(|&i| row[i].clone()).collect();
@@ -84,7 +85,10 @@ mod tests {
         Table {
             package: "count".into(),
             kind: Kind::Cube,
-            columns: vec![Column { name: "cnt".into(), column_type: ColumnType::Integer }, Column { name: "sex".into(), column_type: ColumnType::String }],
+            columns: vec![
+                Column { name: "cnt".into(), column_type: ColumnType::Integer },
+                Column { name: "sex".into(), column_type: ColumnType::String },
+            ],
             rows: rows.iter().map(|(n, s)| vec![json!(n), s.clone()]).collect(),
         }
     }
@@ -96,7 +100,9 @@ mod tests {
         let merged = merge(&[("a", &a), ("b", &b)]);
         let names: Vec<&str> = merged.columns.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["cnt", "sex", "site"]);
-        let find = |sex: Json, site: Json| merged.rows.iter().find(|r| r[1] == sex && r[2] == site).map(|r| r[0].as_i64().unwrap());
+        let find = |sex: Json, site: Json| {
+            merged.rows.iter().find(|r| r[1] == sex && r[2] == site).map(|r| r[0].as_i64().unwrap())
+        };
         assert_eq!(find(Json::Null, Json::Null), Some(55), "the network's total");
         assert_eq!(find(json!("female"), Json::Null), Some(37));
         assert_eq!(find(json!("male"), Json::Null), Some(18), "b suppressed male: the sum of those who reported it");

@@ -142,13 +142,24 @@ impl ColumnType {
         if let DataType::Dictionary(_, values) = data_type {
             return ColumnType::of(name, values);
         }
-        let by_name = [("year", ColumnType::Year), ("month", ColumnType::Month), ("week", ColumnType::Week), ("day", ColumnType::Day)]
-            .into_iter()
-            .find(|(suffix, _)| name.ends_with(suffix))
-            .map(|(_, t)| t);
+        let by_name = [
+            ("year", ColumnType::Year),
+            ("month", ColumnType::Month),
+            ("week", ColumnType::Week),
+            ("day", ColumnType::Day),
+        ]
+        .into_iter()
+        .find(|(suffix, _)| name.ends_with(suffix))
+        .map(|(_, t)| t);
         let by_type = match data_type {
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ColumnType::String,
-            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => ColumnType::Integer,
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32 => ColumnType::Integer,
             DataType::Float32 | DataType::Float64 => ColumnType::Float,
             DataType::Boolean => ColumnType::Boolean,
             DataType::Date32 | DataType::Date64 => ColumnType::Day,
@@ -216,9 +227,14 @@ pub fn read(zip: &[u8], study: &str, version: i64, min_cell: u64, limits: &Limit
     if zip.len() as u64 > limits.zip_bytes {
         return refuse(format!("the zip is larger than the aggregator accepts ({} MiB)", limits.zip_bytes >> 20));
     }
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).or_else(|e| refuse(format!("the upload is not a readable zip: {e}")))?;
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip))
+        .or_else(|e| refuse(format!("the upload is not a readable zip: {e}")))?;
     if archive.len() > limits.members {
-        return refuse(format!("the zip holds {} files; the aggregator accepts at most {}", archive.len(), limits.members));
+        return refuse(format!(
+            "the zip holds {} files; the aggregator accepts at most {}",
+            archive.len(),
+            limits.members
+        ));
     }
     let mut unpacked = 0u64;
     let mut package = Package { tables: Vec::new(), period: None, manifest: None };
@@ -227,7 +243,8 @@ pub fn read(zip: &[u8], study: &str, version: i64, min_cell: u64, limits: &Limit
     let mut decoding = Budget { rows: limits.rows, bytes: limits.decoded_bytes };
     for i in 0..archive.len() {
         let mut member = archive.by_index(i).or_else(|e| refuse(format!("the zip's member {i} is unreadable: {e}")))?;
-        let name = member.name().or_else(|e| refuse(format!("the zip's member {i} has an unreadable name: {e}")))?.to_string();
+        let name =
+            member.name().or_else(|e| refuse(format!("the zip's member {i} has an unreadable name: {e}")))?.to_string();
         let shown = printable(&name);
         if !names.insert(name.clone()) {
             return refuse(format!("{shown} appears twice in the zip"));
@@ -240,22 +257,33 @@ pub fn read(zip: &[u8], study: &str, version: i64, min_cell: u64, limits: &Limit
         let budget = limits.unpacked_bytes - unpacked;
         let declared = member.size();
         if declared > budget {
-            return refuse(format!("{shown} unpacks to more than the aggregator accepts ({} MiB in all)", limits.unpacked_bytes >> 20));
+            return refuse(format!(
+                "{shown} unpacks to more than the aggregator accepts ({} MiB in all)",
+                limits.unpacked_bytes >> 20
+            ));
         }
         let mut bytes = Vec::with_capacity(declared.min(1 << 20) as usize);
-        (&mut member).take(budget + 1).read_to_end(&mut bytes).or_else(|e| refuse(format!("{shown} cannot be unpacked: {e}")))?;
+        (&mut member)
+            .take(budget + 1)
+            .read_to_end(&mut bytes)
+            .or_else(|e| refuse(format!("{shown} cannot be unpacked: {e}")))?;
         if bytes.len() as u64 > budget || bytes.len() as u64 != declared {
             return refuse(format!("{shown} unpacks to a different size than the zip declares, or to too much"));
         }
         let compressed = member.compressed_size().max(1);
         if bytes.len() as u64 > 1 << 20 && bytes.len() as u64 / compressed > limits.ratio {
-            return refuse(format!("{shown} expands {}-fold: refused as a possible zip bomb", bytes.len() as u64 / compressed));
+            return refuse(format!(
+                "{shown} expands {}-fold: refused as a possible zip bomb",
+                bytes.len() as u64 / compressed
+            ));
         }
         unpacked += bytes.len() as u64;
         match member_kind {
             None => {
                 let text = String::from_utf8(bytes).or_else(|_| refuse("manifest.toml is not UTF-8"))?;
-                let manifest: toml::Table = text.parse().or_else(|e: toml::de::Error| refuse(format!("manifest.toml is not valid TOML: {}", e.message())))?;
+                let manifest: toml::Table = text.parse().or_else(|e: toml::de::Error| {
+                    refuse(format!("manifest.toml is not valid TOML: {}", e.message()))
+                })?;
                 match manifest.get("study_prefix").and_then(|p| p.as_str()) {
                     Some(p) if p == study => {}
                     Some(_) => return refuse(format!("manifest.toml names another study than {study}")),
@@ -281,7 +309,9 @@ pub fn read(zip: &[u8], study: &str, version: i64, min_cell: u64, limits: &Limit
     if let Some(found) = seen_version
         && found != version
     {
-        return refuse(format!("{study}__meta_version says data package version {found}, but the upload was announced as version {version}"));
+        return refuse(format!(
+            "{study}__meta_version says data package version {found}, but the upload was announced as version {version}"
+        ));
     }
     if package.period.is_none() && study != "discovery" {
         return refuse(format!("the zip has no {study}__meta_date.meta.parquet"));
@@ -332,10 +362,19 @@ fn member_name<'a>(name: &'a str, study: &str) -> Result<Option<(&'a str, Kind)>
 /// Lower-case letters, digits and `_`, starting with a letter: safe as a
 /// name in paths, ids and messages.
 pub fn is_identifier(name: &str) -> bool {
-    name.len() <= 100 && name.starts_with(|c: char| c.is_ascii_lowercase()) && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    name.len() <= 100
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-fn read_parquet(bytes: Vec<u8>, shown: &str, package: &str, kind: Kind, limits: &Limits, budget: &mut Budget) -> Result<Table, Refusal> {
+fn read_parquet(
+    bytes: Vec<u8>,
+    shown: &str,
+    package: &str,
+    kind: Kind,
+    limits: &Limits,
+    budget: &mut Budget,
+) -> Result<Table, Refusal> {
     use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
     let unreadable = |e: &dyn std::fmt::Display| Refusal(format!("{shown} is not a readable Parquet file: {e}"));
     let bytes = bytes::Bytes::from(bytes);
@@ -344,15 +383,31 @@ fn read_parquet(bytes: Vec<u8>, shown: &str, package: &str, kind: Kind, limits: 
     let file = metadata.metadata();
     let rows = u64::try_from(file.file_metadata().num_rows()).unwrap_or(u64::MAX);
     if rows > budget.rows {
-        return refuse(format!("{shown} holds {rows} rows; the aggregator accepts at most {} in one upload", limits.rows));
+        return refuse(format!(
+            "{shown} holds {rows} rows; the aggregator accepts at most {} in one upload",
+            limits.rows
+        ));
     }
-    let declared: u64 = file.row_groups().iter().flat_map(|g| g.columns()).map(|c| u64::try_from(c.uncompressed_size()).unwrap_or(u64::MAX)).fold(0, u64::saturating_add);
+    let declared: u64 = file
+        .row_groups()
+        .iter()
+        .flat_map(|g| g.columns())
+        .map(|c| u64::try_from(c.uncompressed_size()).unwrap_or(u64::MAX))
+        .fold(0, u64::saturating_add);
     if declared > budget.bytes {
-        return refuse(format!("{shown} declares {} MiB of data; the aggregator accepts at most {} MiB in one upload", declared >> 20, limits.decoded_bytes >> 20));
+        return refuse(format!(
+            "{shown} declares {} MiB of data; the aggregator accepts at most {} MiB in one upload",
+            declared >> 20,
+            limits.decoded_bytes >> 20
+        ));
     }
     let schema = metadata.schema().clone();
     if schema.fields().len() > limits.columns {
-        return refuse(format!("{shown} has {} columns; the aggregator accepts at most {}", schema.fields().len(), limits.columns));
+        return refuse(format!(
+            "{shown} has {} columns; the aggregator accepts at most {}",
+            schema.fields().len(),
+            limits.columns
+        ));
     }
     let mut columns = Vec::new();
     let mut read_as = Vec::new();
@@ -365,7 +420,10 @@ fn read_parquet(bytes: Vec<u8>, shown: &str, package: &str, kind: Kind, limits: 
             return refuse(format!("{shown}: the column name site is the aggregator's own"));
         }
         let Some(column_type) = ColumnType::of(name, field.data_type()) else {
-            return refuse(format!("{shown}: column {name} has the type {}, which a count table cannot hold", field.data_type()));
+            return refuse(format!(
+                "{shown}: column {name} has the type {}, which a count table cannot hold",
+                field.data_type()
+            ));
         };
         columns.push(Column { name: name.clone(), column_type });
         // Text through its dictionary: a value repeated in every row is
@@ -375,14 +433,19 @@ fn read_parquet(bytes: Vec<u8>, shown: &str, package: &str, kind: Kind, limits: 
             other => other,
         };
         let data_type = match plain {
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+            }
             other => other.clone(),
         };
         read_as.push(field.as_ref().clone().with_data_type(data_type));
     }
     let options = ArrowReaderOptions::new().with_schema(std::sync::Arc::new(arrow_schema::Schema::new(read_as)));
     let metadata = ArrowReaderMetadata::try_new(file.clone(), options).map_err(|e| unreadable(&e))?;
-    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, metadata).with_batch_size(4096).build().map_err(|e| unreadable(&e))?;
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, metadata)
+        .with_batch_size(4096)
+        .build()
+        .map_err(|e| unreadable(&e))?;
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| unreadable(&e))?;
@@ -391,7 +454,13 @@ fn read_parquet(bytes: Vec<u8>, shown: &str, package: &str, kind: Kind, limits: 
     Ok(Table { package: package.to_string(), kind, columns, rows })
 }
 
-fn append_rows(batch: &RecordBatch, rows: &mut Vec<Vec<Json>>, shown: &str, limits: &Limits, budget: &mut Budget) -> Result<(), Refusal> {
+fn append_rows(
+    batch: &RecordBatch,
+    rows: &mut Vec<Vec<Json>>,
+    shown: &str,
+    limits: &Limits,
+    budget: &mut Budget,
+) -> Result<(), Refusal> {
     let n = batch.num_rows() as u64;
     if n > budget.rows {
         return refuse(format!("{shown} holds more rows than the aggregator accepts in one upload ({})", limits.rows));
@@ -406,11 +475,17 @@ fn append_rows(batch: &RecordBatch, rows: &mut Vec<Vec<Json>>, shown: &str, limi
                 _ => 0,
             };
             if text > limits.cell_bytes {
-                return refuse(format!("{shown} has a text cell longer than the aggregator accepts ({} bytes)", limits.cell_bytes));
+                return refuse(format!(
+                    "{shown} has a text cell longer than the aggregator accepts ({} bytes)",
+                    limits.cell_bytes
+                ));
             }
             let cost = CELL_COST + text as u64;
             if cost > budget.bytes {
-                return refuse(format!("{shown}: the upload's tables decode to more than the aggregator accepts ({} MiB)", limits.decoded_bytes >> 20));
+                return refuse(format!(
+                    "{shown}: the upload's tables decode to more than the aggregator accepts ({} MiB)",
+                    limits.decoded_bytes >> 20
+                ));
             }
             budget.bytes -= cost;
             row.push(cell);
@@ -429,7 +504,10 @@ fn value(column: &dyn Array, i: usize) -> Json {
     }
     if let Some(dictionary) = column.as_dictionary_opt::<Int32Type>() {
         let key = dictionary.keys().value(i);
-        return usize::try_from(key).ok().filter(|k| *k < dictionary.values().len()).map_or(Json::Null, |k| value(dictionary.values().as_ref(), k));
+        return usize::try_from(key)
+            .ok()
+            .filter(|k| *k < dictionary.values().len())
+            .map_or(Json::Null, |k| value(dictionary.values().as_ref(), k));
     }
     match column.data_type() {
         DataType::Utf8 => column.as_string::<i32>().value(i).into(),
@@ -503,12 +581,14 @@ pub fn package_version(v: &Json) -> Option<i64> {
         Json::String(s) => s.trim().parse::<f64>().ok()?,
         _ => return None,
     };
-    (f.is_finite() && f.fract() == 0.0 && (0.0..=999.0).contains(&f) && !(f == 0.0 && f.is_sign_negative())).then_some(f as i64)
+    (f.is_finite() && f.fract() == 0.0 && (0.0..=999.0).contains(&f) && !(f == 0.0 && f.is_sign_negative()))
+        .then_some(f as i64)
 }
 
 fn meta_version(table: &Table, shown: &str) -> Result<i64, Refusal> {
     let cell = table.position("data_package_version").and_then(|i| table.rows.first().map(|r| &r[i]));
-    cell.and_then(package_version).ok_or_else(|| Refusal(format!("{shown} holds no data_package_version that is a whole number from 0 to 999")))
+    cell.and_then(package_version)
+        .ok_or_else(|| Refusal(format!("{shown} holds no data_package_version that is a whole number from 0 to 999")))
 }
 
 fn meta_date(table: &Table, shown: &str) -> Result<Option<(String, String)>, Refusal> {
@@ -547,10 +627,29 @@ mod tests {
     #[test]
     fn versions_are_whole_numbers_from_0_to_999() {
         use serde_json::json;
-        for (v, want) in [(json!(3), Some(3)), (json!(3.0), Some(3)), (json!("7"), Some(7)), (json!("7.0"), Some(7)), (json!(0), Some(0)), (json!(999), Some(999))] {
+        for (v, want) in [
+            (json!(3), Some(3)),
+            (json!(3.0), Some(3)),
+            (json!("7"), Some(7)),
+            (json!("7.0"), Some(7)),
+            (json!(0), Some(0)),
+            (json!(999), Some(999)),
+        ] {
             assert_eq!(package_version(&v), want, "{v}");
         }
-        for bad in [json!("NaN"), json!("nan"), json!(-0.5), json!("-0.5"), json!("-0"), json!(2.5), json!(1000), json!(-1), json!("inf"), json!(null), json!(true)] {
+        for bad in [
+            json!("NaN"),
+            json!("nan"),
+            json!(-0.5),
+            json!("-0.5"),
+            json!("-0"),
+            json!(2.5),
+            json!(1000),
+            json!(-1),
+            json!("inf"),
+            json!(null),
+            json!(true),
+        ] {
             assert_eq!(package_version(&bad), None, "{bad}");
         }
     }

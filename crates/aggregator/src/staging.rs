@@ -77,7 +77,9 @@ pub async fn watch(config: Arc<Config>, every: Duration) {
         let cfg = config.clone();
         let failure = match tokio::task::spawn_blocking(move || sweep(&cfg)).await {
             Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(format!("cannot read the uploads waiting in {}: {e}", config.storage.location().join(STAGING))),
+            Ok(Err(e)) => {
+                Some(format!("cannot read the uploads waiting in {}: {e}", config.storage.location().join(STAGING)))
+            }
             Err(_) => Some("a sweep of the staged uploads stopped unexpectedly".to_string()),
         };
         match (&failure, &last_failure) {

@@ -44,9 +44,14 @@ struct Schema {
 
 impl Schema {
     fn fresh(name: String) -> Schema {
-        let server = std::env::var("VEIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let server = std::env::var("VEIL_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let schema = Schema { server, name };
-        schema.drop_it().unwrap_or_else(|e| panic!("PostgreSQL is needed for these tests ({e}); set VEIL_TEST_POSTGRES or run .ci/run, which starts one"));
+        schema.drop_it().unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is needed for these tests ({e}); set VEIL_TEST_POSTGRES or run .ci/run, which starts one"
+            )
+        });
         schema
     }
 
@@ -83,7 +88,8 @@ fn start(name: &str, db: Db, limits: Limits) -> Aggregator {
     let dir = std::env::temp_dir().join(format!("veil-aggregator-{name}-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let schema = matches!(db, Db::Postgres).then(|| Schema::fresh(format!("veil_aggregator_{name}_{}", std::process::id())));
+    let schema =
+        matches!(db, Db::Postgres).then(|| Schema::fresh(format!("veil_aggregator_{name}_{}", std::process::id())));
     let target = match &schema {
         Some(schema) => schema.url(),
         None => dir.join("aggregator.db").to_string_lossy().into_owned(),
@@ -93,12 +99,22 @@ fn start(name: &str, db: Db, limits: Limits) -> Aggregator {
     listener.set_nonblocking(true).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let storage = Arc::new(veil_storage::Storage::open(&veil_storage::Location::Local(dir.clone())).unwrap());
-    let config = Config { ledger: ledger.clone(), storage, base_url: url.clone(), network: Some("flu-net".into()), min_cell: 10, limits, access_log: false, guard: veil_guard::Limits::default() };
+    let config = Config {
+        ledger: ledger.clone(),
+        storage,
+        base_url: url.clone(),
+        network: Some("flu-net".into()),
+        min_cell: 10,
+        limits,
+        access_log: false,
+        guard: veil_guard::Limits::default(),
+    };
     let config = Arc::new(config);
     let app = router(config.clone()).unwrap();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        runtime.block_on(async { axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app).await.unwrap() });
+        runtime
+            .block_on(async { axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app).await.unwrap() });
     });
     let key = ledger.add_api_key("tests").unwrap();
     Aggregator { url, ledger, http: Client::new(), key, target, config, _dir: TempDir(dir), _schema: schema }
@@ -117,13 +133,25 @@ fn parquet(columns: &[(&str, ColumnType)], rows: &[Vec<Json>]) -> Vec<u8> {
 
 /// `cnt, sex` rows.
 fn cube(rows: &[(i64, Option<&str>)]) -> Vec<u8> {
-    parquet(&[("cnt", ColumnType::BigInt), ("sex", ColumnType::Text)], &rows.iter().map(|(n, s)| vec![json!(n), json!(s)]).collect::<Vec<_>>())
+    parquet(
+        &[("cnt", ColumnType::BigInt), ("sex", ColumnType::Text)],
+        &rows.iter().map(|(n, s)| vec![json!(n), json!(s)]).collect::<Vec<_>>(),
+    )
 }
 
 fn meta(version: i64) -> Vec<(String, Vec<u8>)> {
     vec![
-        ("flu__meta_date.meta.parquet".into(), parquet(&[("min_date", ColumnType::Date), ("max_date", ColumnType::Date)], &[vec![json!("2019-01-01"), json!("2021-06-30")]])),
-        ("flu__meta_version.meta.parquet".into(), parquet(&[("data_package_version", ColumnType::Integer)], &[vec![json!(version)]])),
+        (
+            "flu__meta_date.meta.parquet".into(),
+            parquet(
+                &[("min_date", ColumnType::Date), ("max_date", ColumnType::Date)],
+                &[vec![json!("2019-01-01"), json!("2021-06-30")]],
+            ),
+        ),
+        (
+            "flu__meta_version.meta.parquet".into(),
+            parquet(&[("data_package_version", ColumnType::Integer)], &[vec![json!(version)]]),
+        ),
         ("manifest.toml".into(), b"study_prefix = \"flu\"\ndescription = \"test\"\n".to_vec()),
     ]
 }
@@ -151,7 +179,13 @@ impl Aggregator {
         (format!("{name}-user"), secret)
     }
 
-    fn handshake(&self, path: &str, (user, secret): &(String, String), body: Json, transaction: Option<&str>) -> Response {
+    fn handshake(
+        &self,
+        path: &str,
+        (user, secret): &(String, String),
+        body: Json,
+        transaction: Option<&str>,
+    ) -> Response {
         let mut request = self.http.post(format!("{}{path}", self.url)).basic_auth(user, Some(secret)).json(&body);
         if let Some(t) = transaction {
             request = request.header("transaction-id", t);
@@ -161,7 +195,12 @@ impl Aggregator {
 
     /// The whole protocol, as the Cumulus client runs it; the upload's answer.
     fn upload(&self, site: &(String, String), version: i64, zip: Vec<u8>) -> Response {
-        let r = self.handshake("/", site, json!({"study": "flu", "data_package_version": version, "filename": format!("{}_flu.zip", site.0)}), None);
+        let r = self.handshake(
+            "/",
+            site,
+            json!({"study": "flu", "data_package_version": version, "filename": format!("{}_flu.zip", site.0)}),
+            None,
+        );
         assert_eq!(r.status(), 200, "handshake: {}", r.text().unwrap());
         let presigned: Json = r.json().unwrap();
         self.post_form(&presigned, zip)
@@ -206,7 +245,10 @@ fn sites_upload_and_the_merge_sums_them(db: Db) {
     assert_eq!(packages[0]["total"], 55);
     assert_eq!(packages[0]["columns"]["site"]["distinct_values_count"], 2);
     let by_site = agg.chart("column=sex&stratifier=site");
-    assert_eq!(by_site["data"], json!([{"stratifier": "site_a", "rows": [["female", 12], ["male", 18]]}, {"stratifier": "site_b", "rows": [["female", 25]]}]));
+    assert_eq!(
+        by_site["data"],
+        json!([{"stratifier": "site_a", "rows": [["female", 12], ["male", 18]]}, {"stratifier": "site_b", "rows": [["female", 25]]}])
+    );
     assert_eq!(by_site["counts"], json!({"site_a": 30, "site_b": 25}));
     assert_eq!(agg.chart("column=sex")["data"], json!([{"rows": [["female", 37], ["male", 18]]}]));
     assert_eq!(agg.get("/study-periods/site_a/flu/001")["earliest_date"], "2019-01-01");
@@ -274,7 +316,12 @@ fn credentials_and_permissions(db: Db) {
     let r = agg.http.get(format!("{}/data-packages", agg.url)).header("x-api-key", &b.1).send().unwrap();
     assert_eq!(r.status(), 401);
 
-    for bad in [json!({"filename": "x.zip"}), json!({"study": "../flu", "filename": "x.zip"}), json!({"study": "flu", "filename": "../x.zip"}), json!({"study": "flu", "filename": "x.zip", "data_package_version": "new"})] {
+    for bad in [
+        json!({"filename": "x.zip"}),
+        json!({"study": "../flu", "filename": "x.zip"}),
+        json!({"study": "flu", "filename": "../x.zip"}),
+        json!({"study": "flu", "filename": "x.zip", "data_package_version": "new"}),
+    ] {
         let c = agg.site(&format!("s{}", agg.ledger.sites().unwrap().len()), &[]);
         assert_eq!(agg.handshake("/", &c, bad.clone(), None).status(), 400, "{bad}");
     }
@@ -290,9 +337,11 @@ fn one_site_cannot_write_as_another(db: Db) {
     // site_b rewrites its signed policy to name site_a.
     let mut forged = presigned.clone();
     let policy = presigned["fields"]["policy"].as_str().unwrap();
-    let mut decoded: Json = serde_json::from_slice(&veil_fhir::base64::decode(policy, veil_fhir::base64::STANDARD).unwrap()).unwrap();
+    let mut decoded: Json =
+        serde_json::from_slice(&veil_fhir::base64::decode(policy, veil_fhir::base64::STANDARD).unwrap()).unwrap();
     decoded["site"] = json!("site_a");
-    forged["fields"]["policy"] = json!(veil_fhir::base64::encode(decoded.to_string().as_bytes(), veil_fhir::base64::STANDARD));
+    forged["fields"]["policy"] =
+        json!(veil_fhir::base64::encode(decoded.to_string().as_bytes(), veil_fhir::base64::STANDARD));
     let r = agg.post_form(&forged, package(1, &[(99, None)]));
     assert_eq!(r.status(), 403);
     assert!(r.text().unwrap().contains("signature"));
@@ -321,7 +370,11 @@ fn malformed_and_hostile_zips_are_refused_with_a_message(db: Db) {
     let good_cube = || ("flu__count_sex.cube.parquet".to_string(), cube(&[(31, None)]));
     let bomb = {
         let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-        out.start_file("flu__count_sex.cube.parquet", zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated)).unwrap();
+        out.start_file(
+            "flu__count_sex.cube.parquet",
+            zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated),
+        )
+        .unwrap();
         out.write_all(&vec![0u8; 20 << 20]).unwrap();
         out.finish().unwrap().into_inner()
     };
@@ -329,18 +382,66 @@ fn malformed_and_hostile_zips_are_refused_with_a_message(db: Db) {
         ("not a zip", b"PK\x03\x04 this is not a zip".to_vec(), "not a readable zip"),
         ("traversal", with(vec![("../flu__count_sex.cube.parquet".into(), cube(&[(31, None)]))]), "without folders"),
         ("absolute", with(vec![("/tmp/flu__count_sex.cube.parquet".into(), cube(&[(31, None)]))]), "without folders"),
-        ("line-level", with(vec![good_cube(), ("flu__patients.archive.parquet".into(), cube(&[(31, None)]))]), "line-level"),
-        ("another study", with(vec![("covid__count.cube.parquet".into(), cube(&[(31, None)]))]), "does not belong to the study flu"),
-        ("small cell", with(vec![("flu__count_sex.cube.parquet".into(), cube(&[(31, None), (4, Some("female"))]))]), "1 cell(s) count fewer than 10"),
-        ("no cnt", with(vec![("flu__count_sex.cube.parquet".into(), parquet(&[("sex", ColumnType::Text)], &[vec![json!("x")]]))]), "no cnt column"),
-        ("text cnt", with(vec![("flu__count_sex.cube.parquet".into(), parquet(&[("cnt", ColumnType::Text)], &[vec![json!("40")]]))]), "cnt must be a whole number"),
-        ("site column", with(vec![("flu__count_sex.cube.parquet".into(), parquet(&[("cnt", ColumnType::BigInt), ("site", ColumnType::Text)], &[vec![json!(40), json!("x")]]))]), "aggregator's own"),
-        ("not parquet", with(vec![("flu__count_sex.cube.parquet".into(), b"hello".to_vec())]), "not a readable Parquet"),
-        ("duplicate strata", with(vec![("flu__count_sex.cube.parquet".into(), cube(&[(31, None), (32, None)]))]), "more than one row"),
+        (
+            "line-level",
+            with(vec![good_cube(), ("flu__patients.archive.parquet".into(), cube(&[(31, None)]))]),
+            "line-level",
+        ),
+        (
+            "another study",
+            with(vec![("covid__count.cube.parquet".into(), cube(&[(31, None)]))]),
+            "does not belong to the study flu",
+        ),
+        (
+            "small cell",
+            with(vec![("flu__count_sex.cube.parquet".into(), cube(&[(31, None), (4, Some("female"))]))]),
+            "1 cell(s) count fewer than 10",
+        ),
+        (
+            "no cnt",
+            with(vec![(
+                "flu__count_sex.cube.parquet".into(),
+                parquet(&[("sex", ColumnType::Text)], &[vec![json!("x")]]),
+            )]),
+            "no cnt column",
+        ),
+        (
+            "text cnt",
+            with(vec![(
+                "flu__count_sex.cube.parquet".into(),
+                parquet(&[("cnt", ColumnType::Text)], &[vec![json!("40")]]),
+            )]),
+            "cnt must be a whole number",
+        ),
+        (
+            "site column",
+            with(vec![(
+                "flu__count_sex.cube.parquet".into(),
+                parquet(&[("cnt", ColumnType::BigInt), ("site", ColumnType::Text)], &[vec![json!(40), json!("x")]]),
+            )]),
+            "aggregator's own",
+        ),
+        (
+            "not parquet",
+            with(vec![("flu__count_sex.cube.parquet".into(), b"hello".to_vec())]),
+            "not a readable Parquet",
+        ),
+        (
+            "duplicate strata",
+            with(vec![("flu__count_sex.cube.parquet".into(), cube(&[(31, None), (32, None)]))]),
+            "more than one row",
+        ),
         ("zip bomb", bomb, "zip bomb"),
         ("version", zip(&[vec![good_cube()], meta(2)].concat()), "says data package version 2"),
         ("no meta_date", zip(&[good_cube()]), "no flu__meta_date"),
-        ("schema change", with(vec![("flu__count_sex.cube.parquet".into(), parquet(&[("cnt", ColumnType::BigInt), ("gender", ColumnType::Text)], &[vec![json!(40), Json::Null]]))]), "needs a new data_package_version"),
+        (
+            "schema change",
+            with(vec![(
+                "flu__count_sex.cube.parquet".into(),
+                parquet(&[("cnt", ColumnType::BigInt), ("gender", ColumnType::Text)], &[vec![json!(40), Json::Null]]),
+            )]),
+            "needs a new data_package_version",
+        ),
     ];
     let b = agg.site("site_b", &[]);
     for (what, zip, expected) in cases {
@@ -361,10 +462,15 @@ fn malformed_and_hostile_zips_are_refused_with_a_message(db: Db) {
     assert_eq!(agg.get("/data-packages/flu__count_sex__001")["total"], 30, "nothing refused became visible");
     let refused = agg.ledger.uploads(100).unwrap().iter().filter(|u| u.outcome == "refused").count();
     assert_eq!(refused, 15, "each refusal recorded");
-    assert_eq!(agg.upload(&b, 1, package(1, &[(12, None)])).status(), 204, "every refusal freed the lock: the site can upload at once");
+    assert_eq!(
+        agg.upload(&b, 1, package(1, &[(12, None)])).status(),
+        204,
+        "every refusal freed the lock: the site can upload at once"
+    );
     // /metadata's last_error is the time of the site's latest refusal.
     let b_meta = agg.get("/metadata/site_b/flu/count_sex/count_sex__001");
-    let (error, upload) = (b_meta["last_error"].as_str().expect("site_b had refusals"), b_meta["last_upload"].as_str().unwrap());
+    let (error, upload) =
+        (b_meta["last_error"].as_str().expect("site_b had refusals"), b_meta["last_upload"].as_str().unwrap());
     assert!(error <= upload, "the refusals came before the accepted upload: {error} {upload}");
     assert!(agg.get("/metadata/site_a/flu/count_sex/count_sex__001")["last_error"].is_null());
 }
@@ -379,7 +485,8 @@ fn a_broken_upload_leaves_nothing_and_frees_the_lock(db: Db) {
     let boundary = "veilboundary";
     let mut body = String::new();
     for (k, v) in presigned["fields"].as_object().unwrap() {
-        body += &format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{}\r\n", v.as_str().unwrap());
+        body +=
+            &format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{}\r\n", v.as_str().unwrap());
     }
     body += &format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.zip\"\r\n\r\n");
     let zip = package(1, &[(99, None)]);
@@ -392,7 +499,11 @@ fn a_broken_upload_leaves_nothing_and_frees_the_lock(db: Db) {
     let _ = stream.read_to_string(&mut answer);
     assert!(!answer.starts_with("HTTP/1.1 204"), "{answer}");
     assert_eq!(agg.get("/data-packages/flu__count_sex__001")["total"], 30);
-    assert_eq!(agg.upload(&a, 1, package(1, &[(40, None)])).status(), 204, "the lock was freed: the site can upload again at once");
+    assert_eq!(
+        agg.upload(&a, 1, package(1, &[(40, None)])).status(),
+        204,
+        "the lock was freed: the site can upload again at once"
+    );
     assert_eq!(agg.get("/data-packages/flu__count_sex__001")["total"], 40);
 }
 
@@ -401,7 +512,12 @@ fn a_site_can_ask_what_became_of_its_upload(db: Db) {
     let a = agg.site("site_a", &[]);
     let b = agg.site("site_b", &[]);
     let state = |site: &(String, String), transaction: &str| {
-        let r = agg.http.get(format!("{}/upload/{transaction}", agg.url)).basic_auth(&site.0, Some(&site.1)).send().unwrap();
+        let r = agg
+            .http
+            .get(format!("{}/upload/{transaction}", agg.url))
+            .basic_auth(&site.0, Some(&site.1))
+            .send()
+            .unwrap();
         (r.status().as_u16(), r.json::<Json>().unwrap_or(Json::Null))
     };
     let r = agg.handshake("/", &a, json!({"study": "flu", "data_package_version": 1, "filename": "a.zip"}), None);
@@ -434,7 +550,9 @@ fn staged_uploads_are_swept_once_and_a_crash_loses_nothing(db: Db) {
     agg.site("site_a", &[]);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let storage = &agg.config.storage;
-    let stage = |transaction: &str, zip: Vec<u8>| storage.put_bytes(&format!("upload_staging/flu/site_a/001/{transaction}/a.zip"), zip).unwrap();
+    let stage = |transaction: &str, zip: Vec<u8>| {
+        storage.put_bytes(&format!("upload_staging/flu/site_a/001/{transaction}/a.zip"), zip).unwrap()
+    };
     let first = agg.ledger.lock("site_a", "flu", None, now, 600).unwrap().unwrap();
     stage(&first, package(1, &[(30, None)]));
     storage.put_bytes("upload_staging/flu/notes.txt", b"not an upload".to_vec()).unwrap();
@@ -463,14 +581,27 @@ fn staged_uploads_are_swept_once_and_a_crash_loses_nothing(db: Db) {
 fn flat_tables_are_kept_per_site_and_need_counts_too(db: Db) {
     let agg = start("flat", db, Limits::default());
     let a = agg.site("site_a", &[]);
-    let flat = |rows: &[(i64, &str)]| parquet(&[("cnt", ColumnType::BigInt), ("code", ColumnType::Text)], &rows.iter().map(|(n, c)| vec![json!(n), json!(c)]).collect::<Vec<_>>());
-    let mut members = vec![("flu__count_sex.cube.parquet".to_string(), cube(&[(30, None)])), ("flu__codes.flat.parquet".to_string(), flat(&[(12, "x"), (15, "y")]))];
+    let flat = |rows: &[(i64, &str)]| {
+        parquet(
+            &[("cnt", ColumnType::BigInt), ("code", ColumnType::Text)],
+            &rows.iter().map(|(n, c)| vec![json!(n), json!(c)]).collect::<Vec<_>>(),
+        )
+    };
+    let mut members = vec![
+        ("flu__count_sex.cube.parquet".to_string(), cube(&[(30, None)])),
+        ("flu__codes.flat.parquet".to_string(), flat(&[(12, "x"), (15, "y")])),
+    ];
     members.extend(meta(1));
     assert_eq!(agg.upload(&a, 1, zip(&members)).status(), 204);
     let entry = agg.get("/data-packages/flu__codes__site_a__001");
     assert_eq!((entry["type"].as_str(), entry["site"].as_str()), (Some("flat"), Some("site_a")));
     assert_eq!(agg.get("/data-packages/flu__codes__site_a__001/download")["rows"], json!([[12, "x"], [15, "y"]]));
-    let r = agg.http.get(format!("{}/data-packages/flu__codes__site_a__001/chart?column=code", agg.url)).header("x-api-key", &agg.key).send().unwrap();
+    let r = agg
+        .http
+        .get(format!("{}/data-packages/flu__codes__site_a__001/chart?column=code", agg.url))
+        .header("x-api-key", &agg.key)
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 404, "flat tables are not charted across sites");
 
     // A table without counts could be rows about patients.
@@ -503,7 +634,14 @@ fn two_servers_merging_at_once_lose_nothing(db: Db) {
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
                 let id = ledger.lock(&site, "flu", None, now, 600).unwrap().unwrap();
                 let sha = format!("{i:064}");
-                let arrival = veil_aggregator::Arrival { id: &id, site: &site, study: "flu", version: 1, sha256: &sha, bytes: zip.len() as i64 };
+                let arrival = veil_aggregator::Arrival {
+                    id: &id,
+                    site: &site,
+                    study: "flu",
+                    version: 1,
+                    sha256: &sha,
+                    bytes: zip.len() as i64,
+                };
                 ledger.accept(&arrival, &checked).unwrap().unwrap()
             })
         })
@@ -521,7 +659,9 @@ fn the_dashboard_is_served_without_data(db: Db) {
     let http = Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let root = http.get(&agg.url).send().unwrap();
     assert_eq!((root.status().as_u16(), root.headers()["location"].to_str().unwrap()), (303, "/dashboard"));
-    for (path, kind) in [("/dashboard", "text/html"), ("/dashboard/app.js", "text/javascript"), ("/dashboard/app.css", "text/css")] {
+    for (path, kind) in
+        [("/dashboard", "text/html"), ("/dashboard/app.js", "text/javascript"), ("/dashboard/app.css", "text/css")]
+    {
         let r = http.get(format!("{}{path}", agg.url)).send().unwrap();
         assert_eq!(r.status(), 200, "{path}");
         assert!(r.headers()["content-type"].to_str().unwrap().starts_with(kind), "{path}");
@@ -539,10 +679,16 @@ fn a_dropped_postgres_connection_is_made_again() {
     assert!(ledger.add_site("site_a", "a", "", &[]).unwrap().is_some());
     // The server drops the connection, as a restart or a failover does.
     let mut admin = postgres::Client::connect(&schema.server, postgres::NoTls).unwrap();
-    let dropped: i64 = admin.query_one("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1", &[&app]).unwrap().get(0);
+    let dropped: i64 = admin
+        .query_one("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1", &[&app])
+        .unwrap()
+        .get(0);
     assert_eq!(dropped, 1);
     assert_eq!(ledger.sites().unwrap().len(), 1, "a read connects again");
-    let dropped: i64 = admin.query_one("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1", &[&app]).unwrap().get(0);
+    let dropped: i64 = admin
+        .query_one("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1", &[&app])
+        .unwrap()
+        .get(0);
     assert_eq!(dropped, 1);
     assert!(ledger.add_site("site_b", "b", "", &[]).unwrap().is_some(), "so does a write");
     assert_eq!(ledger.sites().unwrap().len(), 2);

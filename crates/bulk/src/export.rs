@@ -101,13 +101,19 @@ fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> BulkError {
 
 fn save(path: &Path, state: &State) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
-    fs::write(&tmp, serde_json::to_vec_pretty(state).expect("the state serialises")).map_err(|e| io(tmp.display(), e))?;
+    fs::write(&tmp, serde_json::to_vec_pretty(state).expect("the state serialises"))
+        .map_err(|e| io(tmp.display(), e))?;
     fs::rename(&tmp, path).map_err(|e| io(path.display(), e))
 }
 
 /// Runs (or, with `options.resume`, continues) an export into `options.dest`.
 /// `progress` sees a line for each step and each finished file.
-pub fn run(client: &Client, request: &ExportRequest, options: &Options<'_>, progress: &(dyn Fn(&str) + Sync)) -> Result<Summary> {
+pub fn run(
+    client: &Client,
+    request: &ExportRequest,
+    options: &Options<'_>,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Summary> {
     fs::create_dir_all(&options.dest).map_err(|e| io(options.dest.display(), e))?;
     let state_path = options.dest.join(STATE_FILE);
     let request_sha256 = request.digest();
@@ -135,7 +141,12 @@ pub fn run(client: &Client, request: &ExportRequest, options: &Options<'_>, prog
                 options.dest.display()
             )));
         }
-        Err(_) if options.resume => return Err(BulkError::Destination(format!("nothing to resume in {} (no {STATE_FILE})", options.dest.display()))),
+        Err(_) if options.resume => {
+            return Err(BulkError::Destination(format!(
+                "nothing to resume in {} (no {STATE_FILE})",
+                options.dest.display()
+            )));
+        }
         Err(_) => State { request_sha256, deidentified: options.deid.is_some(), ..State::default() },
     };
 
@@ -152,14 +163,16 @@ pub fn run(client: &Client, request: &ExportRequest, options: &Options<'_>, prog
     let manifest = match &state.manifest {
         Some(m) => m.clone(),
         None => {
-            let m = client.wait(&status_url, &mut |p| progress(&format!("the server is working: {p}"))).map_err(|e| match e {
-                // Servers forget finished or abandoned exports after a while.
-                BulkError::Status { status: 404 | 410, .. } if options.resume => BulkError::Destination(format!(
-                    "the server no longer knows this export ({e}); remove {} to start again",
-                    state_path.display()
-                )),
-                other => other,
-            })?;
+            let m = client.wait(&status_url, &mut |p| progress(&format!("the server is working: {p}"))).map_err(
+                |e| match e {
+                    // Servers forget finished or abandoned exports after a while.
+                    BulkError::Status { status: 404 | 410, .. } if options.resume => BulkError::Destination(format!(
+                        "the server no longer knows this export ({e}); remove {} to start again",
+                        state_path.display()
+                    )),
+                    other => other,
+                },
+            )?;
             state.manifest = Some(m.clone());
             save(&state_path, &state)?;
             m
@@ -184,10 +197,15 @@ pub fn run(client: &Client, request: &ExportRequest, options: &Options<'_>, prog
         }
     }
     let planned = jobs.len();
-    let mut todo: Vec<Job> = jobs.into_iter().filter(|job| !finished(&options.dest, &job.name, state.files.get(&job.name))).collect();
+    let mut todo: Vec<Job> =
+        jobs.into_iter().filter(|job| !finished(&options.dest, &job.name, state.files.get(&job.name))).collect();
     todo.reverse(); // taken from the end: in the manifest's order
     summary.reused = planned - todo.len();
-    progress(&format!("{} files to fetch{}", todo.len(), if summary.reused > 0 { format!(", {} already finished", summary.reused) } else { String::new() }));
+    progress(&format!(
+        "{} files to fetch{}",
+        todo.len(),
+        if summary.reused > 0 { format!(", {} already finished", summary.reused) } else { String::new() }
+    ));
 
     let finished_count = std::sync::atomic::AtomicUsize::new(summary.reused);
     let state = Mutex::new(state);
@@ -317,7 +335,9 @@ fn fetch(client: &Client, job: &Job, with_token: bool, options: &Options<'_>) ->
                 return Ok(done);
             }
             // A broken connection mid-file: start the file again.
-            Err(BulkError::Http(_)) if attempt < client.retry.attempts => std::thread::sleep(std::time::Duration::from_secs(1)),
+            Err(BulkError::Http(_)) if attempt < client.retry.attempts => {
+                std::thread::sleep(std::time::Duration::from_secs(1))
+            }
             Err(e) => {
                 let _ = fs::remove_file(&part);
                 return Err(e);
@@ -346,10 +366,11 @@ fn fetch_once(client: &Client, job: &Job, with_token: bool, options: &Options<'_
     let (resources, left_out) = match options.deid {
         Some(engine) => {
             let mut left_out = 0u64;
-            let report = anonymize_ndjson(engine, input, &mut out, OnError::Quarantine, |_| left_out += 1, |_| {}).map_err(|e| match e {
-                StreamError::Io(e) => broken(e),
-                other => BulkError::Deid(format!("{}: {other}", job.name)),
-            })?;
+            let report = anonymize_ndjson(engine, input, &mut out, OnError::Quarantine, |_| left_out += 1, |_| {})
+                .map_err(|e| match e {
+                    StreamError::Io(e) => broken(e),
+                    other => BulkError::Deid(format!("{}: {other}", job.name)),
+                })?;
             (report.written(), left_out)
         }
         None => {
@@ -360,7 +381,9 @@ fn fetch_once(client: &Client, job: &Job, with_token: bool, options: &Options<'_
                 if !line.trim_ascii().is_empty() {
                     resources += 1;
                     let ended = line.ends_with(b"\n");
-                    out.write_all(&line).and_then(|()| if ended { Ok(()) } else { out.write_all(b"\n") }).map_err(|e| io(part.display(), e))?;
+                    out.write_all(&line)
+                        .and_then(|()| if ended { Ok(()) } else { out.write_all(b"\n") })
+                        .map_err(|e| io(part.display(), e))?;
                 }
                 line.clear();
             }
@@ -369,6 +392,16 @@ fn fetch_once(client: &Client, job: &Job, with_token: bool, options: &Options<'_
     };
     out.flush().map_err(|e| io(part.display(), e))?;
     let Hashing { inner, hash, bytes } = out;
-    inner.into_inner().map_err(|e| io(part.display(), e.into_error()))?.sync_all().map_err(|e| io(part.display(), e))?;
-    Ok(FileDone { resource_type: job.file.resource_type.clone(), resources, left_out, bytes, sha256: veil_fhir::hex::encode(&hash.finalize()) })
+    inner
+        .into_inner()
+        .map_err(|e| io(part.display(), e.into_error()))?
+        .sync_all()
+        .map_err(|e| io(part.display(), e))?;
+    Ok(FileDone {
+        resource_type: job.file.resource_type.clone(),
+        resources,
+        left_out,
+        bytes,
+        sha256: veil_fhir::hex::encode(&hash.finalize()),
+    })
 }

@@ -287,28 +287,42 @@ impl Client {
         })?;
         let status = response.status().as_u16();
         if status != 202 {
-            return Err(BulkError::Status { what: format!("the kick-off ({})", path_of(&url)), status, detail: detail(response) });
+            return Err(BulkError::Status {
+                what: format!("the kick-off ({})", path_of(&url)),
+                status,
+                detail: detail(response),
+            });
         }
         let location = response.headers().get("content-location").and_then(|v| v.to_str().ok());
-        location.map(str::to_string).ok_or_else(|| BulkError::Protocol("the kick-off answered 202 without a Content-Location".into()))
+        location
+            .map(str::to_string)
+            .ok_or_else(|| BulkError::Protocol("the kick-off answered 202 without a Content-Location".into()))
     }
 
     /// Polls `status_url` until the export is complete; `progress` sees
     /// each `X-Progress`.
     pub fn wait(&self, status_url: &str, progress: &mut dyn FnMut(&str)) -> Result<Manifest> {
         loop {
-            let response = self.send("the status request", true, &|| self.http.get(status_url).header("Accept", "application/json"))?;
+            let response = self
+                .send("the status request", true, &|| self.http.get(status_url).header("Accept", "application/json"))?;
             match response.status().as_u16() {
                 200 => {
-                    return response.json().map_err(|e| BulkError::Protocol(format!("the manifest is not what Bulk Data describes: {}", without_url(e))));
+                    return response.json().map_err(|e| {
+                        BulkError::Protocol(format!("the manifest is not what Bulk Data describes: {}", without_url(e)))
+                    });
                 }
                 202 => {
                     if let Some(p) = response.headers().get("x-progress").and_then(|v| v.to_str().ok()) {
                         progress(p);
                     }
-                    std::thread::sleep(retry_after(response.headers(), SystemTime::now(), self.retry.max_wait).unwrap_or(self.retry.poll));
+                    std::thread::sleep(
+                        retry_after(response.headers(), SystemTime::now(), self.retry.max_wait)
+                            .unwrap_or(self.retry.poll),
+                    );
                 }
-                status => return Err(BulkError::Status { what: "the export".into(), status, detail: detail(response) }),
+                status => {
+                    return Err(BulkError::Status { what: "the export".into(), status, detail: detail(response) });
+                }
             }
         }
     }
@@ -317,7 +331,8 @@ impl Client {
     /// when the manifest says the files need it.
     pub(crate) fn open(&self, file: &ManifestFile, with_token: bool) -> Result<Response> {
         let what = format!("{} file {}", file.resource_type, path_of(&file.url));
-        let response = self.send(&what, with_token, &|| self.http.get(&file.url).header("Accept", "application/fhir+ndjson"))?;
+        let response =
+            self.send(&what, with_token, &|| self.http.get(&file.url).header("Accept", "application/fhir+ndjson"))?;
         match response.status().as_u16() {
             200 => Ok(response),
             status => Err(BulkError::Status { what, status, detail: detail(response) }),
@@ -360,12 +375,22 @@ mod tests {
 
     #[test]
     fn kick_off_urls_and_parameters() {
-        let r = ExportRequest { types: vec!["Patient".into(), "Immunization".into()], since: Some("2020-01-01T00:00:00Z".into()), ..Default::default() };
-        assert_eq!(r.url("http://ehr/fhir/"), "http://ehr/fhir/$export?_type=Patient%2CImmunization&_since=2020-01-01T00%3A00%3A00Z");
+        let r = ExportRequest {
+            types: vec!["Patient".into(), "Immunization".into()],
+            since: Some("2020-01-01T00:00:00Z".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            r.url("http://ehr/fhir/"),
+            "http://ehr/fhir/$export?_type=Patient%2CImmunization&_since=2020-01-01T00%3A00%3A00Z"
+        );
         let g = ExportRequest { level: Some(Level::Group("g1".into())), ..Default::default() };
         assert_eq!(g.url("http://ehr/fhir"), "http://ehr/fhir/Group/g1/$export");
         let p = ExportRequest { level: Some(Level::Patient), patients: vec!["Patient/1".into()], ..Default::default() };
         assert_eq!(p.url("http://ehr/fhir"), "http://ehr/fhir/Patient/$export", "named patients go in a POST body");
-        assert_eq!(p.parameters()["parameter"][0], json!({"name": "patient", "valueReference": {"reference": "Patient/1"}}));
+        assert_eq!(
+            p.parameters()["parameter"][0],
+            json!({"name": "patient", "valueReference": {"reference": "Patient/1"}})
+        );
     }
 }

@@ -75,7 +75,9 @@ fn start(name: &'static str, auth: Option<u64>) -> Server {
     {
         let (store, storage, stop) = (store.clone(), storage.clone(), stop.clone());
         // Small files, so that an export has many.
-        std::thread::spawn(move || worker_loop(&*store, &storage, name, WorkerConfig { file_limit: 300, lease_secs: 60 }, &stop));
+        std::thread::spawn(move || {
+            worker_loop(&*store, &storage, name, WorkerConfig { file_limit: 300, lease_secs: 60 }, &stop)
+        });
     }
     let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     proxy.set_nonblocking(true).unwrap();
@@ -166,7 +168,8 @@ async fn forward(State((upstream, faults)): State<(String, Arc<Faults>)>, reques
     let headers = request.headers().clone();
     let body = axum::body::to_bytes(request.into_body(), usize::MAX).await.unwrap();
     let client = reqwest::Client::new();
-    let upstream_response = client.request(method, format!("{upstream}{path}{query}")).headers(headers).body(body).send().await.unwrap();
+    let upstream_response =
+        client.request(method, format!("{upstream}{path}{query}")).headers(headers).body(body).send().await.unwrap();
     let status = upstream_response.status();
     let mut headers = upstream_response.headers().clone();
     let bytes = upstream_response.bytes().await.unwrap();
@@ -208,7 +211,9 @@ fn received(dest: &Path) -> BTreeMap<(String, String), usize> {
         if path.extension().is_some_and(|e| e == "ndjson") {
             for line in std::fs::read_to_string(&path).unwrap().lines() {
                 let doc: Json = serde_json::from_str(line).unwrap();
-                *seen.entry((doc["resourceType"].as_str().unwrap().to_string(), doc["id"].as_str().unwrap().to_string())).or_default() += 1;
+                *seen
+                    .entry((doc["resourceType"].as_str().unwrap().to_string(), doc["id"].as_str().unwrap().to_string()))
+                    .or_default() += 1;
             }
         }
     }
@@ -237,7 +242,10 @@ fn faults_are_weathered_and_every_resource_arrives_once() {
     server.faults.cut_first_try.store(true, Ordering::SeqCst);
     let dest = temp("faults-out");
     let lines = Mutex::new(Vec::new());
-    let summary = veil_bulk::run(&client(&server), &request(), &options(&dest, false), &|l| lines.lock().unwrap().push(l.to_string())).unwrap();
+    let summary = veil_bulk::run(&client(&server), &request(), &options(&dest, false), &|l| {
+        lines.lock().unwrap().push(l.to_string())
+    })
+    .unwrap();
     let expected = stored(&*server.store);
     assert_eq!(received(&dest), expected, "every resource exactly once, despite the faults");
     assert_eq!(summary.resources.values().sum::<u64>() as usize, expected.len());
@@ -246,7 +254,8 @@ fn faults_are_weathered_and_every_resource_arrives_once() {
     assert_eq!(server.faults.poll_429.load(Ordering::SeqCst), 0, "the 429 polls were waited out");
     assert!(lines.lock().unwrap().iter().any(|l| l.contains("files to fetch")), "progress was reported");
     assert!(summary.files > 2);
-    let manifest: Json = serde_json::from_slice(&std::fs::read(dest.join("veil-export-manifest.json")).unwrap()).unwrap();
+    let manifest: Json =
+        serde_json::from_slice(&std::fs::read(dest.join("veil-export-manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["files"].as_object().unwrap().len(), summary.files);
     assert!(!dest.join(veil_bulk::STATE_FILE).exists(), "the state file goes when the export is done");
     let _ = std::fs::remove_dir_all(&dest);
@@ -257,7 +266,8 @@ fn an_interrupted_export_resumes_without_duplicates() {
     let server = start("resume", None);
     *server.faults.files_until_outage.lock().unwrap() = Some(2);
     let dest = temp("resume-out");
-    let failed = veil_bulk::run(&client(&server), &request(), &Options { concurrency: 1, ..options(&dest, false) }, &|_| {});
+    let failed =
+        veil_bulk::run(&client(&server), &request(), &Options { concurrency: 1, ..options(&dest, false) }, &|_| {});
     assert!(failed.is_err(), "the outage stops the export");
     assert!(dest.join(veil_bulk::STATE_FILE).exists(), "and leaves its state");
     // Without --resume the folder is not overwritten.
@@ -267,7 +277,10 @@ fn an_interrupted_export_resumes_without_duplicates() {
     // Nor is it resumed as another export.
     let other = ExportRequest { types: vec!["Patient".into()], ..Default::default() };
     let refused = veil_bulk::run(&client(&server), &other, &options(&dest, true), &|_| {});
-    assert!(matches!(&refused, Err(veil_bulk::BulkError::Destination(m)) if m.contains("other parameters")), "{refused:?}");
+    assert!(
+        matches!(&refused, Err(veil_bulk::BulkError::Destination(m)) if m.contains("other parameters")),
+        "{refused:?}"
+    );
 
     *server.faults.files_until_outage.lock().unwrap() = None;
     let asked_before: usize = server.faults.asked.lock().unwrap().values().sum();
@@ -280,10 +293,16 @@ fn an_interrupted_export_resumes_without_duplicates() {
     // A state whose export the server has forgotten: resuming says what to do.
     let forgotten = temp("resume-forgotten");
     std::fs::create_dir_all(&forgotten).unwrap();
-    let state = veil_bulk::State { request_sha256: request().digest(), status_url: Some(format!("{}/_export-status/forgotten", server.url)), ..Default::default() };
+    let state = veil_bulk::State {
+        request_sha256: request().digest(),
+        status_url: Some(format!("{}/_export-status/forgotten", server.url)),
+        ..Default::default()
+    };
     std::fs::write(forgotten.join(veil_bulk::STATE_FILE), serde_json::to_vec(&state).unwrap()).unwrap();
     match veil_bulk::run(&client(&server), &request(), &options(&forgotten, true), &|_| {}) {
-        Err(veil_bulk::BulkError::Destination(m)) => assert!(m.contains("no longer knows this export") && m.contains("to start again"), "{m}"),
+        Err(veil_bulk::BulkError::Destination(m)) => {
+            assert!(m.contains("no longer knows this export") && m.contains("to start again"), "{m}")
+        }
         other => panic!("{other:?}"),
     }
     let _ = std::fs::remove_dir_all(&dest);
@@ -334,7 +353,11 @@ fn client_side_deid_equals_the_servers() {
     assert!(!a.iter().any(|l| l.contains("Zyxwplanted")));
     // --keep-raw: the raw files went there, and only there.
     assert_eq!(received(&raw), stored(&*server.store), "the raw copy holds every resource as the server sent it");
-    assert!(std::fs::read_dir(&raw).unwrap().any(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().contains("Zyxwplanted")));
+    assert!(
+        std::fs::read_dir(&raw)
+            .unwrap()
+            .any(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().contains("Zyxwplanted"))
+    );
     assert!(a == b, "client-side and server-side de-identification give the same resources");
     assert!(!a.iter().any(|l| l.contains("\"family\"")), "names are gone");
     let _ = std::fs::remove_dir_all(&ours);
@@ -366,9 +389,18 @@ fn tokens_are_renewed_as_they_lapse_and_when_refused() {
     assert_eq!(received(&dest), stored(&*server.store), "every resource exactly once");
     assert_eq!(server.faults.file_401.load(Ordering::SeqCst), 0, "each refused file was asked for again");
     // Tokens live 2 s here: each request went with a fresh one.
-    assert!(server.faults.tokens.load(Ordering::SeqCst) > 5, "{} token requests", server.faults.tokens.load(Ordering::SeqCst));
+    assert!(
+        server.faults.tokens.load(Ordering::SeqCst) > 5,
+        "{} token requests",
+        server.faults.tokens.load(Ordering::SeqCst)
+    );
     // Without credentials the server refuses, and the client says so.
-    let refused = veil_bulk::run(&Client::new(&server.url, Auth::None), &request(), &options(&temp("tokens-none"), false), &|_| {});
+    let refused = veil_bulk::run(
+        &Client::new(&server.url, Auth::None),
+        &request(),
+        &options(&temp("tokens-none"), false),
+        &|_| {},
+    );
     assert!(matches!(&refused, Err(veil_bulk::BulkError::Status { status: 401, .. })), "{refused:?}");
     let _ = std::fs::remove_dir_all(&dest);
 }
@@ -393,7 +425,8 @@ fn named_patients_are_asked_for_in_a_post() {
     };
     let dest = temp("post-out");
     veil_bulk::run(&client(&server), &request, &options(&dest, false), &|_| {}).unwrap();
-    let expected: BTreeMap<(String, String), usize> = patients.into_iter().map(|id| (("Patient".to_string(), id), 1)).collect();
+    let expected: BTreeMap<(String, String), usize> =
+        patients.into_iter().map(|id| (("Patient".to_string(), id), 1)).collect();
     assert_eq!(received(&dest), expected, "only the two named patients");
     let _ = std::fs::remove_dir_all(&dest);
 }

@@ -61,7 +61,8 @@ struct DbArgs {
 
 impl DbArgs {
     fn open(&self) -> Result<Ledger> {
-        Ledger::open(&self.db).map_err(|e| UsageError(format!("cannot open {}: {e}", veil_store::printable_url(&self.db))).into())
+        Ledger::open(&self.db)
+            .map_err(|e| UsageError(format!("cannot open {}: {e}", veil_store::printable_url(&self.db))).into())
     }
 }
 
@@ -75,7 +76,13 @@ struct ServeArgs {
     /// aggregator) and this server checks and merges what arrives there;
     /// credentials come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
     /// AWS_REGION (AWS_ENDPOINT for another S3 server) or an instance role.
-    #[arg(long, visible_alias = "dir", value_name = "DIR|URL", default_value = "aggregator-data", env = "VEIL_AGGREGATOR_STORAGE")]
+    #[arg(
+        long,
+        visible_alias = "dir",
+        value_name = "DIR|URL",
+        default_value = "aggregator-data",
+        env = "VEIL_AGGREGATOR_STORAGE"
+    )]
     storage: String,
     /// With S3 storage: how often to look for new uploads in the bucket, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
@@ -206,7 +213,16 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
             let ledger = a.db.open()?;
             for u in ledger.uploads(a.limit)? {
                 let why = u.message.map(|m| format!("  {m}")).unwrap_or_default();
-                println!("{}  {:<9}  {}  {}  v{}  {} bytes  sha256 {}{why}", u.received, u.outcome, u.site, u.study, u.version, u.bytes, &u.sha256[..16]);
+                println!(
+                    "{}  {:<9}  {}  {}  v{}  {} bytes  sha256 {}{why}",
+                    u.received,
+                    u.outcome,
+                    u.site,
+                    u.study,
+                    u.version,
+                    u.bytes,
+                    &u.sha256[..16]
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -217,35 +233,54 @@ fn site(command: SiteCommand) -> Result<ExitCode> {
     match command {
         SiteCommand::Add(a) => {
             if !is_identifier(&a.name) {
-                return Err(UsageError(format!("a site name is lower-case letters, digits and _, starting with a letter (got {:?})", a.name)).into());
+                return Err(UsageError(format!(
+                    "a site name is lower-case letters, digits and _, starting with a letter (got {:?})",
+                    a.name
+                ))
+                .into());
             }
             if let Some(bad) = a.studies.iter().find(|s| !is_identifier(s)) {
                 return Err(UsageError(format!("{bad:?} is not a study name")).into());
             }
             let user = a.user.clone().unwrap_or_else(|| a.name.clone());
             if user.is_empty() || user.contains(':') {
-                return Err(UsageError("a user name must not be empty or hold ':' (it is the Basic auth user)".into()).into());
+                return Err(
+                    UsageError("a user name must not be empty or hold ':' (it is the Basic auth user)".into()).into()
+                );
             }
             let ledger = a.db.open()?;
-            let Some(secret) = ledger.add_site(&a.name, &user, a.display.as_deref().unwrap_or(&a.name), &a.studies)? else {
-                return Err(UsageError(format!("a site named {} or with the user {user} exists already", a.name)).into());
+            let Some(secret) = ledger.add_site(&a.name, &user, a.display.as_deref().unwrap_or(&a.name), &a.studies)?
+            else {
+                return Err(
+                    UsageError(format!("a site named {} or with the user {user} exists already", a.name)).into()
+                );
             };
             let studies = if a.studies.is_empty() { "every study".to_string() } else { a.studies.join(", ") };
-            eprintln!("veil aggregator: added site {} (user {user}, may upload {studies}); its secret, shown only now, is on stdout:", a.name);
+            eprintln!(
+                "veil aggregator: added site {} (user {user}, may upload {studies}); its secret, shown only now, is on stdout:",
+                a.name
+            );
             println!("{secret}");
         }
         SiteCommand::Rotate(a) => {
             let Some(secret) = a.db.open()?.rotate_site(&a.name)? else {
                 return Err(UsageError(format!("no site named {}", a.name)).into());
             };
-            eprintln!("veil aggregator: site {} has a new secret (the old one no longer works); shown only now, on stdout:", a.name);
+            eprintln!(
+                "veil aggregator: site {} has a new secret (the old one no longer works); shown only now, on stdout:",
+                a.name
+            );
             println!("{secret}");
         }
         SiteCommand::Remove(a) => {
             if !a.site.db.open()?.remove_site(&a.site.name, a.purge)? {
                 return Err(UsageError(format!("no site named {}", a.site.name)).into());
             }
-            let what = if a.purge { "its credentials and data; the other sites' data is merged again" } else { "its credentials (its data stays in the merge; --purge removes it)" };
+            let what = if a.purge {
+                "its credentials and data; the other sites' data is merged again"
+            } else {
+                "its credentials (its data stays in the merge; --purge removes it)"
+            };
             eprintln!("veil aggregator: removed site {}: {what}", a.site.name);
         }
         SiteCommand::List(db) => {
@@ -263,7 +298,10 @@ fn key(command: KeyCommand) -> Result<ExitCode> {
     match command {
         KeyCommand::Add(a) => {
             let key = a.db.open()?.add_api_key(&a.name)?;
-            eprintln!("veil aggregator: API key for {} (send it as the x-api-key header); shown only now, on stdout:", a.name);
+            eprintln!(
+                "veil aggregator: API key for {} (send it as the x-api-key header); shown only now, on stdout:",
+                a.name
+            );
             println!("{key}");
         }
         KeyCommand::List(db) => {
@@ -284,38 +322,69 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     if let Some(n) = &a.network
         && (!is_identifier(&n.replace('-', "_")) || ["upload", "metadata", "studies", "uploads"].contains(&n.as_str()))
     {
-        return Err(UsageError(format!("{n:?} cannot name a network (lower-case letters, digits, - and _; not a route of the API)")).into());
+        return Err(UsageError(format!(
+            "{n:?} cannot name a network (lower-case letters, digits, - and _; not a route of the API)"
+        ))
+        .into());
     }
     let ledger = Arc::new(a.db.open()?);
     let location = veil_storage::Location::parse(&a.storage).map_err(|e| UsageError(e.to_string()))?;
-    let storage = crate::output::open_checked(&location).map_err(|e| UsageError(format!("cannot use {location} for uploads: {e}")))?;
+    let storage = crate::output::open_checked(&location)
+        .map_err(|e| UsageError(format!("cannot use {location} for uploads: {e}")))?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let listener = runtime.block_on(tokio::net::TcpListener::bind(a.listen)).map_err(|e| UsageError(format!("cannot listen on {}: {e}", a.listen)))?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(a.listen))
+        .map_err(|e| UsageError(format!("cannot listen on {}: {e}", a.listen)))?;
     let addr = listener.local_addr()?;
     let base_url = a.base_url.clone().unwrap_or_else(|| format!("http://{addr}"));
     let sites = ledger.sites()?.len();
     let keys = ledger.api_keys()?.len();
     let limits = Limits { zip_bytes: a.max_upload_mib << 20, ..Limits::default() };
-    let guard = veil_guard::Limits { per_second: a.auth_rate, burst: 2.0 * a.auth_rate, ..veil_guard::Limits::default() };
+    let guard =
+        veil_guard::Limits { per_second: a.auth_rate, burst: 2.0 * a.auth_rate, ..veil_guard::Limits::default() };
     let uploads_here = !matches!(location, veil_storage::Location::S3 { .. });
     if uploads_here {
         // An upload that held a lock when the last process stopped died with it.
         let freed = ledger.release_all_locks()?;
         if freed > 0 {
-            eprintln!("veil aggregator: freed {freed} upload lock(s) left by the last run (those sites may upload again at once)");
+            eprintln!(
+                "veil aggregator: freed {freed} upload lock(s) left by the last run (those sites may upload again at once)"
+            );
         }
     }
-    let config = Arc::new(Config { ledger, storage: Arc::new(storage), base_url: base_url.clone(), network: a.network.clone(), min_cell: a.min_cell, limits, access_log: true, guard });
+    let config = Arc::new(Config {
+        ledger,
+        storage: Arc::new(storage),
+        base_url: base_url.clone(),
+        network: a.network.clone(),
+        min_cell: a.min_cell,
+        limits,
+        access_log: true,
+        guard,
+    });
     let app = router(config.clone())?;
     let at = a.network.as_ref().map(|n| format!(" and {base_url}/{n}")).unwrap_or_default();
-    eprintln!("veil aggregator: {base_url} (database {}, archive {location}); handshake at {base_url}/{at}; minimum cell {}", veil_store::printable_url(&a.db.db), a.min_cell);
+    eprintln!(
+        "veil aggregator: {base_url} (database {}, archive {location}); handshake at {base_url}/{at}; minimum cell {}",
+        veil_store::printable_url(&a.db.db),
+        a.min_cell
+    );
     if config.uploads_to_storage() {
-        eprintln!("veil aggregator: sites upload to {} by presigned POST; checked every {} s", location.join("upload_staging"), a.poll_secs);
-        runtime.spawn(veil_aggregator::staging::watch(config.clone(), std::time::Duration::from_secs(a.poll_secs.max(1))));
+        eprintln!(
+            "veil aggregator: sites upload to {} by presigned POST; checked every {} s",
+            location.join("upload_staging"),
+            a.poll_secs
+        );
+        runtime
+            .spawn(veil_aggregator::staging::watch(config.clone(), std::time::Duration::from_secs(a.poll_secs.max(1))));
     }
-    eprintln!("veil aggregator: {sites} site(s) (veil aggregator site add), {keys} API key(s) (veil aggregator key add)");
+    eprintln!(
+        "veil aggregator: {sites} site(s) (veil aggregator site add), {keys} API key(s) (veil aggregator key add)"
+    );
     if !addr.ip().is_loopback() && !base_url.starts_with("https://") {
-        eprintln!("veil aggregator: WARNING: {base_url} is not https: site secrets would cross the network in the clear; serve behind a TLS-terminating proxy and pass --base-url https://…");
+        eprintln!(
+            "veil aggregator: WARNING: {base_url} is not https: site secrets would cross the network in the clear; serve behind a TLS-terminating proxy and pass --base-url https://…"
+        );
     }
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

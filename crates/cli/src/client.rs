@@ -129,7 +129,8 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
 }
 
 fn open(store: &StoreArgs) -> Result<Box<dyn veil_store::Store>> {
-    Ok(veil_store::open(&store.db).map_err(|e| UsageError(format!("cannot open the store {}: {e}", veil_store::printable_url(&store.db))))?)
+    Ok(veil_store::open(&store.db)
+        .map_err(|e| UsageError(format!("cannot open the store {}: {e}", veil_store::printable_url(&store.db))))?)
 }
 
 fn add(a: AddArgs) -> Result<ExitCode> {
@@ -180,7 +181,10 @@ fn list(a: StoreArgs) -> Result<ExitCode> {
         let keys = match (&c.jwks, &c.jwks_url) {
             (_, Some(url)) => format!("keys at {url}"),
             (Some(set), None) => {
-                let n = serde_json::from_str::<Json>(set).ok().and_then(|s| s["keys"].as_array().map(Vec::len)).unwrap_or(0);
+                let n = serde_json::from_str::<Json>(set)
+                    .ok()
+                    .and_then(|s| s["keys"].as_array().map(Vec::len))
+                    .unwrap_or(0);
                 format!("{n} key(s) inline")
             }
             (None, None) => "no keys".into(),
@@ -206,7 +210,12 @@ fn keygen(a: KeygenArgs) -> Result<ExitCode> {
     let (key, pem) = SigningKey::generate(kind)?;
     write_private(&a.out, &pem)?;
     println!("{}", serde_json::to_string_pretty(&key.public_jwks())?);
-    eprintln!("Wrote the private key ({}, kid {}) to {}. Register the public JWKS above: veil client add --jwks FILE", key.algorithm(), key.kid(), a.out.display());
+    eprintln!(
+        "Wrote the private key ({}, kid {}) to {}. Register the public JWKS above: veil client add --jwks FILE",
+        key.algorithm(),
+        key.kid(),
+        a.out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -231,8 +240,13 @@ pub(crate) fn write_private(path: &std::path::Path, pem: &str) -> Result<()> {
 /// Reads a private key file: PEM, or JSON holding a private JWK; `kid`
 /// overrides the key's own.
 pub(crate) fn read_key(path: &std::path::Path, kid: Option<&str>) -> Result<SigningKey> {
-    let text = std::fs::read_to_string(path).map_err(|e| UsageError(format!("cannot read the key {}: {e}", path.display())))?;
-    let key = if text.trim_start().starts_with('{') { SigningKey::from_jwk(&text, kid) } else { SigningKey::from_pem(&text, kid) };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("cannot read the key {}: {e}", path.display())))?;
+    let key = if text.trim_start().starts_with('{') {
+        SigningKey::from_jwk(&text, kid)
+    } else {
+        SigningKey::from_pem(&text, kid)
+    };
     Ok(key.map_err(|e| UsageError(format!("{}: {e}", path.display())))?)
 }
 

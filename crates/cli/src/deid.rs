@@ -106,14 +106,18 @@ pub(crate) fn run(mut args: Args) -> Result<ExitCode> {
 /// and a reader who finds the manifest finds everything.
 fn run_to_cloud(mut args: Args, destination: &veil_storage::Location) -> Result<ExitCode> {
     if args.input_folder.is_none() && args.files.is_empty() {
-        bail!(UsageError("standard input goes to standard output or a local file, not to cloud storage: give input files or -i".into()));
+        bail!(UsageError(
+            "standard input goes to standard output or a local file, not to cloud storage: give input files or -i"
+                .into()
+        ));
     }
     let storage = open_checked(destination)?;
     let stage = std::env::temp_dir().join(format!("veil-deid-{}-{}", std::process::id(), veil_storage::now_secs()));
     fs::create_dir_all(&stage)?;
     args.output = Some(stage.clone());
     let deidentified = Some(veil_storage::Deidentified { policy: policy_name(&args.config) });
-    let outcome = run_local(args).and_then(|code| upload_stage("veil deid", &storage, &stage, deidentified).map(|()| code));
+    let outcome =
+        run_local(args).and_then(|code| upload_stage("veil deid", &storage, &stage, deidentified).map(|()| code));
     let _ = fs::remove_dir_all(&stage);
     outcome
 }
@@ -133,16 +137,22 @@ fn run_local(args: Args) -> Result<ExitCode> {
     for job in &jobs {
         let name = job.input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "<stdin>".into());
         let prefix = if scope_prefix_is_folder {
-            args.input_folder.as_ref().and_then(|f| f.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            args.input_folder
+                .as_ref()
+                .and_then(|f| f.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
         } else {
             name.clone()
         };
         let engine = engine.clone().with_date_shift_prefix(&prefix);
         if let Some(out) = &job.output
-            && args.skip && out.exists() {
-                eprintln!("veil deid: {}: output exists, skipped (-s)", job.input.display());
-                continue;
-            }
+            && args.skip
+            && out.exists()
+        {
+            eprintln!("veil deid: {}: output exists, skipped (-s)", job.input.display());
+            continue;
+        }
         bytes_in += fs::metadata(&job.input).map(|m| m.len()).unwrap_or(0);
         let result = if job.ndjson {
             run_ndjson(&engine, job, on_error, &name)
@@ -166,7 +176,9 @@ fn run_local(args: Args) -> Result<ExitCode> {
     if let Some(path) = &args.quarantine {
         let mut text = String::new();
         for (file, q) in &quarantined {
-            text.push_str(&json!({"file": file, "line": q.line, "resourceType": q.resource_type, "reason": q.reason}).to_string());
+            text.push_str(
+                &json!({"file": file, "line": q.line, "resourceType": q.resource_type, "reason": q.reason}).to_string(),
+            );
             text.push('\n');
         }
         write_atomically(path, |w| w.write_all(text.as_bytes()))?;
@@ -177,7 +189,8 @@ fn run_local(args: Args) -> Result<ExitCode> {
     }
     // A folder of output ends with its checksummed manifest, written last.
     if let Some(dir) = args.output.as_ref().filter(|o| o.is_dir()) {
-        let manifest = veil_storage::manifest_of_dir(dir)?.deidentified(Some(veil_storage::Deidentified { policy: policy_name(&args.config) }));
+        let manifest = veil_storage::manifest_of_dir(dir)?
+            .deidentified(Some(veil_storage::Deidentified { policy: policy_name(&args.config) }));
         write_atomically(&dir.join(veil_storage::MANIFEST_NAME), |w| w.write_all(&manifest.to_json()))?;
     }
     print_report(&total, &quarantined, started, bytes_in);
@@ -225,9 +238,10 @@ fn plan(args: &Args) -> Result<Vec<Job>> {
             Some(o) => Some(o.join(f.file_name().unwrap_or_default())),
         };
         if let Some(o) = &output
-            && fs::canonicalize(f).ok() == fs::canonicalize(o).ok() {
-                bail!(UsageError(format!("{} would overwrite its own input", o.display())));
-            }
+            && fs::canonicalize(f).ok() == fs::canonicalize(o).ok()
+        {
+            bail!(UsageError(format!("{} would overwrite its own input", o.display())));
+        }
         jobs.push(Job { input: f.clone(), output, ndjson });
     }
     Ok(jobs)
@@ -261,7 +275,10 @@ fn run_ndjson(engine: &Engine, job: &Job, on_error: OnError, name: &str) -> Resu
     let input: Box<dyn io::BufRead> = if job.input.as_os_str() == "-" {
         Box::new(io::stdin().lock())
     } else {
-        Box::new(BufReader::with_capacity(1 << 20, File::open(&job.input).with_context(|| format!("cannot open {}", job.input.display()))?))
+        Box::new(BufReader::with_capacity(
+            1 << 20,
+            File::open(&job.input).with_context(|| format!("cannot open {}", job.input.display()))?,
+        ))
     };
     let report = match &job.output {
         None => {
@@ -308,7 +325,13 @@ fn run_json(engine: &Engine, job: &Job, on_error: OnError, name: &str) -> Result
     };
     let doc: Json = match serde_json::from_str(text) {
         Ok(d) => d,
-        Err(e) => return fail(format!("not valid JSON at line {}, column {}", e.line(), e.column()), "(unparsed)".into(), &mut report),
+        Err(e) => {
+            return fail(
+                format!("not valid JSON at line {}, column {}", e.line(), e.column()),
+                "(unparsed)".into(),
+                &mut report,
+            );
+        }
     };
     let ty = doc.get("resourceType").and_then(Json::as_str).unwrap_or("(unknown)").to_string();
     let (out, stats) = match engine.anonymize_counted(doc) {

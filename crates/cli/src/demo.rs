@@ -50,10 +50,8 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
             args.data.display()
         );
     }
-    let compiled: Vec<(Expression, &str)> = EXPRESSIONS
-        .iter()
-        .map(|(src, what)| Ok((Expression::compile(src)?, *what)))
-        .collect::<Result<_>>()?;
+    let compiled: Vec<(Expression, &str)> =
+        EXPRESSIONS.iter().map(|(src, what)| Ok((Expression::compile(src)?, *what))).collect::<Result<_>>()?;
 
     eprintln!("veil demo: reading {}", args.data.display());
     let started = Instant::now();
@@ -89,10 +87,11 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
                     hit_resources += 1;
                     nodes += items.len();
                     if first.is_none()
-                        && let Some(n) = items[0].as_node() {
-                            let root = r.get("resourceType").and_then(Json::as_str).unwrap_or("");
-                            first = Some(format!("{root}.{}", n.location()));
-                        }
+                        && let Some(n) = items[0].as_node()
+                    {
+                        let root = r.get("resourceType").and_then(Json::as_str).unwrap_or("");
+                        first = Some(format!("{root}.{}", n.location()));
+                    }
                 }
                 Ok(_) => {}
                 Err(_) => errors += 1,
@@ -118,9 +117,15 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let share = serve_and_export(&args.data, &args.out)?;
     println!();
     let db = format!("sqlite:{}", args.out.join("veil.db").display());
-    println!("The de-identified export, shared with the research team ({}, expires {}; veil share list --db {db}):", share.record.id, share.record.expires);
+    println!(
+        "The de-identified export, shared with the research team ({}, expires {}; veil share list --db {db}):",
+        share.record.id, share.record.expires
+    );
     println!("  {}", share.link);
-    println!("While veil serve answers it (veil serve --db {db} --storage {}), the team runs:", args.out.join("storage").display());
+    println!(
+        "While veil serve answers it (veil serve --db {db} --storage {}), the team runs:",
+        args.out.join("storage").display()
+    );
     println!("  veil fetch '{}' -o research-copy", share.link);
     Ok(ExitCode::SUCCESS)
 }
@@ -137,7 +142,8 @@ fn deidentify(all: &[Json]) -> Result<()> {
     let input: String = all.iter().map(|r| r.to_string() + "\n").collect();
     let mut output = Vec::new();
     let t = Instant::now();
-    let report = veil_deid::anonymize_ndjson(&engine, input.as_bytes(), &mut output, veil_deid::OnError::Fail, |_| {}, |_| {})?;
+    let report =
+        veil_deid::anonymize_ndjson(&engine, input.as_bytes(), &mut output, veil_deid::OnError::Fail, |_| {}, |_| {})?;
     let secs = t.elapsed().as_secs_f64();
     println!(
         "De-identified {} resources with the HIPAA Safe Harbor policy in {:.1} s ({:.0} MB/s)",
@@ -193,11 +199,16 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<cra
     println!("Loaded {loaded} resources into an empty store ({db}) in {}", ms(t.elapsed()));
 
     let storage = veil_server::export::Storage::new(out.join("storage"))?;
-    std::fs::write(out.join("storage/anonymization/safe-harbor.json"), include_str!("../../deid/policies/safe-harbor.json"))?;
+    std::fs::write(
+        out.join("storage/anonymization/safe-harbor.json"),
+        include_str!("../../deid/policies/safe-harbor.json"),
+    )?;
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {
         let (store, storage, stop) = (store.clone(), storage.clone(), stop.clone());
-        std::thread::spawn(move || veil_server::export::worker_loop(&*store, &storage, "demo", Default::default(), &stop))
+        std::thread::spawn(move || {
+            veil_server::export::worker_loop(&*store, &storage, "demo", Default::default(), &stop)
+        })
     };
     // A research team's client, registered as `veil client keygen` and
     // `veil client add` would: only its public key goes into the store.
@@ -228,19 +239,38 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<cra
     let tokens = veil_smart::TokenClient::new(&base, client_id, key, "system/*.read");
     let token_url = tokens.token_endpoint()?;
     tokens.access_token()?;
-    println!("Client '{client_id}' signed an ES384 assertion and got a token from {token_url} ({})", tokens.granted_scope()?);
+    println!(
+        "Client '{client_id}' signed an ES384 assertion and got a token from {token_url} ({})",
+        tokens.granted_scope()?
+    );
     let http = Authorized { http: reqwest::blocking::Client::new(), tokens };
     let storage_root = out.join("storage");
-    let folder = export_over_http(&http, &base, "_anonymizationConfig=safe-harbor.json&_container=research", &storage_root)?;
+    let folder =
+        export_over_http(&http, &base, "_anonymizationConfig=safe-harbor.json&_container=research", &storage_root)?;
     println!("  files: {}", folder.display());
 
     // Handed over: a Veil share link to exactly that export, fetched and
     // checked as the research team would. The token does not depend on the
     // address, so the link printed at the end names veil serve's default.
-    let shared = crate::share::make_share(&*store, &veil_storage::Location::Local(folder.clone()), Duration::from_secs(72 * 3600), Some("Research team (demo)".into()), None, &base, crate::share::Exposure::DeidentifiedOnly)?;
+    let shared = crate::share::make_share(
+        &*store,
+        &veil_storage::Location::Local(folder.clone()),
+        Duration::from_secs(72 * 3600),
+        Some("Research team (demo)".into()),
+        None,
+        &base,
+        crate::share::Exposure::DeidentifiedOnly,
+    )?;
     let copy = out.join("research-copy");
     let fetched = veil_storage::fetch::fetch(&shared.link, &copy, &mut |_| {})?;
-    println!("Shared it ({}, a Veil link that expires {}); veil fetch downloaded {} files ({} bytes) into {}, every SHA-256 checked", shared.record.id, shared.record.expires, fetched.files, fetched.bytes, copy.display());
+    println!(
+        "Shared it ({}, a Veil link that expires {}); veil fetch downloaded {} files ({} bytes) into {}, every SHA-256 checked",
+        shared.record.id,
+        shared.record.expires,
+        fetched.files,
+        fetched.bytes,
+        copy.display()
+    );
     let shared = crate::share::Made { link: shared.link.replace(&base, "http://127.0.0.1:8080"), ..shared };
 
     // The study's minimum-necessary export: only the types and elements the
@@ -250,7 +280,12 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<cra
     std::fs::write(out.join("storage/anonymization/flu.json"), crate::study::preset_policy(&study)?)?;
     println!();
     println!("The flu study's minimum-necessary export (veil export-preset flu):");
-    let flu_export = export_over_http(&http, &base, &format!("{preset}&_anonymizationConfig=flu.json&_container=flu"), &storage_root)?;
+    let flu_export = export_over_http(
+        &http,
+        &base,
+        &format!("{preset}&_anonymizationConfig=flu.json&_container=flu"),
+        &storage_root,
+    )?;
 
     let _ = tx.send(());
     let _ = runtime.block_on(server);
@@ -314,7 +349,13 @@ fn build_flu_study(study: &veil_study::Study, export: &std::path::Path, out: &st
     let built = crate::study::build_from(study, &crate::input::ndjson_files(export)?)?;
     println!("Built the flu study from {} de-identified resources in {}:", built.resources, ms(t.elapsed()));
     for t in built.tables.iter().filter(|t| t.min_cell.is_some()) {
-        println!("  {}: {} cells kept, {} under {} dropped", t.name, t.rows.len(), t.suppressed, t.min_cell.unwrap_or_default());
+        println!(
+            "  {}: {} cells kept, {} under {} dropped",
+            t.name,
+            t.rows.len(),
+            t.suppressed,
+            t.min_cell.unwrap_or_default()
+        );
     }
     // The trend: cells where only the year is given.
     let cube = &built.tables[0];
@@ -361,7 +402,8 @@ fn two_sites(study: &veil_study::Study, export: &std::path::Path, out: &std::pat
     };
     let app = veil_aggregator::http::router(Arc::new(config))?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = runtime.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(async move { drop(rx.await) }).await });
+    let server = runtime
+        .spawn(async move { axum::serve(listener, app).with_graceful_shutdown(async move { drop(rx.await) }).await });
     println!("veil aggregator is listening on {base} (database {})", dir.join("aggregator.db").display());
     for (site, half) in SITES.iter().zip(&halves) {
         let secret = ledger.add_site(site, site, site, std::slice::from_ref(&study.prefix))?.expect("a new database");
@@ -369,14 +411,25 @@ fn two_sites(study: &veil_study::Study, export: &std::path::Path, out: &std::pat
         let data_path = half.join("data_export");
         veil_study::export(&built, &data_path)?;
         let package = veil_study::Package::find(&data_path, &study.prefix)?;
-        let aggregator = veil_study::Aggregator { url: format!("{base}/"), network: None, user: site.to_string(), site_id: secret, wait: std::time::Duration::ZERO };
+        let aggregator = veil_study::Aggregator {
+            url: format!("{base}/"),
+            network: None,
+            user: site.to_string(),
+            site_id: secret,
+            wait: std::time::Duration::ZERO,
+        };
         veil_study::upload(&aggregator, &package, &mut |_| {})?;
         println!("  site {site}: built flu from {} resources and uploaded it (veil upload)", built.resources);
     }
     let key = ledger.add_api_key("demo")?;
     let chart = |stratifier: &str| -> Result<Json> {
         let id = format!("flu__count_vaccinated__{}", veil_aggregator::version_key(study.data_package_version.into()));
-        Ok(reqwest::blocking::Client::new().get(format!("{base}/data-packages/{id}/chart?column=year{stratifier}")).header("x-api-key", &key).send()?.error_for_status()?.json()?)
+        Ok(reqwest::blocking::Client::new()
+            .get(format!("{base}/data-packages/{id}/chart?column=year{stratifier}"))
+            .header("x-api-key", &key)
+            .send()?
+            .error_for_status()?
+            .json()?)
     };
     let (combined, by_site) = (chart("")?, chart("&stratifier=site")?);
     let _ = tx.send(());
@@ -384,7 +437,11 @@ fn two_sites(study: &veil_study::Study, export: &std::path::Path, out: &std::pat
     let mut parts: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for series in by_site["data"].as_array().into_iter().flatten() {
         for row in series["rows"].as_array().into_iter().flatten() {
-            parts.entry(row[0].as_str().unwrap_or_default().to_string()).or_default().push(format!("{} {}", series["stratifier"].as_str().unwrap_or_default(), row[1]));
+            parts.entry(row[0].as_str().unwrap_or_default().to_string()).or_default().push(format!(
+                "{} {}",
+                series["stratifier"].as_str().unwrap_or_default(),
+                row[1]
+            ));
         }
     }
     println!("The combined trend, from the aggregator's chart API (vaccinated patients by year; per site):");
@@ -396,11 +453,14 @@ fn two_sites(study: &veil_study::Study, export: &std::path::Path, out: &std::pat
     let key_file = dir.join("api-key.txt");
     let _ = std::fs::remove_file(&key_file); // the previous run's
     crate::client::write_private(&key_file, &key)?;
-    println!("See it in the dashboard: veil aggregator serve --db {} --storage {}", dir.join("aggregator.db").display(), dir.display());
+    println!(
+        "See it in the dashboard: veil aggregator serve --db {} --storage {}",
+        dir.join("aggregator.db").display(),
+        dir.display()
+    );
     println!("  then open http://127.0.0.1:8090/ and sign in with the API key in {}", key_file.display());
     Ok(())
 }
-
 
 /// Writes `export`'s NDJSON into one folder per site, each patient (and what
 /// refers to it) in one site only, patients dealt out in turn by id.
@@ -426,7 +486,8 @@ fn split_by_patient(export: &std::path::Path, out: &std::path::Path, sites: &[&s
         }
     }
     patients.sort();
-    let site_of: BTreeMap<&str, usize> = patients.iter().enumerate().map(|(i, p)| (p.as_str(), i % sites.len())).collect();
+    let site_of: BTreeMap<&str, usize> =
+        patients.iter().enumerate().map(|(i, p)| (p.as_str(), i % sites.len())).collect();
     let dirs: Vec<PathBuf> = sites.iter().map(|s| out.join(s)).collect();
     let mut writers: BTreeMap<(usize, String), std::io::BufWriter<std::fs::File>> = BTreeMap::new();
     for (name, patient, line) in &lines {

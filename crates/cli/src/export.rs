@@ -126,7 +126,12 @@ pub(crate) fn run(a: Args) -> Result<ExitCode> {
         type_filters: a.type_filters.clone(),
         patients: a.patients.clone(),
     };
-    let engine = a.deid.as_deref().map(|config| crate::deid::read_policy(config, "veil export")).transpose()?.map(veil_deid::Engine::new);
+    let engine = a
+        .deid
+        .as_deref()
+        .map(|config| crate::deid::read_policy(config, "veil export"))
+        .transpose()?
+        .map(veil_deid::Engine::new);
     let client = Client::new(&a.from, auth);
     let (dest, cloud) = match Destination::parse(&a.output)? {
         Destination::Local(dir) => (dir, None),
@@ -137,7 +142,13 @@ pub(crate) fn run(a: Args) -> Result<ExitCode> {
             (stage, Some((location, storage)))
         }
     };
-    let options = Options { dest: dest.clone(), concurrency: a.concurrency, deid: engine.as_ref(), keep_raw: a.keep_raw.clone(), resume: a.resume };
+    let options = Options {
+        dest: dest.clone(),
+        concurrency: a.concurrency,
+        deid: engine.as_ref(),
+        keep_raw: a.keep_raw.clone(),
+        resume: a.resume,
+    };
     let started = std::time::Instant::now();
     // On a terminal the per-file lines ("[12/40] …") become one bar that
     // moves; elsewhere (a log) every line is kept.
@@ -152,7 +163,10 @@ pub(crate) fn run(a: Args) -> Result<ExitCode> {
         eprintln!();
     }
     if result.is_err() && cloud.is_some() {
-        eprintln!("veil export: what was fetched is kept in {}; the same command with --resume continues", dest.display());
+        eprintln!(
+            "veil export: what was fetched is kept in {}; the same command with --resume continues",
+            dest.display()
+        );
     }
     let summary = result.map_err(|e| match e {
         veil_bulk::BulkError::Destination(m) => anyhow::Error::from(UsageError(m)),
@@ -160,9 +174,11 @@ pub(crate) fn run(a: Args) -> Result<ExitCode> {
     })?;
     let into = match &cloud {
         Some((location, storage)) => {
-            let deidentified = a.deid.as_deref().map(|config| veil_storage::Deidentified { policy: crate::deid::policy_name(config) });
+            let deidentified =
+                a.deid.as_deref().map(|config| veil_storage::Deidentified { policy: crate::deid::policy_name(config) });
             upload_stage("veil export", storage, &dest, deidentified)?;
-            std::fs::remove_dir_all(&dest).map_err(|e| anyhow::anyhow!("cannot remove the work folder {}: {e}", dest.display()))?;
+            std::fs::remove_dir_all(&dest)
+                .map_err(|e| anyhow::anyhow!("cannot remove the work folder {}: {e}", dest.display()))?;
             location.to_string()
         }
         None => dest.display().to_string(),
@@ -228,7 +244,10 @@ fn bar(line: &str) -> Option<String> {
 mod tests {
     #[test]
     fn file_lines_become_a_bar() {
-        assert_eq!(super::bar("[3/12] Patient.003.ndjson: 300 resources").unwrap(), "[#######.......................] 3/12 files  Patient.003.ndjson");
+        assert_eq!(
+            super::bar("[3/12] Patient.003.ndjson: 300 resources").unwrap(),
+            "[#######.......................] 3/12 files  Patient.003.ndjson"
+        );
         assert_eq!(super::bar("export accepted; polling /x"), None);
     }
 }

@@ -50,12 +50,12 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
-    let expr = Expression::compile(&args.expression).map_err(|e| UsageError(render_expression_error(&args.expression, &e)))?;
+    let expr =
+        Expression::compile(&args.expression).map_err(|e| UsageError(render_expression_error(&args.expression, &e)))?;
     let mut vars = Vec::new();
     for v in &args.vars {
-        let (name, value) = v
-            .split_once('=')
-            .ok_or_else(|| UsageError(format!("--var expects NAME=VALUE, found '{v}'")))?;
+        let (name, value) =
+            v.split_once('=').ok_or_else(|| UsageError(format!("--var expects NAME=VALUE, found '{v}'")))?;
         vars.push((name.to_string(), value.to_string()));
     }
     let stdout = io::stdout();
@@ -92,16 +92,15 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
 
 fn render_item(item: &Item<'_>, root: &str, with_location: bool) -> Json {
     let mut obj = json!({"type": item.type_name(), "value": item.to_json()});
-    if with_location
-        && let Item::Node(n) = item {
-            let loc = n.location().to_string();
-            let path = match (root.is_empty(), loc.is_empty()) {
-                (_, true) => root.to_string(),
-                (true, false) => loc,
-                (false, false) => format!("{root}.{loc}"),
-            };
-            obj["location"] = Json::String(path);
-        }
+    if with_location && let Item::Node(n) = item {
+        let loc = n.location().to_string();
+        let path = match (root.is_empty(), loc.is_empty()) {
+            (_, true) => root.to_string(),
+            (true, false) => loc,
+            (false, false) => format!("{root}.{loc}"),
+        };
+        obj["location"] = Json::String(path);
+    }
     obj
 }
 
@@ -110,9 +109,10 @@ fn render_item(item: &Item<'_>, root: &str, with_location: bool) -> Json {
 fn render_expression_error(src: &str, err: &veil_fhirpath::Error) -> String {
     let mut msg = format!("invalid FHIRPath expression: {err}");
     if let (Some((line, col)), Some(span)) = (err.position(), err.span())
-        && let Some(text) = src.lines().nth(line - 1) {
-            let width = src[span.start.min(src.len())..span.end.min(src.len())].chars().count().max(1);
-            msg.push_str(&format!("\n  {text}\n  {}{}", " ".repeat(col - 1), "^".repeat(width)));
-        }
+        && let Some(text) = src.lines().nth(line - 1)
+    {
+        let width = src[span.start.min(src.len())..span.end.min(src.len())].chars().count().max(1);
+        msg.push_str(&format!("\n  {text}\n  {}{}", " ".repeat(col - 1), "^".repeat(width)));
+    }
     msg
 }

@@ -79,9 +79,10 @@ pub(crate) fn for_each_json_in_tar_gz(path: &Path, mut each: impl FnMut(&str, Js
 /// The resources inside a document: a Bundle's entries, or the document itself.
 pub(crate) fn resources(doc: Json) -> Vec<Json> {
     if doc.get("resourceType").and_then(Json::as_str) == Some("Bundle")
-        && let Some(Json::Array(entries)) = doc.get("entry") {
-            return entries.iter().filter_map(|e| e.get("resource").cloned()).collect();
-        }
+        && let Some(Json::Array(entries)) = doc.get("entry")
+    {
+        return entries.iter().filter_map(|e| e.get("resource").cloned()).collect();
+    }
     vec![doc]
 }
 
@@ -132,7 +133,11 @@ pub(crate) fn map_ndjson_in_parallel<T: Send>(
             let mut batch = Vec::with_capacity(BATCH_LINES);
             for _ in 0..BATCH_LINES {
                 let mut line = String::new();
-                if reader.read_line(&mut line).with_context(|| format!("{name}:{}: cannot read", first_line + batch.len()))? == 0 {
+                if reader
+                    .read_line(&mut line)
+                    .with_context(|| format!("{name}:{}: cannot read", first_line + batch.len()))?
+                    == 0
+                {
                     break;
                 }
                 batch.push(line);
@@ -150,7 +155,9 @@ pub(crate) fn map_ndjson_in_parallel<T: Send>(
                     let at = first_line + i;
                     let doc: Json = match serde_json::from_str(line) {
                         Ok(doc) => doc,
-                        Err(e) => return Some(Err(anyhow::anyhow!("{name}:{at}: not valid JSON ({})", e.classify_name()))),
+                        Err(e) => {
+                            return Some(Err(anyhow::anyhow!("{name}:{at}: not valid JSON ({})", e.classify_name())));
+                        }
                     };
                     Some(map(doc).with_context(|| format!("{name}:{at}")))
                 })

@@ -34,7 +34,8 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
-    let store = veil_store::open(&args.db).map_err(|e| UsageError(format!("cannot open the store {}: {e}", veil_store::printable_url(&args.db))))?;
+    let store = veil_store::open(&args.db)
+        .map_err(|e| UsageError(format!("cannot open the store {}: {e}", veil_store::printable_url(&args.db))))?;
     let started = Instant::now();
     let mut total = LoadReport::default();
     for path in &args.files {
@@ -51,7 +52,9 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
             load_ndjson(&*store, BufReader::new(file), &name, 1000)?
         } else {
             let mut text = String::new();
-            File::open(path).and_then(|mut f| f.read_to_string(&mut text)).with_context(|| format!("cannot read {name}"))?;
+            File::open(path)
+                .and_then(|mut f| f.read_to_string(&mut text))
+                .with_context(|| format!("cannot read {name}"))?;
             let doc = serde_json::from_str(text.trim_start_matches('\u{feff}'))
                 .map_err(|e| anyhow::anyhow!("{name}:{}:{}: not valid JSON", e.line(), e.column()))?;
             load_document(&*store, doc, &name)?
@@ -59,7 +62,11 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         total.add(&report);
     }
     let n: u64 = total.written.values().sum();
-    eprintln!("veil load: {n} resources written to {} in {:.1} s", veil_store::printable_url(&args.db), started.elapsed().as_secs_f64());
+    eprintln!(
+        "veil load: {n} resources written to {} in {:.1} s",
+        veil_store::printable_url(&args.db),
+        started.elapsed().as_secs_f64()
+    );
     let kinds: Vec<String> = total.written.iter().map(|(t, c)| format!("{t} {c}")).collect();
     eprintln!("  {}", kinds.join(", "));
     Ok(ExitCode::SUCCESS)

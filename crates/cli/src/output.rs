@@ -42,10 +42,20 @@ pub(crate) fn open_checked(location: &Location) -> Result<Storage> {
 
 /// Uploads every file of the finished folder `stage`, the manifest last
 /// (a reader who finds it finds everything), and says so.
-pub(crate) fn upload_stage(command: &str, storage: &Storage, stage: &Path, deidentified: Option<veil_storage::Deidentified>) -> Result<()> {
+pub(crate) fn upload_stage(
+    command: &str,
+    storage: &Storage,
+    stage: &Path,
+    deidentified: Option<veil_storage::Deidentified>,
+) -> Result<()> {
     let mut uploaded = 0;
     let manifest = storage.upload_dir(stage, deidentified, &mut |_| uploaded += 1)?;
-    eprintln!("{command}: uploaded {uploaded} files ({} bytes) and {} to {}", manifest.bytes(), veil_storage::MANIFEST_NAME, storage.location());
+    eprintln!(
+        "{command}: uploaded {uploaded} files ({} bytes) and {} to {}",
+        manifest.bytes(),
+        veil_storage::MANIFEST_NAME,
+        storage.location()
+    );
     Ok(())
 }
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context as _, Result};
-use veil_server::export::{DEFAULT_FILE_LIMIT, Storage, WorkerConfig, worker_loop};
 use veil_server::auth::Auth;
+use veil_server::export::{DEFAULT_FILE_LIMIT, Storage, WorkerConfig, worker_loop};
 use veil_server::http::{AppState, ExportLimits, bind, serve};
 
 use crate::UsageError;
@@ -94,17 +94,26 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
-    let store: Arc<dyn veil_store::Store> =
-        Arc::from(veil_store::open(&args.db).map_err(|e| UsageError(format!("cannot open the store {}: {e}", veil_store::printable_url(&args.db))))?);
+    let store: Arc<dyn veil_store::Store> = Arc::from(
+        veil_store::open(&args.db)
+            .map_err(|e| UsageError(format!("cannot open the store {}: {e}", veil_store::printable_url(&args.db))))?,
+    );
     let storage = storage_of(&args.storage, &args.work_dir)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let auth = if args.insecure_no_auth {
-        eprintln!("veil serve: WARNING: authorization is OFF (--insecure-no-auth): anyone who can connect to {} can read and export every resource", args.listen);
+        eprintln!(
+            "veil serve: WARNING: authorization is OFF (--insecure-no-auth): anyone who can connect to {} can read and export every resource",
+            args.listen
+        );
         None
     } else {
-        Some(Auth::new(&*store).map_err(|e| UsageError(format!("cannot set up authorization in the store {}: {e}", veil_store::printable_url(&args.db))))?)
+        Some(Auth::new(&*store).map_err(|e| {
+            UsageError(format!("cannot set up authorization in the store {}: {e}", veil_store::printable_url(&args.db)))
+        })?)
     };
-    let listener = runtime.block_on(bind(args.listen, auth.is_some())).map_err(|e| UsageError(format!("cannot listen on {}: {e}", args.listen)))?;
+    let listener = runtime
+        .block_on(bind(args.listen, auth.is_some()))
+        .map_err(|e| UsageError(format!("cannot listen on {}: {e}", args.listen)))?;
     let addr = listener.local_addr()?;
     let base_url = args.base_url.clone().unwrap_or_else(|| format!("http://{addr}"));
     let stop = Arc::new(AtomicBool::new(false));
@@ -119,11 +128,16 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     eprintln!("veil serve: {base_url} (store {}, storage {})", veil_store::printable_url(&args.db), args.storage);
     if !addr.ip().is_loopback() && !base_url.starts_with("https://") {
         // Veil speaks plain HTTP; beyond loopback, TLS belongs to a proxy in front.
-        eprintln!("veil serve: WARNING: {base_url} is not https: tokens and data would cross the network in the clear; serve behind a TLS-terminating proxy and pass --base-url https://…");
+        eprintln!(
+            "veil serve: WARNING: {base_url} is not https: tokens and data would cross the network in the clear; serve behind a TLS-terminating proxy and pass --base-url https://…"
+        );
     }
     if auth.is_some() {
         let clients = store.clients().map(|c| c.len()).unwrap_or(0);
-        eprintln!("veil serve: tokens from {base_url}{}; {clients} client(s) registered (veil client add)", veil_server::auth::TOKEN_PATH);
+        eprintln!(
+            "veil serve: tokens from {base_url}{}; {clients} client(s) registered (veil client add)",
+            veil_server::auth::TOKEN_PATH
+        );
     }
     let mut state = AppState::new(store, storage, base_url, auth);
     state.access_log = true;
@@ -134,7 +148,11 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         min_free_bytes: gib(args.min_free_gib),
         retention_secs: (args.retention_hours.max(0.0) * 3600.0) as u64,
     };
-    state.token_guard = veil_guard::Limits { per_second: args.token_rate, burst: 2.0 * args.token_rate, ..veil_guard::Limits::default() };
+    state.token_guard = veil_guard::Limits {
+        per_second: args.token_rate,
+        burst: 2.0 * args.token_rate,
+        ..veil_guard::Limits::default()
+    };
     let state = Arc::new(state);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -152,7 +170,9 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
 pub(crate) fn storage_of(storage: &str, work_dir: &std::path::Path) -> Result<Storage> {
     let location = veil_storage::Location::parse(storage).map_err(|e| UsageError(e.to_string()))?;
     match location {
-        veil_storage::Location::Local(dir) => Storage::new(&dir).with_context(|| format!("cannot create {}", dir.display())),
+        veil_storage::Location::Local(dir) => {
+            Storage::new(&dir).with_context(|| format!("cannot create {}", dir.display()))
+        }
         cloud => Storage::with_remote(work_dir, cloud).with_context(|| format!("cannot create {}", work_dir.display())),
     }
 }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use veil_storage::share::{Cidr, MAX_CLOUD_LIFETIME, MAX_VEIL_LIFETIME, ShareKind, create_cloud_share, new_share_id, sign_token};
+use veil_storage::share::{
+    Cidr, MAX_CLOUD_LIFETIME, MAX_VEIL_LIFETIME, ShareKind, create_cloud_share, new_share_id, sign_token,
+};
 use veil_storage::{Location, MANIFEST_NAME, Manifest, Storage};
 use veil_store::{JobState, ShareRecord, Store};
 
@@ -105,7 +107,8 @@ struct CreateArgs {
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
-    let store = veil_store::open(&args.db).map_err(|e| UsageError(format!("cannot open the store {}: {e}", veil_store::printable_url(&args.db))))?;
+    let store = veil_store::open(&args.db)
+        .map_err(|e| UsageError(format!("cannot open the store {}: {e}", veil_store::printable_url(&args.db))))?;
     match args.command {
         Command::Create(c) => create(&*store, c),
         Command::List => list(&*store),
@@ -132,7 +135,15 @@ pub(crate) enum Exposure {
     Identified,
 }
 
-pub(crate) fn make_share(store: &dyn Store, location: &Location, lifetime: std::time::Duration, recipient: Option<String>, ip: Option<Cidr>, base_url: &str, exposure: Exposure) -> Result<Made> {
+pub(crate) fn make_share(
+    store: &dyn Store,
+    location: &Location,
+    lifetime: std::time::Duration,
+    recipient: Option<String>,
+    ip: Option<Cidr>,
+    base_url: &str,
+    exposure: Exposure,
+) -> Result<Made> {
     let kind = ShareKind::for_location(location);
     let cap = if kind == ShareKind::Veil { MAX_VEIL_LIFETIME } else { MAX_CLOUD_LIFETIME };
     if lifetime > cap {
@@ -142,7 +153,12 @@ pub(crate) fn make_share(store: &dyn Store, location: &Location, lifetime: std::
     // must show the data de-identified.
     let manifest = match location {
         Location::Local(dir) => std::fs::read(dir.join(MANIFEST_NAME))
-            .map_err(|_| UsageError(format!("{} holds no {MANIFEST_NAME}: only a complete Veil export can be shared", dir.display())))
+            .map_err(|_| {
+                UsageError(format!(
+                    "{} holds no {MANIFEST_NAME}: only a complete Veil export can be shared",
+                    dir.display()
+                ))
+            })
             .and_then(|bytes| Manifest::from_json(&bytes).map_err(UsageError))?,
         cloud => Storage::open(cloud)?.read_manifest()?,
     };
@@ -160,10 +176,15 @@ pub(crate) fn make_share(store: &dyn Store, location: &Location, lifetime: std::
     let expires = veil_storage::now_secs() + lifetime.as_secs();
     let (link, scope, location_text) = match location {
         Location::Local(dir) => {
-            let dir = std::fs::canonicalize(dir).map_err(|e| UsageError(format!("cannot share {}: {e}", dir.display())))?;
+            let dir =
+                std::fs::canonicalize(dir).map_err(|e| UsageError(format!("cannot share {}: {e}", dir.display())))?;
             let key = veil_server::share::ShareKey::default().get(store)?;
             let link = format!("{}/share/{}/", base_url.trim_end_matches('/'), sign_token(&key, &id, expires));
-            (link, format!("{} files ({} bytes), through veil serve", manifest.files.len(), manifest.bytes()), dir.display().to_string())
+            (
+                link,
+                format!("{} files ({} bytes), through veil serve", manifest.files.len(), manifest.bytes()),
+                dir.display().to_string(),
+            )
         }
         cloud => {
             let storage = Storage::open(cloud)?;
@@ -196,18 +217,34 @@ fn create(store: &dyn Store, c: CreateArgs) -> Result<ExitCode> {
     let made = make_share(store, &location, lifetime, c.recipient, c.ip, &c.base_url, exposure)?;
     let r = &made.record;
     if r.identified {
-        eprintln!("veil share: WARNING: {} shares IDENTIFIED data: {} was not de-identified, so its files may hold patients' names, addresses, dates, identifiers and clinical narratives; the share is recorded as identified", r.id, r.location);
+        eprintln!(
+            "veil share: WARNING: {} shares IDENTIFIED data: {} was not de-identified, so its files may hold patients' names, addresses, dates, identifiers and clinical narratives; the share is recorded as identified",
+            r.id, r.location
+        );
     }
     eprintln!("veil share: {} ({}) shares {}: {}", r.id, r.kind, r.location, made.scope);
-    eprintln!("  expires {}{}{}", r.expires, r.recipient.as_ref().map(|w| format!(", for {w}")).unwrap_or_default(), r.ip.as_ref().map(|i| format!(", from {i} only")).unwrap_or_default());
+    eprintln!(
+        "  expires {}{}{}",
+        r.expires,
+        r.recipient.as_ref().map(|w| format!(", for {w}")).unwrap_or_default(),
+        r.ip.as_ref().map(|i| format!(", from {i} only")).unwrap_or_default()
+    );
     if r.kind == ShareKind::Veil.as_str() {
-        eprintln!("  served by veil serve at {} (with this store); revoke with: veil share revoke {}", c.base_url, r.id);
+        eprintln!(
+            "  served by veil serve at {} (with this store); revoke with: veil share revoke {}",
+            c.base_url, r.id
+        );
         let host = c.base_url.strip_prefix("http://").map(|rest| rest.split(['/', ':']).next().unwrap_or_default());
         if host.is_some_and(|h| !matches!(h, "127.0.0.1" | "localhost" | "[::1]")) {
-            eprintln!("  WARNING: {} is plain http: the link's token would cross the network in the clear; give --base-url https://…", c.base_url);
+            eprintln!(
+                "  WARNING: {} is plain http: the link's token would cross the network in the clear; give --base-url https://…",
+                c.base_url
+            );
         }
     }
-    eprintln!("  the research team runs: veil fetch 'LINK' -o DIR   (the link is below; it is the credential: send it privately)");
+    eprintln!(
+        "  the research team runs: veil fetch 'LINK' -o DIR   (the link is below; it is the credential: send it privately)"
+    );
     println!("{}", made.link);
     Ok(ExitCode::SUCCESS)
 }
@@ -216,7 +253,11 @@ fn create(store: &dyn Store, c: CreateArgs) -> Result<ExitCode> {
 fn export_location(store: &dyn Store, job: &str, storage: &veil_server::export::Storage) -> Result<Location> {
     let j = store.job(job)?.ok_or_else(|| UsageError(format!("no export job {job} in this store")))?;
     if j.state != JobState::Completed {
-        return Err(UsageError(format!("export job {job} is {:?}, not completed: only a finished export can be shared", j.state)).into());
+        return Err(UsageError(format!(
+            "export job {job} is {:?}, not completed: only a finished export can be shared",
+            j.state
+        ))
+        .into());
     }
     let request = serde_json::from_str(&j.request).ok().and_then(|r| veil_server::export::ExportRequest::from_json(&r));
     let container = request.and_then(|r| r.container);
@@ -238,10 +279,23 @@ fn list(store: &dyn Store) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let downloads = store.downloads(None)?;
-    println!("{:<19} {:<13} {:<14} {:<20} {:<30} {:>9}  {:<20} location", "id", "kind", "data", "expires", "status", "downloads", "recipient");
+    println!(
+        "{:<19} {:<13} {:<14} {:<20} {:<30} {:>9}  {:<20} location",
+        "id", "kind", "data", "expires", "status", "downloads", "recipient"
+    );
     for s in &shares {
         let n = downloads.iter().filter(|d| d.share_id == s.id).count();
-        println!("{:<19} {:<13} {:<14} {:<20} {:<30} {:>9}  {:<20} {}", s.id, s.kind, data_kind(s), s.expires, status(s), n, s.recipient.as_deref().unwrap_or("-"), s.location);
+        println!(
+            "{:<19} {:<13} {:<14} {:<20} {:<30} {:>9}  {:<20} {}",
+            s.id,
+            s.kind,
+            data_kind(s),
+            s.expires,
+            status(s),
+            n,
+            s.recipient.as_deref().unwrap_or("-"),
+            s.location
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -258,7 +312,10 @@ fn revoke(store: &dyn Store, id: &str) -> Result<ExitCode> {
     // The policy first: if Azure refuses, nothing is recorded, and the
     // same command can be run again.
     if kind == ShareKind::AzureSas && !veil_storage::share::revoke_azure(&Location::parse(&share.location)?, id)? {
-        eprintln!("veil share: {id}: no stored access policy of that name was left on {} (it expired or was removed)", share.location);
+        eprintln!(
+            "veil share: {id}: no stored access policy of that name was left on {} (it expired or was removed)",
+            share.location
+        );
     }
     if !store.revoke_share(id)? {
         eprintln!("veil share: {id} was revoked already ({})", share.revoked.unwrap_or_default());
@@ -279,7 +336,8 @@ fn log(store: &dyn Store, id: Option<&str>) -> Result<ExitCode> {
     if downloads.is_empty() {
         eprintln!("veil share: no downloads recorded{}", id.map(|i| format!(" for {i}")).unwrap_or_default());
     }
-    let identified: std::collections::HashSet<String> = store.shares()?.into_iter().filter(|s| s.identified).map(|s| s.id).collect();
+    let identified: std::collections::HashSet<String> =
+        store.shares()?.into_iter().filter(|s| s.identified).map(|s| s.id).collect();
     for d in downloads {
         let data = if identified.contains(&d.share_id) { "IDENTIFIED" } else { "de-identified" };
         println!("{}  {}  {data}  {}  {} bytes  from {}", d.time, d.share_id, d.file, d.bytes, d.client);
@@ -312,7 +370,9 @@ pub(crate) fn fetch(args: FetchArgs) -> Result<ExitCode> {
     // On a terminal, one bar by bytes; elsewhere (a log), a line per file.
     let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
         let bar = indicatif::ProgressBar::new(0);
-        let style = indicatif::ProgressStyle::with_template("veil fetch: [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}");
+        let style = indicatif::ProgressStyle::with_template(
+            "veil fetch: [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+        );
         bar.set_style(style.unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()).progress_chars("#."));
         bar
     });
@@ -321,7 +381,12 @@ pub(crate) fn fetch(args: FetchArgs) -> Result<ExitCode> {
         (Event::Bytes(n), Some(bar)) => bar.inc(n),
         (Event::File { file, .. }, Some(bar)) => bar.set_message(file.path.clone()),
         (Event::File { file, reused }, None) => {
-            eprintln!("  {} ({} bytes){}", file.path, file.size, if reused { ", already here and intact" } else { ", checked" })
+            eprintln!(
+                "  {} ({} bytes){}",
+                file.path,
+                file.size,
+                if reused { ", already here and intact" } else { ", checked" }
+            )
         }
         _ => {}
     };

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 use serde_json::json;
-use veil_study::{Built, Builder, Study};
+use veil_study::{Builder, Built, Study};
 
 use crate::UsageError;
 use crate::input::{map_ndjson_in_parallel, ndjson_files};
@@ -115,7 +115,11 @@ pub(crate) fn resolve(study: &str) -> Result<Study> {
     }
     Study::builtin(study).ok_or_else(|| {
         let names: Vec<&str> = Study::builtin_names().collect();
-        UsageError(format!("no study '{study}': give a folder holding study.toml, or one of the built-in studies: {}", names.join(", "))).into()
+        UsageError(format!(
+            "no study '{study}': give a folder holding study.toml, or one of the built-in studies: {}",
+            names.join(", ")
+        ))
+        .into()
     })
 }
 
@@ -155,7 +159,12 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
     let built = build_from(&study, &files)?;
     let path = built_path(&args.build_dir, &study);
     write_atomically(&path, |w| serde_json::to_writer(w, &built).map_err(std::io::Error::other))?;
-    eprintln!("veil study: {} built from {} resources in {:.1} s", study.prefix, built.resources, started.elapsed().as_secs_f64());
+    eprintln!(
+        "veil study: {} built from {} resources in {:.1} s",
+        study.prefix,
+        built.resources,
+        started.elapsed().as_secs_f64()
+    );
     for t in &built.tables {
         match t.min_cell {
             Some(min) => eprintln!("  {}: {} cells kept, {} under {min} dropped", t.name, t.rows.len(), t.suppressed),
@@ -171,13 +180,17 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
 pub(crate) fn build_from(study: &Study, files: &[PathBuf]) -> Result<Built> {
     let progress = Progress::new(&format!("study {}", study.prefix));
     let mut builder = Builder::new(study);
-    let read = map_ndjson_in_parallel(files, |doc| Ok(study.rows(&doc)?), |rows| {
-        builder.add_rows(rows);
-        if builder.resources() % 4096 == 0 {
-            progress.lines(builder.resources());
-        }
-        Ok(())
-    });
+    let read = map_ndjson_in_parallel(
+        files,
+        |doc| Ok(study.rows(&doc)?),
+        |rows| {
+            builder.add_rows(rows);
+            if builder.resources() % 4096 == 0 {
+                progress.lines(builder.resources());
+            }
+            Ok(())
+        },
+    );
     progress.finish();
     read?;
     Ok(builder.finish(&today())?)
@@ -195,11 +208,18 @@ fn export(args: ExportArgs) -> Result<ExitCode> {
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(UsageError(format!("{} has not been built (no {}): run veil study build {} --input …", study.prefix, path.display(), args.study)).into());
+            return Err(UsageError(format!(
+                "{} has not been built (no {}): run veil study build {} --input …",
+                study.prefix,
+                path.display(),
+                args.study
+            ))
+            .into());
         }
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let built: Built = serde_json::from_str(&text).with_context(|| format!("{}: not a build of this Veil version; build again", path.display()))?;
+    let built: Built = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a build of this Veil version; build again", path.display()))?;
     let out = veil_study::export(&built, &args.data_path)?;
     println!("{}", out.folder.display());
     for f in &out.files {
@@ -220,7 +240,8 @@ fn show(args: ShowArgs) -> Result<ExitCode> {
         .iter()
         .map(|t| json!({"name": t.name, "kind": t.kind, "description": t.description, "min_cell": t.min_cell, "columns": t.columns}))
         .collect();
-    let views: Vec<_> = study.views().map(|(name, v)| json!({"name": name, "resource": v.resource, "columns": v.columns()})).collect();
+    let views: Vec<_> =
+        study.views().map(|(name, v)| json!({"name": name, "resource": v.resource, "columns": v.columns()})).collect();
     let out = json!({
         "study": study.prefix,
         "description": study.description,
@@ -258,7 +279,11 @@ pub(crate) fn preset(args: PresetArgs) -> Result<ExitCode> {
         let policy = preset_policy(&study)?;
         write_atomically(path, |w| std::io::Write::write_all(w, policy.as_bytes()))?;
         let rules: Vec<String> = e.rules.iter().map(|r| format!("{} {}", r.method, r.path)).collect();
-        eprintln!("veil export-preset: wrote {}: the Safe Harbor sample with first {}", path.display(), if rules.is_empty() { "nothing".into() } else { rules.join(", ") });
+        eprintln!(
+            "veil export-preset: wrote {}: the Safe Harbor sample with first {}",
+            path.display(),
+            if rules.is_empty() { "nothing".into() } else { rules.join(", ") }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -52,7 +52,11 @@ pub(crate) struct Args {
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let studies = if args.studies.is_empty() { exported_studies(&args.data_path)? } else { args.studies.clone() };
     if studies.is_empty() {
-        return Err(UsageError(format!("no exported study under {}: run veil study export first", args.data_path.display())).into());
+        return Err(UsageError(format!(
+            "no exported study under {}: run veil study export first",
+            args.data_path.display()
+        ))
+        .into());
     }
     let packages = studies
         .iter()
@@ -61,7 +65,13 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let (Some(user), Some(site_id)) = (args.user.clone(), args.site_id.clone()) else {
         return Err(UsageError("the aggregator needs this site's credentials: set CUMULUS_AGGREGATOR_USER and CUMULUS_AGGREGATOR_ID (or --user and --id)".into()).into());
     };
-    let aggregator = Aggregator { url: args.url.clone(), network: args.network.clone(), user, site_id, wait: std::time::Duration::from_secs(args.wait) };
+    let aggregator = Aggregator {
+        url: args.url.clone(),
+        network: args.network.clone(),
+        user,
+        site_id,
+        wait: std::time::Duration::from_secs(args.wait),
+    };
     for package in &packages {
         if args.preview {
             preview(&aggregator, package);
@@ -87,7 +97,8 @@ fn preview(aggregator: &Aggregator, package: &Package) {
 
 /// Every `<study>/<study>.zip` directly under `data_path`.
 fn exported_studies(data_path: &std::path::Path) -> Result<Vec<String>> {
-    let entries = std::fs::read_dir(data_path).map_err(|e| UsageError(format!("cannot read {}: {e}", data_path.display())))?;
+    let entries =
+        std::fs::read_dir(data_path).map_err(|e| UsageError(format!("cannot read {}: {e}", data_path.display())))?;
     let mut studies: Vec<String> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {

@@ -53,8 +53,10 @@ struct RunArgs {
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let Command::Run(args) = args.command;
     let text = std::fs::read_to_string(&args.view).with_context(|| format!("cannot read {}", args.view.display()))?;
-    let json: Json = serde_json::from_str(&text).map_err(|e| UsageError(format!("{}: not JSON (line {})", args.view.display(), e.line())))?;
-    let view = View::parse(&json).map_err(|e| UsageError(format!("{}: invalid ViewDefinition: {e}", args.view.display())))?;
+    let json: Json = serde_json::from_str(&text)
+        .map_err(|e| UsageError(format!("{}: not JSON (line {})", args.view.display(), e.line())))?;
+    let view =
+        View::parse(&json).map_err(|e| UsageError(format!("{}: invalid ViewDefinition: {e}", args.view.display())))?;
     if !matches!(args.format.as_str(), "csv" | "ndjson" | "parquet") {
         return Err(UsageError(format!("--format {} is not available: use csv, ndjson or parquet", args.format)).into());
     }
@@ -62,7 +64,10 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         return Err(UsageError("--format parquet writes a file: give -o FILE".into()).into());
     }
     let inputs = ndjson_files(&args.input)?;
-    let tmp = args.output.as_ref().map(|o| o.with_file_name(format!(".{}.veil-tmp", o.file_name().unwrap_or_default().to_string_lossy())));
+    let tmp = args
+        .output
+        .as_ref()
+        .map(|o| o.with_file_name(format!(".{}.veil-tmp", o.file_name().unwrap_or_default().to_string_lossy())));
     let sink: Box<dyn Write> = match &tmp {
         Some(t) => Box::new(File::create(t).with_context(|| format!("cannot write {}", t.display()))?),
         None => Box::new(std::io::stdout().lock()),
@@ -79,21 +84,26 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     }
     let mut rows = 0u64;
     let result = (|| -> Result<()> {
-        map_ndjson_in_parallel(&inputs, |doc| Ok(view.rows(&doc)?), |new_rows| {
-            for row in new_rows {
-                rows += 1;
-                if let Some(p) = parquet.as_mut() {
-                    p.write(row)?;
-                } else if args.format == "csv" {
-                    out.write_all(csv_line(&row.values).as_bytes())?;
-                } else {
-                    let obj: serde_json::Map<String, Json> = view.columns().iter().cloned().zip(row.values).collect();
-                    out.write_all(Json::Object(obj).to_string().as_bytes())?;
-                    out.write_all(b"\n")?;
+        map_ndjson_in_parallel(
+            &inputs,
+            |doc| Ok(view.rows(&doc)?),
+            |new_rows| {
+                for row in new_rows {
+                    rows += 1;
+                    if let Some(p) = parquet.as_mut() {
+                        p.write(row)?;
+                    } else if args.format == "csv" {
+                        out.write_all(csv_line(&row.values).as_bytes())?;
+                    } else {
+                        let obj: serde_json::Map<String, Json> =
+                            view.columns().iter().cloned().zip(row.values).collect();
+                        out.write_all(Json::Object(obj).to_string().as_bytes())?;
+                        out.write_all(b"\n")?;
+                    }
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
         out.flush()?;
         if let Some(p) = parquet.take() {
             p.finish().map_err(|e| anyhow::anyhow!("{e}"))?;

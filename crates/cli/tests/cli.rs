@@ -36,7 +36,10 @@ const PATIENT: &str = r#"{"resourceType":"Patient","id":"p1",
 
 #[test]
 fn prints_typed_results_with_locations() {
-    let out = veil(&["fhirpath", "--locations", "Patient.name.given[1] | Patient.birthDate | Patient.name.count()"], Some(PATIENT));
+    let out = veil(
+        &["fhirpath", "--locations", "Patient.name.given[1] | Patient.birthDate | Patient.name.count()"],
+        Some(PATIENT),
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -118,13 +121,17 @@ fn demo_runs_on_the_bundled_sample() {
     assert!(names.ends_with("Patient.name[0]"), "{names}");
     // Then Safe Harbor over all of it, checked with FHIRPath.
     assert!(stdout.contains("De-identified 38971 resources with the HIPAA Safe Harbor policy"), "{stdout}");
-    for kind in ["names", "street addresses and cities", "phone numbers and emails", "identifier values", "narratives"] {
+    for kind in ["names", "street addresses and cities", "phone numbers and emails", "identifier values", "narratives"]
+    {
         assert!(stdout.contains(&format!("  {kind} left outside organizations: 0 ")), "{kind}: {stdout}");
     }
     // Then the server: an empty store, the sample loaded, a de-identified $export over HTTP.
     assert!(stdout.contains("Loaded 38971 resources into an empty store"), "{stdout}");
     // The research team's client gets a token the way SMART Backend Services prescribes.
-    assert!(stdout.contains("Client 'research-team' signed an ES384 assertion and got a token from http://127.0.0.1:"), "{stdout}");
+    assert!(
+        stdout.contains("Client 'research-team' signed an ES384 assertion and got a token from http://127.0.0.1:"),
+        "{stdout}"
+    );
     // Organizations and practitioners recur across the patients' bundles: 38,473 distinct resources.
     assert!(stdout.contains("200 manifest: 38473 de-identified resources"), "{stdout}");
     let files: Vec<_> = std::fs::read_dir(dir.join("storage/research")).unwrap().collect();
@@ -140,29 +147,46 @@ fn demo_runs_on_the_bundled_sample() {
     // Then two sites, each with half the patients, upload to an aggregator
     // whose chart API returns the combined trend: each year the sum of the
     // sites' counts.
-    let resources: u64 = stdout.lines().filter_map(|l| l.strip_prefix("  site ")).map(|l| l.split(' ').nth(4).unwrap().parse::<u64>().unwrap()).sum();
+    let resources: u64 = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("  site "))
+        .map(|l| l.split(' ').nth(4).unwrap().parse::<u64>().unwrap())
+        .sum();
     assert_eq!(resources, 1387, "{stdout}");
     let trend = stdout.split("The combined trend").nth(1).expect("the trend");
     let years: Vec<&str> = trend.lines().skip(1).take_while(|l| l.starts_with("  ")).collect();
     assert!(years.len() >= 5, "{stdout}");
     for line in years {
         let (total, parts) = line.split_once(": ").unwrap().1.split_once(" (").unwrap();
-        let sum: u64 = parts.trim_end_matches(')').split(" + ").map(|p| p.split(' ').nth(1).unwrap().parse::<u64>().unwrap()).sum();
+        let sum: u64 = parts
+            .trim_end_matches(')')
+            .split(" + ")
+            .map(|p| p.split(' ').nth(1).unwrap().parse::<u64>().unwrap())
+            .sum();
         assert_eq!(total.parse::<u64>().unwrap(), sum, "{line}");
     }
     // The export was shared and fetched: the research team's copy is the
     // export, file for file; the demo ends with the link and the command.
     let export = std::fs::read_dir(dir.join("storage/research")).unwrap().next().unwrap().unwrap().path();
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(export.join("veil-manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(export.join("veil-manifest.json")).unwrap()).unwrap();
     let shared = manifest["files"].as_array().unwrap();
     assert_eq!(shared.len(), 19);
     for f in shared {
         let name = f["path"].as_str().unwrap();
-        assert_eq!(std::fs::read(dir.join("research-copy").join(name)).unwrap(), std::fs::read(export.join(name)).unwrap(), "{name}");
+        assert_eq!(
+            std::fs::read(dir.join("research-copy").join(name)).unwrap(),
+            std::fs::read(export.join(name)).unwrap(),
+            "{name}"
+        );
     }
     assert!(stdout.contains("veil fetch downloaded 19 files"), "{stdout}");
     let tail: Vec<&str> = stdout.lines().rev().take(4).collect();
-    assert!(tail[0].starts_with("  veil fetch 'http://127.0.0.1:8080/share/v1.sh_") && tail[0].ends_with("/' -o research-copy"), "{stdout}");
+    assert!(
+        tail[0].starts_with("  veil fetch 'http://127.0.0.1:8080/share/v1.sh_")
+            && tail[0].ends_with("/' -o research-copy"),
+        "{stdout}"
+    );
     assert!(tail[2].starts_with("  http://127.0.0.1:8080/share/v1.sh_"), "{stdout}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -221,17 +245,24 @@ fn deid_folders_like_the_microsoft_tool() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(t.files("out"), ["a.json", "sub", "veil-manifest.json"]);
     // The manifest, written last, names every output file with its digest.
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(t.0.join("out/veil-manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.0.join("out/veil-manifest.json")).unwrap()).unwrap();
     for f in manifest["files"].as_array().unwrap() {
         let bytes = std::fs::read(t.0.join("out").join(f["path"].as_str().unwrap())).unwrap();
-        let digest: String = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes)).iter().map(|b| format!("{b:02x}")).collect();
+        let digest: String = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert_eq!((f["size"].as_u64().unwrap(), f["sha256"].as_str().unwrap()), (bytes.len() as u64, digest.as_str()));
     }
     assert_eq!(manifest["files"].as_array().unwrap().len(), 1 + t.files("out/sub").len());
     let a: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(t.0.join("out/a.json")).unwrap()).unwrap();
     assert!(a.get("name").is_none());
     assert_ne!(a["id"], "a");
-    assert!(std::fs::read_to_string(t.0.join("out/a.json")).unwrap().contains("\n  \"resourceType\""), "pretty, as the Microsoft tool writes files");
+    assert!(
+        std::fs::read_to_string(t.0.join("out/a.json")).unwrap().contains("\n  \"resourceType\""),
+        "pretty, as the Microsoft tool writes files"
+    );
     // -b: NDJSON, one compact line per resource, input order kept.
     let out = veil(&["deid", "-c", &p("policy.json"), "-i", &p("in"), "-o", &p("out"), "-b"], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -283,12 +314,16 @@ fn deid_bad_input_fails_cleanly_or_is_quarantined() {
     assert!(err.contains("bad.ndjson: line 2: not valid JSON"), "{err}");
     assert!(t.files("out").is_empty(), "no partial or temporary file: {:?}", t.files("out"));
     // With quarantine: the good lines go through, the bad ones are listed.
-    let out = veil(&["deid", "-c", &p("policy.json"), "-i", &p("in"), "-o", &p("out"), "-b", "--quarantine", &p("q.ndjson")], None);
+    let out = veil(
+        &["deid", "-c", &p("policy.json"), "-i", &p("in"), "-o", &p("out"), "-b", "--quarantine", &p("q.ndjson")],
+        None,
+    );
     assert_eq!(out.status.code(), Some(1), "finished, but not everything went through");
     let written = std::fs::read_to_string(t.0.join("out/bad.ndjson")).unwrap();
     assert_eq!(written.lines().count(), 2);
     let q = std::fs::read_to_string(t.0.join("q.ndjson")).unwrap();
-    let lines: Vec<u64> = q.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["line"].as_u64().unwrap()).collect();
+    let lines: Vec<u64> =
+        q.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["line"].as_u64().unwrap()).collect();
     assert_eq!(lines, [2, 3, 4, 5]);
     let err = text(&out.stderr);
     for secret in ["Zebulon", "Quincy", "Xavier", "Yolanda", "Wilhelmina", "1980-04-02"] {
@@ -331,7 +366,11 @@ fn deid_invalid_policy_names_the_rule() {
     let p = t.write("p.json", r#"{"fhirPathRules": [{"path": "Patient.name", "method": "redact"}, {"path": "Patient.x", "method": "perturb", "span": -1}]}"#);
     let out = veil(&["deid", "-c", p.to_str().unwrap()], Some(""));
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("rule 1 (path \"Patient.x\"): Span value is invalid at Patient.x."), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("rule 1 (path \"Patient.x\"): Span value is invalid at Patient.x."),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 // ---- veil serve: a crash in the middle of an export ----------------------
@@ -420,7 +459,10 @@ fn serve_survives_a_kill_in_the_middle_of_an_export() {
     // Every listed file is complete: its line count is its count, every line parses.
     let mut total = 0;
     for item in manifest["output"].as_array().unwrap() {
-        let url = item["url"].as_str().unwrap().replace(&item["url"].as_str().unwrap().split('/').nth(2).unwrap().to_string(), &format!("127.0.0.1:{port}"));
+        let url = item["url"].as_str().unwrap().replace(
+            &item["url"].as_str().unwrap().split('/').nth(2).unwrap().to_string(),
+            &format!("127.0.0.1:{port}"),
+        );
         let body = http.get(&url).send().unwrap().text().unwrap();
         let lines: Vec<serde_json::Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len() as u64, item["count"].as_u64().unwrap());
@@ -428,8 +470,16 @@ fn serve_survives_a_kill_in_the_middle_of_an_export() {
     }
     assert_eq!(total, 38473, "every stored resource exactly once");
     // No temporary files are left among the listed ones.
-    let folder = std::fs::read_dir(&storage).unwrap().map(|e| e.unwrap().path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with("export-")).unwrap();
-    let leftovers: Vec<_> = std::fs::read_dir(folder).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".tmp")).collect();
+    let folder = std::fs::read_dir(&storage)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("export-"))
+        .unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     server.kill().unwrap();
     server.wait().unwrap();
@@ -437,7 +487,8 @@ fn serve_survives_a_kill_in_the_middle_of_an_export() {
 
 #[test]
 fn two_servers_share_one_postgres_job_queue() {
-    let base = std::env::var("VEIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let base =
+        std::env::var("VEIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let schema = format!("veil_cli_queue_{}", std::process::id());
     let db = format!("{base}?schema={schema}");
     let t = TempDir::new("queue");
@@ -449,7 +500,8 @@ fn two_servers_share_one_postgres_job_queue() {
     let ports = [free_port(), free_port()];
     // Six exports of one (anonymous) client at once: above the default limit of 4.
     let extra = ["--insecure-no-auth", "--max-exports-per-client", "6"];
-    let mut servers: Vec<_> = ports.iter().map(|p| spawn_serve_with(&db, &t.0.join("storage"), *p, &extra, Stdio::null())).collect();
+    let mut servers: Vec<_> =
+        ports.iter().map(|p| spawn_serve_with(&db, &t.0.join("storage"), *p, &extra, Stdio::null())).collect();
     let http = reqwest::blocking::Client::new();
     // Six exports kicked off at the first server; both servers' workers take them.
     let urls: Vec<String> = (0..6)
@@ -491,23 +543,59 @@ fn view_run_writes_csv_and_ndjson() {
         "in/Patient.ndjson",
         "{\"resourceType\":\"Patient\",\"id\":\"a\",\"name\":[{\"family\":\"O'Brien, Jr\"}],\"telecom\":[{\"value\":\"1\"},{\"value\":\"2\"}]}\n{\"resourceType\":\"Observation\",\"id\":\"o\"}\n{\"resourceType\":\"Patient\",\"id\":\"b\"}\n",
     );
-    let out = veil(&["view", "run", "--view", view.to_str().unwrap(), "--input", t.0.join("in").to_str().unwrap()], None);
+    let out =
+        veil(&["view", "run", "--view", view.to_str().unwrap(), "--input", t.0.join("in").to_str().unwrap()], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "id,family,phone\r\na,\"O'Brien, Jr\",1\r\na,\"O'Brien, Jr\",2\r\nb,,\r\n");
     let csv = t.0.join("out.ndjson");
-    let out = veil(&["view", "run", "--view", view.to_str().unwrap(), "--input", input.to_str().unwrap(), "--format", "ndjson", "-o", csv.to_str().unwrap()], None);
+    let out = veil(
+        &[
+            "view",
+            "run",
+            "--view",
+            view.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--format",
+            "ndjson",
+            "-o",
+            csv.to_str().unwrap(),
+        ],
+        None,
+    );
     assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&csv).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&csv).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[2], serde_json::json!({"id": "b", "family": null, "phone": null}));
     // An invalid view is refused before any data is read.
-    let bad = t.write("bad.json", r#"{"resource":"Patient","select":[{"column":[{"name":"id","path":"id"},{"name":"id","path":"gender"}]}]}"#);
+    let bad = t.write(
+        "bad.json",
+        r#"{"resource":"Patient","select":[{"column":[{"name":"id","path":"id"},{"name":"id","path":"gender"}]}]}"#,
+    );
     let out = veil(&["view", "run", "--view", bad.to_str().unwrap(), "--input", "/nonexistent"], None);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("Column Already Defined"), "{}", text(&out.stderr));
-    let out = veil(&["view", "run", "--view", view.to_str().unwrap(), "--input", input.to_str().unwrap(), "--format", "parquet"], None);
+    let out = veil(
+        &["view", "run", "--view", view.to_str().unwrap(), "--input", input.to_str().unwrap(), "--format", "parquet"],
+        None,
+    );
     assert_eq!(out.status.code(), Some(2), "parquet needs -o");
     let pq = t.0.join("out.parquet");
-    let out = veil(&["view", "run", "--view", view.to_str().unwrap(), "--input", input.to_str().unwrap(), "--format", "parquet", "-o", pq.to_str().unwrap()], None);
+    let out = veil(
+        &[
+            "view",
+            "run",
+            "--view",
+            view.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--format",
+            "parquet",
+            "-o",
+            pq.to_str().unwrap(),
+        ],
+        None,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let bytes = std::fs::read(&pq).unwrap();
     assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"), "a complete Parquet file");
@@ -517,13 +605,30 @@ fn view_run_writes_csv_and_ndjson() {
     let many: String = (0..5000).map(|i| format!("{{\"resourceType\":\"Patient\",\"id\":\"p{i}\"}}\n")).collect();
     let big = t.write("big.ndjson", &many);
     let out = veil(&["view", "run", "--view", view.to_str().unwrap(), "--input", big.to_str().unwrap()], None);
-    let ids: Vec<String> = text(&out.stdout).lines().skip(1).map(|l| l.split(',').next().unwrap().to_string()).collect();
+    let ids: Vec<String> =
+        text(&out.stdout).lines().skip(1).map(|l| l.split(',').next().unwrap().to_string()).collect();
     assert_eq!(ids, (0..5000).map(|i| format!("p{i}")).collect::<Vec<_>>());
     let damaged = t.write("damaged.ndjson", &(many + "{\"resourceType\":\"Patient\",\"id\":\"SECRET\"\n"));
     let dest = t.0.join("damaged.csv");
-    let out = veil(&["view", "run", "--view", view.to_str().unwrap(), "--input", damaged.to_str().unwrap(), "-o", dest.to_str().unwrap()], None);
+    let out = veil(
+        &[
+            "view",
+            "run",
+            "--view",
+            view.to_str().unwrap(),
+            "--input",
+            damaged.to_str().unwrap(),
+            "-o",
+            dest.to_str().unwrap(),
+        ],
+        None,
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("damaged.ndjson:5001: not valid JSON") && !text(&out.stderr).contains("SECRET"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("damaged.ndjson:5001: not valid JSON") && !text(&out.stderr).contains("SECRET"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(!dest.exists());
 }
 
@@ -534,7 +639,11 @@ fn study_build_and_export_a_study_folder() {
     let t = TempDir::new("study");
     t.write("s/study.toml", "study_prefix = 'demo'\ndata_package_version = 2\n[views]\npatient = 'patient.json'\n[[counts]]\nname = 'count_sex'\nfrom = 'patient'\nstrata = ['sex']\ncount_distinct = 'id'\nmin_cell = 2\n");
     t.write("s/patient.json", r#"{"resource": "Patient", "select": [{"column": [{"name": "id", "path": "getResourceKey()"}, {"name": "sex", "path": "gender"}]}]}"#);
-    let lines: Vec<String> = ["female", "female", "male", "female"].iter().enumerate().map(|(i, g)| format!(r#"{{"resourceType":"Patient","id":"p{i}","gender":"{g}"}}"#)).collect();
+    let lines: Vec<String> = ["female", "female", "male", "female"]
+        .iter()
+        .enumerate()
+        .map(|(i, g)| format!(r#"{{"resourceType":"Patient","id":"p{i}","gender":"{g}"}}"#))
+        .collect();
     t.write("in/nested/Patient.ndjson", &(lines.join("\n") + "\n"));
     let (study, build, data) = (t.0.join("s"), t.0.join("build"), t.0.join("data_export"));
     let s = |p: &Path| p.to_str().unwrap().to_string();
@@ -549,8 +658,14 @@ fn study_build_and_export_a_study_folder() {
     let out = veil(&["study", "export", &s(&study), "--build-dir", &s(&build), "--data-path", &s(&data)], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // 4 patients, 3 women; the one man is a cell under 2 and is not there.
-    assert_eq!(std::fs::read_to_string(data.join("demo/demo__count_sex.cube.csv")).unwrap(), "cnt,sex\r\n4,\r\n3,female\r\n");
-    assert_eq!(std::fs::read_to_string(data.join("demo/demo__meta_version.meta.csv")).unwrap(), "data_package_version\r\n2\r\n");
+    assert_eq!(
+        std::fs::read_to_string(data.join("demo/demo__count_sex.cube.csv")).unwrap(),
+        "cnt,sex\r\n4,\r\n3,female\r\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("demo/demo__meta_version.meta.csv")).unwrap(),
+        "data_package_version\r\n2\r\n"
+    );
     assert!(data.join("demo/demo.zip").is_file());
 
     // A damaged line stops the build, naming file and line but not the content,
@@ -616,25 +731,66 @@ fn a_registered_client_exports_with_a_token_from_the_cli() {
     assert!(private.starts_with("-----BEGIN PRIVATE KEY-----"));
     #[cfg(unix)]
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions()) & 0o777, 0o600);
-    assert!(!veil(&["client", "keygen", "--out", key.to_str().unwrap()], None).status.success(), "a key is never overwritten");
+    assert!(
+        !veil(&["client", "keygen", "--out", key.to_str().unwrap()], None).status.success(),
+        "a key is never overwritten"
+    );
     let jwks = t.write("team.jwks.json", &text(&keygen.stdout));
-    let add = veil(&["client", "add", "--db", &db, "--name", "Team A", "--jwks", jwks.to_str().unwrap(), "--scope", "system/Patient.read system/Condition.read"], None);
+    let add = veil(
+        &[
+            "client",
+            "add",
+            "--db",
+            &db,
+            "--name",
+            "Team A",
+            "--jwks",
+            jwks.to_str().unwrap(),
+            "--scope",
+            "system/Patient.read system/Condition.read",
+        ],
+        None,
+    );
     assert!(add.status.success(), "{}", text(&add.stderr));
     let id = text(&add.stdout).trim().to_string();
     let refused = veil(&["client", "add", "--db", &db, "--name", "leaky", "--jwks", &private], None);
     assert_eq!(refused.status.code(), Some(2), "a PEM is not a JWKS");
     let list = veil(&["client", "list", "--db", &db], None);
-    assert!(text(&list.stdout).contains(&format!("{id}\tTeam A\tsystem/Patient.read system/Condition.read\t1 key(s) inline")), "{}", text(&list.stdout));
+    assert!(
+        text(&list.stdout)
+            .contains(&format!("{id}\tTeam A\tsystem/Patient.read system/Condition.read\t1 key(s) inline")),
+        "{}",
+        text(&list.stdout)
+    );
 
     let port = free_port();
     let log = t.0.join("serve.log");
-    let mut server = spawn_serve_with(&db, &t.0.join("storage"), port, &[], Stdio::from(std::fs::File::create(&log).unwrap()));
+    let mut server =
+        spawn_serve_with(&db, &t.0.join("storage"), port, &[], Stdio::from(std::fs::File::create(&log).unwrap()));
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::blocking::Client::new();
     assert_eq!(http.get(format!("{base}/$export")).send().unwrap().status(), 401, "authorization is on by default");
-    let token_out = veil(&["client", "token", "--fhir-url", &base, "--client-id", &id, "--key", key.to_str().unwrap(), "--scope", "system/*.read"], None);
+    let token_out = veil(
+        &[
+            "client",
+            "token",
+            "--fhir-url",
+            &base,
+            "--client-id",
+            &id,
+            "--key",
+            key.to_str().unwrap(),
+            "--scope",
+            "system/*.read",
+        ],
+        None,
+    );
     assert!(token_out.status.success(), "{}", text(&token_out.stderr));
-    assert!(text(&token_out.stderr).contains("Granted: system/Patient.read system/Condition.read"), "{}", text(&token_out.stderr));
+    assert!(
+        text(&token_out.stderr).contains("Granted: system/Patient.read system/Condition.read"),
+        "{}",
+        text(&token_out.stderr)
+    );
     let token = text(&token_out.stdout).trim().to_string();
     let r = http.get(format!("{base}/$export")).bearer_auth(&token).header("Prefer", "respond-async").send().unwrap();
     assert_eq!(r.status(), 202);
@@ -647,7 +803,8 @@ fn a_registered_client_exports_with_a_token_from_the_cli() {
         }
         assert_eq!(r.status(), 202);
     };
-    let mut types: Vec<&str> = manifest["output"].as_array().unwrap().iter().map(|o| o["type"].as_str().unwrap()).collect();
+    let mut types: Vec<&str> =
+        manifest["output"].as_array().unwrap().iter().map(|o| o["type"].as_str().unwrap()).collect();
     types.dedup();
     assert_eq!(types, ["Condition", "Patient"], "only what the scopes read");
     let file = manifest["output"][0]["url"].as_str().unwrap();
@@ -655,7 +812,8 @@ fn a_registered_client_exports_with_a_token_from_the_cli() {
 
     let remove = veil(&["client", "remove", "--db", &db, &id], None);
     assert!(remove.status.success(), "{}", text(&remove.stderr));
-    let again = veil(&["client", "token", "--fhir-url", &base, "--client-id", &id, "--key", key.to_str().unwrap()], None);
+    let again =
+        veil(&["client", "token", "--fhir-url", &base, "--client-id", &id, "--key", key.to_str().unwrap()], None);
     assert!(!again.status.success());
     assert!(text(&again.stderr).contains("invalid_client"), "{}", text(&again.stderr));
     server.kill().unwrap();
@@ -676,7 +834,10 @@ fn serving_without_authorization_warns_and_stays_on_loopback() {
     let t = TempDir::new("no-auth");
     let db = format!("sqlite:{}", t.0.join("veil.db").display());
     let storage = t.0.join("storage");
-    let beyond = veil(&["serve", "--db", &db, "--storage", storage.to_str().unwrap(), "--listen", "0.0.0.0:0", "--insecure-no-auth"], None);
+    let beyond = veil(
+        &["serve", "--db", &db, "--storage", storage.to_str().unwrap(), "--listen", "0.0.0.0:0", "--insecure-no-auth"],
+        None,
+    );
     assert_eq!(beyond.status.code(), Some(2));
     assert!(text(&beyond.stderr).contains("WARNING: authorization is OFF"), "{}", text(&beyond.stderr));
     assert!(text(&beyond.stderr).contains("loopback only"), "{}", text(&beyond.stderr));
@@ -706,16 +867,30 @@ fn the_flu_preset_export_loses_nothing_the_study_reads() {
     let subset = export_and_wait(&http, &format!("{base}&{}&_container=subset", text(&preset.stdout).trim()));
     server.kill().unwrap();
     server.wait().unwrap();
-    let count = |m: &serde_json::Value| m["output"].as_array().unwrap().iter().map(|o| o["count"].as_u64().unwrap()).sum::<u64>();
+    let count = |m: &serde_json::Value| {
+        m["output"].as_array().unwrap().iter().map(|o| o["count"].as_u64().unwrap()).sum::<u64>()
+    };
     assert_eq!(count(&whole), 1387);
     assert_eq!(count(&subset), 1387);
 
     let mut built = Vec::new();
     for container in ["whole", "subset"] {
         let dir = t.0.join(format!("build-{container}"));
-        let out = veil(&["study", "build", "flu", "--input", storage.join(container).to_str().unwrap(), "--build-dir", dir.to_str().unwrap()], None);
+        let out = veil(
+            &[
+                "study",
+                "build",
+                "flu",
+                "--input",
+                storage.join(container).to_str().unwrap(),
+                "--build-dir",
+                dir.to_str().unwrap(),
+            ],
+            None,
+        );
         assert!(out.status.success(), "{}", text(&out.stderr));
-        let b: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("flu/build.json")).unwrap()).unwrap();
+        let b: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("flu/build.json")).unwrap()).unwrap();
         built.push(b["tables"].clone());
     }
     assert!(built[0][0]["rows"].as_array().unwrap().len() > 20, "a real cube");
@@ -730,12 +905,16 @@ fn aggregator_sites_and_keys_are_managed_from_the_cli() {
 
 #[test]
 fn aggregator_sites_and_keys_are_managed_on_postgres() {
-    let base = std::env::var("VEIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let base =
+        std::env::var("VEIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     manage_sites_and_keys(&format!("{base}?schema=veil_cli_aggregator_{}", std::process::id()));
 }
 
 fn manage_sites_and_keys(db: &str) {
-    let add = veil(&["aggregator", "site", "add", "bch", "--user", "bch-uploader", "--studies", "flu,core", "--db", db], None);
+    let add = veil(
+        &["aggregator", "site", "add", "bch", "--user", "bch-uploader", "--studies", "flu,core", "--db", db],
+        None,
+    );
     assert!(add.status.success(), "{}", text(&add.stderr));
     let secret = text(&add.stdout).trim().to_string();
     assert_eq!(secret.len(), 43, "one secret on stdout");
@@ -755,7 +934,8 @@ fn manage_sites_and_keys(db: &str) {
     assert!(listed.starts_with("bch\tuser bch-uploader\tstudies flu,core") && listed.contains("rotated"), "{listed}");
     assert!(!listed.contains(&secret) && !listed.contains(&new_secret), "never a secret");
 
-    let key = text(&veil(&["aggregator", "key", "add", "--name", "dashboard", "--db", db], None).stdout).trim().to_string();
+    let key =
+        text(&veil(&["aggregator", "key", "add", "--name", "dashboard", "--db", db], None).stdout).trim().to_string();
     let (id, key_secret) = key.split_once('.').unwrap();
     let keys = text(&veil(&["aggregator", "key", "list", "--db", db], None).stdout);
     assert!(keys.starts_with(&format!("{id}\tdashboard")) && !keys.contains(key_secret), "{keys}");
@@ -776,7 +956,8 @@ fn export_says_when_there_is_nothing_to_resume() {
     let out = veil(&["export", "--from", "http://127.0.0.1:9/fhir", "-o", t.0.to_str().unwrap(), "--resume"], None);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("nothing to resume"), "{}", text(&out.stderr));
-    let refused = veil(&["export", "--from", "http://127.0.0.1:9/fhir", "-o", t.0.to_str().unwrap(), "--keep-raw", "raw"], None);
+    let refused =
+        veil(&["export", "--from", "http://127.0.0.1:9/fhir", "-o", t.0.to_str().unwrap(), "--keep-raw", "raw"], None);
     assert_eq!(refused.status.code(), Some(2), "--keep-raw needs --deid");
 }
 
@@ -791,7 +972,12 @@ fn export_killed_mid_download_resumes_with_every_resource_once() {
     let base = format!("http://127.0.0.1:{port}");
     let dest = t.0.join("pulled");
     let args = ["export", "--from", base.as_str(), "-o", dest.to_str().unwrap(), "--concurrency", "1"];
-    let mut export = Command::new(env!("CARGO_BIN_EXE_veil")).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut export = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     // SIGKILL once a few files (of the sample's ~390) are finished.
     let state_path = dest.join(".veil-export-state.json");
     let state = loop {
@@ -806,15 +992,23 @@ fn export_killed_mid_download_resumes_with_every_resource_once() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     };
     let planned = state["manifest"]["output"].as_array().unwrap().len();
-    let expected: u64 = state["manifest"]["output"].as_array().unwrap().iter().map(|o| o["count"].as_u64().unwrap()).sum();
-    let finished = std::fs::read(&state_path).map(|b| serde_json::from_slice::<Json>(&b).unwrap()["files"].as_object().unwrap().len()).unwrap();
+    let expected: u64 =
+        state["manifest"]["output"].as_array().unwrap().iter().map(|o| o["count"].as_u64().unwrap()).sum();
+    let finished = std::fs::read(&state_path)
+        .map(|b| serde_json::from_slice::<Json>(&b).unwrap()["files"].as_object().unwrap().len())
+        .unwrap();
     assert!(finished < planned, "killed mid-download ({finished} of {planned} files)");
 
     let resumed = veil(&["export", "--from", &base, "-o", dest.to_str().unwrap(), "--resume"], None);
     assert!(resumed.status.success(), "{}", text(&resumed.stderr));
-    assert!(text(&resumed.stdout).contains("were already finished and were not fetched again"), "{}", text(&resumed.stdout));
+    assert!(
+        text(&resumed.stdout).contains("were already finished and were not fetched again"),
+        "{}",
+        text(&resumed.stdout)
+    );
     // Every resource exactly once; each file as the manifest says.
-    let received: Json = serde_json::from_slice(&std::fs::read(dest.join("veil-export-manifest.json")).unwrap()).unwrap();
+    let received: Json =
+        serde_json::from_slice(&std::fs::read(dest.join("veil-export-manifest.json")).unwrap()).unwrap();
     let files = received["files"].as_object().unwrap();
     assert_eq!(files.len(), planned);
     let mut seen = std::collections::HashSet::new();
@@ -827,7 +1021,11 @@ fn export_killed_mid_download_resumes_with_every_resource_once() {
         }
     }
     assert_eq!(seen.len() as u64, expected, "every resource of the export");
-    let leftovers: Vec<_> = std::fs::read_dir(&dest).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".part") || n.starts_with('.')).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".part") || n.starts_with('.'))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     server.kill().unwrap();
     server.wait().unwrap();
@@ -852,22 +1050,46 @@ fn share_an_export_fetch_it_resume_it_and_revoke_it() {
     let db = sample_store(&t);
     let storage = t.0.join("storage");
     std::fs::create_dir_all(storage.join("anonymization")).unwrap();
-    std::fs::copy(repo_root().join("crates/deid/policies/safe-harbor.json"), storage.join("anonymization/safe-harbor.json")).unwrap();
+    std::fs::copy(
+        repo_root().join("crates/deid/policies/safe-harbor.json"),
+        storage.join("anonymization/safe-harbor.json"),
+    )
+    .unwrap();
     let port = free_port();
     let log_path = t.0.join("serve.log");
-    let mut server = spawn_serve_with(&db, &storage, port, &["--insecure-no-auth"], Stdio::from(std::fs::File::create(&log_path).unwrap()));
+    let mut server = spawn_serve_with(
+        &db,
+        &storage,
+        port,
+        &["--insecure-no-auth"],
+        Stdio::from(std::fs::File::create(&log_path).unwrap()),
+    );
     let http = reqwest::blocking::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let status = kick_off(&http, &format!("{base}/$export?_type=Patient,Condition&_anonymizationConfig=safe-harbor.json"));
+    let status =
+        kick_off(&http, &format!("{base}/$export?_type=Patient,Condition&_anonymizationConfig=safe-harbor.json"));
     wait_for_export(&http, &status);
     let job = status.rsplit('/').next().unwrap();
     let exported = storage.join(format!("export-{job}"));
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(exported.join("veil-manifest.json")).unwrap()).unwrap();
-    let files: Vec<String> = manifest["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap().to_string()).collect();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(exported.join("veil-manifest.json")).unwrap()).unwrap();
+    let files: Vec<String> =
+        manifest["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap().to_string()).collect();
     assert!(files.len() >= 3 && files.iter().all(|f| f.ends_with(".ndjson")), "{files:?}");
 
     let share = |extra: &[&str]| -> String {
-        let mut args = vec!["share", "create", "--db", &db, "--export", job, "--storage", storage.to_str().unwrap(), "--base-url", &base];
+        let mut args = vec![
+            "share",
+            "create",
+            "--db",
+            &db,
+            "--export",
+            job,
+            "--storage",
+            storage.to_str().unwrap(),
+            "--base-url",
+            &base,
+        ];
         args.extend_from_slice(extra);
         let out = veil(&args, None);
         assert!(out.status.success(), "{}", text(&out.stderr));
@@ -906,7 +1128,12 @@ fn share_an_export_fetch_it_resume_it_and_revoke_it() {
     assert!(text(&r.stderr).contains("already here and intact"));
     let log = veil(&["share", "log", "--db", &db, &id], None);
     let last = text(&log.stdout).lines().last().unwrap().to_string();
-    assert!(last.contains(partial.as_str()) && last.contains(&format!("{} bytes", whole.len() - 1000)) && last.contains("from 127.0.0.1"), "{last}");
+    assert!(
+        last.contains(partial.as_str())
+            && last.contains(&format!("{} bytes", whole.len() - 1000))
+            && last.contains("from 127.0.0.1"),
+        "{last}"
+    );
     assert_eq!(text(&log.stdout).lines().count(), files.len() + 1, "each download audited once");
 
     // Corrupted in storage (same size): detected, and no bad file is left.

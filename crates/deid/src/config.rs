@@ -210,8 +210,9 @@ fn key_setting(params: &Map<String, Json>, name: &str) -> Result<Option<String>,
     }
     if let Some(var) = string(&env_key)? {
         // The message names the variable, never its value.
-        let v = std::env::var(&var)
-            .map_err(|_| ConfigError::Setting(format!("parameters.{env_key}: environment variable {var} is not set")))?;
+        let v = std::env::var(&var).map_err(|_| {
+            ConfigError::Setting(format!("parameters.{env_key}: environment variable {var} is not set"))
+        })?;
         return Ok(Some(v).filter(|v| !v.is_empty()));
     }
     if let Some(path) = string(&file_key)? {
@@ -297,7 +298,9 @@ impl Policy {
         let rules_json = match get_ci(&top, "fhirPathRules") {
             Some(Json::Array(rules)) => rules,
             None | Some(Json::Null) => {
-                return Err(ConfigError::Setting("The configuration is invalid, please specify any fhirPathRules".into()));
+                return Err(ConfigError::Setting(
+                    "The configuration is invalid, please specify any fhirPathRules".into(),
+                ));
             }
             Some(_) => return Err(ConfigError::Setting("fhirPathRules must be an array of rules".into())),
         };
@@ -374,15 +377,15 @@ fn parse_parameters(p: &Map<String, Json>) -> Result<Parameters, ConfigError> {
     };
     let date_shift_fixed_offset_in_days = match get_ci(p, "dateShiftFixedOffsetInDays") {
         None | Some(Json::Null) => None,
-        Some(Json::Number(n)) => Some(
-            n.as_i64().ok_or_else(|| ConfigError::Setting("parameters.dateShiftFixedOffsetInDays must be a whole number".into()))?,
-        ),
-        Some(Json::String(s)) => Some(
-            s.trim()
-                .parse()
-                .map_err(|_| ConfigError::Setting("parameters.dateShiftFixedOffsetInDays must be a whole number".into()))?,
-        ),
-        Some(_) => return Err(ConfigError::Setting("parameters.dateShiftFixedOffsetInDays must be a whole number".into())),
+        Some(Json::Number(n)) => Some(n.as_i64().ok_or_else(|| {
+            ConfigError::Setting("parameters.dateShiftFixedOffsetInDays must be a whole number".into())
+        })?),
+        Some(Json::String(s)) => Some(s.trim().parse().map_err(|_| {
+            ConfigError::Setting("parameters.dateShiftFixedOffsetInDays must be a whole number".into())
+        })?),
+        Some(_) => {
+            return Err(ConfigError::Setting("parameters.dateShiftFixedOffsetInDays must be a whole number".into()));
+        }
     };
     let restricted_zip3 = match get_ci(p, "restrictedZipCodeTabulationAreas") {
         None | Some(Json::Null) => Vec::new(),
@@ -524,7 +527,9 @@ mod tests {
     use super::*;
 
     fn rule_error(rule: &str) -> String {
-        let cfg = format!("{{\"fhirVersion\": \"R4\", \"fhirPathRules\": [{{\"path\": \"Patient.name\", \"method\": \"keep\"}}, {rule}]}}");
+        let cfg = format!(
+            "{{\"fhirVersion\": \"R4\", \"fhirPathRules\": [{{\"path\": \"Patient.name\", \"method\": \"keep\"}}, {rule}]}}"
+        );
         match Policy::parse(&cfg) {
             Err(ConfigError::Rule { index, reason, .. }) => {
                 assert_eq!(index, 1);
@@ -557,7 +562,9 @@ mod tests {
 
     #[test]
     fn top_level_keys_ignore_case_and_unknown_keys() {
-        let p = Policy::parse("{\"FHIRPATHRULES\": [], \"ProcessingErrors\": \"Skip\", \"processingError\": \"nonsense\"}").unwrap();
+        let p =
+            Policy::parse("{\"FHIRPATHRULES\": [], \"ProcessingErrors\": \"Skip\", \"processingError\": \"nonsense\"}")
+                .unwrap();
         assert_eq!(p.processing_errors, ProcessingErrors::Skip);
         assert!(Policy::parse("{\"fhirPathRules\": [], \"processingErrors\": \"keep\"}").is_err());
     }
@@ -597,9 +604,12 @@ mod tests {
             let r = format!(r#"{{"path": "Patient.x", "method": "generalize", "cases": {cases}}}"#);
             assert!(rule_error(&r).starts_with("Invalid cases expression"), "{cases}");
         }
-        let r = r#"{"path": "Patient.x", "method": "generalize", "cases": {"$this > 1": "1"}, "otherValues": "unknown"}"#;
+        let r =
+            r#"{"path": "Patient.x", "method": "generalize", "cases": {"$this > 1": "1"}, "otherValues": "unknown"}"#;
         assert!(rule_error(r).starts_with("OtherValues setting is invalid"));
-        accepted(r#"{"path": "Patient.x", "method": "generalize", "cases": "{\"$this > 1\": \"1\"}", "otherValues": "KEEP"}"#);
+        accepted(
+            r#"{"path": "Patient.x", "method": "generalize", "cases": "{\"$this > 1\": \"1\"}", "otherValues": "KEEP"}"#,
+        );
     }
 
     #[test]
@@ -613,18 +623,29 @@ mod tests {
     #[test]
     fn keys_from_the_environment_and_files() {
         // cargo sets CARGO_PKG_NAME for the tests it runs.
-        let p = Policy::parse(r#"{"fhirPathRules": [], "parameters": {"cryptoHashKeyFromEnv": "CARGO_PKG_NAME"}}"#).unwrap();
+        let p = Policy::parse(r#"{"fhirPathRules": [], "parameters": {"cryptoHashKeyFromEnv": "CARGO_PKG_NAME"}}"#)
+            .unwrap();
         assert_eq!(p.parameters.crypto_hash_key.as_deref(), Some("veil-deid"));
-        let e = Policy::parse(r#"{"fhirPathRules": [], "parameters": {"cryptoHashKeyFromEnv": "VEIL_TEST_UNSET_VARIABLE"}}"#).unwrap_err();
-        assert_eq!(e.to_string(), "parameters.cryptoHashKeyFromEnv: environment variable VEIL_TEST_UNSET_VARIABLE is not set");
+        let e = Policy::parse(
+            r#"{"fhirPathRules": [], "parameters": {"cryptoHashKeyFromEnv": "VEIL_TEST_UNSET_VARIABLE"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "parameters.cryptoHashKeyFromEnv: environment variable VEIL_TEST_UNSET_VARIABLE is not set"
+        );
         let dir = std::env::temp_dir().join(format!("veil-key-{}", std::process::id()));
         std::fs::write(&dir, "0123456789abcdef\n").unwrap();
-        let cfg = format!(r#"{{"fhirPathRules": [], "parameters": {{"encryptKeyFile": {:?}}}}}"#, dir.display().to_string());
+        let cfg =
+            format!(r#"{{"fhirPathRules": [], "parameters": {{"encryptKeyFile": {:?}}}}}"#, dir.display().to_string());
         let p = Policy::parse(&cfg).unwrap();
         assert_eq!(p.parameters.encrypt_key.as_deref(), Some("0123456789abcdef"));
         std::fs::write(&dir, "too short").unwrap();
         let e = Policy::parse(&cfg).unwrap_err();
-        assert!(e.to_string().starts_with("Invalid encrypt key size"), "the size check applies to keys from files: {e}");
+        assert!(
+            e.to_string().starts_with("Invalid encrypt key size"),
+            "the size check applies to keys from files: {e}"
+        );
         assert!(!e.to_string().contains("too short"), "no key in messages");
         std::fs::remove_file(&dir).unwrap();
         let both = r#"{"fhirPathRules": [], "parameters": {"dateShiftKey": "a", "dateShiftKeyFromEnv": "X"}}"#;
@@ -640,8 +661,12 @@ mod tests {
 
     #[test]
     fn encrypt_key_size() {
-        let e = Policy::parse(r#"{"fhirPathRules": [], "parameters": {"encryptKey": "01234567890123456789"}}"#).unwrap_err();
-        assert_eq!(e.to_string(), "Invalid encrypt key size : 160 bits! Please provide key sizes of 128, 192 or 256 bits.");
+        let e = Policy::parse(r#"{"fhirPathRules": [], "parameters": {"encryptKey": "01234567890123456789"}}"#)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Invalid encrypt key size : 160 bits! Please provide key sizes of 128, 192 or 256 bits."
+        );
         Policy::parse(r#"{"fhirPathRules": [], "parameters": {"encryptKey": "0123456789012345"}}"#).unwrap();
     }
 
@@ -649,9 +674,15 @@ mod tests {
     fn path_scoping() {
         assert_eq!(split_path("Patient.address"), ("Patient", "address"));
         assert_eq!(split_path("Patient.nodesByType('HumanName').use"), ("Patient", "nodesByType('HumanName').use"));
-        assert_eq!(split_path("Condition.onset | Condition.abatement as Age"), ("Condition", "onset | Condition.abatement as Age"));
+        assert_eq!(
+            split_path("Condition.onset | Condition.abatement as Age"),
+            ("Condition", "onset | Condition.abatement as Age")
+        );
         assert_eq!(split_path("nodesByType('Address')"), ("", "nodesByType('Address')"));
-        assert_eq!(split_path("(nodesByType('Observation').value as Quantity).value"), ("", "(nodesByType('Observation').value as Quantity).value"));
+        assert_eq!(
+            split_path("(nodesByType('Observation').value as Quantity).value"),
+            ("", "(nodesByType('Observation').value as Quantity).value")
+        );
         assert_eq!(split_path("Patient"), ("Patient", "Patient"));
         let p = Policy::parse(r#"{"fhirPathRules": [{"path": "Patient", "method": "keep"}]}"#).unwrap();
         assert!(p.rules[0].expression.is_none(), "a resource-type rule matches the resource itself");

@@ -42,9 +42,12 @@ pub(crate) fn encrypt(key: &[u8], plain: &str) -> String {
     let mut iv = [0u8; 16];
     getrandom::fill(&mut iv).expect("the operating system's random source");
     let ct = match key.len() {
-        16 => cbc::Encryptor::<aes::Aes128>::new_from_slices(key, &iv).map(|c| c.encrypt_padded_vec::<Pkcs7>(plain.as_bytes())),
-        24 => cbc::Encryptor::<aes::Aes192>::new_from_slices(key, &iv).map(|c| c.encrypt_padded_vec::<Pkcs7>(plain.as_bytes())),
-        _ => cbc::Encryptor::<aes::Aes256>::new_from_slices(key, &iv).map(|c| c.encrypt_padded_vec::<Pkcs7>(plain.as_bytes())),
+        16 => cbc::Encryptor::<aes::Aes128>::new_from_slices(key, &iv)
+            .map(|c| c.encrypt_padded_vec::<Pkcs7>(plain.as_bytes())),
+        24 => cbc::Encryptor::<aes::Aes192>::new_from_slices(key, &iv)
+            .map(|c| c.encrypt_padded_vec::<Pkcs7>(plain.as_bytes())),
+        _ => cbc::Encryptor::<aes::Aes256>::new_from_slices(key, &iv)
+            .map(|c| c.encrypt_padded_vec::<Pkcs7>(plain.as_bytes())),
     }
     .expect("key sizes are validated with the configuration");
     let mut out = iv.to_vec();
@@ -158,7 +161,10 @@ mod tests {
                 "352b5a4af5adb81fa616c2a5b5c492d0b0b544c188a9aa003767a2b5efbd1478",
             ),
             ("a", "69e99e82127c1f146f50653e02b92c4bb0c3bc182a6165a5bbce5f4f94e1ccb7"),
-            ("bb6f4872-e456-42d5-a9da-a0d82cb7ea29", "73defcb8fcaf4c0c3d5c77f05b479cadbe502db2ef6e9b1523d2bfee31f3b999"),
+            (
+                "bb6f4872-e456-42d5-a9da-a0d82cb7ea29",
+                "73defcb8fcaf4c0c3d5c77f05b479cadbe502db2ef6e9b1523d2bfee31f3b999",
+            ),
             ("urn:oid:1.2.3.4.5", "6aa8e3e9af18cae990adc9c26dc006ebf633dd1332886867a691ee2d5247dd15"),
             ("2020-04-12", "1e99c6a8b99d3c8b4906c2e80911ad3b5961fd7498d3bc2b96fb128bc7148f90"),
             ("example", "698d54f0494528a759f19c8e87a9f99e75a5881b9267ee3926bcf62c992d84ba"),

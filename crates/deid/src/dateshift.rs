@@ -44,12 +44,7 @@ fn parse(s: &str) -> Option<Written<'_>> {
     let year = parts.next().filter(|y| y.len() == 4)?.parse().ok()?;
     let month = parts.next().map(&num).unwrap_or(Some(0));
     let day = parts.next().map(|d| num(&d[..d.len().min(2)])).unwrap_or(Some(0));
-    Some(Written {
-        year,
-        month: month.filter(|m| *m > 0),
-        day: day.filter(|d| *d > 0),
-        time,
-    })
+    Some(Written { year, month: month.filter(|m| *m > 0), day: day.filter(|d| *d > 0), time })
 }
 
 /// Shifts a written date by `days`: the calendar date moves, every digit of

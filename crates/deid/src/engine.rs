@@ -160,9 +160,9 @@ fn plan_for(rule: &Rule) -> Plan {
     let Some(expr) = &rule.expression else { return Plan::Resource };
     let src = expr.source();
     let steps: Vec<&str> = src.split('.').collect();
-    let plain = steps.iter().all(|s| {
-        s.starts_with(|c: char| c.is_ascii_lowercase()) && s.chars().all(|c| c.is_ascii_alphanumeric())
-    });
+    let plain = steps
+        .iter()
+        .all(|s| s.starts_with(|c: char| c.is_ascii_lowercase()) && s.chars().all(|c| c.is_ascii_alphanumeric()));
     if !plain {
         return Plan::Expression;
     }
@@ -281,13 +281,20 @@ impl Engine {
             resources.push((loc.clone(), ty, contained, parent));
             records.push(Records::default());
             // Its nested resources come next, in document order.
-            let nested: Vec<_> = index.entries.iter().filter(|e| e.nested_resource).map(|e| (e.loc.clone(), e.name == "contained", Some(ri))).collect();
+            let nested: Vec<_> = index
+                .entries
+                .iter()
+                .filter(|e| e.nested_resource)
+                .map(|e| (e.loc.clone(), e.name == "contained", Some(ri)))
+                .collect();
             pending.extend(nested.into_iter().rev());
 
             // Read before any rule runs, so hashing ids cannot change it.
             let prefix = if self.patient_scope {
                 node_at(doc, &loc)
-                    .and_then(|n| veil_fhirpath::compartment::patients_of(doc, veil_fhirpath::Item::Node(n)).into_iter().next())
+                    .and_then(|n| {
+                        veil_fhirpath::compartment::patients_of(doc, veil_fhirpath::Item::Node(n)).into_iter().next()
+                    })
                     .unwrap_or_default()
             } else {
                 self.date_shift_prefix.clone()
@@ -327,10 +334,12 @@ impl Engine {
             }
         }
         for (i, (loc, _, contained, _)) in resources.iter().enumerate() {
-            if !*contained && !records[i].is_empty()
-                && let Some(resource) = loc.get_mut(doc).and_then(Json::as_object_mut) {
-                    add_labels(resource, records[i]);
-                }
+            if !*contained
+                && !records[i].is_empty()
+                && let Some(resource) = loc.get_mut(doc).and_then(Json::as_object_mut)
+            {
+                add_labels(resource, records[i]);
+            }
         }
         prune(doc);
         Ok(())
@@ -444,16 +453,27 @@ impl Engine {
                 }
             }
             let parent_ty = index.entries.get(entry.parent).map_or("", |p| p.ty);
-            let outcome = methods::apply(&rule.method, doc, entry, parent_ty, &self.keys, prefix, &self.policy.parameters, visited)
-                .map_err(|e| match e {
-                    methods::Failure::Rule(reason) => DeidError::Rule { index: rule.index, path: rule.path.clone(), reason },
-                    methods::Failure::Processing(reason) => DeidError::Processing {
-                        index: rule.index,
-                        path: rule.path.clone(),
-                        element: entry.loc.to_string(),
-                        reason,
-                    },
-                })?;
+            let outcome = methods::apply(
+                &rule.method,
+                doc,
+                entry,
+                parent_ty,
+                &self.keys,
+                prefix,
+                &self.policy.parameters,
+                visited,
+            )
+            .map_err(|e| match e {
+                methods::Failure::Rule(reason) => {
+                    DeidError::Rule { index: rule.index, path: rule.path.clone(), reason }
+                }
+                methods::Failure::Processing(reason) => DeidError::Processing {
+                    index: rule.index,
+                    path: rule.path.clone(),
+                    element: entry.loc.to_string(),
+                    reason,
+                },
+            })?;
             index.visited[j] = true;
             if !outcome.records.is_empty() {
                 applied.changed += 1;
@@ -516,7 +536,11 @@ fn fast_path(path: &str) -> Option<(&str, bool, Option<&str>)> {
         "" => Some((wanted, by_type, None)),
         r => {
             let field = r.strip_prefix('.')?;
-            (!field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric())).then_some((wanted, by_type, Some(field)))
+            (!field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric())).then_some((
+                wanted,
+                by_type,
+                Some(field),
+            ))
         }
     }
 }
@@ -550,9 +574,8 @@ fn add_labels(resource: &mut Map<String, Json>, records: Records) {
             continue;
         }
         let code = LABELS.iter().find(|l| l.0 == r).map_or("", |l| l.2);
-        let present = security
-            .iter()
-            .any(|c| c.get("code").and_then(Json::as_str).is_some_and(|x| x.eq_ignore_ascii_case(code)));
+        let present =
+            security.iter().any(|c| c.get("code").and_then(Json::as_str).is_some_and(|x| x.eq_ignore_ascii_case(code)));
         if !present {
             security.push(label(r));
         }
@@ -581,12 +604,15 @@ pub(crate) fn prune(v: &mut Json) {
             }
             // Arrays paired with a `_` companion array lose their positions together.
             let has_companions = map.keys().any(|k| k.starts_with('_'));
-            let paired: Vec<String> = if !has_companions { Vec::new() } else { map
-                .iter()
-                .filter(|(k, v)| !k.starts_with('_') && v.is_array())
-                .filter(|(k, _)| map.get(&format!("_{k}")).is_some_and(Json::is_array))
-                .map(|(k, _)| k.clone())
-                .collect() };
+            let paired: Vec<String> = if !has_companions {
+                Vec::new()
+            } else {
+                map.iter()
+                    .filter(|(k, v)| !k.starts_with('_') && v.is_array())
+                    .filter(|(k, _)| map.get(&format!("_{k}")).is_some_and(Json::is_array))
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            };
             for k in paired {
                 let companion = format!("_{k}");
                 let Some(Json::Array(ext)) = map.shift_remove(&companion) else { continue };

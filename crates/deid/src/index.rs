@@ -121,7 +121,8 @@ impl Builder<'_> {
                 // element would escape every nodesByType rule.
                 self.unknown = Some(child_loc(loc, key, None));
             }
-            let (el_name, ty, child_owner, repeats): (Cow<'static, str>, &'static str, &'static str, bool) = match found {
+            let (el_name, ty, child_owner, repeats): (Cow<'static, str>, &'static str, &'static str, bool) = match found
+            {
                 Some((el, t)) => (Cow::Borrowed(el.name), t, el.children_owner(t), el.repeats),
                 None => (Cow::Owned(name.to_string()), "", "", false),
             };
@@ -157,7 +158,16 @@ impl Builder<'_> {
                     // Only a companion: a primitive with an id or extensions and no value.
                     if let Some(ext) = companion.filter(|e| e.is_object()) {
                         let ext_loc = child_loc(loc, key, None);
-                        self.node(&Json::Null, Some(ext), Some(ext_loc), child_loc(loc, name, None), el_name, ty, child_owner, parent);
+                        self.node(
+                            &Json::Null,
+                            Some(ext),
+                            Some(ext_loc),
+                            child_loc(loc, name, None),
+                            el_name,
+                            ty,
+                            child_owner,
+                            parent,
+                        );
                     }
                 }
             }
@@ -245,8 +255,23 @@ impl Index {
         let json = loc.get(doc)?;
         let obj = json.as_object()?;
         let rt = obj.get("resourceType").and_then(Json::as_str).and_then(|t| r4().type_name(t))?;
-        let mut b = Builder { entries: Vec::with_capacity(64), wanted, by_type: FxHashMap::default(), by_name: FxHashMap::default(), needs_arrays: false, unknown: None };
-        b.push(Entry { loc: loc.clone(), ty: rt, name: Cow::Borrowed(rt), parent: usize::MAX, end: 0, nested_resource: false, primitive: false });
+        let mut b = Builder {
+            entries: Vec::with_capacity(64),
+            wanted,
+            by_type: FxHashMap::default(),
+            by_name: FxHashMap::default(),
+            needs_arrays: false,
+            unknown: None,
+        };
+        b.push(Entry {
+            loc: loc.clone(),
+            ty: rt,
+            name: Cow::Borrowed(rt),
+            parent: usize::MAX,
+            end: 0,
+            nested_resource: false,
+            primitive: false,
+        });
         b.object(obj, rt, loc, 0);
         let n = b.entries.len();
         b.entries[0].end = n;
@@ -269,30 +294,51 @@ impl Index {
         if json.get("resourceType").is_some() {
             return Index::build(doc, loc, wanted);
         }
-        let mut b = Builder { entries: Vec::new(), wanted, by_type: FxHashMap::default(), by_name: FxHashMap::default(), needs_arrays: false, unknown: None };
+        let mut b = Builder {
+            entries: Vec::new(),
+            wanted,
+            by_type: FxHashMap::default(),
+            by_name: FxHashMap::default(),
+            needs_arrays: false,
+            unknown: None,
+        };
         let ty = node.fhir_type();
-        let owner = if ty.is_empty() { "" } else { r4().element_for_key(parent_owner(doc, loc)?, node.name()).map_or(ty, |(el, t)| el.children_owner(t)) };
+        let owner = if ty.is_empty() {
+            ""
+        } else {
+            r4().element_for_key(parent_owner(doc, loc)?, node.name()).map_or(ty, |(el, t)| el.children_owner(t))
+        };
         let name = Cow::Owned(node.name().to_string());
         let ext_loc = companion_of(loc);
         let ext = ext_loc.as_ref().and_then(|l| l.get(doc)).filter(|e| e.is_object());
         b.node(json, ext, ext_loc.filter(|_| ext.is_some()), loc.clone(), name, ty, owner, usize::MAX);
         let n = b.entries.len();
-        Some(Index { visited: vec![false; n], entries: b.entries, by_type: b.by_type, by_name: b.by_name, needs_arrays: false, unknown: None, by_loc: OnceCell::new() })
+        Some(Index {
+            visited: vec![false; n],
+            entries: b.entries,
+            by_type: b.by_type,
+            by_name: b.by_name,
+            needs_arrays: false,
+            unknown: None,
+            by_loc: OnceCell::new(),
+        })
     }
 
     pub fn position(&self, loc: &Location) -> Option<usize> {
         // A direct child of the resource (`Resource.id`, `Patient.name`) is
         // found among the first level without building the map.
         if let Some(root) = self.entries.first()
-            && loc.steps().len() <= root.loc.steps().len() + 2 && loc.steps().starts_with(root.loc.steps()) {
-                let mut j = 1;
-                while j < self.entries.len() {
-                    if self.entries[j].loc == *loc {
-                        return Some(j);
-                    }
-                    j = self.entries[j].end;
+            && loc.steps().len() <= root.loc.steps().len() + 2
+            && loc.steps().starts_with(root.loc.steps())
+        {
+            let mut j = 1;
+            while j < self.entries.len() {
+                if self.entries[j].loc == *loc {
+                    return Some(j);
                 }
+                j = self.entries[j].end;
             }
+        }
         self.by_loc
             .get_or_init(|| self.entries.iter().enumerate().map(|(i, e)| (e.loc.clone(), i)).collect())
             .get(loc)

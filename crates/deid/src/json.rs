@@ -47,12 +47,10 @@ impl Parser<'_> {
                         self.i += 1;
                     }
                 }
-                Some(b'/') if self.s.get(self.i + 1) == Some(&b'*') => {
-                    match self.src[self.i + 2..].find("*/") {
-                        Some(n) => self.i += n + 4,
-                        None => return Err(self.err("unterminated comment")),
-                    }
-                }
+                Some(b'/') if self.s.get(self.i + 1) == Some(&b'*') => match self.src[self.i + 2..].find("*/") {
+                    Some(n) => self.i += n + 4,
+                    None => return Err(self.err("unterminated comment")),
+                },
                 _ => return Ok(()),
             }
         }

@@ -28,10 +28,10 @@ mod crypto;
 mod dateshift;
 mod engine;
 mod index;
+mod json;
 mod methods;
 mod shape;
 mod stream;
-mod json;
 
 pub use config::{ConfigError, DateShiftScope, Method, Parameters, Policy, ProcessingErrors, RangeType, Rule};
 pub use engine::{DeidError, Engine, Stats};

@@ -186,16 +186,22 @@ pub(crate) fn apply(
 
 // ---- redact ----------------------------------------------------------------
 
-fn redact(doc: &mut Json, entry: &Entry, parent_ty: &str, text: &str, keys: &Keys, p: &Parameters) -> Result<MethodResult, Failure> {
+fn redact(
+    doc: &mut Json,
+    entry: &Entry,
+    parent_ty: &str,
+    text: &str,
+    keys: &Keys,
+    p: &Parameters,
+) -> Result<MethodResult, Failure> {
     if matches!(entry.ty, "date" | "dateTime" | "instant") {
         return redact_date(doc, entry, text, keys, p.partial_dates);
     }
     if entry.ty == "decimal" && parent_ty == "Age" && p.partial_ages {
         // The anonymizer parses the age as a whole number and stops on anything else.
-        let age: i64 = text
-            .trim()
-            .parse()
-            .map_err(|_| Failure::Rule("an Age value that is not a whole number cannot be partially redacted".into()))?;
+        let age: i64 = text.trim().parse().map_err(|_| {
+            Failure::Rule("an Age value that is not a whole number cannot be partially redacted".into())
+        })?;
         if age > 89 {
             set(doc, &entry.loc, Json::Null);
         }
@@ -240,7 +246,9 @@ fn over_89(year: i32, month: Option<u32>, day: Option<u32>, today: (i32, u32, u3
 fn redact_date(doc: &mut Json, entry: &Entry, text: &str, keys: &Keys, partial: bool) -> Result<MethodResult, Failure> {
     let (year, month, day) = date_parts(text);
     match year {
-        Some(y) if partial && !over_89(y, month, day, keys.today) => set(doc, &entry.loc, Json::String(format!("{y:04}"))),
+        Some(y) if partial && !over_89(y, month, day, keys.today) => {
+            set(doc, &entry.loc, Json::String(format!("{y:04}")))
+        }
         _ => set(doc, &entry.loc, Json::Null),
     }
     done(Records::REDACT)
@@ -252,7 +260,12 @@ fn has_visited_within(loc: &Location, visited: &HashSet<Location>) -> bool {
     visited.iter().any(|v| v.steps().starts_with(loc.steps()))
 }
 
-fn substitute(doc: &mut Json, entry: &Entry, replace_with: &Json, visited: &mut HashSet<Location>) -> Result<MethodResult, Failure> {
+fn substitute(
+    doc: &mut Json,
+    entry: &Entry,
+    replace_with: &Json,
+    visited: &mut HashSet<Location>,
+) -> Result<MethodResult, Failure> {
     if entry.primitive {
         let new = match replace_with {
             Json::Null => Json::Null,
@@ -265,10 +278,15 @@ fn substitute(doc: &mut Json, entry: &Entry, replace_with: &Json, visited: &mut 
         set(doc, &entry.loc, new);
         // The primitive's id and extensions go, unless an earlier rule touched them.
         if let Some(c) = companion_of(&entry.loc)
-            && c.get(doc).is_some() && !has_visited_within(&c, visited) {
-                set(doc, &c, Json::Null);
-            }
-        return Ok(MethodResult { records: Records::SUBSTITUTE, outcome: Outcome::SubtreeDone { restructured: false } });
+            && c.get(doc).is_some()
+            && !has_visited_within(&c, visited)
+        {
+            set(doc, &c, Json::Null);
+        }
+        return Ok(MethodResult {
+            records: Records::SUBSTITUTE,
+            outcome: Outcome::SubtreeDone { restructured: false },
+        });
     }
     let replacement = match replace_with {
         Json::Null => Map::new(),
@@ -363,10 +381,15 @@ fn merge(doc: &mut Json, target: &Location, replacement: &Map<String, Json>, vis
 fn drop_empty_strings(o: &Map<String, Json>) -> Map<String, Json> {
     o.iter()
         .filter(|(_, v)| !matches!(v, Json::String(s) if s.is_empty()))
-        .map(|(k, v)| (k.clone(), match v {
-            Json::Object(inner) => Json::Object(drop_empty_strings(inner)),
-            other => other.clone(),
-        }))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                match v {
+                    Json::Object(inner) => Json::Object(drop_empty_strings(inner)),
+                    other => other.clone(),
+                },
+            )
+        })
         .collect()
 }
 
@@ -411,7 +434,10 @@ fn perturb(
     let integer = matches!(entry.ty.to_ascii_lowercase().as_str(), "integer" | "positiveint" | "unsignedint");
     let value_loc = if integer || entry.ty.eq_ignore_ascii_case("decimal") {
         entry.loc.clone()
-    } else if matches!(entry.ty, "Age" | "Count" | "Duration" | "Distance" | "Money" | "MoneyQuantity" | "Quantity" | "SimpleQuantity") {
+    } else if matches!(
+        entry.ty,
+        "Age" | "Count" | "Duration" | "Distance" | "Money" | "MoneyQuantity" | "Quantity" | "SimpleQuantity"
+    ) {
         child_loc(&entry.loc, "value", None)
     } else {
         return done(Records::default());
@@ -468,13 +494,15 @@ fn generalize(
         let ctx = Context::new(doc).with_focus(vec![Item::Node(node)]);
         let mut chosen = None;
         for (cond, value) in cases {
-            let hit = cond.evaluate_with(&ctx).map_err(|e| Failure::Processing(format!("case condition failed: {e}")))?;
+            let hit =
+                cond.evaluate_with(&ctx).map_err(|e| Failure::Processing(format!("case condition failed: {e}")))?;
             let matched = match hit.as_slice() {
                 [only] => !matches!(only.value(), Some(Value::Boolean(false))),
                 _ => true,
             };
             if matched {
-                let v = value.evaluate_with(&ctx).map_err(|e| Failure::Processing(format!("case value failed: {e}")))?;
+                let v =
+                    value.evaluate_with(&ctx).map_err(|e| Failure::Processing(format!("case value failed: {e}")))?;
                 chosen = Some(match v.as_slice() {
                     [] => Json::Null,
                     [item] => item.to_json(),

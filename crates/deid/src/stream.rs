@@ -111,7 +111,10 @@ fn process_line(engine: &Engine, line: &str) -> LineResult {
                 serde_json::error::Category::Eof => "unexpected end of line",
                 _ => "invalid data",
             };
-            return LineResult::Failed { ty: "(unparsed)".into(), reason: format!("not valid JSON ({what} at column {})", e.column()) };
+            return LineResult::Failed {
+                ty: "(unparsed)".into(),
+                reason: format!("not valid JSON ({what} at column {})", e.column()),
+            };
         }
     };
     let ty = resource_type(&doc);
@@ -150,10 +153,13 @@ pub fn anonymize_ndjson(
                 break;
             }
             bytes += raw.len();
-            let line = String::from_utf8(raw).map_err(|e| format!("not valid UTF-8 (byte {} of the line)", e.utf8_error().valid_up_to() + 1));
+            let line = String::from_utf8(raw)
+                .map_err(|e| format!("not valid UTF-8 (byte {} of the line)", e.utf8_error().valid_up_to() + 1));
             // A byte-order mark may open the file.
             let line = match line {
-                Ok(l) if line_no == 0 && batch.is_empty() && l.starts_with('\u{feff}') => Ok(l['\u{feff}'.len_utf8()..].to_string()),
+                Ok(l) if line_no == 0 && batch.is_empty() && l.starts_with('\u{feff}') => {
+                    Ok(l['\u{feff}'.len_utf8()..].to_string())
+                }
                 other => other,
             };
             batch.push(line);

@@ -61,10 +61,12 @@ fn microsoft_functional_cases() {
         let cols: Vec<&str> = line.split('\t').collect();
         let [config, input, expected] = cols[..] else { panic!("bad row {line:?}") };
         let outcome = (|| -> Result<(), String> {
-            let policy = Policy::parse(&read(dir().join("configurations").join(config))).map_err(|e| format!("config: {e}"))?;
+            let policy =
+                Policy::parse(&read(dir().join("configurations").join(config))).map_err(|e| format!("config: {e}"))?;
             // The expected outputs assume "now" is before 2030 (README of the suite).
             let engine = Engine::new(policy).with_today(2026, 11, 22);
-            let doc: Json = serde_json::from_str(&read(dir().join("resources").join(input))).map_err(|e| e.to_string())?;
+            let doc: Json =
+                serde_json::from_str(&read(dir().join("resources").join(input))).map_err(|e| e.to_string())?;
             let result = engine.anonymize(doc);
             if expected == "error" {
                 return match result {
@@ -73,7 +75,8 @@ fn microsoft_functional_cases() {
                 };
             }
             let got = result.map_err(|e| format!("error: {e}"))?;
-            let want: Json = serde_json::from_str(&read(dir().join("resources").join(expected))).map_err(|e| e.to_string())?;
+            let want: Json =
+                serde_json::from_str(&read(dir().join("resources").join(expected))).map_err(|e| e.to_string())?;
             match diff(&got, &want, "") {
                 None => Ok(()),
                 Some(d) => Err(d),

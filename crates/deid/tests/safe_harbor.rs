@@ -31,13 +31,22 @@ fn plant(patient: &mut Json) {
     p.insert("telecom".into(), json!([{"system": "phone", "value": "555-867-5309"}, {"system": "email", "value": "planted.person@example.org"}]));
     p.insert("address".into(), json!([{"line": ["742 Evergreen Terrace"], "city": "Springfieldplanted", "state": "MA", "postalCode": "99950", "country": "US"}]));
     p.insert("birthDate".into(), json!("1961-07-04"));
-    p.insert("_birthDate".into(), json!({"extension": [{"url": "http://example.org/birth-note", "valueString": "PLANTED-EXT-SECRET"}]}));
-    p.insert("identifier".into(), json!([
-        {"system": "http://hl7.org/fhir/sid/us-ssn", "value": "999-12-3456"},
-        {"system": "http://example.org/mrn", "value": "MRN-PLANTED-0001"}
-    ]));
-    p.insert("contained".into(), json!([{"resourceType": "Practitioner", "id": "gp", "name": [{"family": "Containedplanted"}],
-        "telecom": [{"system": "phone", "value": "555-867-5309"}]}]));
+    p.insert(
+        "_birthDate".into(),
+        json!({"extension": [{"url": "http://example.org/birth-note", "valueString": "PLANTED-EXT-SECRET"}]}),
+    );
+    p.insert(
+        "identifier".into(),
+        json!([
+            {"system": "http://hl7.org/fhir/sid/us-ssn", "value": "999-12-3456"},
+            {"system": "http://example.org/mrn", "value": "MRN-PLANTED-0001"}
+        ]),
+    );
+    p.insert(
+        "contained".into(),
+        json!([{"resourceType": "Practitioner", "id": "gp", "name": [{"family": "Containedplanted"}],
+        "telecom": [{"system": "phone", "value": "555-867-5309"}]}]),
+    );
     p.insert("text".into(), json!({"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Qwertplanted Zyxwplanted, 742 Evergreen Terrace</div>"}));
 }
 
@@ -119,7 +128,9 @@ fn nothing_identifying_survives() {
         .collect();
     let mut output = Vec::new();
     let mut reasons = Vec::new();
-    let report = anonymize_ndjson(&engine, input.as_bytes(), &mut output, OnError::Quarantine, |q| reasons.push(q), |_| {}).unwrap();
+    let report =
+        anonymize_ndjson(&engine, input.as_bytes(), &mut output, OnError::Quarantine, |q| reasons.push(q), |_| {})
+            .unwrap();
     let output = String::from_utf8(output).unwrap();
     assert_eq!(reasons.len(), 2, "the two broken lines are quarantined");
     assert!(report.written() > 3000, "{} resources written", report.written());
@@ -171,7 +182,10 @@ fn rules_placed_ahead_of_safe_harbor_win_only_where_they_match() {
         "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "140", "display": "Influenza"}], "text": "Influenza"},
         "patient": {"reference": "Patient/p1", "display": "Qwertplanted Zyxwplanted"}, "occurrenceDateTime": "2019-10-01",
         "reasonCode": [{"coding": [{"system": "http://snomed.info/sct", "code": "429060002"}]}]});
-    let first = [("Immunization.vaccineCode.coding.code".to_string(), "keep".to_string()), ("Immunization.occurrence".into(), "dateShift".into())];
+    let first = [
+        ("Immunization.vaccineCode.coding.code".to_string(), "keep".to_string()),
+        ("Immunization.occurrence".into(), "dateShift".into()),
+    ];
     let keeping = Policy::parse(&Policy::safe_harbor_with(&first).unwrap()).unwrap();
     let kept = Engine::new(keeping).anonymize(immunization.clone()).unwrap();
     assert_eq!(kept["vaccineCode"]["coding"][0]["code"], "140");

@@ -157,10 +157,10 @@ impl Model {
         for RawElement { path, types, repeats, content_ref } in r4::ELEMENTS {
             let (owner, name) = path.rsplit_once('.').expect("generated paths have an owner");
             type_names.extend(types.iter().copied());
-            children.entry(owner).or_default().insert(
-                name,
-                Element { path, name, types, repeats: *repeats, content_ref: *content_ref },
-            );
+            children
+                .entry(owner)
+                .or_default()
+                .insert(name, Element { path, name, types, repeats: *repeats, content_ref: *content_ref });
             by_path.insert(*path, (owner, name));
         }
         for (t, p) in r4::TYPE_PARENTS {
@@ -231,15 +231,17 @@ impl Model {
     /// `value`, type `Quantity`).
     pub fn element_for_key(&self, owner: &str, key: &str) -> Option<(&Element, &'static str)> {
         if let Some(el) = self.child(owner, key)
-            && !el.is_choice() {
-                return Some((el, el.types[0]));
-            }
+            && !el.is_choice()
+        {
+            return Some((el, el.types[0]));
+        }
         // Choice variants: the base name is the key up to a capitalised part.
         for (at, _) in key.char_indices().filter(|(_, c)| c.is_ascii_uppercase()) {
             if let Some(el) = self.child(owner, &key[..at])
-                && let Some(t) = el.choice_type_of_key(key) {
-                    return Some((el, t));
-                }
+                && let Some(t) = el.choice_type_of_key(key)
+            {
+                return Some((el, t));
+            }
         }
         None
     }

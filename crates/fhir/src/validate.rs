@@ -59,7 +59,9 @@ fn object(map: &Map<String, Json>, owner: &str, path: &str) -> Result<(), Invali
             return Err(invalid(&here, "a '_' companion belongs to primitive elements only"));
         }
         let items: Vec<(String, &Json)> = match value {
-            Json::Array(items) if el.repeats => items.iter().enumerate().map(|(i, v)| (format!("{here}[{i}]"), v)).collect(),
+            Json::Array(items) if el.repeats => {
+                items.iter().enumerate().map(|(i, v)| (format!("{here}[{i}]"), v)).collect()
+            }
             Json::Array(_) => return Err(invalid(&here, "is a list, but the element does not repeat")),
             single => vec![(here.clone(), single)],
         };
@@ -95,7 +97,10 @@ fn primitive(value: &Json, ty: &str) -> Result<(), String> {
         "boolean" => return if value.is_boolean() { Ok(()) } else { Err("must be true or false".into()) },
         "decimal" => return if value.is_number() { Ok(()) } else { Err("must be a JSON number (decimal)".into()) },
         "integer" | "unsignedInt" | "positiveInt" => {
-            let n = value.as_i64().filter(|n| i32::try_from(*n).is_ok()).ok_or_else(|| format!("must be a whole JSON number ({ty})"))?;
+            let n = value
+                .as_i64()
+                .filter(|n| i32::try_from(*n).is_ok())
+                .ok_or_else(|| format!("must be a whole JSON number ({ty})"))?;
             match ty {
                 "unsignedInt" if n < 0 => return Err("must not be negative (unsignedInt)".into()),
                 "positiveInt" if n < 1 => return Err("must be at least 1 (positiveInt)".into()),
@@ -156,7 +161,10 @@ fn is_time_zoned(s: &str) -> bool {
         None => return false,
     };
     let zone_ok = zone == "Z"
-        || (zone.len() == 6 && zone.as_bytes()[3] == b':' && digits(&zone[1..3], 2).is_some_and(|h| h <= 14) && digits(&zone[4..6], 2).is_some_and(|m| m < 60));
+        || (zone.len() == 6
+            && zone.as_bytes()[3] == b':'
+            && digits(&zone[1..3], 2).is_some_and(|h| h <= 14)
+            && digits(&zone[4..6], 2).is_some_and(|m| m < 60));
     zone_ok && is_time(time)
 }
 
@@ -164,7 +172,9 @@ fn is_time_zoned(s: &str) -> bool {
 fn is_time(s: &str) -> bool {
     let (whole, fraction) = s.split_once('.').unwrap_or((s, "0"));
     let mut parts = whole.split(':');
-    let (Some(h), Some(m), Some(sec), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else { return false };
+    let (Some(h), Some(m), Some(sec), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
     digits(h, 2).is_some_and(|h| h < 24)
         && digits(m, 2).is_some_and(|m| m < 60)
         && digits(sec, 2).is_some_and(|s| s <= 60)
@@ -205,7 +215,10 @@ mod tests {
             (json!({"resourceType": "Patient", "active": "yes"}), "Patient.active"),
             (json!({"resourceType": "Patient", "nickname": "secret"}), "Patient.nickname"),
             (json!({"resourceType": "Patient", "name": [{"given": [3]}]}), "Patient.name[0].given[0]"),
-            (json!({"resourceType": "Patient", "contained": [{"resourceType": "Patient", "birthDate": "1970-02-30"}]}), "Patient.contained[0].Patient.birthDate"),
+            (
+                json!({"resourceType": "Patient", "contained": [{"resourceType": "Patient", "birthDate": "1970-02-30"}]}),
+                "Patient.contained[0].Patient.birthDate",
+            ),
             (json!({"resourceType": "Patient", "gender": ["female"]}), "Patient.gender"),
             (json!({"resourceType": "Observation", "valueInteger": 1.5}), "Observation.valueInteger"),
             (json!({"resourceType": "Nope"}), "resourceType"),

@@ -50,10 +50,7 @@ fn navigate(input: &Shape, name: &str) -> Result<Shape> {
         }
     }
     if out.is_empty() {
-        return Err(Error::new(
-            ErrorKind::Semantic,
-            format!("no element '{name}' on {}", types.join(" or ")),
-        ));
+        return Err(Error::new(ErrorKind::Semantic, format!("no element '{name}' on {}", types.join(" or "))));
     }
     Ok(Shape { types: Some(out), ordered: input.ordered })
 }
@@ -103,8 +100,17 @@ fn shape(op: &Op, this: &Shape) -> Result<Shape> {
                         "this function depends on order, but the collection's order is not defined",
                     ));
                 }
-                Func::Where | Func::First | Func::Last | Func::Tail | Func::Skip | Func::Take | Func::Single
-                | Func::Distinct | Func::Trace | Func::Exclude | Func::Intersect => input,
+                Func::Where
+                | Func::First
+                | Func::Last
+                | Func::Tail
+                | Func::Skip
+                | Func::Take
+                | Func::Single
+                | Func::Distinct
+                | Func::Trace
+                | Func::Exclude
+                | Func::Intersect => input,
                 Func::OfType | Func::As => match args.first() {
                     Some(CArg::Type(t)) => typed(t),
                     _ => Shape::unknown(),

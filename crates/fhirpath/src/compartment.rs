@@ -59,7 +59,12 @@ pub fn patients_of(doc: &Json, focus: Item<'_>) -> Vec<String> {
     let Some(node) = focus.as_node() else { return Vec::new() };
     let ty = node.fhir_type();
     if ty == "Patient" {
-        return node.json().and_then(|j| j.get("id")).and_then(Json::as_str).map(|id| vec![id.to_string()]).unwrap_or_default();
+        return node
+            .json()
+            .and_then(|j| j.get("id"))
+            .and_then(Json::as_str)
+            .map(|id| vec![id.to_string()])
+            .unwrap_or_default();
     }
     let Some(exprs) = links().get(ty) else { return Vec::new() };
     let ctx = Context::new(doc).with_focus(vec![focus.clone()]);
@@ -67,11 +72,13 @@ pub fn patients_of(doc: &Json, focus: Item<'_>) -> Vec<String> {
     for expr in exprs {
         let Ok(items) = expr.evaluate_with(&ctx) else { continue };
         for item in items {
-            let reference = item.as_node().and_then(|n| n.json()).and_then(|j| j.get("reference")).and_then(Json::as_str);
+            let reference =
+                item.as_node().and_then(|n| n.json()).and_then(|j| j.get("reference")).and_then(Json::as_str);
             if let Some(id) = reference.and_then(patient_id_of_reference)
-                && !out.iter().any(|o| o == id) {
-                    out.push(id.to_string());
-                }
+                && !out.iter().any(|o| o == id)
+            {
+                out.push(id.to_string());
+            }
         }
     }
     out

@@ -203,9 +203,10 @@ pub(crate) fn compile(src: &str, e: &Expr) -> Result<Op> {
         Expr::Bool(b) => Op::Lit(Value::Boolean(*b)),
         Expr::Str(s) => Op::Lit(Value::String(s.clone())),
         Expr::Num(n) => Op::Lit(number(n)?),
-        Expr::DateTime(d) => Op::Lit(temporal_literal(d).ok_or_else(|| {
-            Error::new(ErrorKind::Syntax, format!("invalid date/time literal @{d}"))
-        })?),
+        Expr::DateTime(d) => Op::Lit(
+            temporal_literal(d)
+                .ok_or_else(|| Error::new(ErrorKind::Syntax, format!("invalid date/time literal @{d}")))?,
+        ),
         Expr::Quantity { value, unit } => {
             let v = parse_decimal(value).ok_or_else(|| Error::new(ErrorKind::Syntax, "number out of range"))?;
             Op::Lit(Value::Quantity(v, unit.clone()))
@@ -259,7 +260,9 @@ pub(crate) fn compile(src: &str, e: &Expr) -> Result<Op> {
                     _ => unreachable!("matched above"),
                 };
                 let folded = crate::eval::union(items(l), items(r));
-                Op::Lits(folded.into_iter().filter_map(|i| if let Item::Value(v) = i { Some(v) } else { None }).collect())
+                Op::Lits(
+                    folded.into_iter().filter_map(|i| if let Item::Value(v) = i { Some(v) } else { None }).collect(),
+                )
             }
             (op, l, r) => Op::Binary(*op, Box::new(l), Box::new(r)),
         },
@@ -270,7 +273,9 @@ pub(crate) fn compile(src: &str, e: &Expr) -> Result<Op> {
 
 fn number(n: &str) -> Result<Value> {
     if n.contains('.') {
-        Decimal::from_str_exact(n).map(Value::Decimal).map_err(|_| Error::new(ErrorKind::Syntax, "decimal out of range"))
+        Decimal::from_str_exact(n)
+            .map(Value::Decimal)
+            .map_err(|_| Error::new(ErrorKind::Syntax, "decimal out of range"))
     } else {
         match n.parse::<i64>() {
             Ok(i) => Ok(Value::Integer(i)),
@@ -313,7 +318,8 @@ fn type_arg(src: &str, e: &Expr, span: Span) -> Result<TypeSpec> {
     resolve_type(src, &ty, span)
 }
 
-const SYSTEM_TYPES: [&str; 9] = ["Boolean", "String", "Integer", "Decimal", "Date", "DateTime", "Time", "Quantity", "Any"];
+const SYSTEM_TYPES: [&str; 9] =
+    ["Boolean", "String", "Integer", "Decimal", "Date", "DateTime", "Time", "Quantity", "Any"];
 
 fn resolve_type(src: &str, ty: &TypeName, span: Span) -> Result<TypeSpec> {
     let model = veil_fhir::r4();

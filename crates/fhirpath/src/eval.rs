@@ -115,9 +115,10 @@ impl<'a> Context<'a> {
     /// relative to the outer resource.
     pub fn with_focus(mut self, focus: Vec<Item<'a>>) -> Context<'a> {
         if let [Item::Node(n)] = focus.as_slice()
-            && n.is_resource() {
-                self.resource = focus[0].clone();
-            }
+            && n.is_resource()
+        {
+            self.resource = focus[0].clone();
+        }
         self.focus = focus;
         self
     }
@@ -232,9 +233,10 @@ pub(crate) fn push_element<'a>(
     };
     let resolve_type = |v: &Json| -> FhirType {
         if (ty.name == "Resource" || ty.name.is_empty())
-            && let Some(rt) = v.get("resourceType").and_then(Json::as_str).and_then(|t| r4().type_name(t)) {
-                return FhirType::of(rt);
-            }
+            && let Some(rt) = v.get("resourceType").and_then(Json::as_str).and_then(|t| r4().type_name(t))
+        {
+            return FhirType::of(rt);
+        }
         ty
     };
     match value {
@@ -260,16 +262,17 @@ pub(crate) fn push_element<'a>(
         Some(Json::Null) | None => {
             // A primitive with only an id or extensions.
             if let Some((k, ext)) = companion
-                && ext.is_object() {
-                    out.push(Item::Node(Node {
-                        value: None,
-                        ext: Some(ext),
-                        ty,
-                        name,
-                        loc: push(parent, Step::Key(key)),
-                        ext_loc: push(parent, Step::Key(k.as_str())),
-                    }));
-                }
+                && ext.is_object()
+            {
+                out.push(Item::Node(Node {
+                    value: None,
+                    ext: Some(ext),
+                    ty,
+                    name,
+                    loc: push(parent, Step::Key(key)),
+                    ext_loc: push(parent, Step::Key(k.as_str())),
+                }));
+            }
         }
         Some(v) => {
             let ext = companion.map(|(_, e)| e).filter(|e| e.is_object());
@@ -331,7 +334,9 @@ pub(crate) fn child<'a>(node: &Node<'a>, name: &str, strict: bool, out: &mut Col
         None if element_for_key(owner, name).is_some() => {
             return Err(Error::new(
                 ErrorKind::Semantic,
-                format!("'{name}' is a choice type's variant: use its base name with ofType(), e.g. value.ofType(Quantity)"),
+                format!(
+                    "'{name}' is a choice type's variant: use its base name with ofType(), e.g. value.ofType(Quantity)"
+                ),
             ));
         }
         None if strict => {
@@ -372,7 +377,8 @@ pub(crate) fn children<'a>(node: &Node<'a>, out: &mut Coll<'a>) {
         };
         let value = if bare_key { None } else { Some(value) };
         // The element's name is needed as a key with the right lifetime.
-        let key_ref: &'a str = if bare_key { obj.get_key_value(key.as_str()).map(|(k, _)| &k[1..]).unwrap_or(name) } else { key };
+        let key_ref: &'a str =
+            if bare_key { obj.get_key_value(key.as_str()).map(|(k, _)| &k[1..]).unwrap_or(name) } else { key };
         push_element(obj, loc, key_ref, value, el_name, ty, may_have_companions, out);
     }
 }
@@ -626,9 +632,10 @@ pub(crate) fn union<'a>(left: Coll<'a>, right: Coll<'a>) -> Coll<'a> {
 /// Equality as used for de-duplication (`distinct`, `|`): the same node, or equal values.
 pub(crate) fn same_item(a: &Item<'_>, b: &Item<'_>) -> bool {
     if let (Item::Node(x), Item::Node(y)) = (a, b)
-        && x.same_node(y) {
-            return true;
-        }
+        && x.same_node(y)
+    {
+        return true;
+    }
     ops::equal_items(a, b) == Some(true)
 }
 
@@ -646,14 +653,12 @@ fn equivalent_collections(a: &Coll<'_>, b: &Coll<'_>) -> bool {
     }
     // Order does not matter for equivalence: match each item once.
     let mut used = vec![false; b.len()];
-    a.iter().all(|x| {
-        match b.iter().enumerate().find(|(i, y)| !used[*i] && ops::equivalent_items(x, y)) {
-            Some((i, _)) => {
-                used[i] = true;
-                true
-            }
-            None => false,
+    a.iter().all(|x| match b.iter().enumerate().find(|(i, y)| !used[*i] && ops::equivalent_items(x, y)) {
+        Some((i, _)) => {
+            used[i] = true;
+            true
         }
+        None => false,
     })
 }
 
@@ -664,9 +669,7 @@ pub(crate) fn is_type(item: &Item<'_>, ty: &TypeSpec) -> bool {
         (Item::Value(v), TypeSpec::System(t)) => *t == "Any" || v.type_name() == *t,
         (Item::Value(_), TypeSpec::Fhir(_)) => false,
         (Item::Node(n), TypeSpec::Fhir(t)) => !n.ty.name.is_empty() && r4().is_subtype(n.ty.name, t),
-        (Item::Node(n), TypeSpec::System(t)) => {
-            *t == "Any" || (n.ty.name.is_empty() && item.type_name() == *t)
-        }
+        (Item::Node(n), TypeSpec::System(t)) => *t == "Any" || (n.ty.name.is_empty() && item.type_name() == *t),
     }
 }
 

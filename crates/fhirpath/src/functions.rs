@@ -37,9 +37,10 @@ fn type_arg(args: &[CArg]) -> Option<&TypeSpec> {
 /// for anything else, as string functions require (N1 §5.6).
 fn input_string(input: &Coll<'_>, func: &str) -> Result<Option<String>> {
     if let [Item::Node(n)] = input.as_slice()
-        && n.json().is_some_and(|j| j.is_object() || j.is_array()) {
-            return Err(Error::eval(format!("{func}() expects a string, found {}", n.fhir_type())));
-        }
+        && n.json().is_some_and(|j| j.is_object() || j.is_array())
+    {
+        return Err(Error::eval(format!("{func}() expects a string, found {}", n.fhir_type())));
+    }
     match singleton(input, func)? {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -63,19 +64,33 @@ fn arg_as<'a, T>(
         None => Ok(None),
         Some(v) => {
             let type_name = v.type_name();
-            pick(v).map(Some).ok_or_else(|| Error::eval(format!("{func}() expects {expected} argument, found {type_name}")))
+            pick(v)
+                .map(Some)
+                .ok_or_else(|| Error::eval(format!("{func}() expects {expected} argument, found {type_name}")))
         }
     }
 }
 
-fn arg_string<'a>(ev: &Evaluator<'_, 'a>, args: &[CArg], i: usize, scope: &Scope<'a>, func: &str) -> Result<Option<String>> {
+fn arg_string<'a>(
+    ev: &Evaluator<'_, 'a>,
+    args: &[CArg],
+    i: usize,
+    scope: &Scope<'a>,
+    func: &str,
+) -> Result<Option<String>> {
     arg_as(ev, args, i, scope, func, "a string", |v| match v {
         Value::String(s) => Some(s),
         _ => None,
     })
 }
 
-fn arg_integer<'a>(ev: &Evaluator<'_, 'a>, args: &[CArg], i: usize, scope: &Scope<'a>, func: &str) -> Result<Option<i64>> {
+fn arg_integer<'a>(
+    ev: &Evaluator<'_, 'a>,
+    args: &[CArg],
+    i: usize,
+    scope: &Scope<'a>,
+    func: &str,
+) -> Result<Option<i64>> {
     arg_as(ev, args, i, scope, func, "an integer", |v| match v {
         Value::Integer(n) => Some(n),
         _ => None,
@@ -240,7 +255,9 @@ pub(crate) fn call<'a>(
             }
             // The criterion and branches see the input item as $this.
             let sub = match input.first() {
-                Some(item) => Scope { this: vec![item.clone()], root: false, index: scope.index, total: scope.total.clone() },
+                Some(item) => {
+                    Scope { this: vec![item.clone()], root: false, index: scope.index, total: scope.total.clone() }
+                }
                 None => scope.clone(),
             };
             let cond = ev.eval(lambda_op(args, 0).expect("arity checked"), &sub)?;
@@ -261,9 +278,9 @@ pub(crate) fn call<'a>(
         ToBoolean | ConvertsToBoolean => convert(func == ConvertsToBoolean, &input, to_boolean)?,
         ToInteger | ConvertsToInteger => convert(func == ConvertsToInteger, &input, to_integer)?,
         ToDecimal | ConvertsToDecimal => convert(func == ConvertsToDecimal, &input, to_decimal)?,
-        ToString | ConvertsToString => convert(func == ConvertsToString, &input, |v| {
-            Some(Value::String(to_fhirpath_string(v)))
-        })?,
+        ToString | ConvertsToString => {
+            convert(func == ConvertsToString, &input, |v| Some(Value::String(to_fhirpath_string(v))))?
+        }
         ToDate | ConvertsToDate => convert(func == ConvertsToDate, &input, |v| match v {
             Value::String(s) => Temporal::parse_date(s).map(Value::Temporal),
             Value::Temporal(t) if t.kind != TemporalKind::Time => Some(Value::Temporal(t.to_date())),
@@ -298,7 +315,8 @@ pub(crate) fn call<'a>(
         }
         // ---- strings ----
         IndexOf => {
-            let (Some(s), Some(sub)) = (input_string(&input, "indexOf")?, arg_string(ev, args, 0, scope, "indexOf")?) else {
+            let (Some(s), Some(sub)) = (input_string(&input, "indexOf")?, arg_string(ev, args, 0, scope, "indexOf")?)
+            else {
                 return Ok(Vec::new());
             };
             let idx = s.find(&sub).map_or(-1, |b| s[..b].chars().count() as i64);
@@ -323,13 +341,16 @@ pub(crate) fn call<'a>(
             one(Value::String(chars[start..end].iter().collect()))
         }
         StartsWith | EndsWith => {
-            let (Some(s), Some(p)) = (input_string(&input, "startsWith")?, arg_string(ev, args, 0, scope, "startsWith")?) else {
+            let (Some(s), Some(p)) =
+                (input_string(&input, "startsWith")?, arg_string(ev, args, 0, scope, "startsWith")?)
+            else {
                 return Ok(Vec::new());
             };
             boolean(if func == StartsWith { s.starts_with(&p) } else { s.ends_with(&p) })
         }
         Contains => {
-            let (Some(s), Some(p)) = (input_string(&input, "contains")?, arg_string(ev, args, 0, scope, "contains")?) else {
+            let (Some(s), Some(p)) = (input_string(&input, "contains")?, arg_string(ev, args, 0, scope, "contains")?)
+            else {
                 return Ok(Vec::new());
             };
             boolean(s.contains(&p))
@@ -351,7 +372,8 @@ pub(crate) fn call<'a>(
             }
         }
         Matches | MatchesFull => {
-            let (Some(s), Some(re)) = (input_string(&input, "matches")?, arg_string(ev, args, 0, scope, "matches")?) else {
+            let (Some(s), Some(re)) = (input_string(&input, "matches")?, arg_string(ev, args, 0, scope, "matches")?)
+            else {
                 return Ok(Vec::new());
             };
             let re = if func == MatchesFull { format!("^(?:{re})$") } else { re };
@@ -385,7 +407,8 @@ pub(crate) fn call<'a>(
             None => Vec::new(),
         },
         Split => {
-            let (Some(s), Some(sep)) = (input_string(&input, "split")?, arg_string(ev, args, 0, scope, "split")?) else {
+            let (Some(s), Some(sep)) = (input_string(&input, "split")?, arg_string(ev, args, 0, scope, "split")?)
+            else {
                 return Ok(Vec::new());
             };
             if sep.is_empty() {
@@ -407,7 +430,8 @@ pub(crate) fn call<'a>(
             one(Value::String(parts.join(&sep)))
         }
         Encode | Decode | Escape | Unescape => {
-            let (Some(s), Some(fmt)) = (input_string(&input, "encode")?, arg_string(ev, args, 0, scope, "encode")?) else {
+            let (Some(s), Some(fmt)) = (input_string(&input, "encode")?, arg_string(ev, args, 0, scope, "encode")?)
+            else {
                 return Ok(Vec::new());
             };
             match crate::strings::transcode(func, &s, &fmt) {
@@ -517,12 +541,19 @@ pub(crate) fn call<'a>(
                 }
             }
             exts.into_iter()
-                .filter(|e| e.as_node().and_then(|n| n.json()).and_then(|j| j.get("url")).and_then(Json::as_str) == Some(url.as_str()))
+                .filter(|e| {
+                    e.as_node().and_then(|n| n.json()).and_then(|j| j.get("url")).and_then(Json::as_str)
+                        == Some(url.as_str())
+                })
                 .collect()
         }
-        HasValue => boolean(matches!(input.as_slice(), [Item::Node(n)] if n.value.is_some_and(|v| !v.is_object() && !v.is_array()))),
+        HasValue => boolean(
+            matches!(input.as_slice(), [Item::Node(n)] if n.value.is_some_and(|v| !v.is_object() && !v.is_array())),
+        ),
         GetValue => match input.as_slice() {
-            [item @ Item::Node(n)] if n.value.is_some_and(|v| !v.is_object()) => value_of(item).map(one).unwrap_or_default(),
+            [item @ Item::Node(n)] if n.value.is_some_and(|v| !v.is_object()) => {
+                value_of(item).map(one).unwrap_or_default()
+            }
             _ => Vec::new(),
         },
         Resolve => input.iter().filter_map(|item| resolve(ev, item)).collect(),
@@ -693,7 +724,10 @@ fn to_decimal(v: &Value) -> Option<Value> {
             let body = s.strip_prefix(['+', '-']).unwrap_or(s);
             let ok = !body.is_empty()
                 && body.split_once('.').map_or(body.bytes().all(|b| b.is_ascii_digit()), |(i, f)| {
-                    !i.is_empty() && !f.is_empty() && i.bytes().all(|b| b.is_ascii_digit()) && f.bytes().all(|b| b.is_ascii_digit())
+                    !i.is_empty()
+                        && !f.is_empty()
+                        && i.bytes().all(|b| b.is_ascii_digit())
+                        && f.bytes().all(|b| b.is_ascii_digit())
                 });
             if !ok {
                 return None;
@@ -769,7 +803,9 @@ fn math1(func: Func, v: &Value) -> Result<Option<Value>> {
     if let (Abs, Value::Quantity(d, u)) = (func, v) {
         return Ok(Some(Value::Quantity(d.abs(), u.clone())));
     }
-    let Some(d) = number_of(v) else { return Err(Error::eval(format!("math functions expect numbers, found {}", v.type_name()))) };
+    let Some(d) = number_of(v) else {
+        return Err(Error::eval(format!("math functions expect numbers, found {}", v.type_name())));
+    };
     let int = |d: Decimal| d.to_i64().map(Value::Integer);
     Ok(match func {
         Abs => Some(match v {
@@ -780,8 +816,14 @@ fn math1(func: Func, v: &Value) -> Result<Option<Value>> {
         Floor => int(d.floor()),
         Truncate => int(d.trunc()),
         Exp => d.to_f64().map(f64::exp).and_then(Decimal::from_f64).map(Value::Decimal),
-        Ln => (d > Decimal::ZERO).then(|| d.to_f64().map(f64::ln).and_then(Decimal::from_f64)).flatten().map(Value::Decimal),
-        Sqrt => (d >= Decimal::ZERO).then(|| d.to_f64().map(f64::sqrt).and_then(Decimal::from_f64)).flatten().map(Value::Decimal),
+        Ln => (d > Decimal::ZERO)
+            .then(|| d.to_f64().map(f64::ln).and_then(Decimal::from_f64))
+            .flatten()
+            .map(Value::Decimal),
+        Sqrt => (d >= Decimal::ZERO)
+            .then(|| d.to_f64().map(f64::sqrt).and_then(Decimal::from_f64))
+            .flatten()
+            .map(Value::Decimal),
         _ => None,
     })
 }
@@ -836,10 +878,12 @@ fn resolve<'a>(ev: &Evaluator<'_, 'a>, item: &Item<'a>) -> Option<Item<'a>> {
         }
         let Some(r) = j.get("resource") else { return false };
         match (r.get("resourceType").and_then(Json::as_str), r.get("id").and_then(Json::as_str)) {
-            (Some(t), Some(id)) => reference.len() == t.len() + 1 + id.len()
-                && reference.starts_with(t)
-                && reference.ends_with(id)
-                && reference.as_bytes()[t.len()] == b'/',
+            (Some(t), Some(id)) => {
+                reference.len() == t.len() + 1 + id.len()
+                    && reference.starts_with(t)
+                    && reference.ends_with(id)
+                    && reference.as_bytes()[t.len()] == b'/'
+            }
             _ => false,
         }
     })?;
@@ -893,7 +937,8 @@ fn boundary(v: &Value, high: bool, digits: Option<i64>) -> Option<Value> {
             // unit of its last written digit, then written at `digits`.
             let half = Decimal::new(5, d.scale() + 1);
             let b = if high { d + half } else { d - half };
-            let strategy = if high { RoundingStrategy::ToPositiveInfinity } else { RoundingStrategy::ToNegativeInfinity };
+            let strategy =
+                if high { RoundingStrategy::ToPositiveInfinity } else { RoundingStrategy::ToNegativeInfinity };
             let mut r = b.round_dp_with_strategy(digits as u32, strategy);
             r.rescale(digits as u32);
             Some(Value::Decimal(r))

@@ -7,7 +7,10 @@ use crate::error::{Error, Span};
 pub(crate) enum Tok {
     /// A plain or `` `delimited` `` identifier; keywords are identifiers too
     /// and the parser decides by position.
-    Ident { name: String, delimited: bool },
+    Ident {
+        name: String,
+        delimited: bool,
+    },
     Str(String),
     /// An integer or decimal literal as written (scale matters: `1.50`).
     Number(String),
@@ -26,10 +29,8 @@ pub(crate) struct Token {
     pub span: Span,
 }
 
-const SYMBOLS: [&str; 21] = [
-    "!=", "!~", "<=", ">=", ".", ",", "(", ")", "[", "]", "{", "}", "+", "-", "*", "/", "|", "&",
-    "=", "~", "<",
-];
+const SYMBOLS: [&str; 21] =
+    ["!=", "!~", "<=", ">=", ".", ",", "(", ")", "[", "]", "{", "}", "+", "-", "*", "/", "|", "&", "=", "~", "<"];
 
 pub(crate) fn lex(src: &str) -> Result<Vec<Token>, Error> {
     let bytes = src.as_bytes();
@@ -88,11 +89,7 @@ pub(crate) fn lex(src: &str) -> Result<Vec<Token>, Error> {
                 let end = ident_end(bytes, i + 1);
                 let name = &src[i + 1..end];
                 if !matches!(name, "this" | "index" | "total") {
-                    return Err(Error::syntax(
-                        src,
-                        Span::new(i, end.max(i + 1)),
-                        "expected $this, $index or $total",
-                    ));
+                    return Err(Error::syntax(src, Span::new(i, end.max(i + 1)), "expected $this, $index or $total"));
                 }
                 i = end;
                 Tok::Special(name.to_string())

@@ -87,9 +87,10 @@ impl Expression {
     pub fn evaluate_with<'a>(&self, ctx: &Context<'a>) -> Result<Vec<Item<'a>>, Error> {
         if ctx.strict
             && let [Item::Node(n)] = ctx.focus.as_slice()
-                && n.is_resource() {
-                    check::check(&self.op, n.fhir_type())?;
-                }
+            && n.is_resource()
+        {
+            check::check(&self.op, n.fhir_type())?;
+        }
         let ev = eval::Evaluator { ctx, now: std::cell::OnceCell::new() };
         let scope = eval::Scope { this: ctx.focus.clone(), root: true, index: None, total: None };
         ev.eval(&self.op, &scope)

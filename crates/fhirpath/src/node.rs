@@ -237,9 +237,7 @@ impl Location {
                     Ok(Json::Null)
                 }
             },
-            (PathStep::Index(i), Json::Array(items)) if *i < items.len() => {
-                Ok(std::mem::replace(&mut items[*i], new))
-            }
+            (PathStep::Index(i), Json::Array(items)) if *i < items.len() => Ok(std::mem::replace(&mut items[*i], new)),
             _ => Err(gone()),
         }
     }

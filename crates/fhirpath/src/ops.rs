@@ -136,7 +136,10 @@ pub(crate) fn arithmetic(op: crate::parse::BinOp, x: &Value, y: &Value) -> Resul
             Add => a.checked_add(*b).map(Value::Integer),
             Sub => a.checked_sub(*b).map(Value::Integer),
             Mul => a.checked_mul(*b).map(Value::Integer),
-            Div => (*b != 0).then(|| Decimal::from(*a).checked_div(Decimal::from(*b))).flatten().map(|d| Value::Decimal(d.normalize())),
+            Div => (*b != 0)
+                .then(|| Decimal::from(*a).checked_div(Decimal::from(*b)))
+                .flatten()
+                .map(|d| Value::Decimal(d.normalize())),
             IntDiv => a.checked_div(*b).map(Value::Integer),
             Mod => a.checked_rem(*b).map(Value::Integer),
             _ => return Err(type_error()),
@@ -154,9 +157,10 @@ pub(crate) fn arithmetic(op: crate::parse::BinOp, x: &Value, y: &Value) -> Resul
                 let unit = if au == "1" { bu } else { au };
                 av.checked_mul(*bv).map(|r| Value::Quantity(r, unit.clone()))
             }
-            Div if au == bu => {
-                (!bv.is_zero()).then(|| av.checked_div(*bv)).flatten().map(|r| Value::Quantity(r.normalize(), "1".into()))
-            }
+            Div if au == bu => (!bv.is_zero())
+                .then(|| av.checked_div(*bv))
+                .flatten()
+                .map(|r| Value::Quantity(r.normalize(), "1".into())),
             _ => return Err(type_error()),
         },
         (Value::Quantity(av, au), n) | (n, Value::Quantity(av, au)) if matches!(op, Mul) && as_decimal(n).is_some() => {

@@ -66,8 +66,22 @@ pub(crate) enum Expr {
 pub(crate) const MAX_DEPTH: usize = 128;
 
 const CALENDAR_UNITS: [&str; 16] = [
-    "year", "years", "month", "months", "week", "weeks", "day", "days", "hour", "hours", "minute",
-    "minutes", "second", "seconds", "millisecond", "milliseconds",
+    "year",
+    "years",
+    "month",
+    "months",
+    "week",
+    "weeks",
+    "day",
+    "days",
+    "hour",
+    "hours",
+    "minute",
+    "minutes",
+    "second",
+    "seconds",
+    "millisecond",
+    "milliseconds",
 ];
 
 pub(crate) fn parse(src: &str) -> Result<Expr> {
@@ -105,11 +119,7 @@ impl Parser<'_> {
         matches!(self.peek(), Tok::Sym(x) if *x == s)
     }
     fn expect_sym(&mut self, s: &str) -> Result<Span> {
-        if self.is_sym(s) {
-            Ok(self.bump().span)
-        } else {
-            Err(self.unexpected(&format!("'{s}'")))
-        }
+        if self.is_sym(s) { Ok(self.bump().span) } else { Err(self.unexpected(&format!("'{s}'"))) }
     }
     fn unexpected(&self, expected: &str) -> Error {
         let found = match self.peek() {
@@ -373,7 +383,10 @@ mod tests {
 
     #[test]
     fn syntax_errors_have_positions() {
-        assert_eq!(err("Patient.name."), "1:14: expected a name or function after '.', found the end of the expression");
+        assert_eq!(
+            err("Patient.name."),
+            "1:14: expected a name or function after '.', found the end of the expression"
+        );
         assert_eq!(err("1 +"), "1:4: expected an expression, found the end of the expression");
         assert_eq!(err("'open"), "1:1: unterminated string");
         assert_eq!(err("a\n  .where(b = )"), "2:14: expected an expression, found ')'");

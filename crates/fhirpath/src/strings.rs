@@ -34,7 +34,11 @@ pub(crate) fn transcode(func: Func, s: &str, format: &str) -> Option<String> {
                 .collect(),
         ),
         (Func::Unescape, "html") => Some(
-            s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'").replace("&amp;", "&"),
+            s.replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&#39;", "'")
+                .replace("&amp;", "&"),
         ),
         (Func::Escape, "json") => {
             let quoted = serde_json::to_string(s).ok()?;

@@ -235,8 +235,7 @@ impl Temporal {
     /// Seconds since midnight (with fraction as nanos), used for time and
     /// for ordering within a day.
     fn day_nanos(&self) -> i128 {
-        ((self.hour as i128 * 60 + self.minute as i128) * 60 + self.second as i128) * 1_000_000_000
-            + self.nanos as i128
+        ((self.hour as i128 * 60 + self.minute as i128) * 60 + self.second as i128) * 1_000_000_000 + self.nanos as i128
     }
 
     /// The value moved to UTC; fields keep their precision.
@@ -275,11 +274,8 @@ impl Temporal {
     /// unknown: the values agree as far as both are known but one is more
     /// precise, or only one of them carries a time zone.
     pub fn compare(&self, other: &Temporal) -> Option<Ordering> {
-        let (a, b) = if self.tz.is_some() && other.tz.is_some() {
-            (self.to_utc(), other.to_utc())
-        } else {
-            (*self, *other)
-        };
+        let (a, b) =
+            if self.tz.is_some() && other.tz.is_some() { (self.to_utc(), other.to_utc()) } else { (*self, *other) };
         let date_fields = a.kind != TemporalKind::Time;
         let pa = if a.precision == Precision::Fraction { Precision::Second } else { a.precision };
         let pb = if b.precision == Precision::Fraction { Precision::Second } else { b.precision };
@@ -555,7 +551,15 @@ mod tests {
 
     #[test]
     fn parses_and_prints_each_precision() {
-        for s in ["2014", "2014-01", "2014-01-25", "2014-01-25T14", "2014-01-25T14:30", "2014-01-25T14:30:14.559+01:00", "2014-01-25T14:30:14Z"] {
+        for s in [
+            "2014",
+            "2014-01",
+            "2014-01-25",
+            "2014-01-25T14",
+            "2014-01-25T14:30",
+            "2014-01-25T14:30:14.559+01:00",
+            "2014-01-25T14:30:14Z",
+        ] {
             assert_eq!(dt(s).to_string(), s);
         }
         assert!(Temporal::parse_date("2014-02-30").is_none());

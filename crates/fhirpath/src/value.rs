@@ -85,11 +85,7 @@ pub(crate) fn decimal_json(d: &Decimal) -> Json {
 
 /// Parses a decimal as written, keeping its scale; exponents are accepted.
 pub(crate) fn parse_decimal(s: &str) -> Option<Decimal> {
-    if s.contains(['e', 'E']) {
-        Decimal::from_scientific(s).ok()
-    } else {
-        Decimal::from_str_exact(s).ok()
-    }
+    if s.contains(['e', 'E']) { Decimal::from_scientific(s).ok() } else { Decimal::from_str_exact(s).ok() }
 }
 
 /// The FHIR primitive types that are strings to FHIRPath.
@@ -124,7 +120,9 @@ pub(crate) fn node_value(node: &Node<'_>) -> Option<Value> {
                 Temporal::parse_datetime(s).map_or_else(|| Value::String(s.clone()), Value::Temporal)
             }
             "time" => Temporal::parse_time(s).map_or_else(|| Value::String(s.clone()), Value::Temporal),
-            "integer" | "positiveInt" | "unsignedInt" => s.parse().map_or_else(|_| Value::String(s.clone()), Value::Integer),
+            "integer" | "positiveInt" | "unsignedInt" => {
+                s.parse().map_or_else(|_| Value::String(s.clone()), Value::Integer)
+            }
             "decimal" => parse_decimal(s).map_or_else(|| Value::String(s.clone()), Value::Decimal),
             t if t.is_empty() || is_string_like(t) => Value::String(s.clone()),
             _ => Value::String(s.clone()),
@@ -134,12 +132,7 @@ pub(crate) fn node_value(node: &Node<'_>) -> Option<Value> {
                 Json::Number(n) => parse_decimal(&n.to_string()),
                 _ => None,
             })?;
-            let unit = map
-                .get("code")
-                .or_else(|| map.get("unit"))
-                .and_then(Json::as_str)
-                .unwrap_or("1")
-                .to_string();
+            let unit = map.get("code").or_else(|| map.get("unit")).and_then(Json::as_str).unwrap_or("1").to_string();
             Some(Value::Quantity(value, unit))
         }
         _ => None,
@@ -233,8 +226,22 @@ pub(crate) fn to_fhirpath_string(v: &Value) -> String {
         Value::Quantity(v, u) => {
             let calendar = matches!(
                 u.as_str(),
-                "year" | "years" | "month" | "months" | "week" | "weeks" | "day" | "days" | "hour" | "hours"
-                    | "minute" | "minutes" | "second" | "seconds" | "millisecond" | "milliseconds"
+                "year"
+                    | "years"
+                    | "month"
+                    | "months"
+                    | "week"
+                    | "weeks"
+                    | "day"
+                    | "days"
+                    | "hour"
+                    | "hours"
+                    | "minute"
+                    | "minutes"
+                    | "second"
+                    | "seconds"
+                    | "millisecond"
+                    | "milliseconds"
             );
             if calendar { format!("{v} {u}") } else { format!("{v} '{u}'") }
         }

@@ -11,8 +11,11 @@
 
 use std::sync::OnceLock;
 
+/// A fuzz target: takes any bytes, must return.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its corpus folder and libFuzzer binary.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("policy", policy),
     ("view_definition", view_definition),
     ("study_toml", study_toml),
@@ -64,7 +67,9 @@ pub fn ndjson(data: &[u8]) {
 pub fn search(data: &[u8]) {
     let Some(t) = text(data) else { return };
     if let Ok(q) = veil_server::search::Query::parse_type_filter(t) {
-        let _ = q.matches(&serde_json::json!({"resourceType": "Patient", "id": "p", "gender": "female", "birthDate": "1970-01-01"}));
+        let _ = q.matches(
+            &serde_json::json!({"resourceType": "Patient", "id": "p", "gender": "female", "birthDate": "1970-01-01"}),
+        );
     }
     let _ = veil_server::search::Query::parse("Observation", t);
 }
@@ -81,7 +86,11 @@ pub fn client_assertion(data: &[u8]) {
     let Some(t) = text(data) else { return };
     let client = CLIENT.get_or_init(|| {
         let (key, _) = veil_smart::SigningKey::generate(veil_smart::KeyKind::Es384).expect("a key");
-        veil_smart::Client { id: "fuzz".into(), jwks: serde_json::from_value(key.public_jwks()).expect("a key set"), jwks_url: None }
+        veil_smart::Client {
+            id: "fuzz".into(),
+            jwks: serde_json::from_value(key.public_jwks()).expect("a key set"),
+            jwks_url: None,
+        }
     });
     let _ = veil_smart::assertion_issuer_and_kid(t);
     let _ = veil_smart::verify_assertion(t, "http://127.0.0.1/auth/token", 1_800_000_000, |_| Some(client.clone()));
@@ -97,7 +106,9 @@ pub fn aggregator_intake(data: &[u8]) {
 pub fn fhirpath(data: &[u8]) {
     let Some(t) = text(data) else { return };
     let (expr, json) = t.split_once('\n').unwrap_or((t, r#"{"resourceType":"Patient","name":[{"given":["a"]}]}"#));
-    let (Ok(e), Ok(resource)) = (veil_fhirpath::Expression::compile(expr), serde_json::from_str::<serde_json::Value>(json)) else {
+    let (Ok(e), Ok(resource)) =
+        (veil_fhirpath::Expression::compile(expr), serde_json::from_str::<serde_json::Value>(json))
+    else {
         return;
     };
     if let Ok(items) = e.evaluate(&resource) {

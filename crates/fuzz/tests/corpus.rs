@@ -35,7 +35,9 @@ fn mutate(seed: &[u8], other: &[u8], rng: &mut Rng) -> Vec<u8> {
             }
             1 => data.truncate(at),
             2 => {
-                let interesting = [b'{', b'}', b'[', b']', b'"', b'\\', b',', b':', b'.', b'\n', 0, 0xff, b'(', b')', b'=', b'?', b'&'];
+                let interesting = [
+                    b'{', b'}', b'[', b']', b'"', b'\\', b',', b':', b'.', b'\n', 0, 0xff, b'(', b')', b'=', b'?', b'&',
+                ];
                 data.insert(at, interesting[rng.below(interesting.len())]);
             }
             3 => {

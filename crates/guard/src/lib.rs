@@ -83,7 +83,9 @@ impl Door {
     fn admit_at(&self, caller: &str, now: Instant) -> Result<(), Duration> {
         let mut callers = self.callers.lock().unwrap_or_else(|e| e.into_inner());
         if callers.len() >= MAX_CALLERS && !callers.contains_key(caller) {
-            callers.retain(|_, c| now.duration_since(c.refilled) < Duration::from_secs(60) || c.blocked_until.is_some_and(|b| b > now));
+            callers.retain(|_, c| {
+                now.duration_since(c.refilled) < Duration::from_secs(60) || c.blocked_until.is_some_and(|b| b > now)
+            });
             if callers.len() >= MAX_CALLERS {
                 // All busy: keep only those backing off (forgetting them
                 // would reset their wait), so memory stays bounded.
@@ -94,7 +96,12 @@ impl Door {
             }
         }
         let limits = self.limits;
-        let c = callers.entry(caller.to_string()).or_insert(Caller { tokens: limits.burst, refilled: now, failures: 0, blocked_until: None });
+        let c = callers.entry(caller.to_string()).or_insert(Caller {
+            tokens: limits.burst,
+            refilled: now,
+            failures: 0,
+            blocked_until: None,
+        });
         if let Some(until) = c.blocked_until.filter(|u| *u > now) {
             return Err(until - now);
         }
@@ -152,7 +159,8 @@ impl Credentials {
 /// marked [`Credentials::Accepted`] as a success. Without the server's
 /// connection information all callers share one count.
 pub async fn guard(State(door): State<Arc<Door>>, request: Request, next: Next) -> Response {
-    let caller = request.extensions().get::<ConnectInfo<SocketAddr>>().map_or_else(|| "-".to_string(), |c| c.0.ip().to_string());
+    let caller =
+        request.extensions().get::<ConnectInfo<SocketAddr>>().map_or_else(|| "-".to_string(), |c| c.0.ip().to_string());
     if let Err(wait) = door.admit(&caller) {
         let secs = retry_after_secs(wait);
         let body = format!("too many attempts: try again in {secs} s");
@@ -178,7 +186,8 @@ mod tests {
 
     #[test]
     fn failures_past_the_free_ones_make_the_caller_wait_longer_each_time() {
-        let door = Door::new(Limits { per_second: 1000.0, burst: 1000.0, free_failures: 2, max_wait: Duration::from_secs(4) });
+        let door =
+            Door::new(Limits { per_second: 1000.0, burst: 1000.0, free_failures: 2, max_wait: Duration::from_secs(4) });
         let t0 = Instant::now();
         for _ in 0..2 {
             assert_eq!(door.admit_at("a", t0), Ok(()));

@@ -68,7 +68,11 @@ impl Caller {
 
     /// The answer when it may not: 403, naming the type but no data.
     pub fn forbidden(resource_type: &str, what: &str) -> Response {
-        crate::http::outcome(StatusCode::FORBIDDEN, "forbidden", &format!("the access token's scopes do not allow {what} {resource_type}"))
+        crate::http::outcome(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            &format!("the access token's scopes do not allow {what} {resource_type}"),
+        )
     }
 }
 
@@ -87,7 +91,10 @@ pub(crate) async fn require_token(State(st): State<Arc<AppState>>, mut request: 
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             });
             let Some(token) = bearer else {
-                return unauthorized("an access token is required: Authorization: Bearer <token> from the token endpoint", None);
+                return unauthorized(
+                    "an access token is required: Authorization: Bearer <token> from the token endpoint",
+                    None,
+                );
             };
             match veil_smart::verify_access_token(token, &auth.secret, &st.base_url, now()) {
                 Ok(grant) => Caller(Some(grant)),
@@ -110,10 +117,17 @@ fn authorization_off() -> Response {
 fn unauthorized(text: &str, error: Option<&OAuthError>) -> Response {
     let mut r = crate::http::outcome(StatusCode::UNAUTHORIZED, "login", text);
     let challenge = match error {
-        Some(e) => format!("Bearer realm=\"veil\", error=\"{}\", error_description=\"{}\"", e.code, e.description.replace('"', "'")),
+        Some(e) => format!(
+            "Bearer realm=\"veil\", error=\"{}\", error_description=\"{}\"",
+            e.code,
+            e.description.replace('"', "'")
+        ),
         None => "Bearer realm=\"veil\"".to_string(),
     };
-    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer")));
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer")),
+    );
     r
 }
 
@@ -144,14 +158,20 @@ pub(crate) async fn token(State(st): State<Arc<AppState>>, headers: HeaderMap, b
     let (status, body, found) = match issue(&st, auth, &headers, &body).await {
         Ok(body) => (StatusCode::OK, body, Some(veil_guard::Credentials::Accepted)),
         Err(e) => {
-            let status = if e.code == "server_error" { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::BAD_REQUEST };
+            let status =
+                if e.code == "server_error" { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::BAD_REQUEST };
             // Only a refused client counts towards the backoff, not a malformed request or a scope.
             let found = (e.code == "invalid_client").then_some(veil_guard::Credentials::Refused);
             (status, e.to_json(), found)
         }
     };
     // Tokens must never be cached (RFC 6749 §5.1).
-    let response = (status, [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store"), (header::PRAGMA, "no-cache")], body.to_string()).into_response();
+    let response = (
+        status,
+        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store"), (header::PRAGMA, "no-cache")],
+        body.to_string(),
+    )
+        .into_response();
     match found {
         Some(found) => found.mark(response),
         None => response,
@@ -176,10 +196,22 @@ async fn issue(st: &Arc<AppState>, auth: &Auth, headers: &HeaderMap, body: &str)
     }
     match field("client_assertion_type") {
         Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer") => {}
-        None => return Err(error("invalid_request", "client_assertion_type is required (urn:ietf:params:oauth:client-assertion-type:jwt-bearer)")),
-        Some(_) => return Err(error("invalid_client", "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer")),
+        None => {
+            return Err(error(
+                "invalid_request",
+                "client_assertion_type is required (urn:ietf:params:oauth:client-assertion-type:jwt-bearer)",
+            ));
+        }
+        Some(_) => {
+            return Err(error(
+                "invalid_client",
+                "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ));
+        }
     }
-    let Some(assertion) = field("client_assertion") else { return Err(error("invalid_request", "client_assertion is required")) };
+    let Some(assertion) = field("client_assertion") else {
+        return Err(error("invalid_request", "client_assertion is required"));
+    };
     let requested = Scopes::parse(field("scope").unwrap_or(""))?;
     if requested.0.is_empty() {
         return Err(error("invalid_scope", "scope is required: system scopes such as system/*.read"));
@@ -198,11 +230,13 @@ async fn issue(st: &Arc<AppState>, auth: &Auth, headers: &HeaderMap, body: &str)
     let client = registered_client(auth, &record, &kid).await?;
     let token_url = format!("{}{TOKEN_PATH}", st.base_url);
     let now = now();
-    let verified = veil_smart::verify_assertion(assertion, &token_url, now, |id| (id == client.id).then_some(client.clone()))?;
+    let verified =
+        veil_smart::verify_assertion(assertion, &token_url, now, |id| (id == client.id).then_some(client.clone()))?;
     if field("client_id").is_some_and(|id| id != verified.client_id) {
         return Err(error("invalid_client", "client_id does not match the assertion's issuer"));
     }
-    let allowed = Scopes::parse(&record.scopes).map_err(|_| error("invalid_scope", "the client's registered scopes are not readable"))?;
+    let allowed = Scopes::parse(&record.scopes)
+        .map_err(|_| error("invalid_scope", "the client's registered scopes are not readable"))?;
     let granted = requested.grant(&allowed)?;
 
     // Record the nonce only now, so that forged assertions cannot use up a
@@ -214,17 +248,23 @@ async fn issue(st: &Arc<AppState>, auth: &Auth, headers: &HeaderMap, body: &str)
         .map_err(|_| error("server_error", "internal error"))?
         .map_err(|_| error("server_error", "the store failed"))?;
     if !fresh {
-        return Err(error("invalid_client", "this assertion's jti was already used: sign a new assertion for every token request"));
+        return Err(error(
+            "invalid_client",
+            "this assertion's jti was already used: sign a new assertion for every token request",
+        ));
     }
     let grant = Grant { client_id: verified.client_id, scopes: granted, expires: now + auth.token_lifetime };
     let token = veil_smart::issue_access_token(&auth.secret, &st.base_url, &grant, now);
-    Ok(json!({"access_token": token, "token_type": "bearer", "expires_in": auth.token_lifetime, "scope": grant.scopes.to_string()}))
+    Ok(
+        json!({"access_token": token, "token_type": "bearer", "expires_in": auth.token_lifetime, "scope": grant.scopes.to_string()}),
+    )
 }
 
 /// The client's keys: inline, or fetched from its JWKS URL.
 async fn registered_client(auth: &Auth, record: &ClientRecord, kid: &str) -> Result<veil_smart::Client, OAuthError> {
     let jwks = match (&record.jwks, &record.jwks_url) {
-        (Some(inline), _) => serde_json::from_str(inline).map_err(|_| error("invalid_client", "the client's registered key set is not readable"))?,
+        (Some(inline), _) => serde_json::from_str(inline)
+            .map_err(|_| error("invalid_client", "the client's registered key set is not readable"))?,
         (None, Some(url)) => auth.jwks.keys(url, kid).await?,
         (None, None) => return Err(error("invalid_client", "the client has no registered keys")),
     };

@@ -70,7 +70,9 @@ impl ExportRequest {
 
     /// Reads a request back from the job table.
     pub fn from_json(v: &Json) -> Option<ExportRequest> {
-        let strings = |k: &str| v.get(k).and_then(Json::as_array).map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect());
+        let strings = |k: &str| {
+            v.get(k).and_then(Json::as_array).map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        };
         let string = |k: &str| v.get(k).and_then(Json::as_str).map(str::to_string);
         let level = match v.get("level")? {
             Json::String(s) if s == "system" => Level::System,
@@ -137,7 +139,12 @@ impl Storage {
     }
 
     /// Deletes a job's files: the local folder and the cloud copy.
-    pub fn remove_job(&self, job: &str, container: Option<&str>, created: &str) -> Result<(), veil_storage::StorageError> {
+    pub fn remove_job(
+        &self,
+        job: &str,
+        container: Option<&str>,
+        created: &str,
+    ) -> Result<(), veil_storage::StorageError> {
         let _ = fs::remove_dir_all(self.job_dir(job, container, created));
         match self.job_location(job, container, created) {
             veil_storage::Location::Local(_) => Ok(()),
@@ -146,7 +153,11 @@ impl Storage {
     }
 
     /// Uploads a finished job folder to the cloud copy, if there is one.
-    fn publish(&self, dir: &Path, deidentified: Option<veil_storage::Deidentified>) -> Result<(), veil_storage::StorageError> {
+    fn publish(
+        &self,
+        dir: &Path,
+        deidentified: Option<veil_storage::Deidentified>,
+    ) -> Result<(), veil_storage::StorageError> {
         let Some(target) = self.remote_of(dir) else { return Ok(()) };
         veil_storage::Storage::open(&target)?.upload_dir(dir, deidentified, &mut |_| {})?;
         Ok(())
@@ -296,7 +307,13 @@ impl Default for WorkerConfig {
 }
 
 /// Runs one claimed job to its end.
-pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owner: &str, config: WorkerConfig) -> Outcome {
+pub fn run_job(
+    store: &dyn Store,
+    storage: &Storage,
+    job: &veil_store::Job,
+    owner: &str,
+    config: WorkerConfig,
+) -> Outcome {
     let file_limit = config.file_limit;
     let Some(req) = serde_json::from_str(&job.request).ok().as_ref().and_then(ExportRequest::from_json) else {
         return Outcome::Failed(500, "the stored export request is unreadable".into());
@@ -306,13 +323,27 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
     let engine = match &req.anonymization_config {
         None => None,
         Some(name) => match storage.anonymization_config(name) {
-            None => return Outcome::Failed(400, format!("the anonymization configuration '{name}' was not found in the anonymization container")),
-            Some(text) if req.anonymization_config_etag.as_deref().is_some_and(|e| e.trim_matches('"') != etag(&text)) => {
-                return Outcome::Failed(400, format!("the anonymization configuration '{name}' has changed: its ETag does not match _anonymizationConfigEtag"));
+            None => {
+                return Outcome::Failed(
+                    400,
+                    format!("the anonymization configuration '{name}' was not found in the anonymization container"),
+                );
+            }
+            Some(text)
+                if req.anonymization_config_etag.as_deref().is_some_and(|e| e.trim_matches('"') != etag(&text)) =>
+            {
+                return Outcome::Failed(
+                    400,
+                    format!(
+                        "the anonymization configuration '{name}' has changed: its ETag does not match _anonymizationConfigEtag"
+                    ),
+                );
             }
             Some(text) => match veil_deid::Policy::parse(&text) {
                 Ok(p) => Some(veil_deid::Engine::new(p)),
-                Err(e) => return Outcome::Failed(400, format!("the anonymization configuration '{name}' is invalid: {e}")),
+                Err(e) => {
+                    return Outcome::Failed(400, format!("the anonymization configuration '{name}' is invalid: {e}"));
+                }
             },
         },
     };
@@ -321,10 +352,17 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
         (Level::Patient, Some(p)) => Some(p.clone()),
         (Level::Patient, None) => {
             let mut ids = Vec::new();
-            let r = store.scan(&ScanFilter { types: Some(vec!["Patient".into()]), until: Some(job.created.clone()), ..Default::default() }, &mut |s| {
-                ids.push(s.id);
-                Ok(true)
-            });
+            let r = store.scan(
+                &ScanFilter {
+                    types: Some(vec!["Patient".into()]),
+                    until: Some(job.created.clone()),
+                    ..Default::default()
+                },
+                &mut |s| {
+                    ids.push(s.id);
+                    Ok(true)
+                },
+            );
             if let Err(e) = r {
                 return Outcome::Failed(500, format!("cannot list patients: {e}"));
             }
@@ -381,7 +419,8 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
         let line = if queries.is_none() && engine.is_none() && req.elements.is_empty() {
             body
         } else {
-            let mut doc: Json = serde_json::from_str(&body).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
+            let mut doc: Json =
+                serde_json::from_str(&body).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
             if queries.is_some_and(|qs| !qs.iter().any(|q| q.matches(&doc))) {
                 return Ok(true);
             }
@@ -396,7 +435,10 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
                         errors.push(operation_outcome(
                             "error",
                             "processing",
-                            &format!("{} #{skipped} of the export's skipped resources: not exported: {e}", s.resource_type),
+                            &format!(
+                                "{} #{skipped} of the export's skipped resources: not exported: {e}",
+                                s.resource_type
+                            ),
                         ));
                         return Ok(true);
                     }
@@ -419,10 +461,16 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
             let path = dir.join(&name);
             let tmp = dir.join(format!(".{name}.tmp"));
             let file = fs::File::create(&tmp).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
-            current = Some((s.resource_type.clone(), OpenFile { tmp, path, out: BufWriter::with_capacity(1 << 20, file), count: 0 }));
+            current = Some((
+                s.resource_type.clone(),
+                OpenFile { tmp, path, out: BufWriter::with_capacity(1 << 20, file), count: 0 },
+            ));
         }
         let (_, f) = current.as_mut().expect("a file is open");
-        f.out.write_all(line.as_bytes()).and_then(|_| f.out.write_all(b"\n")).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
+        f.out
+            .write_all(line.as_bytes())
+            .and_then(|_| f.out.write_all(b"\n"))
+            .map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
         f.count += 1;
         done += 1;
         if done.is_multiple_of(5_000) {
@@ -451,7 +499,11 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
         return Outcome::Failed(500, format!("export failed: {e}"));
     }
     for what in &req.ignored {
-        errors.push(operation_outcome("information", "informational", &format!("ignored under handling=lenient: {what}")));
+        errors.push(operation_outcome(
+            "information",
+            "informational",
+            &format!("ignored under handling=lenient: {what}"),
+        ));
     }
     if lists_deletions(&req) && req.anonymization_config.is_some() {
         errors.push(operation_outcome(
@@ -465,12 +517,20 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
         let path = dir.join("OperationOutcome-1.ndjson");
         let text: String = errors.iter().map(|e| e.to_string() + "\n").collect();
         if fs::write(&path, text).is_ok() {
-            error_files.push(json!({"type": "OperationOutcome", "url": file_url(&req, &job.id, &path), "count": errors.len()}));
+            error_files.push(
+                json!({"type": "OperationOutcome", "url": file_url(&req, &job.id, &path), "count": errors.len()}),
+            );
         }
     }
-    let output: Vec<Json> = files.iter().map(|(ty, path, count)| json!({"type": ty, "url": file_url(&req, &job.id, path), "count": count})).collect();
+    let output: Vec<Json> = files
+        .iter()
+        .map(|(ty, path, count)| json!({"type": ty, "url": file_url(&req, &job.id, path), "count": count}))
+        .collect();
     let deleted = match deleted_files(store, &req, &filter, &dir) {
-        Ok(d) => d.iter().map(|(ty, path, count)| json!({"type": ty, "url": file_url(&req, &job.id, path), "count": count})).collect::<Vec<_>>(),
+        Ok(d) => d
+            .iter()
+            .map(|(ty, path, count)| json!({"type": ty, "url": file_url(&req, &job.id, path), "count": count}))
+            .collect::<Vec<_>>(),
         Err(e) => return Outcome::Failed(500, format!("cannot list deletions: {e}")),
     };
     // Last, the checksummed manifest: what `veil share` hands over and
@@ -501,7 +561,12 @@ pub fn run_job(store: &dyn Store, storage: &Storage, job: &veil_store::Job, owne
 /// a transaction Bundle with one `DELETE` entry (bulk-export.md §2.6).
 /// Tombstones leave their compartments, so only system-level exports list
 /// them.
-fn deleted_files(store: &dyn Store, req: &ExportRequest, filter: &ScanFilter, dir: &Path) -> std::io::Result<Vec<(String, PathBuf, u64)>> {
+fn deleted_files(
+    store: &dyn Store,
+    req: &ExportRequest,
+    filter: &ScanFilter,
+    dir: &Path,
+) -> std::io::Result<Vec<(String, PathBuf, u64)>> {
     // Fail closed: a deletion names a resource by its stored id, which a
     // de-identified export must not carry (and the folder may be shared).
     if !lists_deletions(req) || req.anonymization_config.is_some() {
@@ -552,8 +617,11 @@ pub fn expire_exports(store: &dyn Store, storage: &Storage, retention_secs: u64)
         if !old || !matches!(j.state, JobState::Completed | JobState::Failed | JobState::Cancelled) {
             continue;
         }
-        let container = serde_json::from_str(&j.request).ok().as_ref().and_then(ExportRequest::from_json).and_then(|r| r.container);
-        if storage.remove_job(&j.id, container.as_deref(), &j.created).is_ok() && store.delete_job(&j.id).unwrap_or(false) {
+        let container =
+            serde_json::from_str(&j.request).ok().as_ref().and_then(ExportRequest::from_json).and_then(|r| r.container);
+        if storage.remove_job(&j.id, container.as_deref(), &j.created).is_ok()
+            && store.delete_job(&j.id).unwrap_or(false)
+        {
             expired += 1;
         }
     }
@@ -561,7 +629,13 @@ pub fn expire_exports(store: &dyn Store, storage: &Storage, retention_secs: u64)
 }
 
 /// Claims and runs jobs until `stop` says so; sleeps briefly when idle.
-pub fn worker_loop(store: &dyn Store, storage: &Storage, owner: &str, config: WorkerConfig, stop: &std::sync::atomic::AtomicBool) {
+pub fn worker_loop(
+    store: &dyn Store,
+    storage: &Storage,
+    owner: &str,
+    config: WorkerConfig,
+    stop: &std::sync::atomic::AtomicBool,
+) {
     use std::sync::atomic::Ordering;
     while !stop.load(Ordering::Relaxed) {
         let job = match store.claim_job(owner, config.lease_secs) {

@@ -113,7 +113,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/.well-known/smart-configuration", get(crate::auth::smart_configuration))
         .route(
             crate::auth::TOKEN_PATH,
-            axum::routing::post(crate::auth::token).route_layer(axum::middleware::from_fn_with_state(Arc::new(veil_guard::Door::new(state.token_guard)), veil_guard::guard)),
+            axum::routing::post(crate::auth::token).route_layer(axum::middleware::from_fn_with_state(
+                Arc::new(veil_guard::Door::new(state.token_guard)),
+                veil_guard::guard,
+            )),
         )
         // Share links carry their own credential (a signed token).
         .route("/share/{token}", get(crate::share::manifest))
@@ -143,8 +146,17 @@ async fn access_log(State(st): State<Arc<AppState>>, request: Request, next: axu
     let method = request.method().clone();
     let route = request.extensions().get::<MatchedPath>().map_or("(no route)".to_string(), |m| m.as_str().to_string());
     let response = next.run(request).await;
-    let client = response.extensions().get::<Caller>().and_then(|c| c.client_id().map(str::to_string)).unwrap_or_else(|| "-".into());
-    eprintln!("{} {method} {route} {} client={client} {}ms", veil_store::now_instant(), response.status().as_u16(), started.elapsed().as_millis());
+    let client = response
+        .extensions()
+        .get::<Caller>()
+        .and_then(|c| c.client_id().map(str::to_string))
+        .unwrap_or_else(|| "-".into());
+    eprintln!(
+        "{} {method} {route} {} client={client} {}ms",
+        veil_store::now_instant(),
+        response.status().as_u16(),
+        started.elapsed().as_millis()
+    );
     response
 }
 
@@ -157,7 +169,9 @@ pub(crate) fn outcome(status: StatusCode, code: &str, text: &str) -> Response {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Response> {
-    tokio::task::spawn_blocking(f).await.map_err(|_| outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))
 }
 
 async fn metadata(State(st): State<Arc<AppState>>) -> Response {
@@ -168,20 +182,33 @@ async fn metadata(State(st): State<Arc<AppState>>) -> Response {
 fn capability_statement(base_url: &str) -> String {
     let export = |name: &str, canonical: &str| json!({"name": name, "definition": canonical});
     let types: Vec<Json> = {
-        let mut t: Vec<&str> = veil_fhir::r4().resource_types().filter(|t| !matches!(*t, "Resource" | "DomainResource")).collect();
+        let mut t: Vec<&str> =
+            veil_fhir::r4().resource_types().filter(|t| !matches!(*t, "Resource" | "DomainResource")).collect();
         t.sort_unstable();
         t.into_iter()
             .map(|ty| {
                 let interactions = ["read", "create", "update", "delete", "search-type"].map(|c| json!({"code": c}));
                 let params: Vec<Json> = veil_fhir::r4()
                     .search_params(ty)
-                    .filter(|p| !matches!(p.kind, veil_fhir::SearchParamKind::Composite | veil_fhir::SearchParamKind::Special))
+                    .filter(|p| {
+                        !matches!(p.kind, veil_fhir::SearchParamKind::Composite | veil_fhir::SearchParamKind::Special)
+                    })
                     .map(|p| json!({"name": p.code, "type": format!("{:?}", p.kind).to_lowercase()}))
                     .collect();
                 let mut r = json!({"type": ty, "interaction": interactions, "searchParam": params});
                 match ty {
-                    "Patient" => r["operation"] = json!([export("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export")]),
-                    "Group" => r["operation"] = json!([export("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export")]),
+                    "Patient" => {
+                        r["operation"] = json!([export(
+                            "export",
+                            "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
+                        )])
+                    }
+                    "Group" => {
+                        r["operation"] = json!([export(
+                            "export",
+                            "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
+                        )])
+                    }
                     _ => {}
                 }
                 r
@@ -208,7 +235,11 @@ fn capability_statement(base_url: &str) -> String {
     .to_string()
 }
 
-async fn read(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path((ty, id)): Path<(String, String)>) -> Response {
+async fn read(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path((ty, id)): Path<(String, String)>,
+) -> Response {
     if !veil_fhir::r4().is_resource_type(&ty) {
         return outcome(StatusCode::NOT_FOUND, "not-found", &format!("unknown resource type {ty}"));
     }
@@ -225,15 +256,25 @@ async fn read(State(st): State<Arc<AppState>>, Extension(caller): Extension<Call
             None => outcome(StatusCode::GONE, "deleted", &format!("{ty}/{id} was deleted")),
             Some(body) => {
                 let etag = format!("W/\"{}\"", s.version);
-                (StatusCode::OK, [(header::CONTENT_TYPE, "application/fhir+json".to_string()), (header::ETAG, etag)], body).into_response()
+                (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/fhir+json".to_string()), (header::ETAG, etag)],
+                    body,
+                )
+                    .into_response()
             }
         },
     }
 }
 
 fn parse_resource(body: &str, ty: &str) -> Result<Json, Response> {
-    let doc: Json = serde_json::from_str(body)
-        .map_err(|e| outcome(StatusCode::BAD_REQUEST, "invalid", &format!("the body is not JSON (line {}, column {})", e.line(), e.column())))?;
+    let doc: Json = serde_json::from_str(body).map_err(|e| {
+        outcome(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            &format!("the body is not JSON (line {}, column {})", e.line(), e.column()),
+        )
+    })?;
     if doc.get("resourceType").and_then(Json::as_str) != Some(ty) {
         return Err(outcome(StatusCode::BAD_REQUEST, "invalid", &format!("the body is not a {ty}")));
     }
@@ -244,14 +285,22 @@ fn parse_resource(body: &str, ty: &str) -> Result<Json, Response> {
 /// 422 unless `doc` has the shape of an R4 resource: what is stored must be
 /// what search and export can read, not something export later drops.
 fn valid_r4(doc: &Json) -> Result<(), Response> {
-    veil_fhir::validate::check_resource(doc).map_err(|e| outcome(StatusCode::UNPROCESSABLE_ENTITY, "structure", &format!("not a valid FHIR R4 resource: {e}")))
+    veil_fhir::validate::check_resource(doc).map_err(|e| {
+        outcome(StatusCode::UNPROCESSABLE_ENTITY, "structure", &format!("not a valid FHIR R4 resource: {e}"))
+    })
 }
 
 fn written(status: StatusCode, base: &str, location: &str, body: Json) -> Response {
     let mut r = fhir_json(status, body);
     let version = location.rsplit('/').next().unwrap_or("1");
-    r.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&format!("{base}/{location}")).unwrap_or(HeaderValue::from_static("")));
-    r.headers_mut().insert(header::ETAG, HeaderValue::from_str(&format!("W/\"{version}\"")).unwrap_or(HeaderValue::from_static("")));
+    r.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&format!("{base}/{location}")).unwrap_or(HeaderValue::from_static("")),
+    );
+    r.headers_mut().insert(
+        header::ETAG,
+        HeaderValue::from_str(&format!("W/\"{version}\"")).unwrap_or(HeaderValue::from_static("")),
+    );
     r
 }
 
@@ -269,7 +318,12 @@ async fn store_one(st: &Arc<AppState>, doc: Json) -> Result<(String, Json), Resp
     }
 }
 
-async fn create(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path(ty): Path<String>, body: String) -> Response {
+async fn create(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(ty): Path<String>,
+    body: String,
+) -> Response {
     if !veil_fhir::r4().is_resource_type(&ty) {
         return outcome(StatusCode::NOT_FOUND, "not-found", &format!("unknown resource type {ty}"));
     }
@@ -288,7 +342,12 @@ async fn create(State(st): State<Arc<AppState>>, Extension(caller): Extension<Ca
     }
 }
 
-async fn update(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path((ty, id)): Path<(String, String)>, body: String) -> Response {
+async fn update(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path((ty, id)): Path<(String, String)>,
+    body: String,
+) -> Response {
     if !veil_fhir::r4().is_resource_type(&ty) {
         return outcome(StatusCode::NOT_FOUND, "not-found", &format!("unknown resource type {ty}"));
     }
@@ -312,7 +371,11 @@ async fn update(State(st): State<Arc<AppState>>, Extension(caller): Extension<Ca
     }
 }
 
-async fn remove(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path((ty, id)): Path<(String, String)>) -> Response {
+async fn remove(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path((ty, id)): Path<(String, String)>,
+) -> Response {
     if !caller.permits(&ty, 'd') {
         return Caller::forbidden(&ty, "deleting");
     }
@@ -347,7 +410,11 @@ async fn transaction(State(st): State<Arc<AppState>>, Extension(caller): Extensi
                 'u' => "updating",
                 _ => "deleting",
             };
-            return outcome(StatusCode::FORBIDDEN, "forbidden", &format!("entry {i}: the access token's scopes do not allow {what} {}", action.resource_type));
+            return outcome(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &format!("entry {i}: the access token's scopes do not allow {what} {}", action.resource_type),
+            );
         }
     }
     let store = st.store.clone();
@@ -364,14 +431,22 @@ async fn transaction(State(st): State<Arc<AppState>>, Extension(caller): Extensi
                     json!({"response": {"status": status, "location": l}})
                 })
                 .collect();
-            fhir_json(StatusCode::OK, json!({"resourceType": "Bundle", "type": format!("{kind}-response"), "entry": entries}))
+            fhir_json(
+                StatusCode::OK,
+                json!({"resourceType": "Bundle", "type": format!("{kind}-response"), "entry": entries}),
+            )
         }
     }
 }
 
 /// Search: any supported search parameter (see [`crate::search`]), with
 /// `_count` (default 50, at most 1000) and paging by `_offset`.
-async fn search(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path(ty): Path<String>, RawQuery(query): RawQuery) -> Response {
+async fn search(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(ty): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
     if !veil_fhir::r4().is_resource_type(&ty) {
         return outcome(StatusCode::NOT_FOUND, "not-found", &format!("unknown resource type {ty}"));
     }
@@ -380,7 +455,9 @@ async fn search(State(st): State<Arc<AppState>>, Extension(caller): Extension<Ca
     }
     let query = query.unwrap_or_default();
     let params = query_pairs(&query);
-    let number = |name: &str, default: usize| params.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.parse::<usize>().ok()).unwrap_or(default);
+    let number = |name: &str, default: usize| {
+        params.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.parse::<usize>().ok()).unwrap_or(default)
+    };
     let count = number("_count", 50).min(1000);
     let offset = number("_offset", 0);
     // _lastUpdated narrows the store's scan; everything else is matched on the resources.
@@ -391,12 +468,22 @@ async fn search(State(st): State<Arc<AppState>>, Extension(caller): Extension<Ca
             "_lastUpdated" => {
                 let (prefix, value) = v.split_at(v.find(|c: char| c.is_ascii_digit()).unwrap_or(0));
                 let Some(at) = instant(value).or_else(|| instant(&format!("{value}T00:00:00Z"))) else {
-                    return outcome(StatusCode::BAD_REQUEST, "invalid", "_lastUpdated takes a prefix and an instant, e.g. gt2024-01-01T00:00:00Z");
+                    return outcome(
+                        StatusCode::BAD_REQUEST,
+                        "invalid",
+                        "_lastUpdated takes a prefix and an instant, e.g. gt2024-01-01T00:00:00Z",
+                    );
                 };
                 match prefix {
                     "gt" | "ge" | "sa" => filter.since = Some(at),
                     "lt" | "le" | "eb" => filter.until = Some(at),
-                    _ => return outcome(StatusCode::BAD_REQUEST, "not-supported", "_lastUpdated supports gt, ge, lt and le"),
+                    _ => {
+                        return outcome(
+                            StatusCode::BAD_REQUEST,
+                            "not-supported",
+                            "_lastUpdated supports gt, ge, lt and le",
+                        );
+                    }
                 }
             }
             "_count" | "_offset" => {}
@@ -433,10 +520,13 @@ async fn search(State(st): State<Arc<AppState>>, Extension(caller): Extension<Ca
     };
     let more = matches.len() > count;
     matches.truncate(count);
-    let base_query: String = params.iter().filter(|(k, _)| k != "_offset").map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+    let base_query: String =
+        params.iter().filter(|(k, _)| k != "_offset").map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
     let mut links = vec![json!({"relation": "self", "url": format!("{}/{ty}?{query}", st.base_url)})];
     if more {
-        links.push(json!({"relation": "next", "url": format!("{}/{ty}?{base_query}&_offset={}", st.base_url, offset + count)}));
+        links.push(
+            json!({"relation": "next", "url": format!("{}/{ty}?{base_query}&_offset={}", st.base_url, offset + count)}),
+        );
     }
     let entries: Vec<Json> = matches
         .into_iter()
@@ -449,28 +539,51 @@ async fn search(State(st): State<Arc<AppState>>, Extension(caller): Extension<Ca
     fhir_json(StatusCode::OK, json!({"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}))
 }
 
-async fn kickoff_system(st: State<Arc<AppState>>, c: Extension<Caller>, m: Method, h: HeaderMap, q: RawQuery, body: String) -> Response {
+async fn kickoff_system(
+    st: State<Arc<AppState>>,
+    c: Extension<Caller>,
+    m: Method,
+    h: HeaderMap,
+    q: RawQuery,
+    body: String,
+) -> Response {
     kickoff(st, c, Level::System, m, h, q, body).await
 }
-async fn kickoff_patient(st: State<Arc<AppState>>, c: Extension<Caller>, m: Method, h: HeaderMap, q: RawQuery, body: String) -> Response {
+async fn kickoff_patient(
+    st: State<Arc<AppState>>,
+    c: Extension<Caller>,
+    m: Method,
+    h: HeaderMap,
+    q: RawQuery,
+    body: String,
+) -> Response {
     kickoff(st, c, Level::Patient, m, h, q, body).await
 }
-async fn kickoff_group(st: State<Arc<AppState>>, c: Extension<Caller>, Path(id): Path<String>, m: Method, h: HeaderMap, q: RawQuery, body: String) -> Response {
+async fn kickoff_group(
+    st: State<Arc<AppState>>,
+    c: Extension<Caller>,
+    Path(id): Path<String>,
+    m: Method,
+    h: HeaderMap,
+    q: RawQuery,
+    body: String,
+) -> Response {
     kickoff(st, c, Level::Group(id), m, h, q, body).await
 }
-
 
 /// Parameters of a kick-off, from the query string (GET) or a Parameters body (POST).
 fn parameters(method: &Method, query: Option<&str>, body: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = query_pairs(query.unwrap_or(""));
     if *method == Method::POST && !body.trim().is_empty() {
-        let doc: Json = serde_json::from_str(body).map_err(|_| "the body is not a FHIR Parameters resource".to_string())?;
+        let doc: Json =
+            serde_json::from_str(body).map_err(|_| "the body is not a FHIR Parameters resource".to_string())?;
         if doc.get("resourceType").and_then(Json::as_str) != Some("Parameters") {
             return Err("the body is not a FHIR Parameters resource".into());
         }
         for p in doc.get("parameter").and_then(Json::as_array).into_iter().flatten() {
             let Some(name) = p.get("name").and_then(Json::as_str) else { continue };
-            let value = p.as_object().and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")).map(|(_, v)| v.clone()));
+            let value =
+                p.as_object().and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")).map(|(_, v)| v.clone()));
             let text = match value {
                 Some(Json::String(s)) => s,
                 Some(Json::Object(o)) => o.get("reference").and_then(Json::as_str).unwrap_or("").to_string(),
@@ -492,7 +605,9 @@ fn split_type_filters(value: &str) -> Vec<String> {
         let after = &rest[i + 1..];
         let starts_query = after.find('?').is_some_and(|q| {
             let ty = &after[..q];
-            !ty.is_empty() && ty.starts_with(|c: char| c.is_ascii_uppercase()) && ty.chars().all(|c| c.is_ascii_alphabetic())
+            !ty.is_empty()
+                && ty.starts_with(|c: char| c.is_ascii_uppercase())
+                && ty.chars().all(|c| c.is_ascii_alphabetic())
         });
         out.last_mut().expect("non-empty").push_str(&rest[..i]);
         if starts_query {
@@ -536,7 +651,13 @@ fn instant(text: &str) -> Option<String> {
     let total_ms = ((days * 86_400 + h * 3600 + mi * 60 + s - offset_min * 60) * 1000) + ms;
     let (days, rem) = (total_ms.div_euclid(86_400_000), total_ms.rem_euclid(86_400_000));
     let (y, m, d) = veil_fhir::calendar::civil_from_days(days);
-    Some(format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000))
+    Some(format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -556,18 +677,23 @@ async fn kickoff(
             return bad(&format!("the Accept header '{accept}' is not supported: use application/fhir+json"));
         }
     }
-    let lenient = headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("handling=lenient"));
+    let lenient =
+        headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("handling=lenient"));
     let params = match parameters(&method, query.as_deref(), &body) {
         Ok(p) => p,
         Err(e) => return bad(&e),
     };
     let mut req = ExportRequest {
         level: level.clone(),
-        url: format!("{}{}", st.base_url, match &level {
-            Level::System => "/$export".to_string(),
-            Level::Patient => "/Patient/$export".to_string(),
-            Level::Group(g) => format!("/Group/{g}/$export"),
-        }) + &query.as_deref().map(|q| format!("?{q}")).unwrap_or_default(),
+        url: format!(
+            "{}{}",
+            st.base_url,
+            match &level {
+                Level::System => "/$export".to_string(),
+                Level::Patient => "/Patient/$export".to_string(),
+                Level::Group(g) => format!("/Group/{g}/$export"),
+            }
+        ) + &query.as_deref().map(|q| format!("?{q}")).unwrap_or_default(),
         types: None,
         since: None,
         until: None,
@@ -585,13 +711,16 @@ async fn kickoff(
     for (name, value) in &params {
         match name.as_str() {
             "_outputFormat"
-                if !matches!(value.as_str(), "application/fhir+ndjson" | "application/ndjson" | "ndjson") => {
-                    return bad(&format!("the _outputFormat '{value}' is not supported: use application/fhir+ndjson"));
-                }
+                if !matches!(value.as_str(), "application/fhir+ndjson" | "application/ndjson" | "ndjson") =>
+            {
+                return bad(&format!("the _outputFormat '{value}' is not supported: use application/fhir+ndjson"));
+            }
             "_since" | "_until" => match instant(value) {
                 Some(i) if name == "_since" => req.since = Some(i),
                 Some(i) => req.until = Some(i),
-                None => return bad(&format!("{name} must be a FHIR instant with a time zone, e.g. 2024-01-01T00:00:00Z")),
+                None => {
+                    return bad(&format!("{name} must be a FHIR instant with a time zone, e.g. 2024-01-01T00:00:00Z"));
+                }
             },
             "_type" => {
                 for t in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
@@ -623,7 +752,9 @@ async fn kickoff(
             "_anonymizationConfigEtag" => etag = Some(value.clone()),
             "_container" => {
                 if !crate::export::is_container_name(value) {
-                    return bad("_container must be a container name: 3 to 63 lower-case letters, digits and single hyphens, not 'anonymization' or 'export-…'");
+                    return bad(
+                        "_container must be a container name: 3 to 63 lower-case letters, digits and single hyphens, not 'anonymization' or 'export-…'",
+                    );
                 }
                 req.container = Some(value.clone());
             }
@@ -633,7 +764,9 @@ async fn kickoff(
                     match crate::search::Query::parse_type_filter(&q) {
                         Ok(_) => req.type_filters.push(q),
                         Err(e) if lenient => req.ignored.push(format!("_typeFilter {q}: {e}")),
-                        Err(e) => return outcome(StatusCode::BAD_REQUEST, "not-supported", &format!("_typeFilter: {e}")),
+                        Err(e) => {
+                            return outcome(StatusCode::BAD_REQUEST, "not-supported", &format!("_typeFilter: {e}"));
+                        }
                     }
                 }
             }
@@ -641,7 +774,10 @@ async fn kickoff(
                 for e in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
                     let known = match e.split_once('.') {
                         Some((t, el)) => veil_fhir::r4().is_resource_type(t) && veil_fhir::r4().child(t, el).is_some(),
-                        None => e.chars().all(|c| c.is_ascii_alphanumeric()) && e.starts_with(|c: char| c.is_ascii_lowercase()),
+                        None => {
+                            e.chars().all(|c| c.is_ascii_alphanumeric())
+                                && e.starts_with(|c: char| c.is_ascii_lowercase())
+                        }
                     };
                     if !known {
                         return bad(&format!("_elements: '{e}' is not an element (element or Type.element)"));
@@ -651,7 +787,11 @@ async fn kickoff(
             }
             "includeAssociatedData" | "organizeOutputBy" => {
                 if !lenient {
-                    return outcome(StatusCode::BAD_REQUEST, "not-supported", &format!("the {name} parameter is not supported"));
+                    return outcome(
+                        StatusCode::BAD_REQUEST,
+                        "not-supported",
+                        &format!("the {name} parameter is not supported"),
+                    );
                 }
                 req.ignored.push(format!("the {name} parameter"));
             }
@@ -670,7 +810,11 @@ async fn kickoff(
             None => req.types = grant.scopes.readable_types(),
         }
         if req.types.as_ref().is_some_and(Vec::is_empty) {
-            return outcome(StatusCode::FORBIDDEN, "forbidden", "the access token's scopes allow reading no resource type");
+            return outcome(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the access token's scopes allow reading no resource type",
+            );
         }
     }
     if etag.is_some() && req.anonymization_config.is_none() {
@@ -678,9 +822,10 @@ async fn kickoff(
     }
     req.anonymization_config_etag = etag;
     if let (Some(s), Some(u)) = (&req.since, &req.until)
-        && u < s {
-            return bad("_until is before _since");
-        }
+        && u < s
+    {
+        return bad("_until is before _since");
+    }
     let store = st.store.clone();
     let request = req.to_json().to_string();
     let group = match &level {
@@ -728,7 +873,11 @@ async fn kickoff(
             let location = format!("{}/_export-status/{id}", st.base_url);
             let mut r = fhir_json(
                 StatusCode::ACCEPTED,
-                operation_outcome("information", "informational", &format!("Your request has been accepted. You can check its status at {location}")),
+                operation_outcome(
+                    "information",
+                    "informational",
+                    &format!("Your request has been accepted. You can check its status at {location}"),
+                ),
             );
             r.headers_mut().insert(header::CONTENT_LOCATION, HeaderValue::from_str(&location).expect("ascii"));
             r
@@ -746,9 +895,15 @@ fn over_limits(st: &AppState, client: Option<&str>) -> Result<Option<Response>, 
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry.max(1)));
         r
     };
-    let free = rustix::fs::statvfs(st.storage.root()).map(|v| v.f_bavail.saturating_mul(v.f_frsize)).map_err(|e| e.to_string())?;
+    let free = rustix::fs::statvfs(st.storage.root())
+        .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
+        .map_err(|e| e.to_string())?;
     if free < limits.min_free_bytes {
-        return Ok(Some(busy(StatusCode::SERVICE_UNAVAILABLE, 600, "the server's export storage is nearly full: try again later")));
+        return Ok(Some(busy(
+            StatusCode::SERVICE_UNAVAILABLE,
+            600,
+            "the server's export storage is nearly full: try again later",
+        )));
     }
     let jobs = st.store.jobs().map_err(|e| e.to_string())?;
     let mine: Vec<(veil_store::Job, ExportRequest)> = jobs
@@ -760,13 +915,28 @@ fn over_limits(st: &AppState, client: Option<&str>) -> Result<Option<Response>, 
         .collect();
     let running = mine.iter().filter(|(j, _)| matches!(j.state, JobState::Queued | JobState::Running)).count();
     if running >= limits.per_client {
-        return Ok(Some(busy(StatusCode::TOO_MANY_REQUESTS, 10, &format!("{running} of this client's exports are still running (at most {}): wait for one to finish", limits.per_client))));
+        return Ok(Some(busy(
+            StatusCode::TOO_MANY_REQUESTS,
+            10,
+            &format!(
+                "{running} of this client's exports are still running (at most {}): wait for one to finish",
+                limits.per_client
+            ),
+        )));
     }
     let used: u64 = mine.iter().map(|(j, r)| st.storage.job_bytes(&j.id, r.container.as_deref(), &j.created)).sum();
     if used >= limits.client_quota_bytes {
-        let oldest = mine.iter().filter_map(|(j, _)| veil_storage::parse_iso(&j.created)).min().unwrap_or_else(veil_storage::now_secs);
+        let oldest = mine
+            .iter()
+            .filter_map(|(j, _)| veil_storage::parse_iso(&j.created))
+            .min()
+            .unwrap_or_else(veil_storage::now_secs);
         let wait = (oldest + limits.retention_secs).saturating_sub(veil_storage::now_secs());
-        let text = format!("this client's exports hold {} MiB, its quota is {} MiB: delete finished exports (DELETE their status URL) or wait for them to expire", used >> 20, limits.client_quota_bytes >> 20);
+        let text = format!(
+            "this client's exports hold {} MiB, its quota is {} MiB: delete finished exports (DELETE their status URL) or wait for them to expire",
+            used >> 20,
+            limits.client_quota_bytes >> 20
+        );
         return Ok(Some(busy(StatusCode::TOO_MANY_REQUESTS, wait, &text)));
     }
     Ok(None)
@@ -782,7 +952,11 @@ fn started_by(job: &veil_store::Job, caller: &Caller) -> bool {
     })
 }
 
-async fn status(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path(job): Path<String>) -> Response {
+async fn status(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(job): Path<String>,
+) -> Response {
     let store = st.store.clone();
     let id = job.clone();
     let found = match blocking(move || store.job(&id)).await {
@@ -800,7 +974,9 @@ async fn status(State(st): State<Arc<AppState>>, Extension(caller): Extension<Ca
             let too_soon = {
                 let mut polls = st.polls.lock().unwrap_or_else(|e| e.into_inner());
                 polls.retain(|_, t| now.duration_since(*t) < Duration::from_secs(600));
-                let soon = polls.get(&job).is_some_and(|t| now.duration_since(*t) < Duration::from_millis(RETRY_AFTER_SECS * 1000 - 50));
+                let soon = polls
+                    .get(&job)
+                    .is_some_and(|t| now.duration_since(*t) < Duration::from_millis(RETRY_AFTER_SECS * 1000 - 50));
                 if !soon {
                     polls.insert(job.clone(), now);
                 }
@@ -808,7 +984,12 @@ async fn status(State(st): State<Arc<AppState>>, Extension(caller): Extension<Ca
             };
             let retry = (header::RETRY_AFTER, RETRY_AFTER_SECS.to_string());
             if too_soon {
-                return (StatusCode::TOO_MANY_REQUESTS, [retry], operation_outcome("error", "throttled", "polled faster than Retry-After").to_string()).into_response();
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [retry],
+                    operation_outcome("error", "throttled", "polled faster than Retry-After").to_string(),
+                )
+                    .into_response();
             }
             let progress = match (&j.state, j.progress.as_deref().and_then(|p| serde_json::from_str::<Json>(p).ok())) {
                 (JobState::Queued, _) => "queued".to_string(),
@@ -822,12 +1003,20 @@ async fn status(State(st): State<Arc<AppState>>, Extension(caller): Extension<Ca
             // The files are deleted this long after the kick-off.
             let created = veil_storage::parse_iso(&j.created).unwrap_or_else(veil_storage::now_secs);
             let expires = httpdate_in((created + st.limits.retention_secs).saturating_sub(veil_storage::now_secs()));
-            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json".to_string()), (header::EXPIRES, expires)], body).into_response()
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json".to_string()), (header::EXPIRES, expires)], body)
+                .into_response()
         }
         JobState::Failed | JobState::Cancelled => {
             let stored: Json = j.error.as_deref().and_then(|e| serde_json::from_str(e).ok()).unwrap_or(Json::Null);
-            let code = stored["status"].as_u64().and_then(|c| StatusCode::from_u16(c as u16).ok()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let body = if stored["outcome"].is_object() { stored["outcome"].clone() } else { operation_outcome("error", "exception", "the export failed") };
+            let code = stored["status"]
+                .as_u64()
+                .and_then(|c| StatusCode::from_u16(c as u16).ok())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = if stored["outcome"].is_object() {
+                stored["outcome"].clone()
+            } else {
+                operation_outcome("error", "exception", "the export failed")
+            };
             fhir_json(code, body)
         }
     }
@@ -838,7 +1027,11 @@ fn httpdate_in(secs: u64) -> String {
     httpdate::fmt_http_date(std::time::SystemTime::now() + std::time::Duration::from_secs(secs))
 }
 
-async fn cancel(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path(job): Path<String>) -> Response {
+async fn cancel(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(job): Path<String>,
+) -> Response {
     let store = st.store.clone();
     let storage = st.storage.clone();
     let result = blocking(move || -> Result<bool, String> {
@@ -848,7 +1041,8 @@ async fn cancel(State(st): State<Arc<AppState>>, Extension(caller): Extension<Ca
         }
         // Cancel first, so a running worker stops at its next heartbeat, then forget the job.
         store.cancel_job(&job).map_err(|e| e.to_string())?;
-        let container = ExportRequest::from_json(&serde_json::from_str(&j.request).unwrap_or(Json::Null)).and_then(|r| r.container);
+        let container =
+            ExportRequest::from_json(&serde_json::from_str(&j.request).unwrap_or(Json::Null)).and_then(|r| r.container);
         storage.remove_job(&job, container.as_deref(), &j.created).map_err(|e| e.to_string())?;
         store.delete_job(&job).map_err(|e| e.to_string())?;
         Ok(true)
@@ -858,11 +1052,18 @@ async fn cancel(State(st): State<Arc<AppState>>, Extension(caller): Extension<Ca
         Err(r) => r,
         Ok(Err(_)) => outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the store failed"),
         Ok(Ok(false)) => outcome(StatusCode::NOT_FOUND, "not-found", "the export was not found"),
-        Ok(Ok(true)) => fhir_json(StatusCode::ACCEPTED, operation_outcome("information", "informational", "the export was cancelled and its files deleted")),
+        Ok(Ok(true)) => fhir_json(
+            StatusCode::ACCEPTED,
+            operation_outcome("information", "informational", "the export was cancelled and its files deleted"),
+        ),
     }
 }
 
-async fn download(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path((job, file)): Path<(String, String)>) -> Response {
+async fn download(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path((job, file)): Path<(String, String)>,
+) -> Response {
     if !is_safe_name(&file) || file.starts_with('.') {
         return outcome(StatusCode::NOT_FOUND, "not-found", "no such file");
     }
@@ -882,7 +1083,8 @@ async fn download(State(st): State<Arc<AppState>>, Extension(caller): Extension<
     match tokio::fs::File::open(&path).await {
         Ok(f) => {
             let stream = FileStream::new(f);
-            (StatusCode::OK, [(header::CONTENT_TYPE, "application/fhir+ndjson")], Body::from_stream(stream)).into_response()
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/fhir+ndjson")], Body::from_stream(stream))
+                .into_response()
         }
         Err(_) => outcome(StatusCode::NOT_FOUND, "not-found", "no such file"),
     }
@@ -902,14 +1104,21 @@ pub async fn bind(addr: SocketAddr, authorization: bool) -> std::io::Result<toki
 }
 
 /// Serves on `listener` until `shutdown` resolves.
-pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     // Retention: finished exports past their expiry are deleted, files and job.
     let sweeper = {
         let state = state.clone();
         tokio::spawn(async move {
             loop {
-                let (store, storage, retention) = (state.store.clone(), state.storage.clone(), state.limits.retention_secs);
-                let _ = tokio::task::spawn_blocking(move || crate::export::expire_exports(&*store, &storage, retention)).await;
+                let (store, storage, retention) =
+                    (state.store.clone(), state.storage.clone(), state.limits.retention_secs);
+                let _ =
+                    tokio::task::spawn_blocking(move || crate::export::expire_exports(&*store, &storage, retention))
+                        .await;
                 // A minute apart, or sooner when exports live less long.
                 tokio::time::sleep(Duration::from_secs(retention.clamp(1, 60))).await;
             }
@@ -917,7 +1126,9 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener, shut
     };
     let _stop_sweeper = AbortOnDrop(sweeper);
     // The client's address is what share links with an address range check.
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Stops a background task when the server stops.
@@ -945,7 +1156,10 @@ impl FileStream {
 
 impl futures_core::Stream for FileStream {
     type Item = Result<axum::body::Bytes, std::io::Error>;
-    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
         use std::task::Poll;
         use tokio::io::AsyncRead;
         let this = self.get_mut();

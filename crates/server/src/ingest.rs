@@ -63,9 +63,10 @@ fn rewrite_references(v: &mut Json, by_full_url: &HashMap<String, String>) {
             for (k, child) in map.iter_mut() {
                 if k == "reference" {
                     if let Json::String(r) = child
-                        && let Some(local) = by_full_url.get(r.as_str()) {
-                            *r = local.clone();
-                        }
+                        && let Some(local) = by_full_url.get(r.as_str())
+                    {
+                        *r = local.clone();
+                    }
                 } else {
                     rewrite_references(child, by_full_url);
                 }
@@ -109,7 +110,9 @@ fn prepare(resource: Json, what: &dyn Fn() -> String) -> Result<Prepared, LoadEr
             .evaluate_with(&Context::new(&resource))
             .unwrap_or_default()
             .iter()
-            .filter_map(|i| i.value().and_then(|v| if let veil_fhirpath::Value::String(s) = v { Some(s) } else { None }))
+            .filter_map(|i| {
+                i.value().and_then(|v| if let veil_fhirpath::Value::String(s) = v { Some(s) } else { None })
+            })
             .filter_map(|r| compartment::patient_id_of_reference(&r).map(str::to_string))
             .collect()
     });
@@ -136,7 +139,8 @@ fn write(store: &dyn Store, prepared: &[Prepared], report: &mut LoadReport) -> R
 
 /// Whether `doc` is a Bundle that [`load_document`] unpacks.
 fn is_transaction_or_batch(doc: &Json) -> bool {
-    doc.get("resourceType").and_then(Json::as_str) == Some("Bundle") && matches!(doc.get("type").and_then(Json::as_str), Some("transaction" | "batch"))
+    doc.get("resourceType").and_then(Json::as_str) == Some("Bundle")
+        && matches!(doc.get("type").and_then(Json::as_str), Some("transaction" | "batch"))
 }
 
 /// Stores `doc` as the one resource it is, whatever it holds: a Bundle of
@@ -180,12 +184,16 @@ pub fn entry_actions(bundle: &Json) -> Result<Vec<EntryAction>, String> {
             ("DELETE", _, Some(t)) => t,
             ("POST" | "PUT", Some(b), Some(u)) if b == u => b,
             ("POST" | "PUT", Some(b), None) => b,
-            ("POST" | "PUT", Some(_), Some(_)) => return Err(format!("entry {i}: the resource's type differs from its request URL's")),
+            ("POST" | "PUT", Some(_), Some(_)) => {
+                return Err(format!("entry {i}: the resource's type differs from its request URL's"));
+            }
             ("POST" | "PUT", None, _) => return Err(format!("entry {i}: {method} without a resource")),
             ("DELETE", _, None) => return Err(format!("entry {i}: DELETE needs a request URL Type/id")),
             _ => return Err(format!("entry {i}: the method {method} is not supported in a transaction or batch")),
         };
-        if !veil_fhir::r4().is_resource_type(&resource_type) || matches!(resource_type.as_str(), "Resource" | "DomainResource") {
+        if !veil_fhir::r4().is_resource_type(&resource_type)
+            || matches!(resource_type.as_str(), "Resource" | "DomainResource")
+        {
             return Err(format!("entry {i}: not a FHIR R4 resource type"));
         }
         // Entries are stored by their id (a POST's own, or its urn:uuid
@@ -255,7 +263,12 @@ pub fn load_document(store: &dyn Store, mut doc: Json, name: &str) -> Result<Loa
 
 /// Loads NDJSON, one resource per line, in batches of `batch` lines (one
 /// store transaction each). Errors name the line.
-pub fn load_ndjson(store: &dyn Store, input: impl std::io::BufRead, name: &str, batch: usize) -> Result<LoadReport, LoadError> {
+pub fn load_ndjson(
+    store: &dyn Store,
+    input: impl std::io::BufRead,
+    name: &str,
+    batch: usize,
+) -> Result<LoadReport, LoadError> {
     let mut report = LoadReport::default();
     let mut pending = Vec::with_capacity(batch);
     for (i, line) in input.lines().enumerate() {
@@ -263,7 +276,8 @@ pub fn load_ndjson(store: &dyn Store, input: impl std::io::BufRead, name: &str, 
         if line.trim().is_empty() {
             continue;
         }
-        let doc: Json = serde_json::from_str(&line).map_err(|e| LoadError::Invalid(format!("{name}:{}: not valid JSON (column {})", i + 1, e.column())))?;
+        let doc: Json = serde_json::from_str(&line)
+            .map_err(|e| LoadError::Invalid(format!("{name}:{}: not valid JSON (column {})", i + 1, e.column())))?;
         pending.push(prepare(doc, &|| format!("{name}:{}", i + 1))?);
         if pending.len() >= batch {
             write(store, &pending, &mut report)?;

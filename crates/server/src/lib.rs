@@ -28,10 +28,12 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
-pub mod share;
 pub mod export;
 pub mod http;
-pub mod search;
 mod ingest;
+pub mod search;
+pub mod share;
 
-pub use ingest::{EntryAction, LoadError, LoadReport, entry_actions, load_document, load_ndjson, new_id, store_resource};
+pub use ingest::{
+    EntryAction, LoadError, LoadReport, entry_actions, load_document, load_ndjson, new_id, store_resource,
+};

@@ -37,11 +37,12 @@ pub(crate) fn percent_decode(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len()
             // Bytes, not a str slice: a multi-byte character after '%' must not split.
-            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
         out.push(if b[i] == b'+' { b' ' } else { b[i] });
         i += 1;
     }
@@ -95,8 +96,13 @@ impl Query {
                 .ok_or_else(|| SearchError(format!("unknown search parameter '{name}' for {resource_type}")))?;
             let supported = matches!(
                 param.kind,
-                SearchParamKind::Token | SearchParamKind::Date | SearchParamKind::Reference | SearchParamKind::String
-                    | SearchParamKind::Number | SearchParamKind::Uri | SearchParamKind::Quantity
+                SearchParamKind::Token
+                    | SearchParamKind::Date
+                    | SearchParamKind::Reference
+                    | SearchParamKind::String
+                    | SearchParamKind::Number
+                    | SearchParamKind::Uri
+                    | SearchParamKind::Quantity
             );
             if !supported || param.expression.is_empty() {
                 return Err(SearchError(format!("the search parameter '{name}' ({:?}) is not supported", param.kind)));
@@ -104,7 +110,9 @@ impl Query {
             if let Some(m) = &modifier {
                 let ok = matches!(
                     (param.kind, m.as_str()),
-                    (_, "missing") | (SearchParamKind::String, "exact" | "contains") | (SearchParamKind::Token, "not" | "text")
+                    (_, "missing")
+                        | (SearchParamKind::String, "exact" | "contains")
+                        | (SearchParamKind::Token, "not" | "text")
                 ) || (param.kind == SearchParamKind::Reference && model.is_resource_type(m));
                 if !ok {
                     return Err(SearchError(format!("the modifier ':{m}' is not supported on '{name}'")));
@@ -113,15 +121,23 @@ impl Query {
             // `resolve()` has nothing to resolve against here; a reference's
             // type is checked from its text instead.
             let src = resolve_free(param.expression);
-            let expr = Expression::compile(&src).or_else(|_| Expression::compile(param.expression)).map_err(|e| SearchError(format!("'{name}': {e}")))?;
-            criteria.push(Criterion { kind: param.kind, modifier, expr, values: v.split(',').map(str::to_string).collect() });
+            let expr = Expression::compile(&src)
+                .or_else(|_| Expression::compile(param.expression))
+                .map_err(|e| SearchError(format!("'{name}': {e}")))?;
+            criteria.push(Criterion {
+                kind: param.kind,
+                modifier,
+                expr,
+                values: v.split(',').map(str::to_string).collect(),
+            });
         }
         Ok(Query { resource_type: resource_type.to_string(), criteria })
     }
 
     /// Parses a `_typeFilter` value `Type?k=v&…`.
     pub fn parse_type_filter(filter: &str) -> Result<Query, SearchError> {
-        let (ty, query) = filter.split_once('?').ok_or_else(|| SearchError("a _typeFilter is Type?parameters".into()))?;
+        let (ty, query) =
+            filter.split_once('?').ok_or_else(|| SearchError("a _typeFilter is Type?parameters".into()))?;
         if !veil_fhir::r4().is_resource_type(ty) {
             return Err(SearchError(format!("'{ty}' is not a resource type")));
         }
@@ -135,7 +151,8 @@ impl Query {
             if c.modifier.as_deref() == Some("missing") {
                 return (c.values.first().map(String::as_str) == Some("true")) == found.is_empty();
             }
-            let any = c.values.iter().any(|v| found.iter().any(|item| item_matches(c.kind, c.modifier.as_deref(), item, v)));
+            let any =
+                c.values.iter().any(|v| found.iter().any(|item| item_matches(c.kind, c.modifier.as_deref(), item, v)));
             if c.modifier.as_deref() == Some("not") { !any } else { any }
         })
     }
@@ -154,14 +171,20 @@ fn item_matches(kind: SearchParamKind, modifier: Option<&str>, item: &Item<'_>, 
         SearchParamKind::Uri => string_of(item).is_some_and(|t| t == wanted),
         SearchParamKind::Token => token_matches(item, wanted, modifier == Some("text")),
         SearchParamKind::Reference => {
-            let Some(reference) = item.as_node().and_then(|n| n.json()).and_then(|j| j.get("reference")).and_then(Json::as_str) else {
+            let Some(reference) =
+                item.as_node().and_then(|n| n.json()).and_then(|j| j.get("reference")).and_then(Json::as_str)
+            else {
                 return false;
             };
             let target = match modifier {
                 Some(ty) if !wanted.contains('/') => format!("{ty}/{wanted}"),
                 _ => wanted.to_string(),
             };
-            if target.contains('/') { reference == target || reference.ends_with(&format!("/{target}")) } else { reference.rsplit('/').next() == Some(target.as_str()) }
+            if target.contains('/') {
+                reference == target || reference.ends_with(&format!("/{target}"))
+            } else {
+                reference.rsplit('/').next() == Some(target.as_str())
+            }
         }
         SearchParamKind::Date => date_matches(item, wanted),
         SearchParamKind::Number | SearchParamKind::Quantity => number_matches(kind, item, wanted),
@@ -180,15 +203,27 @@ fn string_of(item: &Item<'_>) -> Option<String> {
         _ => {
             // HumanName and Address match on any of their parts.
             let j = item.as_node()?.json()?;
-            let parts: Vec<String> = ["text", "family", "given", "prefix", "suffix", "line", "city", "district", "state", "postalCode", "country"]
-                .iter()
-                .filter_map(|k| j.get(*k))
-                .flat_map(|v| match v {
-                    Json::Array(a) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect::<Vec<_>>(),
-                    Json::String(s) => vec![s.clone()],
-                    _ => vec![],
-                })
-                .collect();
+            let parts: Vec<String> = [
+                "text",
+                "family",
+                "given",
+                "prefix",
+                "suffix",
+                "line",
+                "city",
+                "district",
+                "state",
+                "postalCode",
+                "country",
+            ]
+            .iter()
+            .filter_map(|k| j.get(*k))
+            .flat_map(|v| match v {
+                Json::Array(a) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect::<Vec<_>>(),
+                Json::String(s) => vec![s.clone()],
+                _ => vec![],
+            })
+            .collect();
             (!parts.is_empty()).then(|| parts.join(" "))
         }
     }
@@ -231,9 +266,10 @@ fn token_matches(item: &Item<'_>, wanted: &str, text: bool) -> bool {
 fn prefix(value: &str) -> (&str, &str) {
     for p in ["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"] {
         if let Some(rest) = value.strip_prefix(p)
-            && rest.starts_with(|c: char| c.is_ascii_digit() || c == '-') {
-                return (p, rest);
-            }
+            && rest.starts_with(|c: char| c.is_ascii_digit() || c == '-')
+        {
+            return (p, rest);
+        }
     }
     ("eq", value)
 }
@@ -255,11 +291,21 @@ fn date_matches(item: &Item<'_>, wanted: &str) -> bool {
         _ => {
             // A Period matches on its start and end.
             let j = item.as_node().and_then(|n| n.json());
-            let start = j.and_then(|j| j.get("start")).and_then(Json::as_str).and_then(Temporal::parse_datetime).and_then(|t| range(&t));
-            let end = j.and_then(|j| j.get("end")).and_then(Json::as_str).and_then(Temporal::parse_datetime).and_then(|t| range(&t));
+            let start = j
+                .and_then(|j| j.get("start"))
+                .and_then(Json::as_str)
+                .and_then(Temporal::parse_datetime)
+                .and_then(|t| range(&t));
+            let end = j
+                .and_then(|j| j.get("end"))
+                .and_then(Json::as_str)
+                .and_then(Temporal::parse_datetime)
+                .and_then(|t| range(&t));
             match (start, end) {
                 (None, None) => None,
-                (s, e) => Some((s.map_or_else(|| "0000".to_string(), |s| s.0), e.map_or_else(|| "9999".to_string(), |e| e.1))),
+                (s, e) => {
+                    Some((s.map_or_else(|| "0000".to_string(), |s| s.0), e.map_or_else(|| "9999".to_string(), |e| e.1)))
+                }
             }
         }
     }) else {
@@ -288,7 +334,9 @@ fn number_matches(kind: SearchParamKind, item: &Item<'_>, wanted: &str) -> bool 
             let j = item.as_node().and_then(|n| n.json());
             let sys = j.and_then(|j| j.get("system")).and_then(Json::as_str);
             let ok = kind != SearchParamKind::Quantity
-                || (system.is_none_or(|s| sys == Some(s)) && code.is_none_or(|c| unit == c || j.and_then(|j| j.get("unit")).and_then(Json::as_str) == Some(c)));
+                || (system.is_none_or(|s| sys == Some(s))
+                    && code
+                        .is_none_or(|c| unit == c || j.and_then(|j| j.get("unit")).and_then(Json::as_str) == Some(c)));
             (v.to_string().parse::<f64>().ok(), ok)
         }
         Some(Value::Integer(i)) => (Some(i as f64), true),
@@ -351,7 +399,10 @@ mod tests {
 
     #[test]
     fn unsupported_parameters_are_named() {
-        assert_eq!(Query::parse("Patient", "nonsense=1").err().unwrap().0, "unknown search parameter 'nonsense' for Patient");
+        assert_eq!(
+            Query::parse("Patient", "nonsense=1").err().unwrap().0,
+            "unknown search parameter 'nonsense' for Patient"
+        );
         assert!(Query::parse_type_filter("Nope?x=1").is_err());
         assert!(Query::parse_type_filter("Observation").is_err());
         assert!(Query::parse("Observation", "code-value-quantity=x").is_err(), "composite parameters");

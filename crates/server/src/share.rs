@@ -37,7 +37,8 @@ struct Granted {
 }
 
 fn refuse(status: StatusCode, error: &str, message: &str) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], json!({"error": error, "message": message}).to_string()).into_response()
+    (status, [(header::CONTENT_TYPE, "application/json")], json!({"error": error, "message": message}).to_string())
+        .into_response()
 }
 
 /// A refusal made off the async runtime, answered as [`refuse`] does.
@@ -67,7 +68,11 @@ async fn check(st: &Arc<AppState>, token: String, client: Option<IpAddr>) -> Res
         let now = veil_storage::now_secs();
         let id = verify_token(&key, &token, now).map_err(|e| match e {
             TokenError::Invalid => Refusal::new(StatusCode::FORBIDDEN, "invalid", "this is not a valid share link"),
-            TokenError::Expired(at) => Refusal::new(StatusCode::FORBIDDEN, "expired", format!("this share link expired at {}", veil_storage::iso(at))),
+            TokenError::Expired(at) => Refusal::new(
+                StatusCode::FORBIDDEN,
+                "expired",
+                format!("this share link expired at {}", veil_storage::iso(at)),
+            ),
         })?;
         let Some(share) = store.share(&id).map_err(internal)? else {
             return Err(Refusal::new(StatusCode::FORBIDDEN, "revoked", "this share no longer exists"));
@@ -77,12 +82,20 @@ async fn check(st: &Arc<AppState>, token: String, client: Option<IpAddr>) -> Res
         }
         let expires = veil_storage::parse_iso(&share.expires).unwrap_or(0);
         if now >= expires {
-            return Err(Refusal::new(StatusCode::FORBIDDEN, "expired", format!("this share link expired at {}", share.expires)));
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "expired",
+                format!("this share link expired at {}", share.expires),
+            ));
         }
         if let Some(range) = &share.ip {
             let allowed = range.parse::<Cidr>().ok().zip(client).is_some_and(|(r, c)| r.contains(c));
             if !allowed {
-                return Err(Refusal::new(StatusCode::FORBIDDEN, "address", "this share link cannot be used from this address"));
+                return Err(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    "address",
+                    "this share link cannot be used from this address",
+                ));
             }
         }
         let Ok(Location::Local(dir)) = Location::parse(&share.location) else {
@@ -107,16 +120,28 @@ pub(crate) async fn manifest(State(st): State<Arc<AppState>>, Path(token): Path<
         Ok(g) => g,
         Err(r) => return r,
     };
-    let share = ShareManifest::new(&granted.share, granted.expires, &granted.manifest, |path| Ok(veil_storage::encode_path(path)));
+    let share = ShareManifest::new(&granted.share, granted.expires, &granted.manifest, |path| {
+        Ok(veil_storage::encode_path(path))
+    });
     match share {
-        Ok(share) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], serde_json::to_string_pretty(&share).unwrap_or_default()).into_response(),
+        Ok(share) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")],
+            serde_json::to_string_pretty(&share).unwrap_or_default(),
+        )
+            .into_response(),
         Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"),
     }
 }
 
 /// `GET /share/<token>/<file>`: one file of the share (from a byte offset
 /// with `Range: bytes=N-`).
-pub(crate) async fn file(State(st): State<Arc<AppState>>, Path((token, path)): Path<(String, String)>, headers: HeaderMap, request: Request) -> Response {
+pub(crate) async fn file(
+    State(st): State<Arc<AppState>>,
+    Path((token, path)): Path<(String, String)>,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
     let client = client_address(&request);
     let granted = match check(&st, token, client).await {
         Ok(g) => g,
@@ -144,7 +169,10 @@ pub(crate) async fn file(State(st): State<Arc<AppState>>, Path((token, path)): P
     let actual = file.metadata().await.map_or(size, |m| m.len());
     let (status, start) = match from {
         Some(n) if n > 0 && n < actual => (StatusCode::PARTIAL_CONTENT, n),
-        Some(n) if n > 0 => return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{actual}"))]).into_response(),
+        Some(n) if n > 0 => {
+            return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{actual}"))])
+                .into_response();
+        }
         _ => (StatusCode::OK, 0),
     };
     if start > 0 {

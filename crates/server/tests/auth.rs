@@ -49,7 +49,12 @@ fn token_url(s: &Server) -> String {
 }
 
 fn token_request(s: &Server, assertion: &str, scope: &str) -> Response {
-    let form = [("grant_type", "client_credentials"), ("client_assertion_type", JWT_BEARER), ("client_assertion", assertion), ("scope", scope)];
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_assertion_type", JWT_BEARER),
+        ("client_assertion", assertion),
+        ("scope", scope),
+    ];
     client().post(token_url(s)).form(&form).send().unwrap()
 }
 
@@ -95,7 +100,8 @@ fn a_valid_assertion_gets_a_token_that_opens_kickoff_status_and_downloads() {
     register(&s, "team-b", &other_key, "system/*.read");
 
     // Discovery: JSON with absolute URLs.
-    let config: Json = client().get(format!("{}/.well-known/smart-configuration", s.base)).send().unwrap().json().unwrap();
+    let config: Json =
+        client().get(format!("{}/.well-known/smart-configuration", s.base)).send().unwrap().json().unwrap();
     assert_eq!(config["token_endpoint"], token_url(&s));
     assert_eq!(config["token_endpoint_auth_methods_supported"], json!(["private_key_jwt"]));
     assert!(config["token_endpoint_auth_signing_alg_values_supported"].as_array().unwrap().contains(&json!("ES384")));
@@ -124,7 +130,11 @@ fn a_valid_assertion_gets_a_token_that_opens_kickoff_status_and_downloads() {
     assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
     assert_eq!(r.json::<Json>().unwrap()["resourceType"], "OperationOutcome");
     assert_eq!(with_token(client().get(&kickoff), "not-a-token").status(), 401);
-    assert_eq!(client().get(format!("{}/metadata", s.base)).send().unwrap().status(), 200, "the CapabilityStatement stays open");
+    assert_eq!(
+        client().get(format!("{}/metadata", s.base)).send().unwrap().status(),
+        200,
+        "the CapabilityStatement stays open"
+    );
 
     // With it: kick-off, status, downloads.
     let r = with_token(client().get(&kickoff).header("prefer", "respond-async"), &token);
@@ -169,15 +179,47 @@ fn bad_assertions_are_refused_with_oauth_errors() {
     let same = |_: &mut Json| {};
     let cases = [
         ("expired", sign(Algorithm::ES384, &kid, &signer, &claims(&|c| c["exp"] = json!(now() - 120)))),
-        ("exp more than 5 minutes ahead", sign(Algorithm::ES384, &kid, &signer, &claims(&|c| c["exp"] = json!(now() + 900)))),
-        ("wrong audience", sign(Algorithm::ES384, &kid, &signer, &claims(&|c| c["aud"] = json!("https://elsewhere.example/auth/token")))),
+        (
+            "exp more than 5 minutes ahead",
+            sign(Algorithm::ES384, &kid, &signer, &claims(&|c| c["exp"] = json!(now() + 900))),
+        ),
+        (
+            "wrong audience",
+            sign(
+                Algorithm::ES384,
+                &kid,
+                &signer,
+                &claims(&|c| c["aud"] = json!("https://elsewhere.example/auth/token")),
+            ),
+        ),
         ("wrong key", sign(Algorithm::ES384, &kid, &other, &claims(&same))),
         ("unknown kid", sign(Algorithm::ES384, "kid-9", &signer, &claims(&same))),
         ("wrong algorithm: RS256", sign(Algorithm::RS256, &kid, &rsa, &claims(&same))),
         ("wrong algorithm: HS384", sign(Algorithm::HS384, &kid, &EncodingKey::from_secret(b"guess"), &claims(&same))),
         ("sub is not iss", sign(Algorithm::ES384, &kid, &signer, &claims(&|c| c["sub"] = json!("team-b")))),
-        ("unknown client", sign(Algorithm::ES384, &kid, &signer, &claims(&|c| { c["iss"] = json!("team-z"); c["sub"] = json!("team-z"); }))),
-        ("no jti", sign(Algorithm::ES384, &kid, &signer, &claims(&|c| { c.as_object_mut().unwrap().remove("jti"); }))),
+        (
+            "unknown client",
+            sign(
+                Algorithm::ES384,
+                &kid,
+                &signer,
+                &claims(&|c| {
+                    c["iss"] = json!("team-z");
+                    c["sub"] = json!("team-z");
+                }),
+            ),
+        ),
+        (
+            "no jti",
+            sign(
+                Algorithm::ES384,
+                &kid,
+                &signer,
+                &claims(&|c| {
+                    c.as_object_mut().unwrap().remove("jti");
+                }),
+            ),
+        ),
     ];
     for (what, assertion) in &cases {
         assert_eq!(refused(token_request(&s, assertion, "system/Patient.read")), "invalid_client", "{what}");
@@ -198,10 +240,38 @@ fn bad_assertions_are_refused_with_oauth_errors() {
     let c = client();
     let assertion = sign(Algorithm::ES384, &kid, &signer, &claims(&same));
     let post = |form: &[(&str, &str)]| c.post(token_url(&s)).form(form).send().unwrap();
-    assert_eq!(refused(post(&[("grant_type", "password"), ("client_assertion_type", JWT_BEARER), ("client_assertion", &assertion)])), "unsupported_grant_type");
-    assert_eq!(refused(post(&[("client_assertion_type", JWT_BEARER), ("client_assertion", &assertion), ("scope", "system/Patient.read")])), "invalid_request");
-    assert_eq!(refused(post(&[("grant_type", "client_credentials"), ("client_assertion_type", "basic"), ("client_assertion", &assertion)])), "invalid_client");
-    assert_eq!(refused(post(&[("grant_type", "client_credentials"), ("client_assertion_type", JWT_BEARER), ("scope", "system/Patient.read")])), "invalid_request");
+    assert_eq!(
+        refused(post(&[
+            ("grant_type", "password"),
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", &assertion)
+        ])),
+        "unsupported_grant_type"
+    );
+    assert_eq!(
+        refused(post(&[
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", &assertion),
+            ("scope", "system/Patient.read")
+        ])),
+        "invalid_request"
+    );
+    assert_eq!(
+        refused(post(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", "basic"),
+            ("client_assertion", &assertion)
+        ])),
+        "invalid_client"
+    );
+    assert_eq!(
+        refused(post(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", JWT_BEARER),
+            ("scope", "system/Patient.read")
+        ])),
+        "invalid_request"
+    );
     let json_body = c.post(token_url(&s)).json(&json!({"grant_type": "client_credentials"})).send().unwrap();
     assert_eq!(refused(json_body), "invalid_request", "the form content type is required");
     // None of these spent the nonce: the assertion still works once.
@@ -284,7 +354,14 @@ fn keys_registered_by_url_are_fetched_cached_and_jku_must_match() {
     let s = start("auth_jwks_url", false, Some(300));
     let (key, pem) = SigningKey::generate(KeyKind::Es384).unwrap();
     let (url, fetches) = jwks_host(key.public_jwks().to_string());
-    let record = ClientRecord { id: "by-url".into(), name: "by url".into(), jwks: None, jwks_url: Some(url.clone()), scopes: "system/*.read".into(), created: String::new() };
+    let record = ClientRecord {
+        id: "by-url".into(),
+        name: "by url".into(),
+        jwks: None,
+        jwks_url: Some(url.clone()),
+        scopes: "system/*.read".into(),
+        created: String::new(),
+    };
     s.store.add_client(&record).unwrap();
     let signer = EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
     let assertion = |jku: Option<&str>, jti: &str| {

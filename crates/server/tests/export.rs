@@ -14,7 +14,12 @@ use veil_server::http::bind;
 use veil_store::{ScanFilter, Store};
 
 fn kickoff(s: &Server, path: &str) -> Response {
-    client().get(format!("{}{path}", s.base)).header("Accept", "application/fhir+json").header("Prefer", "respond-async").send().unwrap()
+    client()
+        .get(format!("{}{path}", s.base))
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", "respond-async")
+        .send()
+        .unwrap()
 }
 
 fn status_url(r: &Response) -> String {
@@ -100,16 +105,27 @@ fn checklist(s: &Server) {
 
     // Patient and Group level: the patients' compartments.
     let mut patients = Vec::new();
-    s.store.scan(&ScanFilter { types: Some(vec!["Patient".into()]), ..Default::default() }, &mut |r| { patients.push(r.id); Ok(true) }).unwrap();
+    s.store
+        .scan(&ScanFilter { types: Some(vec!["Patient".into()]), ..Default::default() }, &mut |r| {
+            patients.push(r.id);
+            Ok(true)
+        })
+        .unwrap();
     let expected = store_counts(&*s.store, &ScanFilter { patients: Some(patients.clone()), ..Default::default() });
     let manifest: Json = wait(&status_url(&kickoff(s, "/Patient/$export"))).json().unwrap();
     assert_eq!(download(&manifest).0, expected);
     let mut group = String::new();
-    s.store.scan(&ScanFilter { types: Some(vec!["Group".into()]), ..Default::default() }, &mut |r| { group = r.id; Ok(true) }).unwrap();
+    s.store
+        .scan(&ScanFilter { types: Some(vec!["Group".into()]), ..Default::default() }, &mut |r| {
+            group = r.id;
+            Ok(true)
+        })
+        .unwrap();
     let members = s.store.group_members(&group).unwrap().unwrap();
     let in_group: Vec<String> = patients.iter().filter(|p| members.contains(p)).cloned().collect();
     let expected_group = store_counts(&*s.store, &ScanFilter { patients: Some(in_group), ..Default::default() });
-    let manifest: Json = wait(&status_url(&kickoff(s, &format!("/Group/{group}/$export?_type=Patient,Encounter")))).json().unwrap();
+    let manifest: Json =
+        wait(&status_url(&kickoff(s, &format!("/Group/{group}/$export?_type=Patient,Encounter")))).json().unwrap();
     let got = download(&manifest).0;
     assert_eq!(got.get("Patient"), expected_group.get("Patient"));
     assert_eq!(got.get("Encounter"), expected_group.get("Encounter"));
@@ -124,7 +140,12 @@ fn checklist(s: &Server) {
     // POST with a Parameters body: one patient.
     let one = &patients[0];
     let body = json!({"resourceType": "Parameters", "parameter": [{"name": "patient", "valueReference": {"reference": format!("Patient/{one}")}}, {"name": "_type", "valueString": "Patient,Condition"}]});
-    let r = client().post(format!("{}/Patient/$export", s.base)).header("Accept", "application/fhir+json").body(body.to_string()).send().unwrap();
+    let r = client()
+        .post(format!("{}/Patient/$export", s.base))
+        .header("Accept", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .unwrap();
     let manifest: Json = wait(&status_url(&r)).json().unwrap();
     let (got, text) = download(&manifest);
     assert_eq!(got.get("Patient"), Some(&1));
@@ -167,7 +188,10 @@ fn checklist(s: &Server) {
     }
     // Under handling=lenient, what cannot be honoured is ignored and reported.
     let lenient = client()
-        .get(format!("{}/$export?_type=Device&_typeFilter=Observation%3Fnonsense%3Dfinal&organizeOutputBy=Patient", s.base))
+        .get(format!(
+            "{}/$export?_type=Device&_typeFilter=Observation%3Fnonsense%3Dfinal&organizeOutputBy=Patient",
+            s.base
+        ))
         .header("Prefer", "respond-async, handling=lenient")
         .send()
         .unwrap();
@@ -177,16 +201,27 @@ fn checklist(s: &Server) {
     assert!(report.contains("nonsense") && report.contains("organizeOutputBy"));
 
     // _elements: only what was asked, plus id and meta, tagged SUBSETTED.
-    let (_, text) = download(&wait(&status_url(&kickoff(s, "/$export?_type=Patient,Device&_elements=Patient.gender,birthDate"))).json().unwrap());
+    let (_, text) = download(
+        &wait(&status_url(&kickoff(s, "/$export?_type=Patient,Device&_elements=Patient.gender,birthDate")))
+            .json()
+            .unwrap(),
+    );
     for line in text.lines() {
         let r: Json = serde_json::from_str(line).unwrap();
         let keys: Vec<&String> = r.as_object().unwrap().keys().collect();
-        assert!(keys.iter().all(|k| ["resourceType", "id", "meta", "gender", "birthDate", "_birthDate"].contains(&k.as_str())), "{keys:?}");
+        assert!(
+            keys.iter()
+                .all(|k| ["resourceType", "id", "meta", "gender", "birthDate", "_birthDate"].contains(&k.as_str())),
+            "{keys:?}"
+        );
         assert!(r["meta"]["tag"].to_string().contains("SUBSETTED"));
     }
 
     // _typeFilter: search parameters through their FHIRPath definitions.
-    let final_obs = store_counts(&*s.store, &ScanFilter { types: Some(vec!["Observation".into()]), ..Default::default() })["Observation"];
+    let final_obs = store_counts(
+        &*s.store,
+        &ScanFilter { types: Some(vec!["Observation".into()]), ..Default::default() },
+    )["Observation"];
     let filtered: Json = wait(&status_url(&kickoff(
         s,
         "/$export?_type=Observation,Patient&_typeFilter=Observation%3Fcategory%3Dvital-signs%26date%3Dge2000-01-01,Patient%3Fgender%3Dfemale",
@@ -210,7 +245,10 @@ fn checklist(s: &Server) {
     assert_eq!(client().delete(&url).send().unwrap().status(), 404);
 
     // De-identified export into a named container, as Azure does it.
-    let url = status_url(&kickoff(s, "/$export?_type=Patient,Condition&_anonymizationConfig=safe-harbor.json&_container=research"));
+    let url = status_url(&kickoff(
+        s,
+        "/$export?_type=Patient,Condition&_anonymizationConfig=safe-harbor.json&_container=research",
+    ));
     let manifest: Json = wait(&url).json().unwrap();
     let (counts, text) = download(&manifest);
     assert_eq!(counts["Patient"], s.store.counts().unwrap()["Patient"] - 1, "the resource that is not R4 is left out");
@@ -229,9 +267,15 @@ fn checklist(s: &Server) {
     // _anonymizationConfigEtag pins the configuration's version (its SHA-256 in local storage).
     let config = std::fs::read_to_string(s.storage.join("anonymization/safe-harbor.json")).unwrap();
     let tag = veil_server::export::etag(&config);
-    let ok = wait(&status_url(&kickoff(s, &format!("/$export?_type=Device&_anonymizationConfig=safe-harbor.json&_anonymizationConfigEtag=%22{tag}%22"))));
+    let ok = wait(&status_url(&kickoff(
+        s,
+        &format!("/$export?_type=Device&_anonymizationConfig=safe-harbor.json&_anonymizationConfigEtag=%22{tag}%22"),
+    )));
     assert_eq!(ok.status(), 200);
-    let stale = wait(&status_url(&kickoff(s, "/$export?_type=Device&_anonymizationConfig=safe-harbor.json&_anonymizationConfigEtag=0x8D9")));
+    let stale = wait(&status_url(&kickoff(
+        s,
+        "/$export?_type=Device&_anonymizationConfig=safe-harbor.json&_anonymizationConfigEtag=0x8D9",
+    )));
     assert_eq!(stale.status(), 400);
     // A configuration that is not there: the job fails, with an OperationOutcome.
     let failed = wait(&status_url(&kickoff(s, "/$export?_anonymizationConfig=missing.json")));
@@ -249,7 +293,11 @@ fn checklist(s: &Server) {
 fn rest(s: &Server, patient: &str) {
     let c = client();
     // Create: the server chooses the id.
-    let r = c.post(format!("{}/Patient", s.base)).body(r#"{"resourceType":"Patient","id":"mine","name":[{"family":"Restful"}],"gender":"other"}"#).send().unwrap();
+    let r = c
+        .post(format!("{}/Patient", s.base))
+        .body(r#"{"resourceType":"Patient","id":"mine","name":[{"family":"Restful"}],"gender":"other"}"#)
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 201);
     let location = r.headers()["location"].to_str().unwrap().to_string();
     assert!(location.starts_with(&format!("{}/Patient/", s.base)) && location.ends_with("/_history/1"), "{location}");
@@ -260,19 +308,31 @@ fn rest(s: &Server, patient: &str) {
     let r = c.put(format!("{}/Patient/{id}", s.base)).body(body).send().unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["etag"], "W/\"2\"");
-    let r = c.put(format!("{}/Patient/{id}", s.base)).body(r#"{"resourceType":"Patient","id":"other"}"#).send().unwrap();
+    let r =
+        c.put(format!("{}/Patient/{id}", s.base)).body(r#"{"resourceType":"Patient","id":"other"}"#).send().unwrap();
     assert_eq!(r.status(), 400);
     // Search.
     let found: Json = c.get(format!("{}/Patient?family=restf&gender=female", s.base)).send().unwrap().json().unwrap();
     assert_eq!(found["type"], "searchset");
     assert_eq!(found["entry"].as_array().unwrap().len(), 1);
-    let page1: Json = c.get(format!("{}/Observation?patient={patient}&_count=5", s.base)).send().unwrap().json().unwrap();
+    let page1: Json =
+        c.get(format!("{}/Observation?patient={patient}&_count=5", s.base)).send().unwrap().json().unwrap();
     assert_eq!(page1["entry"].as_array().unwrap().len(), 5);
-    let next = page1["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"].as_str().unwrap().to_string();
+    let next = page1["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let page2: Json = c.get(&next).send().unwrap().json().unwrap();
     assert_ne!(page1["entry"][0]["resource"]["id"], page2["entry"][0]["resource"]["id"]);
-    assert!(page2["entry"].as_array().unwrap().iter().all(|e| e["resource"]["subject"]["reference"] == format!("Patient/{patient}")));
-    let none: Json = c.get(format!("{}/Observation?_lastUpdated=gt2999-01-01T00:00:00Z", s.base)).send().unwrap().json().unwrap();
+    assert!(
+        page2["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["resource"]["subject"]["reference"] == format!("Patient/{patient}"))
+    );
+    let none: Json =
+        c.get(format!("{}/Observation?_lastUpdated=gt2999-01-01T00:00:00Z", s.base)).send().unwrap().json().unwrap();
     assert_eq!(none["entry"], json!([]));
     let some: Json = c.get(format!("{}/Patient?_id={patient}", s.base)).send().unwrap().json().unwrap();
     assert_eq!(some["entry"][0]["resource"]["id"], patient);
@@ -286,11 +346,17 @@ fn rest(s: &Server, patient: &str) {
     assert!(manifest["output"].as_array().unwrap().iter().all(|o| o["type"] != "Patient"));
     let deleted = &manifest["deleted"][0];
     assert_eq!((deleted["type"].as_str(), deleted["count"].as_u64()), (Some("Patient"), Some(1)));
-    let line: Json = serde_json::from_str(c.get(deleted["url"].as_str().unwrap()).send().unwrap().text().unwrap().trim()).unwrap();
+    let line: Json =
+        serde_json::from_str(c.get(deleted["url"].as_str().unwrap()).send().unwrap().text().unwrap().trim()).unwrap();
     assert_eq!(line["entry"][0]["request"], json!({"method": "DELETE", "url": format!("Patient/{id}")}));
     // De-identified, the same export lists no deletion: its id is the stored
     // one. An informational outcome says why.
-    let deid: Json = wait(&status_url(&kickoff(s, &format!("/$export?_since={before_delete}&_anonymizationConfig=safe-harbor.json")))).json().unwrap();
+    let deid: Json = wait(&status_url(&kickoff(
+        s,
+        &format!("/$export?_since={before_delete}&_anonymizationConfig=safe-harbor.json"),
+    )))
+    .json()
+    .unwrap();
     assert_eq!(deid["deleted"], json!([]));
     let why = c.get(deid["error"][0]["url"].as_str().unwrap()).send().unwrap().text().unwrap();
     assert!(why.contains("deleted resources are not listed in a de-identified export") && !why.contains(&id), "{why}");

@@ -23,7 +23,8 @@ fn the_synthea_sample_loads_as_it_is() {
         entries_in += doc["entry"].as_array().map_or(1, |e| e.len());
         for e in doc["entry"].as_array().into_iter().flatten() {
             let r = &e["resource"];
-            let id = r["id"].as_str().or_else(|| e["fullUrl"].as_str().and_then(|u| u.strip_prefix("urn:uuid:"))).unwrap();
+            let id =
+                r["id"].as_str().or_else(|| e["fullUrl"].as_str().and_then(|u| u.strip_prefix("urn:uuid:"))).unwrap();
             distinct.entry(r["resourceType"].as_str().unwrap().to_string()).or_default().insert(id.to_string());
         }
         total.add(&veil_server::load_document(&*store, doc, &name).unwrap());
@@ -31,7 +32,8 @@ fn the_synthea_sample_loads_as_it_is() {
     let written: u64 = total.written.values().sum();
     assert_eq!(written as usize, entries_in, "every entry stored, and the Group file");
     // Organizations and practitioners recur across patients' bundles: stored once each.
-    let expected: std::collections::BTreeMap<String, u64> = distinct.iter().map(|(t, ids)| (t.clone(), ids.len() as u64)).collect();
+    let expected: std::collections::BTreeMap<String, u64> =
+        distinct.iter().map(|(t, ids)| (t.clone(), ids.len() as u64)).collect();
     let mut counts = store.counts().unwrap();
     assert_eq!(counts.remove("Group"), Some(1));
     assert_eq!(counts, expected);
@@ -59,15 +61,27 @@ fn the_synthea_sample_loads_as_it_is() {
         .unwrap();
     let mut in_compartments = 0;
     store
-        .scan(&ScanFilter { patients: Some(patient_ids.clone()), types: Some(vec!["Observation".into()]), ..Default::default() }, &mut |_| {
-            in_compartments += 1;
-            Ok(true)
-        })
+        .scan(
+            &ScanFilter {
+                patients: Some(patient_ids.clone()),
+                types: Some(vec!["Observation".into()]),
+                ..Default::default()
+            },
+            &mut |_| {
+                in_compartments += 1;
+                Ok(true)
+            },
+        )
         .unwrap();
     assert_eq!(in_compartments, total.written["Observation"], "every Observation belongs to a patient");
     // The sample's Group lists all 100 patients.
     let mut groups = Vec::new();
-    store.scan(&ScanFilter { types: Some(vec!["Group".into()]), ..Default::default() }, &mut |s| { groups.push(s.id); Ok(true) }).unwrap();
+    store
+        .scan(&ScanFilter { types: Some(vec!["Group".into()]), ..Default::default() }, &mut |s| {
+            groups.push(s.id);
+            Ok(true)
+        })
+        .unwrap();
     assert_eq!(groups.len(), 1);
     let members = store.group_members(&groups[0]).unwrap().unwrap();
     assert_eq!(members.len(), 100);
@@ -83,8 +97,20 @@ fn ndjson_loads_in_batches_and_names_bad_lines() {
     let text = "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n\n{\"resourceType\":\"Patient\",\"id\":\"b\"}\n{\"resourceType\":\"Observation\",\"id\":\"o\",\"status\":\"final\",\"code\":{\"text\":\"x\"},\"subject\":{\"reference\":\"Patient/a\"}}\n";
     let report = veil_server::load_ndjson(&*store, text.as_bytes(), "x.ndjson", 2).unwrap();
     assert_eq!(report.written["Patient"], 2);
-    let err = veil_server::load_ndjson(&*store, "{\"resourceType\":\"Patient\",\"id\":\"c\"}\n{oops Zebulon\n".as_bytes(), "y.ndjson", 10).unwrap_err();
+    let err = veil_server::load_ndjson(
+        &*store,
+        "{\"resourceType\":\"Patient\",\"id\":\"c\"}\n{oops Zebulon\n".as_bytes(),
+        "y.ndjson",
+        10,
+    )
+    .unwrap_err();
     assert_eq!(err.to_string(), "y.ndjson:2: not valid JSON (column 2)");
-    let err = veil_server::load_ndjson(&*store, "{\"resourceType\":\"Nope\",\"name\":\"Zebulon\"}\n".as_bytes(), "z.ndjson", 10).unwrap_err();
+    let err = veil_server::load_ndjson(
+        &*store,
+        "{\"resourceType\":\"Nope\",\"name\":\"Zebulon\"}\n".as_bytes(),
+        "z.ndjson",
+        10,
+    )
+    .unwrap_err();
     assert_eq!(err.to_string(), "z.ndjson:1: no known resourceType");
 }

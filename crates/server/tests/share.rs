@@ -42,13 +42,15 @@ fn start(name: &str) -> Fixture {
     let _ = std::fs::remove_dir_all(&root);
     let export = root.join("export");
     std::fs::create_dir_all(export.join("sub")).unwrap();
-    std::fs::write(export.join("Patient-1.ndjson"), "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n".repeat(200)).unwrap();
+    std::fs::write(export.join("Patient-1.ndjson"), "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n".repeat(200))
+        .unwrap();
     std::fs::write(export.join("sub/Observation-1.ndjson"), "{\"resourceType\":\"Observation\"}\n").unwrap();
     let manifest = veil_storage::manifest_of_dir(&export).unwrap();
     std::fs::write(export.join(veil_storage::MANIFEST_NAME), manifest.to_json()).unwrap();
     std::fs::write(export.join("unlisted.txt"), "UNLISTED-CONTENT").unwrap();
     std::fs::write(root.join("secret.txt"), "TOP-SECRET-CONTENT").unwrap();
-    let store: Arc<dyn Store> = Arc::from(veil_store::open(&format!("sqlite:{}", root.join("veil.db").display())).unwrap());
+    let store: Arc<dyn Store> =
+        Arc::from(veil_store::open(&format!("sqlite:{}", root.join("veil.db").display())).unwrap());
     let storage = Storage::new(root.join("storage")).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -144,7 +146,14 @@ fn a_link_opens_exactly_its_export_and_every_download_is_audited() {
     let log = f.store.downloads(Some("sh_00000000000000a1")).unwrap();
     let seen: Vec<(&str, i64, &str)> = log.iter().map(|d| (d.file.as_str(), d.bytes, d.client.as_str())).collect();
     let full = expected.len() as i64;
-    assert_eq!(seen, [("Patient-1.ndjson", full, "127.0.0.1"), ("sub/Observation-1.ndjson", 31, "127.0.0.1"), ("Patient-1.ndjson", full - 100, "127.0.0.1")]);
+    assert_eq!(
+        seen,
+        [
+            ("Patient-1.ndjson", full, "127.0.0.1"),
+            ("sub/Observation-1.ndjson", 31, "127.0.0.1"),
+            ("Patient-1.ndjson", full - 100, "127.0.0.1")
+        ]
+    );
     assert!(log.iter().all(|d| d.time.len() == 24));
 }
 

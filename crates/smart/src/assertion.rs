@@ -57,21 +57,29 @@ pub fn verify_assertion(
     now: u64,
     find_client: impl FnOnce(&str) -> Option<Client>,
 ) -> Result<Verified, OAuthError> {
-    let header = jsonwebtoken::decode_header(assertion).map_err(|_| OAuthError::invalid_client("client_assertion is not a JWT"))?;
+    let header = jsonwebtoken::decode_header(assertion)
+        .map_err(|_| OAuthError::invalid_client("client_assertion is not a JWT"))?;
     // An allow-list, so that `none` and HMAC (a public key used as a shared
     // secret) can never verify.
     if !matches!(header.alg, Algorithm::RS384 | Algorithm::ES384) {
-        return Err(OAuthError::invalid_client(format!("alg {:?} is not accepted: sign with RS384 or ES384", header.alg)));
+        return Err(OAuthError::invalid_client(format!(
+            "alg {:?} is not accepted: sign with RS384 or ES384",
+            header.alg
+        )));
     }
     if !header.typ.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("JWT")) {
         return Err(OAuthError::invalid_client("the assertion's header needs typ JWT"));
     }
-    let Some(kid) = header.kid.as_deref() else { return Err(OAuthError::invalid_client("the assertion's header needs a kid")) };
+    let Some(kid) = header.kid.as_deref() else {
+        return Err(OAuthError::invalid_client("the assertion's header needs a kid"));
+    };
     // The issuer, read before the signature is checked, only to find the
     // client whose keys will check it.
-    let unverified: Claims =
-        jsonwebtoken::dangerous::insecure_decode_claims(assertion).map_err(|_| OAuthError::invalid_client("the assertion's claims are not readable"))?;
-    let Some(iss) = unverified.iss else { return Err(OAuthError::invalid_client("the assertion needs iss (the client id)")) };
+    let unverified: Claims = jsonwebtoken::dangerous::insecure_decode_claims(assertion)
+        .map_err(|_| OAuthError::invalid_client("the assertion's claims are not readable"))?;
+    let Some(iss) = unverified.iss else {
+        return Err(OAuthError::invalid_client("the assertion needs iss (the client id)"));
+    };
     let Some(client) = find_client(&iss) else { return Err(OAuthError::invalid_client("unknown client")) };
     if let Some(jku) = header.jku.as_deref()
         && client.jwks_url.as_deref() != Some(jku)
@@ -88,7 +96,9 @@ pub fn verify_assertion(
             (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES384) => ec.curve == EllipticCurve::P384,
             _ => false,
         })
-        .filter(|k| k.common.key_operations.as_ref().is_none_or(|ops| ops.iter().any(|o| matches!(o, KeyOperations::Verify))))
+        .filter(|k| {
+            k.common.key_operations.as_ref().is_none_or(|ops| ops.iter().any(|o| matches!(o, KeyOperations::Verify)))
+        })
         .collect();
     let [jwk] = candidates.as_slice() else {
         return Err(OAuthError::invalid_client(format!("no single registered {:?} key has this kid", header.alg)));
@@ -117,7 +127,9 @@ pub fn verify_assertion(
     if expires > now + MAX_LIFETIME_SECS + SKEW_SECS {
         return Err(OAuthError::invalid_client("exp may be at most five minutes ahead"));
     }
-    let Some(jti) = claims.jti.filter(|j| !j.is_empty()) else { return Err(OAuthError::invalid_client("the assertion needs a jti")) };
+    let Some(jti) = claims.jti.filter(|j| !j.is_empty()) else {
+        return Err(OAuthError::invalid_client("the assertion needs a jti"));
+    };
     Ok(Verified { client_id: client.id, jti, expires })
 }
 
@@ -143,7 +155,8 @@ mod tests {
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &SystemRandom::new()).unwrap();
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
         let point = pair.public_key().as_ref(); // 0x04 || x || y
-        let jwk = json!({"kty": "EC", "crv": "P-384", "kid": kid, "x": b64url(&point[1..49]), "y": b64url(&point[49..97])});
+        let jwk =
+            json!({"kty": "EC", "crv": "P-384", "kid": kid, "x": b64url(&point[1..49]), "y": b64url(&point[49..97])});
         (EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
     }
 
@@ -160,7 +173,11 @@ mod tests {
     }
 
     fn client(keys: &[&serde_json::Value]) -> Client {
-        Client { id: "client-1".into(), jwks: serde_json::from_value(json!({"keys": keys})).unwrap(), jwks_url: Some("https://client.example/jwks.json".into()) }
+        Client {
+            id: "client-1".into(),
+            jwks: serde_json::from_value(json!({"keys": keys})).unwrap(),
+            jwks_url: Some("https://client.example/jwks.json".into()),
+        }
     }
 
     fn sign(alg: Algorithm, kid: &str, key: &EncodingKey, claims: serde_json::Value) -> String {
@@ -203,23 +220,72 @@ mod tests {
             ("unknown kid", sign(Algorithm::ES384, "ec-9", &ec, claims())),
             ("kid of the other key type", sign(Algorithm::RS384, "ec-1", &rsa, claims())),
             ("RS256", sign(Algorithm::RS256, "rsa-1", &rsa, claims())),
-            ("HS384 with the public key as secret", sign(Algorithm::HS384, "rsa-1", &EncodingKey::from_secret(rsa_jwk["n"].as_str().unwrap().as_bytes()), claims())),
+            (
+                "HS384 with the public key as secret",
+                sign(
+                    Algorithm::HS384,
+                    "rsa-1",
+                    &EncodingKey::from_secret(rsa_jwk["n"].as_str().unwrap().as_bytes()),
+                    claims(),
+                ),
+            ),
             ("expired", sign(Algorithm::ES384, "ec-1", &ec, with(&|c| c["exp"] = json!(now() - 120)))),
             ("too far ahead", sign(Algorithm::ES384, "ec-1", &ec, with(&|c| c["exp"] = json!(now() + 3600)))),
-            ("wrong audience", sign(Algorithm::ES384, "ec-1", &ec, with(&|c| c["aud"] = json!("https://other.example/token")))),
+            (
+                "wrong audience",
+                sign(Algorithm::ES384, "ec-1", &ec, with(&|c| c["aud"] = json!("https://other.example/token"))),
+            ),
             ("sub is not iss", sign(Algorithm::ES384, "ec-1", &ec, with(&|c| c["sub"] = json!("client-2")))),
-            ("no jti", sign(Algorithm::ES384, "ec-1", &ec, with(&|c| { c.as_object_mut().unwrap().remove("jti"); }))),
-            ("no exp", sign(Algorithm::ES384, "ec-1", &ec, with(&|c| { c.as_object_mut().unwrap().remove("exp"); }))),
-            ("unknown client", sign(Algorithm::ES384, "ec-1", &ec, with(&|c| { c["iss"] = json!("client-2"); c["sub"] = json!("client-2"); }))),
+            (
+                "no jti",
+                sign(
+                    Algorithm::ES384,
+                    "ec-1",
+                    &ec,
+                    with(&|c| {
+                        c.as_object_mut().unwrap().remove("jti");
+                    }),
+                ),
+            ),
+            (
+                "no exp",
+                sign(
+                    Algorithm::ES384,
+                    "ec-1",
+                    &ec,
+                    with(&|c| {
+                        c.as_object_mut().unwrap().remove("exp");
+                    }),
+                ),
+            ),
+            (
+                "unknown client",
+                sign(
+                    Algorithm::ES384,
+                    "ec-1",
+                    &ec,
+                    with(&|c| {
+                        c["iss"] = json!("client-2");
+                        c["sub"] = json!("client-2");
+                    }),
+                ),
+            ),
             ("not a JWT", "not-a-jwt".to_string()),
         ];
         for (what, assertion) in cases {
             let e = check(&assertion, &c).expect_err(what);
             assert_eq!(e.code, "invalid_client", "{what}");
-            assert!(!e.description.contains(&assertion) && !e.description.contains(ec_jwk["x"].as_str().unwrap()), "{what}: {e}");
+            assert!(
+                !e.description.contains(&assertion) && !e.description.contains(ec_jwk["x"].as_str().unwrap()),
+                "{what}: {e}"
+            );
         }
         // alg none: a token with no signature at all.
-        let none = format!("{}.{}.", b64url(br#"{"alg":"none","typ":"JWT","kid":"ec-1"}"#), b64url(claims().to_string().as_bytes()));
+        let none = format!(
+            "{}.{}.",
+            b64url(br#"{"alg":"none","typ":"JWT","kid":"ec-1"}"#),
+            b64url(claims().to_string().as_bytes())
+        );
         assert_eq!(check(&none, &c).unwrap_err().code, "invalid_client");
     }
 

@@ -57,7 +57,10 @@ impl TokenClient {
     /// (`system/*.read`, say).
     pub fn new(fhir_base: &str, client_id: &str, key: SigningKey, scope: &str) -> TokenClient {
         TokenClient {
-            http: reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("an HTTP client with defaults"),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("an HTTP client with defaults"),
             fhir_base: fhir_base.trim_end_matches('/').to_string(),
             client_id: client_id.to_string(),
             key,
@@ -74,17 +77,25 @@ impl TokenClient {
             return Ok(url.clone());
         }
         let discovery = format!("{}/.well-known/smart-configuration", self.fhir_base);
-        let unreachable = |e: reqwest::Error| ClientError::Http(format!("cannot read {discovery}: {}", without_url(&e)));
+        let unreachable =
+            |e: reqwest::Error| ClientError::Http(format!("cannot read {discovery}: {}", without_url(&e)));
         let response = self.http.get(&discovery).header("accept", "application/json").send().map_err(unreachable)?;
         if !response.status().is_success() {
-            return Err(ClientError::Http(format!("{discovery} answered {}: the server does not offer SMART Backend Services", response.status())));
+            return Err(ClientError::Http(format!(
+                "{discovery} answered {}: the server does not offer SMART Backend Services",
+                response.status()
+            )));
         }
         let config: Json = response.json().map_err(unreachable)?;
         let Some(endpoint) = config.get("token_endpoint").and_then(Json::as_str) else {
             return Err(ClientError::Http(format!("{discovery} names no token_endpoint")));
         };
         // Relative URLs are resolved against the FHIR base (§4.1).
-        let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("{}/{}", self.fhir_base, endpoint.trim_start_matches('/')) };
+        let url = if endpoint.contains("://") {
+            endpoint.to_string()
+        } else {
+            format!("{}/{}", self.fhir_base, endpoint.trim_start_matches('/'))
+        };
         *known = Some(url.clone());
         Ok(url)
     }
@@ -130,13 +141,10 @@ impl TokenClient {
             ("scope", self.scope.as_str()),
         ];
         let asked = Instant::now();
-        let response = self
-            .http
-            .post(&token_url)
-            .header("accept", "application/json")
-            .form(&form)
-            .send()
-            .map_err(|e| ClientError::Http(format!("cannot reach the token endpoint {token_url}: {}", without_url(&e))))?;
+        let response =
+            self.http.post(&token_url).header("accept", "application/json").form(&form).send().map_err(|e| {
+                ClientError::Http(format!("cannot reach the token endpoint {token_url}: {}", without_url(&e)))
+            })?;
         let status = response.status();
         let body: Json = response.json().unwrap_or(Json::Null);
         let text = |name: &str| body.get(name).and_then(Json::as_str).map(str::to_string);
@@ -150,7 +158,9 @@ impl TokenClient {
             return Err(ClientError::Http("the token endpoint's answer has no access_token or token_type".into()));
         };
         if !kind.eq_ignore_ascii_case("bearer") {
-            return Err(ClientError::Http(format!("the token endpoint issued a '{kind}' token; only bearer tokens are supported")));
+            return Err(ClientError::Http(format!(
+                "the token endpoint issued a '{kind}' token; only bearer tokens are supported"
+            )));
         }
         let lifetime = body.get("expires_in").and_then(Json::as_u64).unwrap_or(crate::MAX_LIFETIME_SECS);
         Ok(Cached {

@@ -56,12 +56,15 @@ impl JwksCache {
         if let Some(set) = cached {
             return Ok(set);
         }
-        let unavailable = || OAuthError::invalid_client("the client's registered JWKS URL did not answer with a key set");
-        let response = self.http.get(url).header("accept", "application/json").send().await.map_err(|_| unavailable())?;
+        let unavailable =
+            || OAuthError::invalid_client("the client's registered JWKS URL did not answer with a key set");
+        let response =
+            self.http.get(url).header("accept", "application/json").send().await.map_err(|_| unavailable())?;
         if !response.status().is_success() {
             return Err(unavailable());
         }
-        let keep = response.headers().get("cache-control").and_then(|v| v.to_str().ok()).map_or(DEFAULT_MAX_AGE, max_age);
+        let keep =
+            response.headers().get("cache-control").and_then(|v| v.to_str().ok()).map_or(DEFAULT_MAX_AGE, max_age);
         let body = response.bytes().await.map_err(|_| unavailable())?;
         if body.len() > MAX_BYTES {
             return Err(unavailable());

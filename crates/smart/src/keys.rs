@@ -50,7 +50,11 @@ impl SigningKey {
     pub fn generate(kind: KeyKind) -> Result<(SigningKey, String), KeyError> {
         let failed = || KeyError("the operating system's random source failed".into());
         let der = match kind {
-            KeyKind::Es384 => EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).and_then(|k| k.to_pkcs8v1()).map_err(|_| failed())?.as_ref().to_vec(),
+            KeyKind::Es384 => EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING)
+                .and_then(|k| k.to_pkcs8v1())
+                .map_err(|_| failed())?
+                .as_ref()
+                .to_vec(),
             KeyKind::Rs384 => {
                 use aws_lc_rs::encoding::AsDer;
                 let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa3072).map_err(|_| failed())?;
@@ -74,9 +78,11 @@ impl SigningKey {
             return SigningKey::new(Algorithm::ES384, EncodingKey::from_ec_der(pkcs8.as_ref()), kid);
         }
         if let Ok(key) = EncodingKey::from_ec_pem(pem.as_bytes()) {
-            return SigningKey::new(Algorithm::ES384, key, kid).map_err(|_| KeyError("an EC key must be on curve P-384 (ES384)".into()));
+            return SigningKey::new(Algorithm::ES384, key, kid)
+                .map_err(|_| KeyError("an EC key must be on curve P-384 (ES384)".into()));
         }
-        let key = EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| KeyError("not a PEM private key (PKCS#8, RSA or P-384 EC)".into()))?;
+        let key = EncodingKey::from_rsa_pem(pem.as_bytes())
+            .map_err(|_| KeyError("not a PEM private key (PKCS#8, RSA or P-384 EC)".into()))?;
         SigningKey::new(Algorithm::RS384, key, kid)
     }
 
@@ -86,8 +92,12 @@ impl SigningKey {
     pub fn from_jwk(text: &str, kid: Option<&str>) -> Result<SigningKey, KeyError> {
         let jwk: Json = serde_json::from_str(text).map_err(|_| KeyError("the key is not a JSON Web Key".into()))?;
         let part = |name: &str| -> Result<Vec<u8>, KeyError> {
-            let text = jwk.get(name).and_then(Json::as_str).ok_or_else(|| KeyError(format!("the private JWK has no '{name}'")))?;
-            veil_fhir::base64::decode(text, URL_SAFE).ok_or_else(|| KeyError(format!("the JWK's '{name}' is not base64url")))
+            let text = jwk
+                .get(name)
+                .and_then(Json::as_str)
+                .ok_or_else(|| KeyError(format!("the private JWK has no '{name}'")))?;
+            veil_fhir::base64::decode(text, URL_SAFE)
+                .ok_or_else(|| KeyError(format!("the JWK's '{name}' is not base64url")))
         };
         let kid = kid.or_else(|| jwk.get("kid").and_then(Json::as_str));
         match jwk.get("kty").and_then(Json::as_str) {
@@ -96,8 +106,12 @@ impl SigningKey {
                     return Err(KeyError("an EC key must be on curve P-384 (ES384)".into()));
                 }
                 let point = [&[4u8][..], &part("x")?, &part("y")?].concat();
-                let pair = EcdsaKeyPair::from_private_key_and_public_key(&ECDSA_P384_SHA384_FIXED_SIGNING, &part("d")?, &point)
-                    .map_err(|_| KeyError("the EC JWK's d, x and y do not form a P-384 key pair".into()))?;
+                let pair = EcdsaKeyPair::from_private_key_and_public_key(
+                    &ECDSA_P384_SHA384_FIXED_SIGNING,
+                    &part("d")?,
+                    &point,
+                )
+                .map_err(|_| KeyError("the EC JWK's d, x and y do not form a P-384 key pair".into()))?;
                 let der = pair.to_pkcs8v1().map_err(|_| KeyError("the EC key could not be encoded".into()))?;
                 SigningKey::new(Algorithm::ES384, EncodingKey::from_ec_der(der.as_ref()), kid)
             }
@@ -108,7 +122,8 @@ impl SigningKey {
                     fields.push(part(name)?);
                 }
                 let der = der_sequence(&fields);
-                aws_lc_rs::rsa::KeyPair::from_der(&der).map_err(|_| KeyError("the RSA JWK's parameters do not form a key pair".into()))?;
+                aws_lc_rs::rsa::KeyPair::from_der(&der)
+                    .map_err(|_| KeyError("the RSA JWK's parameters do not form a key pair".into()))?;
                 SigningKey::new(Algorithm::RS384, EncodingKey::from_rsa_der(&der), kid)
             }
             _ => Err(KeyError("the JWK's kty must be EC (P-384) or RSA".into())),
@@ -116,10 +131,13 @@ impl SigningKey {
     }
 
     fn new(alg: Algorithm, key: EncodingKey, kid: Option<&str>) -> Result<SigningKey, KeyError> {
-        let mut public = Jwk::from_encoding_key(&key, alg).map_err(|_| KeyError("the key does not fit its algorithm".into()))?;
+        let mut public =
+            Jwk::from_encoding_key(&key, alg).map_err(|_| KeyError("the key does not fit its algorithm".into()))?;
         let kid = match kid {
             Some(k) => k.to_string(),
-            None => public.thumbprint(ThumbprintHash::SHA256).map_err(|_| KeyError("the key's thumbprint could not be computed".into()))?,
+            None => public
+                .thumbprint(ThumbprintHash::SHA256)
+                .map_err(|_| KeyError("the key's thumbprint could not be computed".into()))?,
         };
         public.common.key_id = Some(kid.clone());
         public.common.key_algorithm = Some(match alg {
@@ -170,17 +188,23 @@ pub fn public_key_set(text: &str) -> Result<String, KeyError> {
     let mut kids = Vec::new();
     for key in keys {
         if ["d", "p", "q"].iter().any(|k| key.get(k).is_some()) {
-            return Err(bad("the set holds a private key: register the public set (veil client keygen prints it) and keep the private key with the client"));
+            return Err(bad(
+                "the set holds a private key: register the public set (veil client keygen prints it) and keep the private key with the client",
+            ));
         }
         let kid = key.get("kid").and_then(Json::as_str).ok_or_else(|| bad("every key needs a kid"))?;
-        let part_len = |name: &str| key.get(name).and_then(Json::as_str).and_then(|t| veil_fhir::base64::decode(t, URL_SAFE)).map(|b| b.len());
+        let part_len = |name: &str| {
+            key.get(name).and_then(Json::as_str).and_then(|t| veil_fhir::base64::decode(t, URL_SAFE)).map(|b| b.len())
+        };
         let complete = match (key.get("kty").and_then(Json::as_str), key.get("crv").and_then(Json::as_str)) {
             (Some("RSA"), _) => part_len("n").is_some_and(|n| n >= 256) && part_len("e").is_some_and(|e| e > 0),
             (Some("EC"), Some("P-384")) => part_len("x") == Some(48) && part_len("y") == Some(48),
             _ => return Err(KeyError(format!("key {kid}: only RSA (RS384) and EC P-384 (ES384) keys are accepted"))),
         };
         if !complete {
-            return Err(KeyError(format!("key {kid}: its parameters are missing or malformed (RSA needs n of 2048 bits or more and e; EC x and y)")));
+            return Err(KeyError(format!(
+                "key {kid}: its parameters are missing or malformed (RSA needs n of 2048 bits or more and e; EC x and y)"
+            )));
         }
         if kids.contains(&kid) {
             return Err(KeyError(format!("kid {kid} appears twice")));
@@ -201,7 +225,8 @@ fn pem_body(pem: &str, label: &str) -> Option<Vec<u8>> {
 /// PEM armour around DER.
 pub(crate) fn pem(label: &str, der: &[u8]) -> String {
     let body = veil_fhir::base64::encode(der, STANDARD);
-    let lines: Vec<&str> = body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
+    let lines: Vec<&str> =
+        body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
     format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
 }
 
@@ -246,7 +271,8 @@ mod tests {
     const TOKEN_URL: &str = "http://127.0.0.1:8080/auth/token";
 
     fn verifies(key: &SigningKey) -> bool {
-        let client = Client { id: "c1".into(), jwks: serde_json::from_value(key.public_jwks()).unwrap(), jwks_url: None };
+        let client =
+            Client { id: "c1".into(), jwks: serde_json::from_value(key.public_jwks()).unwrap(), jwks_url: None };
         let assertion = key.assertion("c1", TOKEN_URL, 1_900_000_000).unwrap();
         verify_assertion(&assertion, TOKEN_URL, 1_900_000_000, |_| Some(client)).is_ok()
     }
@@ -278,7 +304,8 @@ mod tests {
         let key = SigningKey::from_jwk(&jwk.to_string(), None).unwrap();
         assert_eq!(key.kid(), "k1");
         assert!(verifies(&key));
-        let pem_key = SigningKey::from_pem(&pem("PRIVATE KEY", pair.to_pkcs8v1().unwrap().as_ref()), Some("k1")).unwrap();
+        let pem_key =
+            SigningKey::from_pem(&pem("PRIVATE KEY", pair.to_pkcs8v1().unwrap().as_ref()), Some("k1")).unwrap();
         assert_eq!(pem_key.public_jwks(), key.public_jwks());
 
         let wrong = json!({"kty": "EC", "crv": "P-256", "d": "AA", "x": "AA", "y": "AA"});
@@ -299,9 +326,25 @@ mod tests {
         };
         assert!(with(&|s| s["keys"][0]["d"] = json!("AAAA")).contains("private"));
         assert!(with(&|s| s["keys"][0]["crv"] = json!("P-256")).contains("P-384"));
-        assert!(with(&|s| { s["keys"][0].as_object_mut().unwrap().remove("kid"); }).contains("kid"));
-        assert!(with(&|s| { let k = s["keys"][0].clone(); s["keys"].as_array_mut().unwrap().push(k); }).contains("twice"));
-        assert!(with(&|s| { s["keys"][0].as_object_mut().unwrap().remove("x"); }).contains("malformed"));
+        assert!(
+            with(&|s| {
+                s["keys"][0].as_object_mut().unwrap().remove("kid");
+            })
+            .contains("kid")
+        );
+        assert!(
+            with(&|s| {
+                let k = s["keys"][0].clone();
+                s["keys"].as_array_mut().unwrap().push(k);
+            })
+            .contains("twice")
+        );
+        assert!(
+            with(&|s| {
+                s["keys"][0].as_object_mut().unwrap().remove("x");
+            })
+            .contains("malformed")
+        );
         assert!(with(&|s| s["keys"] = json!([])).contains("no keys"));
         assert!(public_key_set("[]").is_err());
     }

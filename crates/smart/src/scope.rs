@@ -28,11 +28,14 @@ impl Scope {
         let Some(rest) = text.strip_prefix("system/") else {
             return Ok(None);
         };
-        let bad = || OAuthError::invalid_scope(format!("'{text}' is not a SMART scope (system/Type.read, system/*.rs, …)"));
+        let bad =
+            || OAuthError::invalid_scope(format!("'{text}' is not a SMART scope (system/Type.read, system/*.rs, …)"));
         if rest.contains('?') {
             // Granular v2 scopes would need their filters enforced on every
             // export; refusing them is the closed way to fail.
-            return Err(OAuthError::invalid_scope(format!("'{text}': scopes with search parameters are not supported")));
+            return Err(OAuthError::invalid_scope(format!(
+                "'{text}': scopes with search parameters are not supported"
+            )));
         }
         let (resource, perms) = rest.split_once('.').ok_or_else(bad)?;
         let resource = match resource {
@@ -184,14 +187,28 @@ mod tests {
         assert!(!scopes("system/*.cud").reads("Patient"));
         assert!(scopes("system/*.*").reads("Patient"));
         assert!(scopes("system/*.write").permits("Patient", 'c') && !scopes("system/*.rs").permits("Patient", 'u'));
-        assert!(scopes("system/Patient.cruds").permits("Patient", 'd') && !scopes("system/Patient.cruds").permits("Observation", 'd'));
-        assert_eq!(scopes("system/Patient.read system/Observation.rs system/Patient.rs system/Condition.c").readable_types(), Some(vec!["Patient".into(), "Observation".into()]));
+        assert!(
+            scopes("system/Patient.cruds").permits("Patient", 'd')
+                && !scopes("system/Patient.cruds").permits("Observation", 'd')
+        );
+        assert_eq!(
+            scopes("system/Patient.read system/Observation.rs system/Patient.rs system/Condition.c").readable_types(),
+            Some(vec!["Patient".into(), "Observation".into()])
+        );
         assert_eq!(scopes("system/Patient.read system/*.r").readable_types(), None);
     }
 
     #[test]
     fn malformed_scopes_are_refused() {
-        for bad in ["system/Patient", "system/Patient.rc", "system/Patient.rr", "system/Patient.", "system/Patient.x", "system/Patients.read", "system/Observation.rs?category=laboratory"] {
+        for bad in [
+            "system/Patient",
+            "system/Patient.rc",
+            "system/Patient.rr",
+            "system/Patient.",
+            "system/Patient.x",
+            "system/Patients.read",
+            "system/Observation.rs?category=laboratory",
+        ] {
             let e = Scopes::parse(bad).unwrap_err();
             assert_eq!(e.code, "invalid_scope", "{bad}");
         }
@@ -201,10 +218,19 @@ mod tests {
     fn grants_are_the_intersection() {
         let allowed = scopes("system/Patient.read system/Observation.rs");
         // Granted in the form asked for: v1 asked, v1 answered.
-        assert_eq!(scopes("system/*.read").grant(&allowed).unwrap().to_string(), "system/Patient.read system/Observation.read");
-        assert_eq!(scopes("system/*.rs").grant(&allowed).unwrap().to_string(), "system/Patient.rs system/Observation.rs");
+        assert_eq!(
+            scopes("system/*.read").grant(&allowed).unwrap().to_string(),
+            "system/Patient.read system/Observation.read"
+        );
+        assert_eq!(
+            scopes("system/*.rs").grant(&allowed).unwrap().to_string(),
+            "system/Patient.rs system/Observation.rs"
+        );
         assert_eq!(scopes("system/Patient.cruds").grant(&allowed).unwrap().to_string(), "system/Patient.rs");
-        assert_eq!(scopes("system/Patient.read system/Condition.read").grant(&allowed).unwrap().to_string(), "system/Patient.read");
+        assert_eq!(
+            scopes("system/Patient.read system/Condition.read").grant(&allowed).unwrap().to_string(),
+            "system/Patient.read"
+        );
         assert_eq!(scopes("system/Condition.read").grant(&allowed).unwrap_err().code, "invalid_scope");
         assert_eq!(scopes("system/*.write").grant(&scopes("system/*.read")).unwrap_err().code, "invalid_scope");
         assert_eq!(scopes("").grant(&allowed).unwrap_err().code, "invalid_scope");

@@ -41,7 +41,8 @@ pub fn issue_access_token(secret: &[u8], fhir_base: &str, grant: &Grant, now: u6
         iat: now,
         exp: grant.expires.min(now + MAX_LIFETIME_SECS),
     };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).expect("HMAC signing cannot fail")
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
+        .expect("HMAC signing cannot fail")
 }
 
 /// Checks a bearer token at `now`: signed with `secret`, for `fhir_base`,
@@ -54,7 +55,8 @@ pub fn verify_access_token(token: &str, secret: &[u8], fhir_base: &str, now: u64
     validation.set_audience(&[fhir_base]);
     validation.set_issuer(&[fhir_base]);
     validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
-    let data = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation).map_err(|_| invalid("the access token is not valid here"))?;
+    let data = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
+        .map_err(|_| invalid("the access token is not valid here"))?;
     let c = data.claims;
     if c.exp <= now {
         return Err(invalid("the access token has expired: ask the token endpoint for a new one"));
@@ -94,7 +96,8 @@ mod tests {
         assert!(verify_access_token(&token, b"other", BASE, 1_000_000).is_err());
         assert!(verify_access_token(&token, b"secret", "http://elsewhere", 1_000_000).is_err());
         let mut parts: Vec<String> = token.split('.').map(String::from).collect();
-        let claims = String::from_utf8(veil_fhir::base64::decode(&parts[1], veil_fhir::base64::URL_SAFE).unwrap()).unwrap();
+        let claims =
+            String::from_utf8(veil_fhir::base64::decode(&parts[1], veil_fhir::base64::URL_SAFE).unwrap()).unwrap();
         parts[1] = crate::keys::b64url(claims.replace("system/Patient.read", "system/*.read").as_bytes());
         let e = verify_access_token(&parts.join("."), b"secret", BASE, 1_000_000).unwrap_err();
         assert!(!e.description.contains(&parts[1]));

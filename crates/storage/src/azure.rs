@@ -30,7 +30,8 @@ const EMULATOR_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2U
 
 /// Whether `AZURE_STORAGE_USE_EMULATOR` asks for Azurite.
 pub fn use_emulator() -> bool {
-    std::env::var("AZURE_STORAGE_USE_EMULATOR").is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+    std::env::var("AZURE_STORAGE_USE_EMULATOR")
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
 }
 
 /// A storage account that can sign: its name, key and blob endpoint.
@@ -101,7 +102,25 @@ impl Account {
         let ip = ip.map(Cidr::azure_range).unwrap_or_default();
         // https only, but for an emulator on plain http (Azurite in tests).
         let protocol = if self.endpoint.starts_with("https://") { "https" } else { "https,http" };
-        let to_sign = [&permissions, "", &expiry, resource, &identifier, &ip, protocol, SAS_VERSION, kind, "", "", "", "", "", "", ""].join("\n");
+        let to_sign = [
+            &permissions,
+            "",
+            &expiry,
+            resource,
+            &identifier,
+            &ip,
+            protocol,
+            SAS_VERSION,
+            kind,
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+        ]
+        .join("\n");
         let signature = veil_fhir::base64::encode(&self.hmac(&to_sign), veil_fhir::base64::STANDARD);
         let mut query = format!("sv={SAS_VERSION}&sr={kind}");
         for (name, value) in [("si", &identifier), ("sp", &permissions), ("se", &expiry)] {
@@ -124,14 +143,20 @@ impl Account {
     /// The stored access policies of `container`.
     pub fn access_policies(&self, container: &str) -> Result<Vec<AccessPolicy>, StorageError> {
         let text = self.container_acl(container, None)?;
-        let doc = roxmltree::Document::parse(&text).map_err(|_| StorageError::Location(format!("az://{container}: the container's access policies are not XML")))?;
-        let child = |n: roxmltree::Node<'_, '_>, tag: &str| n.descendants().find(|c| c.has_tag_name(tag)).and_then(|c| c.text()).unwrap_or_default().to_string();
+        let doc = roxmltree::Document::parse(&text).map_err(|_| {
+            StorageError::Location(format!("az://{container}: the container's access policies are not XML"))
+        })?;
+        let child = |n: roxmltree::Node<'_, '_>, tag: &str| {
+            n.descendants().find(|c| c.has_tag_name(tag)).and_then(|c| c.text()).unwrap_or_default().to_string()
+        };
         Ok(doc
             .descendants()
             .filter(|n| n.has_tag_name("SignedIdentifier"))
             .map(|n| {
                 let id = child(n, "Id");
-                let expiry = crate::time::parse_iso(&child(n, "Expiry")).or_else(|| id.rsplit_once('.')?.1.parse().ok()).unwrap_or(0);
+                let expiry = crate::time::parse_iso(&child(n, "Expiry"))
+                    .or_else(|| id.rsplit_once('.')?.1.parse().ok())
+                    .unwrap_or(0);
                 AccessPolicy { id, expiry, permissions: child(n, "Permission") }
             })
             .collect())
@@ -155,7 +180,8 @@ impl Account {
     /// Get (`None`) or Set Container ACL, authorized with Shared Key.
     fn container_acl(&self, container: &str, body: Option<String>) -> Result<String, StorageError> {
         let failed = |message: String| StorageError::Store { location: format!("az://{container}"), message };
-        let url = reqwest::Url::parse(&format!("{}?restype=container&comp=acl", self.container_url(container))).map_err(|e| failed(e.to_string()))?;
+        let url = reqwest::Url::parse(&format!("{}?restype=container&comp=acl", self.container_url(container)))
+            .map_err(|e| failed(e.to_string()))?;
         let date = httpdate::fmt_http_date(std::time::SystemTime::now());
         let (method, length, content_type) = match &body {
             Some(b) => ("PUT", b.len().to_string(), "application/xml"),
@@ -166,10 +192,17 @@ impl Account {
         let headers = format!("x-ms-date:{date}\nx-ms-version:{SAS_VERSION}\n");
         let resource = format!("/{}{}\ncomp:acl\nrestype:container", self.name, url.path());
         let to_sign = format!("{method}\n\n\n{length}\n\n{content_type}\n\n\n\n\n\n\n{headers}{resource}");
-        let authorization = format!("SharedKey {}:{}", self.name, veil_fhir::base64::encode(&self.hmac(&to_sign), veil_fhir::base64::STANDARD));
+        let authorization = format!(
+            "SharedKey {}:{}",
+            self.name,
+            veil_fhir::base64::encode(&self.hmac(&to_sign), veil_fhir::base64::STANDARD)
+        );
         let client = reqwest::blocking::Client::new();
         let mut request = if body.is_some() { client.put(url) } else { client.get(url) };
-        request = request.header("x-ms-date", date).header("x-ms-version", SAS_VERSION).header("Authorization", authorization);
+        request = request
+            .header("x-ms-date", date)
+            .header("x-ms-version", SAS_VERSION)
+            .header("Authorization", authorization);
         if let Some(body) = body {
             request = request.header("Content-Type", content_type).body(body);
         }
@@ -251,11 +284,20 @@ mod tests {
         let policy = AccessPolicy::for_share("sh_1", 1_795_000_000, "rl");
         assert!(policy.is_for("sh_1") && !policy.is_for("sh_10"));
         let url = account.container_sas_url("exports", &policy, None);
-        assert_eq!(url.split("&sig=").next().unwrap(), "https://acct.blob.core.windows.net/exports?sv=2022-11-02&sr=c&si=sh_1.1795000000&spr=https");
+        assert_eq!(
+            url.split("&sig=").next().unwrap(),
+            "https://acct.blob.core.windows.net/exports?sv=2022-11-02&sr=c&si=sh_1.1795000000&spr=https"
+        );
         // The signature covers the policy, the resource and the range.
         let sig = |u: &str| u.split("&sig=").nth(1).unwrap().to_string();
-        assert_ne!(sig(&url), sig(&account.container_sas_url("exports", &AccessPolicy::for_share("sh_2", 1_795_000_000, "rl"), None)));
-        assert_ne!(sig(&url), sig(&account.container_sas_url("exports", &AccessPolicy::for_share("sh_1", 1_795_000_001, "rl"), None)));
+        assert_ne!(
+            sig(&url),
+            sig(&account.container_sas_url("exports", &AccessPolicy::for_share("sh_2", 1_795_000_000, "rl"), None))
+        );
+        assert_ne!(
+            sig(&url),
+            sig(&account.container_sas_url("exports", &AccessPolicy::for_share("sh_1", 1_795_000_001, "rl"), None))
+        );
         assert_ne!(sig(&url), sig(&account.container_sas_url("other", &policy, None)));
         let cidr: Cidr = "10.1.2.0/24".parse().unwrap();
         assert!(account.container_sas_url("exports", &policy, Some(&cidr)).contains("&sip=10.1.2.0-10.1.2.255&"));

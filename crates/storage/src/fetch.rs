@@ -30,7 +30,9 @@ pub enum FetchError {
     #[error("the share refused the download ({status}): {reason}")]
     Refused { status: u16, reason: String },
     /// A file does not match the manifest.
-    #[error("{file}: the download does not match the manifest ({what}), so it was deleted; run the same command again, and if it fails again the shared copy is damaged: tell the data provider")]
+    #[error(
+        "{file}: the download does not match the manifest ({what}), so it was deleted; run the same command again, and if it fails again the shared copy is damaged: tell the data provider"
+    )]
     Corrupt { file: String, what: String },
     /// Not a share link Veil understands.
     #[error("{0}")]
@@ -68,7 +70,8 @@ pub struct Fetched {
 /// manifest there last. `each` hears what is planned, bytes as they
 /// arrive, and each file when it is in place.
 pub fn fetch(link: &str, dest: &Path, each: &mut dyn FnMut(Event<'_>)) -> Result<Fetched, FetchError> {
-    let url = reqwest::Url::parse(link.trim()).map_err(|_| FetchError::Link("that is not a share link (a URL)".into()))?;
+    let url =
+        reqwest::Url::parse(link.trim()).map_err(|_| FetchError::Link("that is not a share link (a URL)".into()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(FetchError::Link("a share link starts with https:// (or http:// on loopback)".into()));
     }
@@ -86,7 +89,9 @@ pub fn fetch(link: &str, dest: &Path, each: &mut dyn FnMut(Event<'_>)) -> Result
         done.reused += usize::from(reused);
         each(Event::File { file, reused });
     }
-    let manifest = Manifest::new(files.iter().map(|f| FileEntry { path: f.path.clone(), size: f.size, sha256: f.sha256.clone() }).collect());
+    let manifest = Manifest::new(
+        files.iter().map(|f| FileEntry { path: f.path.clone(), size: f.size, sha256: f.sha256.clone() }).collect(),
+    );
     fs::write(dest.join(MANIFEST_NAME), manifest.to_json())?;
     Ok(done)
 }
@@ -99,9 +104,13 @@ fn resolve(client: &Client, url: &reqwest::Url) -> Result<Vec<SharedFile>, Fetch
     }
     let response = get(client, url.as_str(), None)?;
     let body = response.bytes().map_err(|e| FetchError::Http(e.without_url().to_string()))?;
-    let share: ShareManifest = serde_json::from_slice(&body).map_err(|_| FetchError::Link("the link does not lead to a Veil share".into()))?;
+    let share: ShareManifest =
+        serde_json::from_slice(&body).map_err(|_| FetchError::Link("the link does not lead to a Veil share".into()))?;
     if share.format != "veil-share/1" {
-        return Err(FetchError::Link(format!("share format '{}' is not one this Veil reads: update Veil", share.format)));
+        return Err(FetchError::Link(format!(
+            "share format '{}' is not one this Veil reads: update Veil",
+            share.format
+        )));
     }
     // Relative URLs are relative to the link as a folder.
     let mut base = url.clone();
@@ -115,7 +124,9 @@ fn resolve(client: &Client, url: &reqwest::Url) -> Result<Vec<SharedFile>, Fetch
             if !crate::manifest::is_plausible_entry(&f.path, &f.sha256) {
                 return Err(FetchError::Link(format!("the share names a file Veil will not write: '{}'", f.path)));
             }
-            let absolute = base.join(&f.url).map_err(|_| FetchError::Link(format!("the share gives no usable URL for {}", f.path)))?;
+            let absolute = base
+                .join(&f.url)
+                .map_err(|_| FetchError::Link(format!("the share gives no usable URL for {}", f.path)))?;
             Ok(SharedFile { url: absolute.to_string(), ..f })
         })
         .collect()
@@ -136,24 +147,41 @@ fn resolve_azure_container(client: &Client, url: &reqwest::Url) -> Result<Vec<Sh
             page.push_str(&format!("&marker={marker}"));
         }
         let text = get(client, &page, None)?.text().map_err(|e| FetchError::Http(e.without_url().to_string()))?;
-        let doc = roxmltree::Document::parse(&text).map_err(|_| FetchError::Link("Azure's container listing is not XML".into()))?;
-        listed.extend(doc.descendants().filter(|n| n.has_tag_name("Blob")).filter_map(|b| b.children().find(|c| c.has_tag_name("Name"))?.text().map(str::to_string)));
-        marker = doc.descendants().find(|n| n.has_tag_name("NextMarker")).and_then(|n| n.text()).unwrap_or_default().to_string();
+        let doc = roxmltree::Document::parse(&text)
+            .map_err(|_| FetchError::Link("Azure's container listing is not XML".into()))?;
+        listed.extend(
+            doc.descendants()
+                .filter(|n| n.has_tag_name("Blob"))
+                .filter_map(|b| b.children().find(|c| c.has_tag_name("Name"))?.text().map(str::to_string)),
+        );
+        marker = doc
+            .descendants()
+            .find(|n| n.has_tag_name("NextMarker"))
+            .and_then(|n| n.text())
+            .unwrap_or_default()
+            .to_string();
         if marker.is_empty() {
             break;
         }
     }
     if !listed.contains(MANIFEST_NAME) {
-        return Err(FetchError::Link(format!("the shared container holds no {MANIFEST_NAME}: it is not a complete Veil export")));
+        return Err(FetchError::Link(format!(
+            "the shared container holds no {MANIFEST_NAME}: it is not a complete Veil export"
+        )));
     }
-    let body = get(client, &format!("{base}/{MANIFEST_NAME}?{sas}"), None)?.bytes().map_err(|e| FetchError::Http(e.without_url().to_string()))?;
+    let body = get(client, &format!("{base}/{MANIFEST_NAME}?{sas}"), None)?
+        .bytes()
+        .map_err(|e| FetchError::Http(e.without_url().to_string()))?;
     let manifest = Manifest::from_json(&body).map_err(FetchError::Link)?;
     manifest
         .files
         .into_iter()
         .map(|f| {
             if !listed.contains(&f.path) {
-                return Err(FetchError::Link(format!("the shared container lacks {}, which its manifest names", f.path)));
+                return Err(FetchError::Link(format!(
+                    "the shared container lacks {}, which its manifest names",
+                    f.path
+                )));
             }
             let url = format!("{base}/{}?{sas}", encode_path(&f.path));
             Ok(SharedFile { path: f.path, size: f.size, sha256: f.sha256, url })
@@ -165,7 +193,13 @@ fn resolve_azure_container(client: &Client, url: &reqwest::Url) -> Result<Vec<Sh
 /// downloaded into `NAME.part` (continuing a part an earlier run left) and
 /// renamed once its size and SHA-256 match. Transient failures are retried,
 /// continuing from what arrived.
-fn download(client: &Client, file: &SharedFile, dest: &Path, bytes: &mut u64, each: &mut dyn FnMut(Event<'_>)) -> Result<bool, FetchError> {
+fn download(
+    client: &Client,
+    file: &SharedFile,
+    dest: &Path,
+    bytes: &mut u64,
+    each: &mut dyn FnMut(Event<'_>),
+) -> Result<bool, FetchError> {
     let target = dest.join(&file.path);
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent)?;
@@ -190,14 +224,21 @@ fn download(client: &Client, file: &SharedFile, dest: &Path, bytes: &mut u64, ea
     let (sha256, size) = digest_file(&part)?;
     if (sha256.as_str(), size) != (file.sha256.as_str(), file.size) {
         fs::remove_file(&part)?;
-        let what = if size != file.size { format!("{size} bytes, not {}", file.size) } else { "its SHA-256 differs".into() };
+        let what =
+            if size != file.size { format!("{size} bytes, not {}", file.size) } else { "its SHA-256 differs".into() };
         return Err(FetchError::Corrupt { file: file.path.clone(), what });
     }
     fs::rename(&part, &target)?;
     Ok(false)
 }
 
-fn download_part(client: &Client, file: &SharedFile, part: &Path, bytes: &mut u64, each: &mut dyn FnMut(Event<'_>)) -> Result<(), FetchError> {
+fn download_part(
+    client: &Client,
+    file: &SharedFile,
+    part: &Path,
+    bytes: &mut u64,
+    each: &mut dyn FnMut(Event<'_>),
+) -> Result<(), FetchError> {
     let have = fs::metadata(part).map_or(0, |m| m.len());
     if have >= file.size && have > 0 {
         return Ok(());
@@ -211,7 +252,8 @@ fn download_part(client: &Client, file: &SharedFile, part: &Path, bytes: &mut u6
         File::create(part)?
     };
     let mut out = Counting { inner: out, each };
-    let copied = io::copy(&mut response, &mut out).map_err(|e| FetchError::Http(format!("{}: the download was cut off ({e})", file.path)));
+    let copied = io::copy(&mut response, &mut out)
+        .map_err(|e| FetchError::Http(format!("{}: the download was cut off ({e})", file.path)));
     out.inner.flush()?;
     out.inner.sync_all()?;
     *bytes += copied?;
@@ -277,9 +319,18 @@ fn signed_expiry(url: &reqwest::Url) -> Option<u64> {
     if let Some(si) = q("si") {
         return si.rsplit_once('.')?.1.parse().ok();
     }
-    let (date, lifetime) = q("X-Amz-Date").zip(q("X-Amz-Expires")).or_else(|| q("X-Goog-Date").zip(q("X-Goog-Expires")))?;
+    let (date, lifetime) =
+        q("X-Amz-Date").zip(q("X-Amz-Expires")).or_else(|| q("X-Goog-Date").zip(q("X-Goog-Expires")))?;
     // 20261123T020904Z
-    let iso = format!("{}-{}-{}T{}:{}:{}Z", date.get(0..4)?, date.get(4..6)?, date.get(6..8)?, date.get(9..11)?, date.get(11..13)?, date.get(13..15)?);
+    let iso = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        date.get(0..4)?,
+        date.get(4..6)?,
+        date.get(6..8)?,
+        date.get(9..11)?,
+        date.get(11..13)?,
+        date.get(13..15)?
+    );
     Some(crate::parse_iso(&iso)? + lifetime.parse::<u64>().ok()?)
 }
 
@@ -291,11 +342,18 @@ fn explain(status: StatusCode, body: &str) -> FetchError {
         return match json["error"].as_str() {
             Some("expired") => FetchError::Expired(detail(&message)),
             Some("revoked") => FetchError::Revoked(detail(&message)),
-            _ => FetchError::Refused { status: status.as_u16(), reason: if message.is_empty() { "no reason given".into() } else { message } },
+            _ => FetchError::Refused {
+                status: status.as_u16(),
+                reason: if message.is_empty() { "no reason given".into() } else { message },
+            },
         };
     }
-    let tag = |name: &str| xml_text(body, name).map(|t| t.lines().next().unwrap_or_default().chars().take(200).collect::<String>());
-    let message = tag("Message").or_else(|| tag("Code")).unwrap_or_else(|| status.canonical_reason().unwrap_or("refused").to_string());
+    let tag = |name: &str| {
+        xml_text(body, name).map(|t| t.lines().next().unwrap_or_default().chars().take(200).collect::<String>())
+    };
+    let message = tag("Message")
+        .or_else(|| tag("Code"))
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("refused").to_string());
     // Azure puts why a SAS failed in AuthenticationErrorDetail.
     let detail = tag("AuthenticationErrorDetail").unwrap_or_default();
     let lower = format!("{message} {detail}").to_ascii_lowercase();
@@ -311,9 +369,15 @@ mod tests {
 
     #[test]
     fn signed_urls_tell_when_they_expire() {
-        let azure = reqwest::Url::parse("https://a.blob.core.windows.net/c?sv=2022-11-02&sr=c&sp=rl&se=2026-11-23T02%3A09%3A04Z&sig=x").unwrap();
+        let azure = reqwest::Url::parse(
+            "https://a.blob.core.windows.net/c?sv=2022-11-02&sr=c&sp=rl&se=2026-11-23T02%3A09%3A04Z&sig=x",
+        )
+        .unwrap();
         assert_eq!(signed_expiry(&azure), crate::parse_iso("2026-11-23T02:09:04Z"));
-        let policy = reqwest::Url::parse("https://a.blob.core.windows.net/c?sv=2022-11-02&sr=c&si=sh_0123456789abcdef.1795000000&sig=x").unwrap();
+        let policy = reqwest::Url::parse(
+            "https://a.blob.core.windows.net/c?sv=2022-11-02&sr=c&si=sh_0123456789abcdef.1795000000&sig=x",
+        )
+        .unwrap();
         assert_eq!(signed_expiry(&policy), Some(1_795_000_000));
         let s3 = reqwest::Url::parse("http://h/b/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20261123T020904Z&X-Amz-Expires=3600&X-Amz-Signature=x").unwrap();
         assert_eq!(signed_expiry(&s3), crate::parse_iso("2026-11-23T03:09:04Z"));
@@ -324,12 +388,15 @@ mod tests {
     fn refusals_are_explained_without_the_link() {
         let veil = r#"{"error":"revoked","message":"revoked at 2026-11-23T10:00:00Z"}"#;
         assert!(matches!(explain(StatusCode::FORBIDDEN, veil), FetchError::Revoked(m) if m.contains("10:00")));
-        let s3 = "<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>";
+        let s3 =
+            "<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>";
         assert!(matches!(explain(StatusCode::FORBIDDEN, s3), FetchError::Expired(_)));
         let azure = "<Error><Code>AuthenticationFailed</Code><Message>Server failed to authenticate the request.\nTime: x</Message><AuthenticationErrorDetail>Signature not valid in the specified time frame</AuthenticationErrorDetail></Error>";
         assert!(matches!(explain(StatusCode::FORBIDDEN, azure), FetchError::Expired(_)));
         let tampered = azure.replace("Signature not valid in the specified time frame", "Signature did not match.");
-        assert!(matches!(explain(StatusCode::FORBIDDEN, &tampered), FetchError::Refused { status: 403, reason } if reason == "Server failed to authenticate the request."));
+        assert!(
+            matches!(explain(StatusCode::FORBIDDEN, &tampered), FetchError::Refused { status: 403, reason } if reason == "Server failed to authenticate the request.")
+        );
         assert!(matches!(explain(StatusCode::NOT_FOUND, "nope"), FetchError::Refused { status: 404, .. }));
     }
 }

@@ -38,8 +38,10 @@ use object_store::signer::Signer as _;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart};
 
 pub use location::Location;
+pub use manifest::{
+    Deidentified, FileEntry, MANIFEST_NAME, Manifest, digest, digest_file, files_below, manifest_of_dir,
+};
 pub use s3_post::PresignedPost;
-pub use manifest::{Deidentified, FileEntry, MANIFEST_NAME, Manifest, digest, digest_file, files_below, manifest_of_dir};
 pub use time::{iso, now_iso, now_secs, parse_iso, parse_lifetime};
 
 /// Files larger than this go up in parts of this size (S3 needs at least
@@ -104,7 +106,8 @@ impl S3Bucket {
         let get = |key| builder.get_config_value(&key);
         let region = get(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".to_string());
         let endpoint = get(AmazonS3ConfigKey::S3Endpoint).or_else(|| get(AmazonS3ConfigKey::Endpoint));
-        let virtual_hosted = get(AmazonS3ConfigKey::VirtualHostedStyleRequest).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let virtual_hosted =
+            get(AmazonS3ConfigKey::VirtualHostedStyleRequest).is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let url = match (endpoint, virtual_hosted) {
             (Some(endpoint), true) => endpoint,
             (Some(endpoint), false) => format!("{}/{name}", endpoint.trim_end_matches('/')),
@@ -130,7 +133,8 @@ impl Storage {
     /// `AZURE_STORAGE_USE_EMULATOR=true` for Azurite)…;
     /// `GOOGLE_SERVICE_ACCOUNT` / `GOOGLE_APPLICATION_CREDENTIALS`.
     pub fn open(location: &Location) -> Result<Storage, StorageError> {
-        let failed = |e: object_store::Error| StorageError::Store { location: location.to_string(), message: describe(&e) };
+        let failed =
+            |e: object_store::Error| StorageError::Store { location: location.to_string(), message: describe(&e) };
         let mut s3_bucket = None;
         let (backend, root) = match location {
             Location::Local(dir) => {
@@ -203,12 +207,19 @@ impl Storage {
     pub fn check(&self) -> Result<(), StorageError> {
         let prefix = (!self.root.is_empty()).then(|| ObjectPath::from(self.root.as_str()));
         let first = self.block_on(async { self.store().list(prefix.as_ref()).next().await.transpose() });
-        let missing = || StorageError::Location(format!("{}: the bucket or container does not exist (Veil does not create it)", self.location));
+        let missing = || {
+            StorageError::Location(format!(
+                "{}: the bucket or container does not exist (Veil does not create it)",
+                self.location
+            ))
+        };
         match first {
             Ok(_) => Ok(()),
             Err(object_store::Error::NotFound { .. }) => Err(missing()),
             // A listing's 404 reaches object_store as a generic error.
-            Err(e) if ["NoSuchBucket", "ContainerNotFound"].iter().any(|code| describe(&e).ends_with(code)) => Err(missing()),
+            Err(e) if ["NoSuchBucket", "ContainerNotFound"].iter().any(|code| describe(&e).ends_with(code)) => {
+                Err(missing())
+            }
             Err(e) => Err(self.failed("")(e)),
         }
     }
@@ -271,7 +282,12 @@ impl Storage {
     /// and a manifest found there), then the manifest of what was uploaded,
     /// stating how it was `deidentified`, last. `each` hears of each file
     /// as it is done.
-    pub fn upload_dir(&self, dir: &Path, deidentified: Option<Deidentified>, each: &mut dyn FnMut(&FileEntry)) -> Result<Manifest, StorageError> {
+    pub fn upload_dir(
+        &self,
+        dir: &Path,
+        deidentified: Option<Deidentified>,
+        each: &mut dyn FnMut(&FileEntry),
+    ) -> Result<Manifest, StorageError> {
         let mut files = Vec::new();
         for name in files_below(dir)? {
             let entry = self.put_file(&name, &dir.join(&name))?;
@@ -300,7 +316,8 @@ impl Storage {
             )),
             other => other,
         })?;
-        Manifest::from_json(&bytes).map_err(|e| StorageError::Location(format!("{}: {e}", self.location.join(MANIFEST_NAME))))
+        Manifest::from_json(&bytes)
+            .map_err(|e| StorageError::Location(format!("{}: {e}", self.location.join(MANIFEST_NAME))))
     }
 
     /// The names of everything below this destination, sorted.
@@ -313,14 +330,16 @@ impl Storage {
     pub fn list_below(&self, dir: &str) -> Result<Vec<String>, StorageError> {
         let below = [self.root.as_str(), dir].into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join("/");
         let prefix = (!below.is_empty()).then(|| ObjectPath::from(below.as_str()));
-        let mut names: Vec<String> = self.block_on(async {
-            let mut out = Vec::new();
-            let mut listing = self.store().list(prefix.as_ref());
-            while let Some(meta) = listing.next().await {
-                out.push(meta?.location.to_string());
-            }
-            Ok::<_, object_store::Error>(out)
-        }).map_err(self.failed(""))?;
+        let mut names: Vec<String> = self
+            .block_on(async {
+                let mut out = Vec::new();
+                let mut listing = self.store().list(prefix.as_ref());
+                while let Some(meta) = listing.next().await {
+                    out.push(meta?.location.to_string());
+                }
+                Ok::<_, object_store::Error>(out)
+            })
+            .map_err(self.failed(""))?;
         if !self.root.is_empty() {
             let strip = format!("{}/", self.root);
             names = names.into_iter().filter_map(|n| n.strip_prefix(&strip).map(str::to_string)).collect();
@@ -331,7 +350,12 @@ impl Storage {
 
     /// An Azure URL that reads `name` as the container's stored access
     /// policy `policy` allows.
-    pub fn azure_blob_sas(&self, name: &str, policy: &azure::AccessPolicy, ip: Option<&share::Cidr>) -> Result<String, StorageError> {
+    pub fn azure_blob_sas(
+        &self,
+        name: &str,
+        policy: &azure::AccessPolicy,
+        ip: Option<&share::Cidr>,
+    ) -> Result<String, StorageError> {
         let Location::Azure { container, .. } = &self.location else {
             return Err(StorageError::Unsupported(format!("{} is not in Azure", self.location)));
         };
@@ -361,15 +385,31 @@ impl Storage {
     /// A form that uploads one object, `name`, of at most `max_bytes`, until
     /// `lifetime` has passed: S3's presigned POST, signed with the
     /// credentials object_store found.
-    pub fn presigned_post(&self, name: &str, max_bytes: u64, lifetime: Duration) -> Result<PresignedPost, StorageError> {
+    pub fn presigned_post(
+        &self,
+        name: &str,
+        max_bytes: u64,
+        lifetime: Duration,
+    ) -> Result<PresignedPost, StorageError> {
         let path = self.path(name)?;
         let (Backend::S3(s3), Some(bucket)) = (&self.backend, &self.s3_bucket) else {
             return Err(StorageError::Unsupported(format!("{}: presigned POST uploads are S3's", self.location)));
         };
         let credential = self.block_on(s3.credentials().get_credential()).map_err(self.failed(name))?;
         let now = now_secs();
-        let grant = s3_post::PostGrant { bucket: &bucket.name, region: &bucket.region, key: path.as_ref(), max_bytes, now, expires: now + lifetime.as_secs() };
-        let signer = s3_post::Signer { key_id: &credential.key_id, secret_key: &credential.secret_key, token: credential.token.as_deref() };
+        let grant = s3_post::PostGrant {
+            bucket: &bucket.name,
+            region: &bucket.region,
+            key: path.as_ref(),
+            max_bytes,
+            now,
+            expires: now + lifetime.as_secs(),
+        };
+        let signer = s3_post::Signer {
+            key_id: &credential.key_id,
+            secret_key: &credential.secret_key,
+            token: credential.token.as_deref(),
+        };
         Ok(PresignedPost { url: bucket.url.clone(), fields: s3_post::sign(&grant, &signer) })
     }
 
@@ -378,13 +418,21 @@ impl Storage {
     pub fn presigned_get(&self, name: &str, lifetime: Duration) -> Result<String, StorageError> {
         let path = self.path(name)?;
         let url = match &self.backend {
-            Backend::S3(s3) => self.block_on(s3.signed_url(reqwest::Method::GET, &path, lifetime)).map_err(self.failed(name))?,
-            Backend::Gcs(gcs) => self.block_on(gcs.signed_url(reqwest::Method::GET, &path, lifetime)).map_err(self.failed(name))?,
+            Backend::S3(s3) => {
+                self.block_on(s3.signed_url(reqwest::Method::GET, &path, lifetime)).map_err(self.failed(name))?
+            }
+            Backend::Gcs(gcs) => {
+                self.block_on(gcs.signed_url(reqwest::Method::GET, &path, lifetime)).map_err(self.failed(name))?
+            }
             Backend::Azure(_) => {
-                return Err(StorageError::Unsupported("an Azure share names a stored access policy: use Storage::azure_blob_sas".into()));
+                return Err(StorageError::Unsupported(
+                    "an Azure share names a stored access policy: use Storage::azure_blob_sas".into(),
+                ));
             }
             Backend::Local(_) => {
-                return Err(StorageError::Unsupported("a local folder has no presigned URLs: share it through `veil serve` (a Veil link)".into()));
+                return Err(StorageError::Unsupported(
+                    "a local folder has no presigned URLs: share it through `veil serve` (a Veil link)".into(),
+                ));
             }
         };
         Ok(url.to_string())
@@ -399,7 +447,10 @@ fn describe(e: &object_store::Error) -> String {
     let status = text.split("status code: ").nth(1).and_then(|s| s.split(':').next()).map(str::trim);
     let code = xml_text(&text, "Code");
     if text.contains("token request") {
-        return format!("no credentials: the token request failed ({}); set the cloud's credential variables", status.unwrap_or("no answer"));
+        return format!(
+            "no credentials: the token request failed ({}); set the cloud's credential variables",
+            status.unwrap_or("no answer")
+        );
     }
     match (status, code) {
         (Some(status), Some(code)) => format!("{status}: {code}"),
@@ -444,5 +495,7 @@ pub fn encode_path(name: &str) -> String {
 /// ```
 pub fn is_safe_name(name: &str) -> bool {
     !name.is_empty()
-        && name.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.chars().any(|c| c == '\\' || c.is_control()))
+        && name.split('/').all(|seg| {
+            !seg.is_empty() && seg != "." && seg != ".." && !seg.chars().any(|c| c == '\\' || c.is_control())
+        })
 }

@@ -58,7 +58,9 @@ impl Location {
             "s3" | "s3a" => Ok(Location::S3 { bucket, prefix }),
             "az" | "azure" | "abfs" | "abfss" => Ok(Location::Azure { container: bucket, prefix }),
             "gs" => Ok(Location::Gcs { bucket, prefix }),
-            other => Err(StorageError::Location(format!("'{other}://' is not a destination Veil writes to (a path, file://, s3://, az:// or gs://)"))),
+            other => Err(StorageError::Location(format!(
+                "'{other}://' is not a destination Veil writes to (a path, file://, s3://, az:// or gs://)"
+            ))),
         }
     }
 
@@ -68,7 +70,9 @@ impl Location {
         match self {
             Location::Local(p) => Location::Local(p.join(name)),
             Location::S3 { bucket, prefix } => Location::S3 { bucket: bucket.clone(), prefix: down(prefix) },
-            Location::Azure { container, prefix } => Location::Azure { container: container.clone(), prefix: down(prefix) },
+            Location::Azure { container, prefix } => {
+                Location::Azure { container: container.clone(), prefix: down(prefix) }
+            }
             Location::Gcs { bucket, prefix } => Location::Gcs { bucket: bucket.clone(), prefix: down(prefix) },
         }
     }

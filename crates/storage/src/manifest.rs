@@ -127,7 +127,8 @@ pub fn files_below(dir: &Path) -> io::Result<Vec<String>> {
                 walk(root, &entry.path(), out)?;
             } else if kind.is_file() {
                 let rel = entry.path().strip_prefix(root).map_err(io::Error::other)?.to_path_buf();
-                let name: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+                let name: Vec<String> =
+                    rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
                 let name = name.join("/");
                 if name != MANIFEST_NAME && !name.ends_with(".part") && !name.starts_with(".veil-") {
                     out.push(name);

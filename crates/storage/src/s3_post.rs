@@ -112,11 +112,20 @@ mod tests {
 
     #[test]
     fn the_policy_pins_the_key_the_size_and_the_signing_fields() {
-        let grant = PostGrant { bucket: "b", region: "eu-west-1", key: "agg/upload_staging/flu/x.zip", max_bytes: 1024, now: 1_795_000_000, expires: 1_795_003_600 };
+        let grant = PostGrant {
+            bucket: "b",
+            region: "eu-west-1",
+            key: "agg/upload_staging/flu/x.zip",
+            max_bytes: 1024,
+            now: 1_795_000_000,
+            expires: 1_795_003_600,
+        };
         let signer = Signer { key_id: "AKID", secret_key: "secret", token: Some("session") };
         let fields = sign(&grant, &signer);
         let get = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).unwrap();
-        let policy: serde_json::Value = serde_json::from_slice(&veil_fhir::base64::decode(get("policy"), veil_fhir::base64::STANDARD).unwrap()).unwrap();
+        let policy: serde_json::Value =
+            serde_json::from_slice(&veil_fhir::base64::decode(get("policy"), veil_fhir::base64::STANDARD).unwrap())
+                .unwrap();
         assert_eq!(policy["expiration"], format!("{}.000Z", crate::iso(1_795_003_600).trim_end_matches('Z')));
         let conditions = policy["conditions"].as_array().unwrap();
         assert!(conditions.contains(&json!({"key": "agg/upload_staging/flu/x.zip"})));
@@ -133,6 +142,9 @@ mod tests {
         assert_eq!(get("x-amz-date").len(), 16);
         // The signature covers the policy: another policy, another signature.
         let other = sign(&PostGrant { max_bytes: 2048, ..grant }, &signer);
-        assert_ne!(other.iter().find(|(n, _)| n == "x-amz-signature"), fields.iter().find(|(n, _)| n == "x-amz-signature"));
+        assert_ne!(
+            other.iter().find(|(n, _)| n == "x-amz-signature"),
+            fields.iter().find(|(n, _)| n == "x-amz-signature")
+        );
     }
 }

@@ -53,7 +53,10 @@ impl ShareKind {
     /// Read back from the store (an unknown kind is a Veil link, the one
     /// kind Veil serves itself).
     pub fn parse(text: &str) -> ShareKind {
-        [ShareKind::AzureSas, ShareKind::S3Presigned, ShareKind::GcsPresigned].into_iter().find(|k| k.as_str() == text).unwrap_or(ShareKind::Veil)
+        [ShareKind::AzureSas, ShareKind::S3Presigned, ShareKind::GcsPresigned]
+            .into_iter()
+            .find(|k| k.as_str() == text)
+            .unwrap_or(ShareKind::Veil)
     }
 
     /// As the store keeps it.
@@ -136,7 +139,9 @@ pub enum TokenError {
 /// `now`; gives the share id.
 pub fn verify_token(key: &[u8], token: &str, now: u64) -> Result<String, TokenError> {
     let mut parts = token.split('.');
-    let (Some("v1"), Some(id), Some(expires), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some("v1"), Some(id), Some(expires), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(TokenError::Invalid);
     };
     let expires: u64 = expires.parse().map_err(|_| TokenError::Invalid)?;
@@ -258,11 +263,18 @@ pub struct SharedFile {
 
 impl ShareManifest {
     /// The share manifest for `manifest`'s files, each at `url(path)`.
-    pub fn new(share: &str, expires: u64, manifest: &Manifest, url: impl Fn(&str) -> Result<String, StorageError>) -> Result<ShareManifest, StorageError> {
+    pub fn new(
+        share: &str,
+        expires: u64,
+        manifest: &Manifest,
+        url: impl Fn(&str) -> Result<String, StorageError>,
+    ) -> Result<ShareManifest, StorageError> {
         let files = manifest
             .files
             .iter()
-            .map(|f| Ok(SharedFile { path: f.path.clone(), size: f.size, sha256: f.sha256.clone(), url: url(&f.path)? }))
+            .map(|f| {
+                Ok(SharedFile { path: f.path.clone(), size: f.size, sha256: f.sha256.clone(), url: url(&f.path)? })
+            })
             .collect::<Result<_, StorageError>>()?;
         Ok(ShareManifest { format: "veil-share/1".into(), share: share.into(), expires: crate::iso(expires), files })
     }
@@ -279,7 +291,12 @@ pub struct CloudShare {
 
 /// Makes the link for a share of the export at `storage` (a cloud location
 /// whose manifest was written), valid until `expires`.
-pub fn create_cloud_share(storage: &Storage, id: &str, expires: u64, ip: Option<&Cidr>) -> Result<CloudShare, StorageError> {
+pub fn create_cloud_share(
+    storage: &Storage,
+    id: &str,
+    expires: u64,
+    ip: Option<&Cidr>,
+) -> Result<CloudShare, StorageError> {
     let manifest = storage.read_manifest()?;
     let lifetime = Duration::from_secs(expires.saturating_sub(crate::now_secs()));
     if lifetime > MAX_CLOUD_LIFETIME + Duration::from_secs(60) {
@@ -313,7 +330,9 @@ pub fn create_cloud_share(storage: &Storage, id: &str, expires: u64, ip: Option<
     }
     let policy = crate::azure::AccessPolicy::for_share(id, expires, "r");
     let azure = matches!(storage.location(), Location::Azure { .. });
-    let url = |path: &str| if azure { storage.azure_blob_sas(path, &policy, ip) } else { storage.presigned_get(path, lifetime) };
+    let url = |path: &str| {
+        if azure { storage.azure_blob_sas(path, &policy, ip) } else { storage.presigned_get(path, lifetime) }
+    };
     let share = ShareManifest::new(id, expires, &manifest, url)?;
     let name = format!("veil-share-{id}.json");
     storage.put_bytes(&name, serde_json::to_vec_pretty(&share).unwrap_or_default())?;

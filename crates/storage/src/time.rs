@@ -26,12 +26,25 @@ pub fn iso(secs: u64) -> String {
 /// back into seconds since the epoch.
 pub fn parse_iso(text: &str) -> Option<u64> {
     let b = text.as_bytes();
-    if b.len() < 20 || !text.ends_with('Z') || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || !text.ends_with('Z')
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let n = |r: std::ops::Range<usize>| text.get(r)?.parse::<u32>().ok();
     let (y, mo, d, h, mi, s) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
-    if !(1..=12).contains(&mo) || d == 0 || d > veil_fhir::calendar::days_in_month(y as i32, mo) || h > 23 || mi > 59 || s > 59 {
+    if !(1..=12).contains(&mo)
+        || d == 0
+        || d > veil_fhir::calendar::days_in_month(y as i32, mo)
+        || h > 23
+        || mi > 59
+        || s > 59
+    {
         return None;
     }
     let days = veil_fhir::calendar::days_from_civil(y as i32, mo, d);

@@ -12,7 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut n = 0u64;
     store.scan(&veil_store::ScanFilter::default(), &mut |s| {
         if let Some(body) = s.body {
-            out.write_all(body.as_bytes()).and_then(|_| out.write_all(b"\n")).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
+            out.write_all(body.as_bytes())
+                .and_then(|_| out.write_all(b"\n"))
+                .map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
             n += 1;
         }
         Ok(true)

@@ -9,8 +9,10 @@ use postgres::{Client, NoTls, Row};
 
 use crate::sqlite::scan_sql;
 use crate::time::{instant_in, now_instant};
-use crate::{CLIENT_COLS, ClientRecord, DOWNLOAD_COLS, Job, JobState, Result, SHARE_COLS, ScanFilter, ShareDownload, ShareRecord, Store, Stored, Write};
-
+use crate::{
+    CLIENT_COLS, ClientRecord, DOWNLOAD_COLS, Job, JobState, Result, SHARE_COLS, ScanFilter, ShareDownload,
+    ShareRecord, Store, Stored, Write,
+};
 
 pub(crate) struct PgStore {
     client: Mutex<Client>,
@@ -24,9 +26,16 @@ impl PgStore {
         client.batch_execute("SELECT pg_advisory_lock(7357001)")?;
         let added: String = crate::ADDED_COLUMNS
             .iter()
-            .map(|(table, column, definition)| format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {};", definition.replace("{int}", "BIGINT")))
+            .map(|(table, column, definition)| {
+                format!(
+                    "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {};",
+                    definition.replace("{int}", "BIGINT")
+                )
+            })
             .collect();
-        let created = client.batch_execute(&(crate::schema("BIGINT", "BIGSERIAL PRIMARY KEY", "CREATE SEQUENCE IF NOT EXISTS resource_seq;") + &added));
+        let created = client.batch_execute(
+            &(crate::schema("BIGINT", "BIGSERIAL PRIMARY KEY", "CREATE SEQUENCE IF NOT EXISTS resource_seq;") + &added),
+        );
         client.batch_execute("SELECT pg_advisory_unlock(7357001)")?;
         created?;
         Ok(PgStore { client: Mutex::new(client) })
@@ -167,7 +176,8 @@ impl Store for PgStore {
              RETURNING version, seq",
         )?;
         let clear = tx.prepare("DELETE FROM compartment WHERE type = $1 AND id = $2")?;
-        let member = tx.prepare("INSERT INTO compartment (patient, type, id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")?;
+        let member =
+            tx.prepare("INSERT INTO compartment (patient, type, id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")?;
         for w in writes {
             let row = tx.query_one(&upsert, &[&w.resource_type, &w.id, &now, &w.body])?;
             tx.execute(&clear, &[&w.resource_type, &w.id])?;
@@ -213,7 +223,10 @@ impl Store for PgStore {
                 // PostgreSQL sorts text by the database's collation; the keyset
                 // comparison must use the same order as ORDER BY, so both use "C".
                 let sql = sql
-                    .replace("r.type > $1 OR (r.type = $1 AND r.id > $2)", "r.type COLLATE \"C\" > $1 OR (r.type = $1 AND r.id COLLATE \"C\" > $2)")
+                    .replace(
+                        "r.type > $1 OR (r.type = $1 AND r.id > $2)",
+                        "r.type COLLATE \"C\" > $1 OR (r.type = $1 AND r.id COLLATE \"C\" > $2)",
+                    )
                     .replace("ORDER BY r.type, r.id", "ORDER BY r.type COLLATE \"C\", r.id COLLATE \"C\"");
                 let params: Vec<&(dyn postgres::types::ToSql + Sync)> = values.iter().map(|v| v as _).collect();
                 Ok(client.query(&sql, &params)?.iter().map(stored).collect())
@@ -230,16 +243,24 @@ impl Store for PgStore {
 
     fn group_members(&self, group_id: &str) -> Result<Option<Vec<String>>> {
         let mut client = self.client();
-        if client.query_opt("SELECT 1 FROM resources WHERE type = 'Group' AND id = $1 AND body IS NOT NULL", &[&group_id])?.is_none() {
+        if client
+            .query_opt("SELECT 1 FROM resources WHERE type = 'Group' AND id = $1 AND body IS NOT NULL", &[&group_id])?
+            .is_none()
+        {
             return Ok(None);
         }
-        let rows = client.query("SELECT patient FROM group_members WHERE group_id = $1 ORDER BY patient COLLATE \"C\"", &[&group_id])?;
+        let rows = client.query(
+            "SELECT patient FROM group_members WHERE group_id = $1 ORDER BY patient COLLATE \"C\"",
+            &[&group_id],
+        )?;
         Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
     }
 
     fn create_job(&self, id: &str, request: &str) -> Result<Job> {
         let mut client = self.client();
-        let sql = format!("INSERT INTO jobs (id, request, state, created) VALUES ($1, $2, 'queued', $3) RETURNING {JOB_COLS}");
+        let sql = format!(
+            "INSERT INTO jobs (id, request, state, created) VALUES ($1, $2, 'queued', $3) RETURNING {JOB_COLS}"
+        );
         Ok(job(&client.query_one(&sql, &[&id, &request, &now_instant()])?))
     }
 
@@ -297,18 +318,26 @@ impl Store for PgStore {
 
     fn add_client(&self, c: &ClientRecord) -> Result<ClientRecord> {
         let mut client = self.client();
-        let sql = format!("INSERT INTO clients ({CLIENT_COLS}) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {CLIENT_COLS}");
+        let sql =
+            format!("INSERT INTO clients ({CLIENT_COLS}) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {CLIENT_COLS}");
         Ok(registered(&client.query_one(&sql, &[&c.id, &c.name, &c.jwks, &c.jwks_url, &c.scopes, &now_instant()])?))
     }
 
     fn client(&self, id: &str) -> Result<Option<ClientRecord>> {
         let mut client = self.client();
-        Ok(client.query_opt(&format!("SELECT {CLIENT_COLS} FROM clients WHERE id = $1"), &[&id])?.as_ref().map(registered))
+        Ok(client
+            .query_opt(&format!("SELECT {CLIENT_COLS} FROM clients WHERE id = $1"), &[&id])?
+            .as_ref()
+            .map(registered))
     }
 
     fn clients(&self) -> Result<Vec<ClientRecord>> {
         let mut client = self.client();
-        Ok(client.query(&format!("SELECT {CLIENT_COLS} FROM clients ORDER BY name, id"), &[])?.iter().map(registered).collect())
+        Ok(client
+            .query(&format!("SELECT {CLIENT_COLS} FROM clients ORDER BY name, id"), &[])?
+            .iter()
+            .map(registered)
+            .collect())
     }
 
     fn remove_client(&self, id: &str) -> Result<bool> {
@@ -324,33 +353,54 @@ impl Store for PgStore {
         let mut client = self.client();
         let mut tx = client.transaction()?;
         tx.execute("DELETE FROM used_jti WHERE expires < $1", &[&now])?;
-        let fresh = tx.execute("INSERT INTO used_jti (client_id, jti, expires) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", &[&client_id, &jti, &expires])? == 1;
+        let fresh = tx.execute(
+            "INSERT INTO used_jti (client_id, jti, expires) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&client_id, &jti, &expires],
+        )? == 1;
         tx.commit()?;
         Ok(fresh)
     }
 
     fn secret(&self, name: &str, make: &mut dyn FnMut() -> String) -> Result<String> {
         let mut client = self.client();
-        client.execute("INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&name, &make()])?;
+        client
+            .execute("INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&name, &make()])?;
         Ok(client.query_one("SELECT value FROM secrets WHERE name = $1", &[&name])?.get(0))
     }
 
     fn add_share(&self, s: &ShareRecord) -> Result<ShareRecord> {
-        let sql = format!("INSERT INTO shares ({SHARE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8) RETURNING {SHARE_COLS}");
-        let row = self.client().query_one(&sql, &[&s.id, &s.kind, &s.location, &now_instant(), &s.expires, &s.recipient, &s.ip, &i64::from(s.identified)])?;
+        let sql = format!(
+            "INSERT INTO shares ({SHARE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8) RETURNING {SHARE_COLS}"
+        );
+        let row = self.client().query_one(
+            &sql,
+            &[&s.id, &s.kind, &s.location, &now_instant(), &s.expires, &s.recipient, &s.ip, &i64::from(s.identified)],
+        )?;
         Ok(share_row(&row))
     }
 
     fn share(&self, id: &str) -> Result<Option<ShareRecord>> {
-        Ok(self.client().query_opt(&format!("SELECT {SHARE_COLS} FROM shares WHERE id = $1"), &[&id])?.as_ref().map(share_row))
+        Ok(self
+            .client()
+            .query_opt(&format!("SELECT {SHARE_COLS} FROM shares WHERE id = $1"), &[&id])?
+            .as_ref()
+            .map(share_row))
     }
 
     fn shares(&self) -> Result<Vec<ShareRecord>> {
-        Ok(self.client().query(&format!("SELECT {SHARE_COLS} FROM shares ORDER BY created DESC, id"), &[])?.iter().map(share_row).collect())
+        Ok(self
+            .client()
+            .query(&format!("SELECT {SHARE_COLS} FROM shares ORDER BY created DESC, id"), &[])?
+            .iter()
+            .map(share_row)
+            .collect())
     }
 
     fn revoke_share(&self, id: &str) -> Result<bool> {
-        Ok(self.client().execute("UPDATE shares SET revoked = $2 WHERE id = $1 AND revoked IS NULL", &[&id, &now_instant()])? == 1)
+        Ok(self
+            .client()
+            .execute("UPDATE shares SET revoked = $2 WHERE id = $1 AND revoked IS NULL", &[&id, &now_instant()])?
+            == 1)
     }
 
     fn record_download(&self, d: &ShareDownload) -> Result<()> {
@@ -360,18 +410,45 @@ impl Store for PgStore {
     }
 
     fn downloads(&self, share_id: Option<&str>) -> Result<Vec<ShareDownload>> {
-        let sql = format!("SELECT {DOWNLOAD_COLS} FROM share_downloads WHERE $1::TEXT IS NULL OR share_id = $1 ORDER BY seq");
+        let sql =
+            format!("SELECT {DOWNLOAD_COLS} FROM share_downloads WHERE $1::TEXT IS NULL OR share_id = $1 ORDER BY seq");
         let rows = self.client().query(&sql, &[&share_id])?;
-        Ok(rows.iter().map(|r| ShareDownload { share_id: r.get(0), time: r.get(1), file: r.get(2), bytes: r.get(3), client: r.get(4) }).collect())
+        Ok(rows
+            .iter()
+            .map(|r| ShareDownload {
+                share_id: r.get(0),
+                time: r.get(1),
+                file: r.get(2),
+                bytes: r.get(3),
+                client: r.get(4),
+            })
+            .collect())
     }
 }
 
 /// A share row.
 fn share_row(r: &Row) -> ShareRecord {
-    ShareRecord { id: r.get(0), kind: r.get(1), location: r.get(2), created: r.get(3), expires: r.get(4), recipient: r.get(5), ip: r.get(6), revoked: r.get(7), identified: r.get::<_, i64>(8) != 0 }
+    ShareRecord {
+        id: r.get(0),
+        kind: r.get(1),
+        location: r.get(2),
+        created: r.get(3),
+        expires: r.get(4),
+        recipient: r.get(5),
+        ip: r.get(6),
+        revoked: r.get(7),
+        identified: r.get::<_, i64>(8) != 0,
+    }
 }
 
 /// A client row (named so as not to clash with the connection's `client`).
 fn registered(r: &Row) -> ClientRecord {
-    ClientRecord { id: r.get(0), name: r.get(1), jwks: r.get(2), jwks_url: r.get(3), scopes: r.get(4), created: r.get(5) }
+    ClientRecord {
+        id: r.get(0),
+        name: r.get(1),
+        jwks: r.get(2),
+        jwks_url: r.get(3),
+        scopes: r.get(4),
+        created: r.get(5),
+    }
 }

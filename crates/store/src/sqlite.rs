@@ -8,13 +8,14 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::time::{instant_in, now_instant};
-use crate::{CLIENT_COLS, ClientRecord, DOWNLOAD_COLS, SHARE_COLS, ShareDownload, ShareRecord, Job, JobState, Result, ScanFilter, Store, Stored, Write};
-
+use crate::{
+    CLIENT_COLS, ClientRecord, DOWNLOAD_COLS, Job, JobState, Result, SHARE_COLS, ScanFilter, ShareDownload,
+    ShareRecord, Store, Stored, Write,
+};
 
 pub(crate) struct SqliteStore {
     conn: Mutex<Connection>,
 }
-
 
 impl SqliteStore {
     pub fn open(path: &str) -> Result<SqliteStore> {
@@ -22,11 +23,22 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        conn.execute_batch(&crate::schema("INTEGER", "INTEGER PRIMARY KEY", "CREATE TABLE IF NOT EXISTS seq (n INTEGER NOT NULL);"))?;
+        conn.execute_batch(&crate::schema(
+            "INTEGER",
+            "INTEGER PRIMARY KEY",
+            "CREATE TABLE IF NOT EXISTS seq (n INTEGER NOT NULL);",
+        ))?;
         for (table, column, definition) in crate::ADDED_COLUMNS {
-            let present: i64 = conn.query_row(&format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"), [column], |r| r.get(0))?;
+            let present: i64 = conn.query_row(
+                &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                [column],
+                |r| r.get(0),
+            )?;
             if present == 0 {
-                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {}", definition.replace("{int}", "INTEGER")))?;
+                conn.execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN {column} {}",
+                    definition.replace("{int}", "INTEGER")
+                ))?;
             }
         }
         let has_seq: i64 = conn.query_row("SELECT COUNT(*) FROM seq", [], |r| r.get(0))?;
@@ -86,9 +98,11 @@ impl Store for SqliteStore {
                  RETURNING version",
             )?;
             let mut clear = tx.prepare_cached("DELETE FROM compartment WHERE type = ?1 AND id = ?2")?;
-            let mut member = tx.prepare_cached("INSERT OR IGNORE INTO compartment (patient, type, id) VALUES (?1, ?2, ?3)")?;
+            let mut member =
+                tx.prepare_cached("INSERT OR IGNORE INTO compartment (patient, type, id) VALUES (?1, ?2, ?3)")?;
             let mut clear_group = tx.prepare_cached("DELETE FROM group_members WHERE group_id = ?1")?;
-            let mut group = tx.prepare_cached("INSERT OR IGNORE INTO group_members (group_id, patient) VALUES (?1, ?2)")?;
+            let mut group =
+                tx.prepare_cached("INSERT OR IGNORE INTO group_members (group_id, patient) VALUES (?1, ?2)")?;
             for w in writes {
                 let seq: i64 = next_seq.query_row([], |r| r.get(0))?;
                 let version: i64 = upsert.query_row(params![w.resource_type, w.id, now, seq, w.body], |r| r.get(0))?;
@@ -156,7 +170,11 @@ impl Store for SqliteStore {
     fn group_members(&self, group_id: &str) -> Result<Option<Vec<String>>> {
         let conn = self.conn();
         let exists: bool = conn
-            .query_row("SELECT 1 FROM resources WHERE type = 'Group' AND id = ?1 AND body IS NOT NULL", [group_id], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM resources WHERE type = 'Group' AND id = ?1 AND body IS NOT NULL",
+                [group_id],
+                |_| Ok(()),
+            )
             .optional()?
             .is_some();
         if !exists {
@@ -169,7 +187,9 @@ impl Store for SqliteStore {
 
     fn create_job(&self, id: &str, request: &str) -> Result<Job> {
         let conn = self.conn();
-        let sql = format!("INSERT INTO jobs (id, request, state, created) VALUES (?1, ?2, 'queued', ?3) RETURNING {JOB_COLS}");
+        let sql = format!(
+            "INSERT INTO jobs (id, request, state, created) VALUES (?1, ?2, 'queued', ?3) RETURNING {JOB_COLS}"
+        );
         Ok(conn.query_row(&sql, params![id, request, now_instant()], job)?)
     }
 
@@ -229,7 +249,8 @@ impl Store for SqliteStore {
 
     fn add_client(&self, c: &ClientRecord) -> Result<ClientRecord> {
         let conn = self.conn();
-        let sql = format!("INSERT INTO clients ({CLIENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING {CLIENT_COLS}");
+        let sql =
+            format!("INSERT INTO clients ({CLIENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING {CLIENT_COLS}");
         Ok(conn.query_row(&sql, params![c.id, c.name, c.jwks, c.jwks_url, c.scopes, now_instant()], client)?)
     }
 
@@ -258,24 +279,39 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM used_jti WHERE expires < ?1", [now])?;
-        let fresh = tx.execute("INSERT INTO used_jti (client_id, jti, expires) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING", params![client_id, jti, expires])? == 1;
+        let fresh = tx.execute(
+            "INSERT INTO used_jti (client_id, jti, expires) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            params![client_id, jti, expires],
+        )? == 1;
         tx.commit()?;
         Ok(fresh)
     }
 
     fn secret(&self, name: &str, make: &mut dyn FnMut() -> String) -> Result<String> {
         let conn = self.conn();
-        conn.execute("INSERT INTO secrets (name, value) VALUES (?1, ?2) ON CONFLICT DO NOTHING", params![name, make()])?;
+        conn.execute(
+            "INSERT INTO secrets (name, value) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            params![name, make()],
+        )?;
         Ok(conn.query_row("SELECT value FROM secrets WHERE name = ?1", [name], |r| r.get(0))?)
     }
 
     fn add_share(&self, s: &ShareRecord) -> Result<ShareRecord> {
-        let sql = format!("INSERT INTO shares ({SHARE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8) RETURNING {SHARE_COLS}");
-        Ok(self.conn().query_row(&sql, params![s.id, s.kind, s.location, now_instant(), s.expires, s.recipient, s.ip, i64::from(s.identified)], share_row)?)
+        let sql = format!(
+            "INSERT INTO shares ({SHARE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8) RETURNING {SHARE_COLS}"
+        );
+        Ok(self.conn().query_row(
+            &sql,
+            params![s.id, s.kind, s.location, now_instant(), s.expires, s.recipient, s.ip, i64::from(s.identified)],
+            share_row,
+        )?)
     }
 
     fn share(&self, id: &str) -> Result<Option<ShareRecord>> {
-        Ok(self.conn().query_row(&format!("SELECT {SHARE_COLS} FROM shares WHERE id = ?1"), [id], share_row).optional()?)
+        Ok(self
+            .conn()
+            .query_row(&format!("SELECT {SHARE_COLS} FROM shares WHERE id = ?1"), [id], share_row)
+            .optional()?)
     }
 
     fn shares(&self) -> Result<Vec<ShareRecord>> {
@@ -285,7 +321,10 @@ impl Store for SqliteStore {
     }
 
     fn revoke_share(&self, id: &str) -> Result<bool> {
-        Ok(self.conn().execute("UPDATE shares SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL", params![id, now_instant()])? == 1)
+        Ok(self
+            .conn()
+            .execute("UPDATE shares SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL", params![id, now_instant()])?
+            == 1)
     }
 
     fn record_download(&self, d: &ShareDownload) -> Result<()> {
@@ -296,18 +335,45 @@ impl Store for SqliteStore {
 
     fn downloads(&self, share_id: Option<&str>) -> Result<Vec<ShareDownload>> {
         let conn = self.conn();
-        let mut q = conn.prepare(&format!("SELECT {DOWNLOAD_COLS} FROM share_downloads WHERE ?1 IS NULL OR share_id = ?1 ORDER BY seq"))?;
-        let rows = q.query_map([share_id], |r| Ok(ShareDownload { share_id: r.get(0)?, time: r.get(1)?, file: r.get(2)?, bytes: r.get(3)?, client: r.get(4)? }))?;
+        let mut q = conn.prepare(&format!(
+            "SELECT {DOWNLOAD_COLS} FROM share_downloads WHERE ?1 IS NULL OR share_id = ?1 ORDER BY seq"
+        ))?;
+        let rows = q.query_map([share_id], |r| {
+            Ok(ShareDownload {
+                share_id: r.get(0)?,
+                time: r.get(1)?,
+                file: r.get(2)?,
+                bytes: r.get(3)?,
+                client: r.get(4)?,
+            })
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }
 
 fn share_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ShareRecord> {
-    Ok(ShareRecord { id: r.get(0)?, kind: r.get(1)?, location: r.get(2)?, created: r.get(3)?, expires: r.get(4)?, recipient: r.get(5)?, ip: r.get(6)?, revoked: r.get(7)?, identified: r.get::<_, i64>(8)? != 0 })
+    Ok(ShareRecord {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        location: r.get(2)?,
+        created: r.get(3)?,
+        expires: r.get(4)?,
+        recipient: r.get(5)?,
+        ip: r.get(6)?,
+        revoked: r.get(7)?,
+        identified: r.get::<_, i64>(8)? != 0,
+    })
 }
 
 fn client(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRecord> {
-    Ok(ClientRecord { id: r.get(0)?, name: r.get(1)?, jwks: r.get(2)?, jwks_url: r.get(3)?, scopes: r.get(4)?, created: r.get(5)? })
+    Ok(ClientRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        jwks: r.get(2)?,
+        jwks_url: r.get(3)?,
+        scopes: r.get(4)?,
+        created: r.get(5)?,
+    })
 }
 
 /// The scan query for one batch after `after` in (type, id) order, with

@@ -11,7 +11,8 @@ pub fn now_instant() -> String {
 /// `secs` seconds from now, in the same form.
 pub(crate) fn instant_in(secs: i64) -> String {
     let now = SystemTime::now();
-    let t = if secs >= 0 { now + Duration::from_secs(secs as u64) } else { now - Duration::from_secs(secs.unsigned_abs()) };
+    let t =
+        if secs >= 0 { now + Duration::from_secs(secs as u64) } else { now - Duration::from_secs(secs.unsigned_abs()) };
     instant_at(t)
 }
 

@@ -42,7 +42,9 @@ fn postgres(name: &str) -> Fixture {
     let schema = format!("veil_test_{}_{name}", std::process::id());
     let url = format!("{}?schema={schema}", pg_url());
     let store = open(&url).unwrap_or_else(|e| {
-        panic!("PostgreSQL is needed for the store tests ({e}); set VEIL_TEST_POSTGRES or run .ci/run, which starts one")
+        panic!(
+            "PostgreSQL is needed for the store tests ({e}); set VEIL_TEST_POSTGRES or run .ci/run, which starts one"
+        )
     });
     Fixture {
         store,

@@ -173,7 +173,10 @@ impl<'a> Builder<'a> {
             name: format!("{}__meta_date", study.prefix),
             kind: TableKind::Meta,
             description: "The earliest and latest dates in the data the study counted.".into(),
-            columns: vec![BuiltColumn::new("min_date", ColumnType::Date), BuiltColumn::new("max_date", ColumnType::Date)],
+            columns: vec![
+                BuiltColumn::new("min_date", ColumnType::Date),
+                BuiltColumn::new("max_date", ColumnType::Date),
+            ],
             rows: vec![vec![min.map_or(Json::Null, Json::String), max.map_or(Json::Null, Json::String)]],
             min_cell: None,
             suppressed: 0,
@@ -222,7 +225,10 @@ fn make_table(def: &TableDef, sources: &HashMap<String, Table>) -> Result<Table,
             {
                 // Joining would count the left row twice; the message names
                 // the view and column, not the key.
-                return err(format!("table '{}': view '{}' has two rows with the same {}; a join needs one row per key", def.name, j.view, j.on));
+                return err(format!(
+                    "table '{}': view '{}' has two rows with the same {}; a join needs one row per key",
+                    def.name, j.view, j.on
+                ));
             }
         }
         let left_key = columns.iter().position(|c| *c == j.on).expect("checked when the study loads");
@@ -302,20 +308,24 @@ fn count(prefix: &str, def: &CountDef, table: &Table) -> BuiltTable {
             })
             .collect();
         for set in 0..sets {
-            let key: Vec<u32> = values.iter().enumerate().map(|(i, &v)| if set & (1 << i) != 0 { v } else { ALL }).collect();
+            let key: Vec<u32> =
+                values.iter().enumerate().map(|(i, &v)| if set & (1 << i) != 0 { v } else { ALL }).collect();
             cells.entry(key).or_default().insert(id);
         }
     }
     let total = cells.len() as u64;
-    let mut rows: Vec<Vec<Json>> = cells
-        .into_iter()
-        .filter(|(_, ids)| ids.len() as u64 >= def.min_cell)
-        .map(|(key, ids)| {
-            let mut row = vec![Json::from(ids.len() as u64)];
-            row.extend(key.iter().enumerate().map(|(i, &v)| if v == ALL { Json::Null } else { Json::String(dictionaries[i][v as usize].clone()) }));
-            row
-        })
-        .collect();
+    let mut rows: Vec<Vec<Json>> =
+        cells
+            .into_iter()
+            .filter(|(_, ids)| ids.len() as u64 >= def.min_cell)
+            .map(|(key, ids)| {
+                let mut row = vec![Json::from(ids.len() as u64)];
+                row.extend(key.iter().enumerate().map(|(i, &v)| {
+                    if v == ALL { Json::Null } else { Json::String(dictionaries[i][v as usize].clone()) }
+                }));
+                row
+            })
+            .collect();
     sort_rows(&mut rows);
     let mut columns = vec![BuiltColumn::new("cnt", ColumnType::BigInt)];
     columns.extend(def.strata.iter().map(|s| BuiltColumn::new(s, ColumnType::Text)));
@@ -380,7 +390,13 @@ mod tests {
     fn build(min_cell: u64) -> Built {
         let study = study(min_cell);
         let mut b = Builder::new(&study);
-        let patients = [("a", "1990-06-01", Some("female")), ("b", "1985-01-01", Some("female")), ("c", "1930-01-01", Some("female")), ("d", "2000-01-01", Some("male")), ("e", "2001-01-01", None)];
+        let patients = [
+            ("a", "1990-06-01", Some("female")),
+            ("b", "1985-01-01", Some("female")),
+            ("c", "1930-01-01", Some("female")),
+            ("d", "2000-01-01", Some("male")),
+            ("e", "2001-01-01", None),
+        ];
         for (id, born, sex) in patients {
             let mut p = json!({"resourceType": "Patient", "id": id, "birthDate": born});
             if let Some(s) = sex {
@@ -388,14 +404,28 @@ mod tests {
             }
             b.add(&p).unwrap();
         }
-        for (i, (who, when)) in [("a", "2021-05-31"), ("a", "2021-06-01"), ("b", "2021-03-01T10:00:00Z"), ("c", "2021-01-01"), ("d", "2021-01-01"), ("e", "2030-01-01"), ("zz", "2021-01-01")].iter().enumerate() {
+        for (i, (who, when)) in [
+            ("a", "2021-05-31"),
+            ("a", "2021-06-01"),
+            ("b", "2021-03-01T10:00:00Z"),
+            ("c", "2021-01-01"),
+            ("d", "2021-01-01"),
+            ("e", "2030-01-01"),
+            ("zz", "2021-01-01"),
+        ]
+        .iter()
+        .enumerate()
+        {
             b.add(&json!({"resourceType": "Encounter", "id": format!("v{i}"), "subject": {"reference": format!("Patient/{who}")}, "period": {"start": when}})).unwrap();
         }
         b.finish("2026-11-22").unwrap()
     }
 
     fn cells(t: &BuiltTable) -> Vec<String> {
-        t.rows.iter().map(|r| r.iter().map(|v| text(v).unwrap_or_else(|| "*".into())).collect::<Vec<_>>().join(",")).collect()
+        t.rows
+            .iter()
+            .map(|r| r.iter().map(|v| text(v).unwrap_or_else(|| "*".into())).collect::<Vec<_>>().join(","))
+            .collect()
     }
 
     #[test]
@@ -403,12 +433,26 @@ mod tests {
         let built = build(1);
         let cube = &built.tables[0];
         assert_eq!(cube.name, "t__count_patients");
-        assert_eq!(cube.columns.iter().map(|c| format!("{} {}", c.name, c.sql_type)).collect::<Vec<_>>(), ["cnt BIGINT", "sex VARCHAR", "age VARCHAR"]);
+        assert_eq!(
+            cube.columns.iter().map(|c| format!("{} {}", c.name, c.sql_type)).collect::<Vec<_>>(),
+            ["cnt BIGINT", "sex VARCHAR", "age VARCHAR"]
+        );
         let got = cells(cube);
         // Patient a is 30 at one visit and 31 at the other: one patient,
         // counted once in the 30-39 band. zz has no patient row: its sex
         // and age are real nulls.
-        for want in ["6,*,*", "3,female,*", "1,male,*", "2,cumulus__none,*", "1,cumulus__none,cumulus__none", "2,female,30-39", "1,female,90+", "2,*,30-39", "2,*,20-29", "1,cumulus__none,20-29"] {
+        for want in [
+            "6,*,*",
+            "3,female,*",
+            "1,male,*",
+            "2,cumulus__none,*",
+            "1,cumulus__none,cumulus__none",
+            "2,female,30-39",
+            "1,female,90+",
+            "2,*,30-39",
+            "2,*,20-29",
+            "1,cumulus__none,20-29",
+        ] {
             assert!(got.contains(&want.to_string()), "{want} not in {got:?}");
         }
         assert_eq!(got[0], "6,*,*", "sorted by cnt descending first");
@@ -454,6 +498,9 @@ mod tests {
             b.add(&json!({"resourceType": "Patient", "id": "same", "gender": "secret-value"})).unwrap();
         }
         let e = b.finish("2026-01-01").unwrap_err();
-        assert!(e.0.contains("two rows with the same patient_ref") && !e.0.contains("same\"") && !e.0.contains("secret"), "{e}");
+        assert!(
+            e.0.contains("two rows with the same patient_ref") && !e.0.contains("same\"") && !e.0.contains("secret"),
+            "{e}"
+        );
     }
 }

@@ -172,7 +172,13 @@ impl Study {
     /// A built-in study by name.
     pub fn builtin(name: &str) -> Option<Study> {
         let (_, files) = BUILTIN.iter().find(|(n, _)| *n == name)?;
-        let read = |file: &str| files.iter().find(|(f, _)| *f == file).map(|(_, text)| text.to_string()).ok_or_else(|| StudyError(format!("{file}: not found")));
+        let read = |file: &str| {
+            files
+                .iter()
+                .find(|(f, _)| *f == file)
+                .map(|(_, text)| text.to_string())
+                .ok_or_else(|| StudyError(format!("{file}: not found")))
+        };
         Some(Study::parse(&read("study.toml").expect("listed first"), read).expect("built-in studies are valid"))
     }
 
@@ -190,12 +196,16 @@ impl Study {
     pub fn parse(text: &str, read: impl Fn(&str) -> Result<String, StudyError>) -> Result<Study, StudyError> {
         let m: Manifest = toml::from_str(text).map_err(|e| StudyError(e.to_string()))?;
         if !is_name(&m.study_prefix) || m.study_prefix == "cohorts" {
-            return err(format!("study_prefix '{}' must be lowercase letters, digits and single underscores (and not 'cohorts')", m.study_prefix));
+            return err(format!(
+                "study_prefix '{}' must be lowercase letters, digits and single underscores (and not 'cohorts')",
+                m.study_prefix
+            ));
         }
         let mut views = Vec::new();
         for (name, file) in &m.views {
             let text = read(file)?;
-            let json: Json = serde_json::from_str(&text).map_err(|e| StudyError(format!("view '{name}' ({file}): not JSON (line {})", e.line())))?;
+            let json: Json = serde_json::from_str(&text)
+                .map_err(|e| StudyError(format!("view '{name}' ({file}): not JSON (line {})", e.line())))?;
             let view = View::parse(&json).map_err(|e| StudyError(format!("view '{name}' ({file}): {e}")))?;
             views.push((name.clone(), view));
         }
@@ -231,7 +241,9 @@ impl Study {
         let Some(from) = self.view(&t.from) else { return err(format!("table '{}': no view '{}'", t.name, t.from)) };
         let mut cols: Vec<String> = from.columns().to_vec();
         for j in &t.join {
-            let Some(right) = self.view(&j.view) else { return err(format!("table '{}': no view '{}' to join", t.name, j.view)) };
+            let Some(right) = self.view(&j.view) else {
+                return err(format!("table '{}': no view '{}' to join", t.name, j.view));
+            };
             if !cols.contains(&j.on) || !right.columns().contains(&j.on) {
                 return err(format!("table '{}': join on '{}' needs that column on both sides", t.name, j.on));
             }
@@ -245,7 +257,10 @@ impl Study {
         for a in &t.age_bands {
             for c in [&a.born, &a.at] {
                 if !cols.contains(c) {
-                    return err(format!("table '{}': age band '{}' reads '{c}', which is not a column", t.name, a.column));
+                    return err(format!(
+                        "table '{}': age band '{}' reads '{c}', which is not a column",
+                        t.name, a.column
+                    ));
                 }
             }
             if a.width == 0 || a.top == 0 || a.top % a.width != 0 {
@@ -270,16 +285,22 @@ impl Study {
         for c in &self.counts {
             let reserved = ["etl_", "nlp_", "lib_", "meta_"].iter().any(|p| c.name.starts_with(p));
             if !is_name(&c.name) || reserved || names.contains(&c.name.as_str()) {
-                return err(format!("count table '{}': needs a unique lowercase name not starting with etl_, nlp_, lib_ or meta_", c.name));
+                return err(format!(
+                    "count table '{}': needs a unique lowercase name not starting with etl_, nlp_, lib_ or meta_",
+                    c.name
+                ));
             }
             names.push(&c.name);
-            let Some(cols) = self.columns_of(&c.from) else { return err(format!("count table '{}': no table or view '{}'", c.name, c.from)) };
+            let Some(cols) = self.columns_of(&c.from) else {
+                return err(format!("count table '{}': no table or view '{}'", c.name, c.from));
+            };
             for s in c.strata.iter().chain([&c.count_distinct]) {
                 if !cols.contains(s) {
                     return err(format!("count table '{}': '{s}' is not a column of '{}'", c.name, c.from));
                 }
             }
-            if c.strata.iter().any(|s| s == "cnt") || (1..c.strata.len()).any(|i| c.strata[..i].contains(&c.strata[i])) {
+            if c.strata.iter().any(|s| s == "cnt") || (1..c.strata.len()).any(|i| c.strata[..i].contains(&c.strata[i]))
+            {
                 return err(format!("count table '{}': strata must be distinct and not named cnt", c.name));
             }
             // 2^k cells per combination of values: past 10 strata the cube
@@ -291,7 +312,10 @@ impl Study {
                 return err(format!("count table '{}': min_cell must be at least 1", c.name));
             }
             if let Some(col) = self.collection_column(&c.from, c.strata.iter().chain([&c.count_distinct])) {
-                return err(format!("count table '{}': '{col}' holds collections; count and stratify by single values", c.name));
+                return err(format!(
+                    "count table '{}': '{col}' holds collections; count and stratify by single values",
+                    c.name
+                ));
             }
         }
         if self.counts.is_empty() {
@@ -310,7 +334,8 @@ impl Study {
     fn collection_column<'a>(&self, source: &str, mut columns: impl Iterator<Item = &'a String>) -> Option<&'a String> {
         let mut views: Vec<&View> = Vec::new();
         match self.tables.iter().find(|t| t.name == source) {
-            Some(t) => views.extend(std::iter::once(&t.from).chain(t.join.iter().map(|j| &j.view)).filter_map(|v| self.view(v))),
+            Some(t) => views
+                .extend(std::iter::once(&t.from).chain(t.join.iter().map(|j| &j.view)).filter_map(|v| self.view(v))),
             None => views.extend(self.view(source)),
         }
         columns.find(|c| views.iter().any(|v| v.column_defs().iter().any(|d| d.name == **c && d.collection)))
@@ -351,7 +376,10 @@ mod tests {
             (ok.replace("['sex']", "['names']"), "holds collections"),
             (ok.replace("from = 'p'", "from = 'q'"), "no table or view 'q'"),
             (ok.replace("count_distinct = 'id'", "count_distinct = 'id'\nmin_cel = 5"), "unknown field"),
-            (format!("{ok}[[tables]]\nname = 't'\nfrom = 'p'\njoin = [{{ view = 'p', on = 'id' }}]\n"), "comes from two views"),
+            (
+                format!("{ok}[[tables]]\nname = 't'\nfrom = 'p'\njoin = [{{ view = 'p', on = 'id' }}]\n"),
+                "comes from two views",
+            ),
             (format!("{ok}[meta_date]\nfrom = 'p'\ncolumn = 'when'\n"), "meta_date"),
         ] {
             let e = parse(&bad).err().unwrap_or_else(|| panic!("accepted: {bad}"));

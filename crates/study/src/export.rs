@@ -48,7 +48,11 @@ fn parquet(table: &BuiltTable) -> Result<Vec<u8>, StudyError> {
     let columns: Vec<(&str, ColumnType)> = table
         .columns
         .iter()
-        .map(|c| ColumnType::from_sql_name(&c.sql_type).map(|t| (c.name.as_str(), t)).ok_or_else(|| StudyError(format!("{}: unknown column type {}", table.name, c.sql_type))))
+        .map(|c| {
+            ColumnType::from_sql_name(&c.sql_type)
+                .map(|t| (c.name.as_str(), t))
+                .ok_or_else(|| StudyError(format!("{}: unknown column type {}", table.name, c.sql_type)))
+        })
         .collect::<Result<_, _>>()?;
     let mut bytes = Vec::new();
     let mut writer = ParquetWriter::with_columns(&columns, &mut bytes).map_err(|e| StudyError(e.to_string()))?;
@@ -93,12 +97,19 @@ fn manifest(built: &Built) -> Result<String, StudyError> {
     }
     let stage = |action, kind| Stage {
         action,
-        tables: built.tables.iter().filter(|t| t.kind == kind).map(|t| Entry { name: &t.name, description: &t.description }).collect(),
+        tables: built
+            .tables
+            .iter()
+            .filter(|t| t.kind == kind)
+            .map(|t| Entry { name: &t.name, description: &t.description })
+            .collect(),
     };
     let m = Manifest {
         study_prefix: &built.study,
         description: &built.description,
-        stages: Stages { default: vec![stage("export:counts", TableKind::Cube), stage("export:meta", TableKind::Meta)] },
+        stages: Stages {
+            default: vec![stage("export:counts", TableKind::Cube), stage("export:meta", TableKind::Meta)],
+        },
     };
     toml::to_string(&m).map_err(|e| StudyError(format!("manifest.toml: {e}")))
 }
@@ -109,7 +120,11 @@ fn manifest(built: &Built) -> Result<String, StudyError> {
 pub fn export(built: &Built, data_path: &Path) -> Result<Exported, StudyError> {
     let folder = data_path.join(&built.study);
     std::fs::create_dir_all(&folder).map_err(io(&folder))?;
-    let ours = |name: &str| name.starts_with(&format!("{}__", built.study)) || name == format!("{}.zip", built.study) || name == "manifest.toml";
+    let ours = |name: &str| {
+        name.starts_with(&format!("{}__", built.study))
+            || name == format!("{}.zip", built.study)
+            || name == "manifest.toml"
+    };
     for entry in std::fs::read_dir(&folder).map_err(io(&folder))? {
         let entry = entry.map_err(io(&folder))?;
         if entry.file_type().map_err(io(&folder))?.is_file() && ours(&entry.file_name().to_string_lossy()) {
@@ -176,8 +191,24 @@ mod tests {
                     min_cell: Some(10),
                     suppressed: 1,
                 },
-                BuiltTable { name: "demo__count_empty".into(), kind: TableKind::Cube, description: String::new(), columns: vec![col("cnt", "BIGINT")], rows: vec![], min_cell: Some(10), suppressed: 4 },
-                BuiltTable { name: "demo__meta_date".into(), kind: TableKind::Meta, description: String::new(), columns: vec![col("min_date", "DATE"), col("max_date", "DATE")], rows: vec![vec![json!("2020-01-01"), json!("2021-12-31")]], min_cell: None, suppressed: 0 },
+                BuiltTable {
+                    name: "demo__count_empty".into(),
+                    kind: TableKind::Cube,
+                    description: String::new(),
+                    columns: vec![col("cnt", "BIGINT")],
+                    rows: vec![],
+                    min_cell: Some(10),
+                    suppressed: 4,
+                },
+                BuiltTable {
+                    name: "demo__meta_date".into(),
+                    kind: TableKind::Meta,
+                    description: String::new(),
+                    columns: vec![col("min_date", "DATE"), col("max_date", "DATE")],
+                    rows: vec![vec![json!("2020-01-01"), json!("2021-12-31")]],
+                    min_cell: None,
+                    suppressed: 0,
+                },
             ],
         }
     }
@@ -191,14 +222,29 @@ mod tests {
         std::fs::write(dir.join("demo/notes.txt"), "the user's").unwrap();
         let out = export(&built(), &dir).unwrap();
         assert_eq!(out.empty, ["demo__count_empty"]);
-        let mut names: Vec<String> = std::fs::read_dir(dir.join("demo")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("demo"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         assert_eq!(
             names,
-            ["demo.zip", "demo__count_x.cube.csv", "demo__count_x.cube.parquet", "demo__meta_date.meta.csv", "demo__meta_date.meta.parquet", "manifest.toml", "notes.txt"]
+            [
+                "demo.zip",
+                "demo__count_x.cube.csv",
+                "demo__count_x.cube.parquet",
+                "demo__meta_date.meta.csv",
+                "demo__meta_date.meta.parquet",
+                "manifest.toml",
+                "notes.txt"
+            ]
         );
-        assert_eq!(std::fs::read_to_string(dir.join("demo/demo__count_x.cube.csv")).unwrap(), "cnt,sex\r\n12,\r\n11,\"a, b\"\r\n");
-        let manifest: toml::Table = toml::from_str(&std::fs::read_to_string(dir.join("demo/manifest.toml")).unwrap()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("demo/demo__count_x.cube.csv")).unwrap(),
+            "cnt,sex\r\n12,\r\n11,\"a, b\"\r\n"
+        );
+        let manifest: toml::Table =
+            toml::from_str(&std::fs::read_to_string(dir.join("demo/manifest.toml")).unwrap()).unwrap();
         assert_eq!(manifest["study_prefix"].as_str(), Some("demo"));
         assert_eq!(manifest["description"].as_str(), Some("A \"quoted\" description"));
         let stages = manifest["stages"]["default"].as_array().unwrap();

@@ -23,7 +23,7 @@ mod definition;
 mod export;
 mod upload;
 
-pub use build::{Built, BuiltColumn, BuiltTable, Builder, TableKind, ViewRows};
+pub use build::{Builder, Built, BuiltColumn, BuiltTable, TableKind, ViewRows};
 pub use definition::{ExportPreset, PresetRule, Study};
 pub use export::{Exported, export};
 pub use upload::{Aggregator, Package, UploadError, upload};

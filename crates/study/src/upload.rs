@@ -72,27 +72,42 @@ impl Package {
     /// Finds `<study>/<study>.zip` under `data_path` and checks it as the
     /// Cumulus client does: only allowed members, `meta_date` present.
     pub fn find(data_path: &Path, study: &str) -> Result<Package, UploadError> {
-        let zip = find_zip(data_path, &format!("{study}.zip"), study, 0)
-            .ok_or_else(|| UploadError::Package(format!("no {study}/{study}.zip under {}: run veil study export {study} first", data_path.display())))?;
-        let unreadable = |e: &dyn std::fmt::Display| UploadError::Package(format!("{} is not a readable zip: {e}", zip.display()));
-        let mut archive = zip::ZipArchive::new(std::fs::File::open(&zip).map_err(|e| unreadable(&e))?).map_err(|e| unreadable(&e))?;
+        let zip = find_zip(data_path, &format!("{study}.zip"), study, 0).ok_or_else(|| {
+            UploadError::Package(format!(
+                "no {study}/{study}.zip under {}: run veil study export {study} first",
+                data_path.display()
+            ))
+        })?;
+        let unreadable =
+            |e: &dyn std::fmt::Display| UploadError::Package(format!("{} is not a readable zip: {e}", zip.display()));
+        let mut archive =
+            zip::ZipArchive::new(std::fs::File::open(&zip).map_err(|e| unreadable(&e))?).map_err(|e| unreadable(&e))?;
         let mut members = Vec::new();
         let mut version = None;
         for i in 0..archive.len() {
             let mut file = archive.by_index(i).map_err(|e| unreadable(&e))?;
             let name = file.name().map_err(|e| unreadable(&e))?.to_string();
             if !ALLOWED.iter().any(|a| name.contains(a)) {
-                return Err(UploadError::Package(format!("{} holds {name}, which is not a cube, flat, meta or manifest file: aggregators accept no line-level data", zip.display())));
+                return Err(UploadError::Package(format!(
+                    "{} holds {name}, which is not a cube, flat, meta or manifest file: aggregators accept no line-level data",
+                    zip.display()
+                )));
             }
             if name.ends_with("__meta_version.meta.parquet") && version.is_none() {
                 let mut bytes = Vec::new();
                 file.read_to_end(&mut bytes).map_err(|e| unreadable(&e))?;
-                version = Some(read_version(bytes).ok_or_else(|| UploadError::Package(format!("{name} holds no data_package_version")))?);
+                version = Some(
+                    read_version(bytes)
+                        .ok_or_else(|| UploadError::Package(format!("{name} holds no data_package_version")))?,
+                );
             }
             members.push((name, file.size()));
         }
         if !members.iter().any(|(n, _)| *n == format!("{study}__meta_date.meta.parquet")) {
-            return Err(UploadError::Package(format!("{} has no {study}__meta_date.meta.parquet, which aggregators require", zip.display())));
+            return Err(UploadError::Package(format!(
+                "{} has no {study}__meta_date.meta.parquet, which aggregators require",
+                zip.display()
+            )));
         }
         Ok(Package { study: study.to_string(), zip, version: version.unwrap_or(0), members })
     }
@@ -111,14 +126,18 @@ fn find_zip(dir: &Path, file: &str, study: &str, depth: usize) -> Option<PathBuf
     if depth >= 4 {
         return None;
     }
-    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let mut subdirs: Vec<PathBuf> =
+        std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
     subdirs.sort();
     subdirs.iter().find_map(|d| find_zip(d, file, study, depth + 1))
 }
 
 /// The first value of the first column of a one-table Parquet file.
 fn read_version(bytes: Vec<u8>) -> Option<i64> {
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).ok()?.build().ok()?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+        .ok()?
+        .build()
+        .ok()?;
     let batch = reader.into_iter().next()?.ok()?;
     let column = batch.column(0);
     if column.is_empty() || column.is_null(0) {
@@ -137,12 +156,19 @@ fn read_version(bytes: Vec<u8>) -> Option<i64> {
 
 /// Sends `package` to `aggregator`, telling `progress` each step.
 pub fn upload(aggregator: &Aggregator, package: &Package, progress: &mut dyn FnMut(&str)) -> Result<(), UploadError> {
-    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(300)).build().map_err(|e| UploadError::Aggregator(e.to_string()))?;
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .map_err(|e| UploadError::Aggregator(e.to_string()))?;
     let endpoint = aggregator.endpoint();
     progress(&format!("asking {endpoint} where to put {} (data package version {})", package.study, package.version));
     let body = package.prefetch_body(&aggregator.user);
     let response = with_retries(progress, || {
-        http.post(&endpoint).basic_auth(&aggregator.user, Some(&aggregator.site_id)).json(&body).timeout(Duration::from_secs(60)).send()
+        http.post(&endpoint)
+            .basic_auth(&aggregator.user, Some(&aggregator.site_id))
+            .json(&body)
+            .timeout(Duration::from_secs(60))
+            .send()
     })?;
     let status = response.status().as_u16();
     // A Veil aggregator says where to ask what became of the upload.
@@ -167,13 +193,21 @@ pub fn upload(aggregator: &Aggregator, package: &Package, progress: &mut dyn FnM
                 package.study
             )));
         }
-        _ => return Err(UploadError::Aggregator(format!("the aggregator answered {status} to the upload request: {}", first_line(&text)))),
+        _ => {
+            return Err(UploadError::Aggregator(format!(
+                "the aggregator answered {status} to the upload request: {}",
+                first_line(&text)
+            )));
+        }
     }
-    let presigned: Json = serde_json::from_str(&text).map_err(|_| UploadError::Aggregator("the aggregator's answer is not the JSON {url, fields} of a presigned upload".into()))?;
+    let presigned: Json = serde_json::from_str(&text).map_err(|_| {
+        UploadError::Aggregator("the aggregator's answer is not the JSON {url, fields} of a presigned upload".into())
+    })?;
     let (Some(url), Some(fields)) = (presigned["url"].as_str(), presigned["fields"].as_object()) else {
         return Err(UploadError::Aggregator("the aggregator's answer has no url and fields for the upload".into()));
     };
-    let bytes = std::fs::read(&package.zip).map_err(|e| UploadError::Package(format!("cannot read {}: {e}", package.zip.display())))?;
+    let bytes = std::fs::read(&package.zip)
+        .map_err(|e| UploadError::Package(format!("cannot read {}: {e}", package.zip.display())))?;
     progress(&format!("uploading {} ({} bytes)", package.zip.display(), bytes.len()));
     let filename = format!("{}_{}.zip", aggregator.user, package.study);
     let response = with_retries(progress, || {
@@ -186,7 +220,10 @@ pub fn upload(aggregator: &Aggregator, package: &Package, progress: &mut dyn FnM
     })?;
     let status = response.status().as_u16();
     if !(200..300).contains(&status) {
-        return Err(UploadError::Aggregator(format!("the upload was refused ({status}): {}", first_line(&response.text().unwrap_or_default()))));
+        return Err(UploadError::Aggregator(format!(
+            "the upload was refused ({status}): {}",
+            first_line(&response.text().unwrap_or_default())
+        )));
     }
     progress(&format!("uploaded {} ({status})", package.study));
     if let Some(outcome) = response.headers().get("x-veil-outcome").and_then(|h| h.to_str().ok()) {
@@ -194,7 +231,9 @@ pub fn upload(aggregator: &Aggregator, package: &Package, progress: &mut dyn FnM
         return Ok(());
     }
     match status_url {
-        Some(url) if !aggregator.wait.is_zero() && same_origin(&url, &endpoint) => await_verdict(&http, aggregator, &url, progress),
+        Some(url) if !aggregator.wait.is_zero() && same_origin(&url, &endpoint) => {
+            await_verdict(&http, aggregator, &url, progress)
+        }
         _ => {
             progress("the aggregator checks it on its own");
             Ok(())
@@ -204,28 +243,47 @@ pub fn upload(aggregator: &Aggregator, package: &Package, progress: &mut dyn FnM
 
 /// Asks the aggregator what became of an upload that went to its storage,
 /// every second until it has been checked or `aggregator.wait` has passed.
-fn await_verdict(http: &reqwest::blocking::Client, aggregator: &Aggregator, url: &str, progress: &mut dyn FnMut(&str)) -> Result<(), UploadError> {
+fn await_verdict(
+    http: &reqwest::blocking::Client,
+    aggregator: &Aggregator,
+    url: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), UploadError> {
     progress("waiting for the aggregator to check it");
     let deadline = std::time::Instant::now() + aggregator.wait;
     loop {
-        let answer = http.get(url).basic_auth(&aggregator.user, Some(&aggregator.site_id)).timeout(Duration::from_secs(30)).send();
+        let answer = http
+            .get(url)
+            .basic_auth(&aggregator.user, Some(&aggregator.site_id))
+            .timeout(Duration::from_secs(30))
+            .send();
         if let Ok(r) = answer {
             let status = r.status().as_u16();
             let body: Json = r.json().unwrap_or(Json::Null);
             match (status, body["state"].as_str()) {
                 (200, Some("waiting")) | (500.., _) => {}
                 (200, Some("refused")) => {
-                    return Err(UploadError::Aggregator(format!("the aggregator refused the upload: {}", body["message"].as_str().unwrap_or("no reason given"))));
+                    return Err(UploadError::Aggregator(format!(
+                        "the aggregator refused the upload: {}",
+                        body["message"].as_str().unwrap_or("no reason given")
+                    )));
                 }
                 (200, Some(outcome)) => {
                     progress(&format!("the aggregator checked it: {outcome}"));
                     return Ok(());
                 }
-                _ => return Err(UploadError::Aggregator(format!("the aggregator has no record of this upload ({status}); ask its operators"))),
+                _ => {
+                    return Err(UploadError::Aggregator(format!(
+                        "the aggregator has no record of this upload ({status}); ask its operators"
+                    )));
+                }
             }
         }
         if std::time::Instant::now() >= deadline {
-            progress(&format!("not checked within {} s; the aggregator checks it later on its own", aggregator.wait.as_secs()));
+            progress(&format!(
+                "not checked within {} s; the aggregator checks it later on its own",
+                aggregator.wait.as_secs()
+            ));
             return Ok(());
         }
         std::thread::sleep(Duration::from_secs(1));
@@ -252,7 +310,10 @@ fn with_retries(
         let why = match send() {
             Ok(r) if !(r.status().is_server_error() || r.status().as_u16() == 429) => return Ok(r),
             Ok(r) if attempt == ATTEMPTS => {
-                return Err(UploadError::Aggregator(format!("the aggregator kept failing ({}): try again later, or ask its operators", r.status().as_u16())));
+                return Err(UploadError::Aggregator(format!(
+                    "the aggregator kept failing ({}): try again later, or ask its operators",
+                    r.status().as_u16()
+                )));
             }
             Ok(r) => format!("the aggregator answered {}", r.status().as_u16()),
             Err(e) if attempt == ATTEMPTS => {
@@ -271,7 +332,8 @@ fn with_retries(
 /// (as aggregators send messages) without its quotes; of S3's XML error,
 /// its code and message.
 fn first_line(text: &str) -> String {
-    let tag = |name: &str| Some(text.split(&format!("<{name}>")).nth(1)?.split(&format!("</{name}>")).next()?.to_string());
+    let tag =
+        |name: &str| Some(text.split(&format!("<{name}>")).nth(1)?.split(&format!("</{name}>")).next()?.to_string());
     let text = match (tag("Code"), tag("Message")) {
         (Some(code), Some(message)) => format!("{code}: {message}"),
         (Some(code), None) => code,
@@ -313,7 +375,13 @@ mod tests {
 
     #[test]
     fn the_network_is_a_path_under_the_url() {
-        let mut a = Aggregator { url: "https://agg.example/".into(), network: None, user: "u".into(), site_id: "s".into(), wait: Duration::ZERO };
+        let mut a = Aggregator {
+            url: "https://agg.example/".into(),
+            network: None,
+            user: "u".into(),
+            site_id: "s".into(),
+            wait: Duration::ZERO,
+        };
         assert_eq!(a.endpoint(), "https://agg.example/");
         a.network = Some("flu-net".into());
         assert_eq!(a.endpoint(), "https://agg.example/flu-net");

@@ -86,19 +86,32 @@ fn compile(path: &Json, what: &str) -> Result<Expression, ViewError> {
 
 fn constant_value(c: &Map<String, Json>) -> Result<(String, Value), ViewError> {
     let name = c.get("name").and_then(Json::as_str).ok_or_else(|| ViewError("a constant needs a name".into()))?;
-    let (key, v) = c.iter().find(|(k, _)| k.starts_with("value")).ok_or_else(|| ViewError(format!("constant '{name}' has no value")))?;
-    let text = || v.as_str().map(str::to_string).ok_or_else(|| ViewError(format!("constant '{name}' has a malformed value")));
+    let (key, v) = c
+        .iter()
+        .find(|(k, _)| k.starts_with("value"))
+        .ok_or_else(|| ViewError(format!("constant '{name}' has no value")))?;
+    let text =
+        || v.as_str().map(str::to_string).ok_or_else(|| ViewError(format!("constant '{name}' has a malformed value")));
     let value = match key.as_str() {
-        "valueBoolean" => Value::Boolean(v.as_bool().ok_or_else(|| ViewError(format!("constant '{name}' is not a boolean")))?),
+        "valueBoolean" => {
+            Value::Boolean(v.as_bool().ok_or_else(|| ViewError(format!("constant '{name}' is not a boolean")))?)
+        }
         "valueInteger" | "valuePositiveInt" | "valueUnsignedInt" => {
             Value::Integer(v.as_i64().ok_or_else(|| ViewError(format!("constant '{name}' is not an integer")))?)
         }
-        "valueDecimal" => Value::Decimal(v.to_string().parse().map_err(|_| ViewError(format!("constant '{name}' is not a decimal")))?),
-        "valueDate" => Value::Temporal(Temporal::parse_date(&text()?).ok_or_else(|| ViewError(format!("constant '{name}' is not a date")))?),
-        "valueDateTime" | "valueInstant" => {
-            Value::Temporal(Temporal::parse_datetime(&text()?).ok_or_else(|| ViewError(format!("constant '{name}' is not a dateTime")))?)
+        "valueDecimal" => {
+            Value::Decimal(v.to_string().parse().map_err(|_| ViewError(format!("constant '{name}' is not a decimal")))?)
         }
-        "valueTime" => Value::Temporal(Temporal::parse_time(&text()?).ok_or_else(|| ViewError(format!("constant '{name}' is not a time")))?),
+        "valueDate" => Value::Temporal(
+            Temporal::parse_date(&text()?).ok_or_else(|| ViewError(format!("constant '{name}' is not a date")))?,
+        ),
+        "valueDateTime" | "valueInstant" => Value::Temporal(
+            Temporal::parse_datetime(&text()?)
+                .ok_or_else(|| ViewError(format!("constant '{name}' is not a dateTime")))?,
+        ),
+        "valueTime" => Value::Temporal(
+            Temporal::parse_time(&text()?).ok_or_else(|| ViewError(format!("constant '{name}' is not a time")))?,
+        ),
         _ => Value::String(text()?),
     };
     Ok((name.to_string(), value))
@@ -114,7 +127,9 @@ fn parse_select(v: &Json, names: &mut Vec<String>) -> Result<Select, ViewError> 
     let mut columns = Vec::new();
     for c in obj.get("column").and_then(Json::as_array).into_iter().flatten() {
         let name = c.get("name").and_then(Json::as_str).ok_or_else(|| ViewError("a column needs a name".into()))?;
-        if !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') || name.starts_with(|ch: char| ch.is_ascii_digit()) {
+        if !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+            || name.starts_with(|ch: char| ch.is_ascii_digit())
+        {
             return err(format!("column name '{name}' is not a valid identifier"));
         }
         if names.iter().any(|n| n == name) {
@@ -154,7 +169,11 @@ fn parse_select(v: &Json, names: &mut Vec<String>) -> Result<Select, ViewError> 
             union_all.push(parse_select(b, &mut branch_names)?);
             match &first {
                 None => first = Some(branch_names),
-                Some(f) if *f != branch_names => return err("Union Branches Inconsistent: every unionAll branch needs the same columns in the same order"),
+                Some(f) if *f != branch_names => {
+                    return err(
+                        "Union Branches Inconsistent: every unionAll branch needs the same columns in the same order",
+                    );
+                }
                 Some(_) => {}
             }
         }
@@ -198,12 +217,18 @@ impl View {
     /// Validates a ViewDefinition (JSON), before any data is read.
     pub fn parse(v: &Json) -> Result<View, ViewError> {
         let Some(obj) = v.as_object() else { return err("a ViewDefinition must be a JSON object") };
-        let resource = obj.get("resource").and_then(Json::as_str).ok_or_else(|| ViewError("the view needs a resource type".into()))?;
+        let resource = obj
+            .get("resource")
+            .and_then(Json::as_str)
+            .ok_or_else(|| ViewError("the view needs a resource type".into()))?;
         if !veil_fhir::r4().is_resource_type(resource) {
             return err(format!("'{resource}' is not a FHIR R4 resource type"));
         }
         let mut names = Vec::new();
-        let mut root = parse_select(&serde_json::json!({"select": obj.get("select").cloned().unwrap_or(Json::Array(vec![]))}), &mut names)?;
+        let mut root = parse_select(
+            &serde_json::json!({"select": obj.get("select").cloned().unwrap_or(Json::Array(vec![]))}),
+            &mut names,
+        )?;
         let wheres = obj
             .get("where")
             .and_then(Json::as_array)
@@ -216,7 +241,9 @@ impl View {
             .and_then(Json::as_array)
             .into_iter()
             .flatten()
-            .map(|c| c.as_object().ok_or_else(|| ViewError("a constant must be an object".into())).and_then(constant_value))
+            .map(|c| {
+                c.as_object().ok_or_else(|| ViewError("a constant must be an object".into())).and_then(constant_value)
+            })
             .collect::<Result<_, _>>()?;
         let mut cols = Vec::new();
         all_columns(&root, &mut cols);
@@ -253,7 +280,9 @@ impl View {
         }
         let root = Item::root(resource);
         for w in &self.wheres {
-            let r = w.evaluate_with(&self.context(resource, root.clone(), 0)).map_err(|e| ViewError(format!("where: {e}")))?;
+            let r = w
+                .evaluate_with(&self.context(resource, root.clone(), 0))
+                .map_err(|e| ViewError(format!("where: {e}")))?;
             match r.as_slice() {
                 [] => return Ok(Vec::new()),
                 [one] => match one.value() {
@@ -277,13 +306,20 @@ impl View {
             .collect())
     }
 
-    fn process<'a>(&self, s: &Select, resource: &'a Json, node: Item<'a>, row_index: i64) -> Result<Vec<Partial>, ViewError> {
+    fn process<'a>(
+        &self,
+        s: &Select,
+        resource: &'a Json,
+        node: Item<'a>,
+        row_index: i64,
+    ) -> Result<Vec<Partial>, ViewError> {
         let foci: Vec<Item<'a>> = if !s.repeat.is_empty() {
             let mut out = Vec::new();
             self.repeat(s, resource, node, &mut out, 0)?;
             out
         } else if let Some((expr, _)) = &s.for_each {
-            expr.evaluate_with(&self.context(resource, node.clone(), row_index)).map_err(|e| ViewError(format!("forEach '{}': {e}", expr.source())))?
+            expr.evaluate_with(&self.context(resource, node.clone(), row_index))
+                .map_err(|e| ViewError(format!("forEach '{}': {e}", expr.source())))?
         } else {
             vec![node]
         };
@@ -341,12 +377,21 @@ impl View {
 
     /// `repeat`: every node reached by applying the paths again and again,
     /// depth first, in document order.
-    fn repeat<'a>(&self, s: &Select, resource: &'a Json, node: Item<'a>, out: &mut Vec<Item<'a>>, depth: usize) -> Result<(), ViewError> {
+    fn repeat<'a>(
+        &self,
+        s: &Select,
+        resource: &'a Json,
+        node: Item<'a>,
+        out: &mut Vec<Item<'a>>,
+        depth: usize,
+    ) -> Result<(), ViewError> {
         if depth > 64 {
             return err("repeat nests deeper than 64 levels");
         }
         for p in &s.repeat {
-            let found = p.evaluate_with(&self.context(resource, node.clone(), 0)).map_err(|e| ViewError(format!("repeat '{}': {e}", p.source())))?;
+            let found = p
+                .evaluate_with(&self.context(resource, node.clone(), 0))
+                .map_err(|e| ViewError(format!("repeat '{}': {e}", p.source())))?;
             for f in found {
                 out.push(f.clone());
                 self.repeat(s, resource, f, out, depth + 1)?;
@@ -409,6 +454,9 @@ mod csv_tests {
     fn rfc4180_quoting() {
         let decimal: serde_json::Value = serde_json::from_str("1.50").unwrap();
         assert_eq!(super::csv_line(&[json!("a"), json!(null), decimal, json!(true)]), "a,,1.50,true\r\n");
-        assert_eq!(super::csv_line(&[json!("x,y"), json!("say \"hi\""), json!(["a", "b"])]), "\"x,y\",\"say \"\"hi\"\"\",\"[\"\"a\"\",\"\"b\"\"]\"\r\n");
+        assert_eq!(
+            super::csv_line(&[json!("x,y"), json!("say \"hi\""), json!(["a", "b"])]),
+            "\"x,y\",\"say \"\"hi\"\"\",\"[\"\"a\"\",\"\"b\"\"]\"\r\n"
+        );
     }
 }

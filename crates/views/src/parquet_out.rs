@@ -71,7 +71,9 @@ impl ColumnType {
 
     /// The type named `name` by [`ColumnType::sql_name`].
     pub fn from_sql_name(name: &str) -> Option<ColumnType> {
-        [ColumnType::Boolean, ColumnType::Integer, ColumnType::BigInt, ColumnType::Date, ColumnType::Text].into_iter().find(|t| t.sql_name() == name)
+        [ColumnType::Boolean, ColumnType::Integer, ColumnType::BigInt, ColumnType::Date, ColumnType::Text]
+            .into_iter()
+            .find(|t| t.sql_name() == name)
     }
 
     fn data_type(self) -> DataType {
@@ -108,8 +110,11 @@ pub struct ParquetWriter<W: Write + Send> {
 impl<W: Write + Send> ParquetWriter<W> {
     /// Starts a file whose schema comes from the view's columns.
     pub fn new(view: &View, out: W) -> Result<ParquetWriter<W>, ViewError> {
-        let columns: Vec<(&str, ColumnType)> =
-            view.column_defs().iter().map(|c| (c.name.as_str(), ColumnType::of_view_column(c.ty.as_deref(), c.collection))).collect();
+        let columns: Vec<(&str, ColumnType)> = view
+            .column_defs()
+            .iter()
+            .map(|c| (c.name.as_str(), ColumnType::of_view_column(c.ty.as_deref(), c.collection)))
+            .collect();
         ParquetWriter::with_columns(&columns, out)
     }
 
@@ -118,7 +123,8 @@ impl<W: Write + Send> ParquetWriter<W> {
         let fields: Vec<Field> = columns.iter().map(|(name, ty)| Field::new(*name, ty.data_type(), true)).collect();
         let schema = Arc::new(Schema::new(fields));
         let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
-        let writer = ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(|e| ViewError(format!("parquet: {e}")))?;
+        let writer =
+            ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(|e| ViewError(format!("parquet: {e}")))?;
         Ok(ParquetWriter { writer, schema, pending: Vec::with_capacity(BATCH) })
     }
 
@@ -149,7 +155,9 @@ impl<W: Write + Send> ParquetWriter<W> {
                 match (b, v) {
                     (Builder::Bool(b), Json::Bool(x)) => b.append_value(x),
                     (Builder::Bool(b), _) => b.append_null(),
-                    (Builder::Int(b), Json::Number(n)) => b.append_option(n.as_i64().and_then(|i| i32::try_from(i).ok())),
+                    (Builder::Int(b), Json::Number(n)) => {
+                        b.append_option(n.as_i64().and_then(|i| i32::try_from(i).ok()))
+                    }
                     (Builder::Int(b), _) => b.append_null(),
                     (Builder::Long(b), Json::Number(n)) => b.append_option(n.as_i64()),
                     (Builder::Long(b), _) => b.append_null(),
@@ -174,7 +182,8 @@ impl<W: Write + Send> ParquetWriter<W> {
                 }
             })
             .collect();
-        let batch = RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| ViewError(format!("parquet: {e}")))?;
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| ViewError(format!("parquet: {e}")))?;
         self.writer.write(&batch).map_err(|e| ViewError(format!("parquet: {e}")))
     }
 

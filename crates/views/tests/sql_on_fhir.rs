@@ -13,7 +13,9 @@ use veil_views::View;
 
 fn canonical(v: &Json) -> String {
     match v {
-        Json::Number(n) => n.to_string().parse::<rust_decimal::Decimal>().map_or(n.to_string(), |d| d.normalize().to_string()),
+        Json::Number(n) => {
+            n.to_string().parse::<rust_decimal::Decimal>().map_or(n.to_string(), |d| d.normalize().to_string())
+        }
         Json::Array(items) => format!("[{}]", items.iter().map(canonical).collect::<Vec<_>>().join(",")),
         Json::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
@@ -61,16 +63,17 @@ fn run(test: &Json, resources: &[Json]) -> Result<(), String> {
 #[test]
 fn sql_on_fhir_v2_suite() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/sql-on-fhir/tests");
-    let known: BTreeMap<String, String> = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/known-failures.tsv"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (k, v) = l.split_once('\t').unwrap_or((l, ""));
-            assert!(!v.trim().is_empty(), "{k} needs a reason");
-            (k.to_string(), v.to_string())
-        })
-        .collect();
+    let known: BTreeMap<String, String> =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/known-failures.tsv"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let (k, v) = l.split_once('\t').unwrap_or((l, ""));
+                assert!(!v.trim().is_empty(), "{k} needs a reason");
+                (k.to_string(), v.to_string())
+            })
+            .collect();
     let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     let (mut passed, mut failed) = (0, 0);

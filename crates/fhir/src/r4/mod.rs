@@ -17,5 +17,6 @@ pub(crate) struct RawSearchParam {
     pub targets: &'static [&'static str],
 }
 
+#[rustfmt::skip] // generated text, kept as the script writes it
 mod generated;
 pub(crate) use generated::*;

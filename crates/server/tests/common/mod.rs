@@ -41,8 +41,16 @@ impl Drop for Server {
 
 /// Fake identifiers planted in every place identifiers hide, as in veil-deid's Safe Harbor test.
 pub const PLANTED: [&str; 10] = [
-    "Zyxwplanted", "Qwertplanted", "555-867-5309", "999-12-3456", "742 Evergreen Terrace", "planted.person@example.org",
-    "MRN-PLANTED-0001", "PLANTED-EXT-SECRET", "Containedplanted", "Springfieldplanted",
+    "Zyxwplanted",
+    "Qwertplanted",
+    "555-867-5309",
+    "999-12-3456",
+    "742 Evergreen Terrace",
+    "planted.person@example.org",
+    "MRN-PLANTED-0001",
+    "PLANTED-EXT-SECRET",
+    "Containedplanted",
+    "Springfieldplanted",
 ];
 
 pub fn load_sample(store: &dyn Store) {
@@ -83,7 +91,8 @@ pub fn load_sample(store: &dyn Store) {
 /// `Some(secs)` requires tokens that live `secs`.
 pub fn start(name: &str, postgres: bool, auth: Option<u64>) -> Server {
     let (url, cleanup): (String, Box<dyn Fn()>) = if postgres {
-        let base = std::env::var("VEIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let base = std::env::var("VEIL_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let schema = format!("veil_export_{}_{name}", std::process::id());
         let drop_url = base.clone();
         let s2 = schema.clone();
@@ -122,7 +131,15 @@ pub fn start(name: &str, postgres: bool, auth: Option<u64>) -> Server {
     let mut threads = Vec::new();
     for i in 0..2 {
         let (store, storage, stop) = (store.clone(), storage.clone(), stop.clone());
-        threads.push(std::thread::spawn(move || worker_loop(&*store, &storage, &format!("test-{i}"), WorkerConfig { file_limit: 500, lease_secs: 60 }, &stop)));
+        threads.push(std::thread::spawn(move || {
+            worker_loop(
+                &*store,
+                &storage,
+                &format!("test-{i}"),
+                WorkerConfig { file_limit: 500, lease_secs: 60 },
+                &stop,
+            )
+        }));
     }
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
