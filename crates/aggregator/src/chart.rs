@@ -21,7 +21,7 @@ use crate::package::ColumnType;
 pub struct BadRequest(pub String);
 
 /// The sentinel for "the data held no value" (`cumulus__none`).
-const NONE: &str = veil_study::NONE;
+const NONE: &str = veil_util::CUMULUS_NONE;
 
 /// What a chart is asked for.
 #[derive(Debug, Clone, Default)]
@@ -175,15 +175,15 @@ fn parse_date(text: &str) -> Option<i64> {
     let year: i32 = parts.next()?.parse().ok()?;
     let month: u32 = parts.next().map_or(Some(1), |m| m.parse().ok())?;
     let day: u32 = parts.next().map_or(Some(1), |d| d.parse().ok())?;
-    if !(1..=12).contains(&month) || day == 0 || day > veil_fhir::calendar::days_in_month(year, month) {
+    if !(1..=12).contains(&month) || day == 0 || day > veil_util::calendar::days_in_month(year, month) {
         return None;
     }
-    Some(veil_fhir::calendar::days_from_civil(year, month, day))
+    Some(veil_util::calendar::days_from_civil(year, month, day))
 }
 
 /// The first day of the period holding `day` (weeks start on Monday).
 fn truncate(day: i64, period: Period) -> i64 {
-    use veil_fhir::calendar::{civil_from_days, days_from_civil};
+    use veil_util::calendar::{civil_from_days, days_from_civil};
     match period {
         Period::Day => day,
         // 1970-01-01 was a Thursday.

@@ -22,7 +22,7 @@
 //!   dashboard ([`crate::dashboard`]), which reads only the query API.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, RawQuery, Request, State};
@@ -33,7 +33,7 @@ use axum::routing::{get, post};
 use serde_json::{Value as Json, json};
 use sha2::Digest as _;
 use veil_storage::{Location, Storage};
-use veil_views::csv_line;
+use veil_util::csv;
 
 use crate::chart::{ChartQuery, chart, column_summary};
 use crate::intake::{Failure, Upload, ingest, is_file_name};
@@ -63,11 +63,11 @@ pub struct Config {
     pub min_cell: u64,
     /// Caps on what an upload may hold.
     pub limits: Limits,
-    /// Log one line per request on stderr.
-    pub access_log: bool,
+    /// One line per request and per upload on stderr, if set.
+    pub access_log: Option<veil_http::AccessLog>,
     /// The rate and failure backoff per address on the doors that check
     /// credentials (the handshake, upload status, the query API's keys).
-    pub guard: veil_guard::Limits,
+    pub guard: veil_http::Limits,
 }
 
 impl Config {
@@ -87,10 +87,10 @@ struct AppState {
 pub fn router(config: Arc<Config>) -> Result<Router, crate::ledger::LedgerError> {
     let signing_key = config.ledger.signing_key()?;
     let upload_cap = usize::try_from(config.limits.zip_bytes).unwrap_or(usize::MAX).saturating_add(1 << 20);
-    let door = Arc::new(veil_guard::Door::new(config.guard));
+    let door = Arc::new(veil_http::Door::new(config.guard));
     let state = Arc::new(AppState { config, signing_key });
     let guarded = |router: Router<Arc<AppState>>| {
-        router.route_layer(axum::middleware::from_fn_with_state(door.clone(), veil_guard::guard))
+        router.route_layer(axum::middleware::from_fn_with_state(door.clone(), veil_http::guard))
     };
     let query = Router::new()
         .route("/data-packages", get(data_packages))
@@ -109,21 +109,20 @@ pub fn router(config: Arc<Config>) -> Result<Router, crate::ledger::LedgerError>
         .route("/", post(handshake_root))
         .route("/{network}", post(handshake_network))
         .route("/upload/{transaction}", get(upload_status));
-    Ok(Router::new()
+    let router = Router::new()
         .route("/", get(crate::dashboard::to_dashboard))
         .merge(crate::dashboard::routes())
         .merge(guarded(sites))
         .route("/upload", post(upload).layer(DefaultBodyLimit::max(upload_cap)))
         .merge(guarded(query))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), access_log))
-        .with_state(state))
+        .with_state(state.clone());
+    Ok(match state.config.access_log {
+        Some(log) => router.layer(axum::middleware::from_fn_with_state(Arc::new(log), veil_http::access_log)),
+        None => router,
+    })
 }
 
 type Shared = State<Arc<AppState>>;
-
-pub(crate) fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
 
 /// Errors on the site API are a JSON string, as Cumulus answers them.
 fn message(status: StatusCode, text: impl Into<String>) -> Response {
@@ -138,36 +137,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.map_err(|_| internal())
 }
 
-/// Who made a request, for the access log (a site's name; never its user or secret).
-#[derive(Clone)]
-struct Who(String);
-
-async fn access_log(State(st): Shared, request: Request, next: Next) -> Response {
-    if !st.config.access_log {
-        return next.run(request).await;
-    }
-    let started = Instant::now();
-    let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or("(no route)".to_string(), |m| m.as_str().to_string());
-    let response = next.run(request).await;
-    let who = response.extensions().get::<Who>().map_or("-".to_string(), |w| w.0.clone());
-    eprintln!(
-        "{} {method} {route} {} site={who} {}ms",
-        veil_store::now_instant(),
-        response.status().as_u16(),
-        started.elapsed().as_millis()
-    );
-    response
-}
-
 /// A response to a site whose credentials were good: named for the access
 /// log, and counted as a success by the credential door.
 fn with_who(mut response: Response, who: &str) -> Response {
-    response.extensions_mut().insert(Who(who.to_string()));
-    veil_guard::Credentials::Accepted.mark(response)
+    response.extensions_mut().insert(veil_http::Who(who.to_string()));
+    veil_http::Credentials::Accepted.mark(response)
 }
 
 async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Site, Response> {
@@ -179,12 +153,12 @@ async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Site, Respon
     let Some((user, secret)) =
         headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(secrets::basic)
     else {
-        return Err(veil_guard::Credentials::Refused.mark(unauthorized()));
+        return Err(veil_http::Credentials::Refused.mark(unauthorized()));
     };
     let ledger = st.config.ledger.clone();
     match blocking(move || ledger.authenticate(&user, &secret)).await? {
         Ok(Some(site)) => Ok(site),
-        Ok(None) => Err(veil_guard::Credentials::Refused.mark(unauthorized())),
+        Ok(None) => Err(veil_http::Credentials::Refused.mark(unauthorized())),
         Err(_) => Err(internal()),
     }
 }
@@ -260,8 +234,10 @@ async fn handshake(State(st): Shared, headers: HeaderMap, body: axum::body::Byte
     let transaction = headers.get("transaction-id").and_then(|h| h.to_str().ok()).map(str::to_string);
     let ledger = st.config.ledger.clone();
     let (site_name, study_name) = (site.name.clone(), study.to_string());
-    let lock =
-        blocking(move || ledger.lock(&site_name, &study_name, transaction.as_deref(), now_secs(), LOCK_SECS)).await;
+    let lock = blocking(move || {
+        ledger.lock(&site_name, &study_name, transaction.as_deref(), veil_util::clock::now_secs() as i64, LOCK_SECS)
+    })
+    .await;
     let transaction = match lock {
         Ok(Ok(Ok(id))) => id,
         Ok(Ok(Err(()))) => {
@@ -290,12 +266,17 @@ async fn handshake(State(st): Shared, headers: HeaderMap, body: axum::body::Byte
             Err(r) => return answer(r),
         }
     } else {
-        let policy = Policy { upload, key, max_bytes: st.config.limits.zip_bytes, expires: now_secs() + POLICY_SECS };
-        let encoded = veil_fhir::base64::encode(
+        let policy = Policy {
+            upload,
+            key,
+            max_bytes: st.config.limits.zip_bytes,
+            expires: veil_util::clock::now_secs() as i64 + POLICY_SECS,
+        };
+        let encoded = veil_util::base64::encode(
             serde_json::to_string(&policy).expect("a policy serialises").as_bytes(),
-            veil_fhir::base64::STANDARD,
+            veil_util::base64::STANDARD,
         );
-        let signature = veil_fhir::hex::encode(&secrets::mac(&st.signing_key, encoded.as_bytes()));
+        let signature = veil_util::hex::encode(&secrets::mac(&st.signing_key, encoded.as_bytes()));
         json!({"url": format!("{base}/upload"), "fields": {"key": policy.key, "policy": encoded, "signature": signature}})
     };
     let mut response = axum::Json(form).into_response();
@@ -337,7 +318,7 @@ fn verify_policy(st: &AppState, policy: &str, signature: &str) -> Option<Policy>
     if !secrets::matches(policy, &st.signing_key, &given) {
         return None;
     }
-    let decoded = veil_fhir::base64::decode(policy, veil_fhir::base64::STANDARD)?;
+    let decoded = veil_util::base64::decode(policy, veil_util::base64::STANDARD)?;
     serde_json::from_slice::<Policy>(&decoded).ok()
 }
 
@@ -370,7 +351,7 @@ async fn upload(State(st): Shared, mut form: Multipart) -> Response {
         let Some(p) = verify_policy(&st, p, s) else {
             return message(StatusCode::FORBIDDEN, "the upload's policy signature does not match");
         };
-        if p.expires <= now_secs() {
+        if p.expires <= veil_util::clock::now_secs() as i64 {
             return with_who(
                 message(StatusCode::FORBIDDEN, "the upload's policy has expired: ask for a new upload URL"),
                 &p.upload.site,
@@ -450,14 +431,14 @@ async fn release(st: &Arc<AppState>, p: &Policy) {
 async fn require_api_key(State(st): Shared, request: Request, next: Next) -> Response {
     let key = request.headers().get("x-api-key").and_then(|h| h.to_str().ok()).map(str::to_string);
     let Some(key) = key else {
-        return veil_guard::Credentials::Refused
+        return veil_http::Credentials::Refused
             .mark(message(StatusCode::UNAUTHORIZED, "an x-api-key header is required (veil aggregator key add)"));
     };
     let ledger = st.config.ledger.clone();
     match blocking(move || ledger.check_api_key(&key)).await {
-        Ok(Ok(true)) => veil_guard::Credentials::Accepted.mark(next.run(request).await),
+        Ok(Ok(true)) => veil_http::Credentials::Accepted.mark(next.run(request).await),
         Ok(Ok(false)) => {
-            veil_guard::Credentials::Refused.mark(message(StatusCode::UNAUTHORIZED, "the API key is not valid"))
+            veil_http::Credentials::Refused.mark(message(StatusCode::UNAUTHORIZED, "the API key is not valid"))
         }
         _ => internal(),
     }
@@ -537,9 +518,9 @@ async fn download(State(st): Shared, Path(id): Path<String>, RawQuery(query): Ra
         "json" => axum::Json(json!({"columns": names, "rows": found.aggregate.rows})).into_response(),
         "csv" => {
             let header: Vec<Json> = names.iter().map(|n| Json::from(*n)).collect();
-            let mut text = csv_line(&header);
+            let mut text = csv::line(&header);
             for row in &found.aggregate.rows {
-                text += &csv_line(&row.iter().map(spreadsheet_safe).collect::<Vec<_>>());
+                text += &csv::line(&row.iter().map(spreadsheet_safe).collect::<Vec<_>>());
             }
             let disposition = format!("attachment; filename=\"{}.csv\"", found.id);
             (
@@ -588,7 +569,7 @@ async fn chart_data(
     // dashboard cache it, as Cumulus advises.
     let etag = format!(
         "\"{}\"",
-        veil_fhir::hex::encode(
+        veil_util::hex::encode(
             &sha2::Sha256::digest(format!("{}\n{}\n{:?}", found.id, found.updated, query).as_bytes())[..16]
         )
     );

@@ -83,7 +83,7 @@ pub(crate) enum Failure {
 /// credentials it was issued under stand.
 pub(crate) fn ingest(config: &Config, upload: &Upload, zip: &[u8]) -> Result<Result<Outcome, Refusal>, Failure> {
     let ledger = &config.ledger;
-    let sha256 = veil_fhir::hex::encode(&sha2::Sha256::digest(zip));
+    let sha256 = veil_util::hex::encode(&sha2::Sha256::digest(zip));
     let arrival = upload.arrival(&sha256, zip.len());
     match ledger.lock_state(&upload.site, &upload.study, &upload.transaction).map_err(|_| Failure::Internal)? {
         LockState::Held => {}
@@ -126,26 +126,26 @@ pub(crate) fn ingest(config: &Config, upload: &Upload, zip: &[u8]) -> Result<Res
 }
 
 fn log(config: &Config, upload: &Upload, result: &Result<Result<Outcome, Refusal>, Failure>) {
-    if config.access_log {
+    if let Some(log) = &config.access_log {
         let (outcome, why) = match result {
-            Ok(Ok(o)) => (o.as_str(), String::new()),
-            Ok(Err(r)) => ("refused", format!(": {r}")),
-            Err(_) => ("failed", String::new()),
+            Ok(Ok(o)) => (o.as_str(), None),
+            Ok(Err(r)) => ("refused", Some(r.to_string())),
+            Err(_) => ("failed", None),
         };
-        eprintln!(
-            "{} upload {outcome} site={} study={} version={}{why}",
-            veil_store::now_instant(),
-            upload.site,
-            upload.study,
-            version_key(upload.version)
-        );
+        let mut fields = vec![
+            ("site", upload.site.as_str().into()),
+            ("study", upload.study.as_str().into()),
+            ("version", version_key(upload.version).into()),
+        ];
+        fields.extend(why.map(|why| ("why", why.into())));
+        log.event(&format!("upload {outcome}"), &fields);
     }
 }
 
 /// Records that a staged upload lost its lock to a newer handshake, so
 /// that the site asking after it learns why it was not merged.
 pub(crate) fn superseded(config: &Config, upload: &Upload, zip: &[u8]) -> Result<(), Failure> {
-    let sha256 = veil_fhir::hex::encode(&sha2::Sha256::digest(zip));
+    let sha256 = veil_util::hex::encode(&sha2::Sha256::digest(zip));
     let why = Refusal("superseded: the site asked to upload this study again before this upload was checked".into());
     config.ledger.refuse(&upload.arrival(&sha256, zip.len()), &why).map_err(|_| Failure::Internal)
 }

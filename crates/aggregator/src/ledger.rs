@@ -207,7 +207,7 @@ impl Ledger {
         let added = self.db.write(|db| {
             db.execute(
                 "INSERT INTO sites (name, username, display, salt, digest, studies, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
-                args![name, user, display, &salt, &digest, &studies, &veil_store::now_instant()],
+                args![name, user, display, &salt, &digest, &studies, &veil_util::clock::now_instant()],
             )
         })?;
         Ok((added == 1).then_some(secret))
@@ -219,7 +219,7 @@ impl Ledger {
         let changed = self.db.write(|db| {
             db.execute(
                 "UPDATE sites SET salt = ?2, digest = ?3, rotated = ?4 WHERE name = ?1",
-                args![name, &salt, &digest, &veil_store::now_instant()],
+                args![name, &salt, &digest, &veil_util::clock::now_instant()],
             )
             .and_then(|changed| {
                 // Upload forms issued under the old secret die with it.
@@ -246,7 +246,7 @@ impl Ledger {
                 db.execute("DELETE FROM contributions WHERE site = ?1", args![name])?;
                 db.execute("DELETE FROM site_versions WHERE site = ?1", args![name])?;
                 db.execute("DELETE FROM aggregates WHERE site = ?1", args![name])?;
-                let now = veil_store::now_instant();
+                let now = veil_util::clock::now_instant();
                 for (study, package, version) in touched {
                     remerge(db, &study, &package, version, &now)?;
                 }
@@ -276,12 +276,12 @@ impl Ledger {
 
     /// Makes an API key for the query API; returns the key (`<id>.<secret>`).
     pub fn add_api_key(&self, name: &str) -> Result<String> {
-        let id = veil_fhir::hex::encode(&secrets::random(6));
+        let id = veil_util::hex::encode(&secrets::random(6));
         let (secret, salt, digest) = new_credential();
         self.db.write(|db| {
             db.execute(
                 "INSERT INTO api_keys (id, name, salt, digest, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-                args![&id, name, &salt, &digest, &veil_store::now_instant()],
+                args![&id, name, &salt, &digest, &veil_util::clock::now_instant()],
             )
         })?;
         Ok(format!("{id}.{secret}"))
@@ -340,7 +340,7 @@ impl Ledger {
         now: i64,
         lease_secs: i64,
     ) -> Result<Result<String, ()>> {
-        let fresh = veil_fhir::hex::encode(&secrets::random(16));
+        let fresh = veil_util::hex::encode(&secrets::random(16));
         let taken = self.db.write(|db| {
             db.query_opt(
                 "INSERT INTO locks (site, study, id, expires) VALUES (?1, ?2, ?3, ?4)
@@ -443,7 +443,7 @@ impl Ledger {
                 record(db, a, Outcome::Refused, Some(&why.0))?;
                 return Ok(Err(why));
             }
-            let now = veil_store::now_instant();
+            let now = veil_util::clock::now_instant();
             let mut touched: BTreeSet<String> = db
                 .query("SELECT package FROM contributions WHERE site = ?1 AND study = ?2 AND version = ?3", args![a.site, a.study, a.version])?
                 .into_iter()
@@ -654,7 +654,7 @@ fn data_package(mut r: Row) -> Result<DataPackage> {
 fn record(db: &mut dyn Sql, a: &Arrival<'_>, outcome: Outcome, message: Option<&str>) -> Result<()> {
     db.execute(
         "INSERT INTO uploads (id, site, study, version, sha256, bytes, received, outcome, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        args![a.id, a.site, a.study, a.version, a.sha256, a.bytes, &veil_store::now_instant(), outcome.as_str(), message],
+        args![a.id, a.site, a.study, a.version, a.sha256, a.bytes, &veil_util::clock::now_instant(), outcome.as_str(), message],
     )?;
     Ok(())
 }

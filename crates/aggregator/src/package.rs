@@ -530,7 +530,7 @@ fn value(column: &dyn Array, i: usize) -> Json {
 }
 
 fn date(days: i64) -> String {
-    let (y, m, d) = veil_fhir::calendar::civil_from_days(days);
+    let (y, m, d) = veil_util::calendar::civil_from_days(days);
     format!("{y:04}-{m:02}-{d:02}")
 }
 

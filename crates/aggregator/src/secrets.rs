@@ -3,7 +3,7 @@
 //! key kept in the database.
 
 use hmac::{KeyInit as _, Mac as _};
-use veil_fhir::base64;
+use veil_util::base64;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 

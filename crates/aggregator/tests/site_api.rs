@@ -106,8 +106,8 @@ fn start(name: &str, db: Db, limits: Limits) -> Aggregator {
         network: Some("flu-net".into()),
         min_cell: 10,
         limits,
-        access_log: false,
-        guard: veil_guard::Limits::default(),
+        access_log: None,
+        guard: veil_http::Limits::default(),
     };
     let config = Arc::new(config);
     let app = router(config.clone()).unwrap();
@@ -338,10 +338,10 @@ fn one_site_cannot_write_as_another(db: Db) {
     let mut forged = presigned.clone();
     let policy = presigned["fields"]["policy"].as_str().unwrap();
     let mut decoded: Json =
-        serde_json::from_slice(&veil_fhir::base64::decode(policy, veil_fhir::base64::STANDARD).unwrap()).unwrap();
+        serde_json::from_slice(&veil_util::base64::decode(policy, veil_util::base64::STANDARD).unwrap()).unwrap();
     decoded["site"] = json!("site_a");
     forged["fields"]["policy"] =
-        json!(veil_fhir::base64::encode(decoded.to_string().as_bytes(), veil_fhir::base64::STANDARD));
+        json!(veil_util::base64::encode(decoded.to_string().as_bytes(), veil_util::base64::STANDARD));
     let r = agg.post_form(&forged, package(1, &[(99, None)]));
     assert_eq!(r.status(), 403);
     assert!(r.text().unwrap().contains("signature"));

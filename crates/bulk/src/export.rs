@@ -279,7 +279,7 @@ fn finished(dest: &Path, name: &str, done: Option<&FileDone>) -> bool {
     if std::io::copy(&mut file, &mut hashing).is_err() {
         return false;
     }
-    hashing.bytes == done.bytes && veil_fhir::hex::encode(&hashing.hash.finalize()) == done.sha256
+    hashing.bytes == done.bytes && veil_util::hex::encode(&hashing.hash.finalize()) == done.sha256
 }
 
 /// Counts and hashes what goes through it.
@@ -402,6 +402,6 @@ fn fetch_once(client: &Client, job: &Job, with_token: bool, options: &Options<'_
         resources,
         left_out,
         bytes,
-        sha256: veil_fhir::hex::encode(&hash.finalize()),
+        sha256: veil_util::hex::encode(&hash.finalize()),
     })
 }

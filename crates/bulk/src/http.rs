@@ -120,7 +120,7 @@ impl ExportRequest {
         if !self.patients.is_empty() {
             hash.update(self.parameters().to_string().as_bytes());
         }
-        veil_fhir::hex::encode(&hash.finalize())
+        veil_util::hex::encode(&hash.finalize())
     }
 
     /// The `Parameters` body of a POST kick-off (used when patients are named).

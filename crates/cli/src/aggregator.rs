@@ -108,6 +108,9 @@ struct ServeArgs {
     /// with each further failure up to a minute (429 with Retry-After).
     #[arg(long, value_name = "N", default_value_t = 20.0)]
     auth_rate: f64,
+    /// How each request and upload is logged on stderr.
+    #[arg(long, value_enum, default_value = "human")]
+    log_format: crate::output::LogFormat,
 }
 
 #[derive(clap::Args)]
@@ -340,8 +343,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     let sites = ledger.sites()?.len();
     let keys = ledger.api_keys()?.len();
     let limits = Limits { zip_bytes: a.max_upload_mib << 20, ..Limits::default() };
-    let guard =
-        veil_guard::Limits { per_second: a.auth_rate, burst: 2.0 * a.auth_rate, ..veil_guard::Limits::default() };
+    let guard = veil_http::Limits { per_second: a.auth_rate, burst: 2.0 * a.auth_rate, ..veil_http::Limits::default() };
     let uploads_here = !matches!(location, veil_storage::Location::S3 { .. });
     if uploads_here {
         // An upload that held a lock when the last process stopped died with it.
@@ -359,7 +361,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         network: a.network.clone(),
         min_cell: a.min_cell,
         limits,
-        access_log: true,
+        access_log: Some(a.log_format.access_log("site")),
         guard,
     });
     let app = router(config.clone())?;

@@ -112,7 +112,7 @@ fn run_to_cloud(mut args: Args, destination: &veil_storage::Location) -> Result<
         ));
     }
     let storage = open_checked(destination)?;
-    let stage = std::env::temp_dir().join(format!("veil-deid-{}-{}", std::process::id(), veil_storage::now_secs()));
+    let stage = std::env::temp_dir().join(format!("veil-deid-{}-{}", std::process::id(), veil_util::clock::now_secs()));
     fs::create_dir_all(&stage)?;
     args.output = Some(stage.clone());
     let deidentified = Some(veil_storage::Deidentified { policy: policy_name(&args.config) });

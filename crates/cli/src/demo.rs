@@ -397,7 +397,7 @@ fn two_sites(study: &veil_study::Study, export: &std::path::Path, out: &std::pat
         network: None,
         min_cell: veil_study::DEFAULT_MIN_CELL,
         limits: Default::default(),
-        access_log: false,
+        access_log: None,
         guard: Default::default(),
     };
     let app = veil_aggregator::http::router(Arc::new(config))?;

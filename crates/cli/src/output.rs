@@ -11,6 +11,26 @@ use veil_storage::{Location, Storage};
 
 use crate::UsageError;
 
+/// How a server writes its log lines (`--log-format`).
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Text lines, for a terminal.
+    Human,
+    /// One JSON object per line, for a log collector.
+    Json,
+}
+
+impl LogFormat {
+    /// The access log of a server that names who asked as `who`.
+    pub(crate) fn access_log(self, who: &'static str) -> veil_http::AccessLog {
+        let format = match self {
+            LogFormat::Human => veil_http::LogFormat::Human,
+            LogFormat::Json => veil_http::LogFormat::Json,
+        };
+        veil_http::AccessLog { format, who }
+    }
+}
+
 /// Where `-o` points: a local folder, or a cloud location that the work is
 /// staged for locally and then uploaded to.
 pub(crate) enum Destination {

@@ -86,6 +86,9 @@ pub(crate) struct Args {
     /// its files and job are deleted.
     #[arg(long, value_name = "HOURS", default_value_t = 24.0)]
     retention_hours: f64,
+    /// How each request is logged on stderr.
+    #[arg(long, value_enum, default_value = "human")]
+    log_format: crate::output::LogFormat,
     /// Token requests per second one address may make, in bursts of twice
     /// that; after 5 refused requests an address waits 1 s, doubling with
     /// each further refusal up to a minute (429 with Retry-After).
@@ -140,7 +143,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         );
     }
     let mut state = AppState::new(store, storage, base_url, auth);
-    state.access_log = true;
+    state.access_log = Some(args.log_format.access_log("client"));
     let gib = |g: f64| (g.max(0.0) * f64::from(1u32 << 30)) as u64;
     state.limits = ExportLimits {
         per_client: args.max_exports_per_client,
@@ -148,11 +151,8 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         min_free_bytes: gib(args.min_free_gib),
         retention_secs: (args.retention_hours.max(0.0) * 3600.0) as u64,
     };
-    state.token_guard = veil_guard::Limits {
-        per_second: args.token_rate,
-        burst: 2.0 * args.token_rate,
-        ..veil_guard::Limits::default()
-    };
+    state.token_guard =
+        veil_http::Limits { per_second: args.token_rate, burst: 2.0 * args.token_rate, ..veil_http::Limits::default() };
     let state = Arc::new(state);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -173,7 +173,7 @@ pub(crate) fn make_share(
         }
     };
     let id = new_share_id();
-    let expires = veil_storage::now_secs() + lifetime.as_secs();
+    let expires = veil_util::clock::now_secs() + lifetime.as_secs();
     let (link, scope, location_text) = match location {
         Location::Local(dir) => {
             let dir =
@@ -197,7 +197,7 @@ pub(crate) fn make_share(
         kind: kind.as_str().into(),
         location: location_text,
         created: String::new(),
-        expires: veil_storage::iso(expires),
+        expires: veil_util::clock::iso(expires),
         recipient,
         ip: ip.map(|c| c.to_string()),
         revoked: None,
@@ -267,7 +267,9 @@ fn export_location(store: &dyn Store, job: &str, storage: &veil_server::export::
 fn status(s: &ShareRecord) -> String {
     match &s.revoked {
         Some(at) => format!("revoked {at}"),
-        None if veil_storage::parse_iso(&s.expires).is_some_and(|e| e <= veil_storage::now_secs()) => "expired".into(),
+        None if veil_util::clock::parse_iso(&s.expires).is_some_and(|e| e <= veil_util::clock::now_secs()) => {
+            "expired".into()
+        }
         None => "active".into(),
     }
 }

@@ -144,8 +144,7 @@ fn built_path(build_dir: &Path, study: &Study) -> PathBuf {
 
 /// Today's date (UTC), `YYYY-MM-DD`.
 fn today() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (y, m, d) = veil_fhir::calendar::civil_from_days((secs / 86_400) as i64);
+    let (y, m, d) = veil_util::clock::today();
     format!("{y:04}-{m:02}-{d:02}")
 }
 

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use serde_json::Value as Json;
-use veil_views::{View, csv_line};
+use veil_util::csv;
+use veil_views::View;
 
 use crate::UsageError;
 use crate::input::{map_ndjson_in_parallel, ndjson_files};
@@ -80,7 +81,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     }
     if args.format == "csv" {
         let header: Vec<Json> = view.columns().iter().map(|c| Json::String(c.clone())).collect();
-        out.write_all(csv_line(&header).as_bytes())?;
+        out.write_all(csv::line(&header).as_bytes())?;
     }
     let mut rows = 0u64;
     let result = (|| -> Result<()> {
@@ -93,7 +94,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
                     if let Some(p) = parquet.as_mut() {
                         p.write(row)?;
                     } else if args.format == "csv" {
-                        out.write_all(csv_line(&row.values).as_bytes())?;
+                        out.write_all(csv::line(&row.values).as_bytes())?;
                     } else {
                         let obj: serde_json::Map<String, Json> =
                             view.columns().iter().cloned().zip(row.values).collect();

@@ -1014,7 +1014,7 @@ fn export_killed_mid_download_resumes_with_every_resource_once() {
     let mut seen = std::collections::HashSet::new();
     for (name, file) in files {
         let bytes = std::fs::read(dest.join(name)).unwrap();
-        assert_eq!(veil_fhir::hex::encode(&sha2::Sha256::digest(&bytes)), file["sha256"].as_str().unwrap(), "{name}");
+        assert_eq!(veil_util::hex::encode(&sha2::Sha256::digest(&bytes)), file["sha256"].as_str().unwrap(), "{name}");
         for line in String::from_utf8(bytes).unwrap().lines() {
             let doc: Json = serde_json::from_str(line).unwrap();
             assert!(seen.insert(format!("{}/{}", doc["resourceType"], doc["id"])), "a duplicate in {name}");

@@ -26,7 +26,7 @@ impl Hasher {
         }
         let mut mac = self.0.clone();
         mac.update(value.as_bytes());
-        veil_fhir::hex::encode(&mac.finalize().into_bytes())
+        veil_util::hex::encode(&mac.finalize().into_bytes())
     }
 }
 
@@ -52,14 +52,14 @@ pub(crate) fn encrypt(key: &[u8], plain: &str) -> String {
     .expect("key sizes are validated with the configuration");
     let mut out = iv.to_vec();
     out.extend(ct);
-    veil_fhir::base64::encode(&out, veil_fhir::base64::STANDARD)
+    veil_util::base64::encode(&out, veil_util::base64::STANDARD)
 }
 
 /// The inverse of [`encrypt`]; `None` for text that is not base64 of an IV and whole blocks.
 #[cfg(test)]
 pub(crate) fn decrypt(key: &[u8], text: &str) -> Option<String> {
     use aes::cipher::{BlockModeDecrypt, KeyIvInit, block_padding::Pkcs7};
-    let bytes = veil_fhir::base64::decode(text, veil_fhir::base64::STANDARD)?;
+    let bytes = veil_util::base64::decode(text, veil_util::base64::STANDARD)?;
     if bytes.len() < 32 {
         return None;
     }

@@ -2,7 +2,7 @@
 //! §5.2): the offset fold over `prefix + key`, and the shift of a written
 //! date that zeroes the time and keeps the time-zone text.
 
-use veil_fhir::calendar::{civil_from_days, days_from_civil};
+use veil_util::calendar::{civil_from_days, days_from_civil};
 
 /// The offset in days, in [-50, 50]: a fold over the UTF-8 bytes of
 /// `prefix + key`. Not a secret-keyed hash, but the anonymizer's; kept

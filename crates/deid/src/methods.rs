@@ -30,7 +30,7 @@ pub(crate) struct Keys {
 pub(crate) fn random_key() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the operating system's random source");
-    veil_fhir::hex::encode(&bytes)
+    veil_util::hex::encode(&bytes)
 }
 
 impl Keys {
@@ -44,15 +44,10 @@ impl Keys {
             date: p.date_shift_key.clone().unwrap_or_else(random_key),
             encrypt: p.encrypt_key.clone().unwrap_or_else(process_key).into_bytes(),
             fixed_offset: p.date_shift_fixed_offset_in_days,
-            today: today(),
+            today: veil_util::clock::today(),
             exact_date_shift: false,
         }
     }
-}
-
-fn today() -> (i32, u32, u32) {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    veil_fhir::calendar::civil_from_days((secs / 86_400) as i64)
 }
 
 pub(crate) enum Outcome {

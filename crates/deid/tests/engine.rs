@@ -87,7 +87,7 @@ fn patient_scope_keeps_intervals_within_a_record() {
     );
     let days = |s: &str| -> i64 {
         let (y, m, d) = (s[..4].parse().unwrap(), s[5..7].parse().unwrap(), s[8..10].parse().unwrap());
-        veil_fhir::calendar::days_from_civil(y, m, d)
+        veil_util::calendar::days_from_civil(y, m, d)
     };
     let birth = days(patient["birthDate"].as_str().unwrap());
     assert_eq!(days(obs["effectiveDateTime"].as_str().unwrap()) - birth, 10, "interval kept");

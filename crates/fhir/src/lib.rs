@@ -32,9 +32,6 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod base64;
-pub mod calendar;
-pub mod hex;
 mod model;
 mod r4;
 pub mod validate;

@@ -141,7 +141,7 @@ fn is_date(s: &str) -> bool {
     };
     let valid = match parts.next() {
         None => true,
-        Some(d) => digits(d, 2).is_some_and(|d| d >= 1 && d <= crate::calendar::days_in_month(year as i32, month)),
+        Some(d) => digits(d, 2).is_some_and(|d| d >= 1 && d <= veil_util::calendar::days_in_month(year as i32, month)),
     };
     year > 0 && valid && parts.next().is_none()
 }

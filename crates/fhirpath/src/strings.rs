@@ -2,7 +2,7 @@
 
 use crate::compile::Func;
 
-use veil_fhir::base64::{self, STANDARD as B64, URL_SAFE as B64URL};
+use veil_util::base64::{self, STANDARD as B64, URL_SAFE as B64URL};
 
 /// Applies one of the four functions with its format argument; `None` when
 /// the format is unknown or the input cannot be decoded.

@@ -64,15 +64,15 @@ fn digits(s: &str, n: usize) -> Option<(u32, &str)> {
 }
 
 pub(crate) fn days_in_month(year: i32, month: u8) -> u8 {
-    veil_fhir::calendar::days_in_month(year, month as u32) as u8
+    veil_util::calendar::days_in_month(year, month as u32) as u8
 }
 
 fn days_from_civil(y: i32, m: u8, d: u8) -> i64 {
-    veil_fhir::calendar::days_from_civil(y, m as u32, d as u32)
+    veil_util::calendar::days_from_civil(y, m as u32, d as u32)
 }
 
 fn civil_from_days(z: i64) -> (i32, u8, u8) {
-    let (y, m, d) = veil_fhir::calendar::civil_from_days(z);
+    let (y, m, d) = veil_util::calendar::civil_from_days(z);
     (y, m as u8, d as u8)
 }
 
@@ -449,8 +449,7 @@ impl Temporal {
 
 /// The current instant in UTC, to the millisecond.
 pub(crate) fn now() -> Temporal {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let millis = since.as_millis() as i128;
+    let millis = veil_util::clock::now_millis() as i128;
     let (y, m, d) = civil_from_days((millis / 86_400_000) as i64);
     let mut t = Temporal::empty(TemporalKind::DateTime);
     t.year = y;

@@ -39,7 +39,7 @@ impl Auth {
         let secret = store.secret(SECRET_NAME, &mut || {
             let mut bytes = [0u8; 32];
             getrandom::fill(&mut bytes).expect("the operating system's random source");
-            veil_fhir::hex::encode(&bytes)
+            veil_util::hex::encode(&bytes)
         })?;
         Ok(Auth { secret: secret.into_bytes(), token_lifetime: veil_smart::MAX_LIFETIME_SECS, jwks: JwksCache::new() })
     }
@@ -76,10 +76,6 @@ impl Caller {
     }
 }
 
-pub(crate) fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// Every protected request passes here: with authorization on it needs a
 /// valid bearer token, whose grant the handlers then read as [`Caller`].
 pub(crate) async fn require_token(State(st): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
@@ -96,16 +92,19 @@ pub(crate) async fn require_token(State(st): State<Arc<AppState>>, mut request: 
                     None,
                 );
             };
-            match veil_smart::verify_access_token(token, &auth.secret, &st.base_url, now()) {
+            match veil_smart::verify_access_token(token, &auth.secret, &st.base_url, veil_util::clock::now_secs()) {
                 Ok(grant) => Caller(Some(grant)),
                 Err(e) => return unauthorized(&e.description, Some(&e)),
             }
         }
     };
-    request.extensions_mut().insert(caller.clone());
+    let who = caller.client_id().map(|id| veil_http::Who(id.to_string()));
+    request.extensions_mut().insert(caller);
     let mut response = next.run(request).await;
     // For the access log, which sees only the response.
-    response.extensions_mut().insert(caller);
+    if let Some(who) = who {
+        response.extensions_mut().insert(who);
+    }
     response
 }
 
@@ -156,12 +155,12 @@ pub(crate) async fn smart_configuration(State(st): State<Arc<AppState>>) -> Resp
 pub(crate) async fn token(State(st): State<Arc<AppState>>, headers: HeaderMap, body: String) -> Response {
     let Some(auth) = &st.auth else { return authorization_off() };
     let (status, body, found) = match issue(&st, auth, &headers, &body).await {
-        Ok(body) => (StatusCode::OK, body, Some(veil_guard::Credentials::Accepted)),
+        Ok(body) => (StatusCode::OK, body, Some(veil_http::Credentials::Accepted)),
         Err(e) => {
             let status =
                 if e.code == "server_error" { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::BAD_REQUEST };
             // Only a refused client counts towards the backoff, not a malformed request or a scope.
-            let found = (e.code == "invalid_client").then_some(veil_guard::Credentials::Refused);
+            let found = (e.code == "invalid_client").then_some(veil_http::Credentials::Refused);
             (status, e.to_json(), found)
         }
     };
@@ -229,7 +228,7 @@ async fn issue(st: &Arc<AppState>, auth: &Auth, headers: &HeaderMap, body: &str)
     let Some(record) = record else { return Err(error("invalid_client", "unknown client")) };
     let client = registered_client(auth, &record, &kid).await?;
     let token_url = format!("{}{TOKEN_PATH}", st.base_url);
-    let now = now();
+    let now = veil_util::clock::now_secs();
     let verified =
         veil_smart::verify_assertion(assertion, &token_url, now, |id| (id == client.id).then_some(client.clone()))?;
     if field("client_id").is_some_and(|id| id != verified.client_id) {

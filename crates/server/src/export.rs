@@ -204,7 +204,7 @@ impl Storage {
 /// (what `sha256sum` prints), so a caller can pin the version it reviewed.
 pub fn etag(content: &str) -> String {
     use sha2::Digest;
-    veil_fhir::hex::encode(&sha2::Sha256::digest(content.as_bytes()))
+    veil_util::hex::encode(&sha2::Sha256::digest(content.as_bytes()))
 }
 
 /// A name `_container` may take: Azure's rule for container names (3 to 63
@@ -609,11 +609,11 @@ fn file_url(req: &ExportRequest, job: &str, path: &Path) -> String {
 /// `retention_secs` ago: its files, local and cloud, then its job; the
 /// number deleted.
 pub fn expire_exports(store: &dyn Store, storage: &Storage, retention_secs: u64) -> usize {
-    let now = veil_storage::now_secs();
+    let now = veil_util::clock::now_secs();
     let Ok(jobs) = store.jobs() else { return 0 };
     let mut expired = 0;
     for j in jobs {
-        let old = veil_storage::parse_iso(&j.created).is_some_and(|c| c + retention_secs <= now);
+        let old = veil_util::clock::parse_iso(&j.created).is_some_and(|c| c + retention_secs <= now);
         if !old || !matches!(j.state, JobState::Completed | JobState::Failed | JobState::Cancelled) {
             continue;
         }

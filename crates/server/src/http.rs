@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Extension, MatchedPath, Path, RawQuery, Request, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -34,9 +34,9 @@ pub struct AppState {
     pub base_url: String,
     /// SMART Backend Services authorization; `None` only when switched off.
     pub auth: Option<Auth>,
-    /// Whether to write one line per request to stderr (route, status,
-    /// client, time: never a query, an id or a token).
-    pub access_log: bool,
+    /// One line per request on stderr, if set (route, status, client,
+    /// time: never a query, an id or a token).
+    pub access_log: Option<veil_http::AccessLog>,
     /// When each job's status was last polled, to answer 429 to clients
     /// that poll faster than Retry-After.
     polls: Mutex<HashMap<String, Instant>>,
@@ -45,7 +45,7 @@ pub struct AppState {
     /// What one client may ask of the export machinery.
     pub limits: ExportLimits,
     /// The rate and failure backoff per address at the token endpoint.
-    pub token_guard: veil_guard::Limits,
+    pub token_guard: veil_http::Limits,
     /// Held while a kick-off checks the limits and records its job, so that
     /// a burst of kick-offs cannot all pass the same check.
     kickoff_gate: Mutex<()>,
@@ -93,11 +93,11 @@ impl AppState {
             storage,
             base_url,
             auth,
-            access_log: false,
+            access_log: None,
             polls: Mutex::new(HashMap::new()),
             share_key: Arc::default(),
             limits: ExportLimits::default(),
-            token_guard: veil_guard::Limits::default(),
+            token_guard: veil_http::Limits::default(),
             kickoff_gate: Mutex::new(()),
             capabilities: std::sync::OnceLock::new(),
         }
@@ -114,8 +114,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             crate::auth::TOKEN_PATH,
             axum::routing::post(crate::auth::token).route_layer(axum::middleware::from_fn_with_state(
-                Arc::new(veil_guard::Door::new(state.token_guard)),
-                veil_guard::guard,
+                Arc::new(veil_http::Door::new(state.token_guard)),
+                veil_http::guard,
             )),
         )
         // Share links carry their own credential (a signed token).
@@ -132,32 +132,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/{type}", get(search).post(create))
         .route("/{type}/{id}", get(read).put(update).delete(remove))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::require_token));
-    open.merge(protected).layer(axum::middleware::from_fn_with_state(state.clone(), access_log)).with_state(state)
-}
-
-/// One line per request when the server asks for it: the route's pattern
-/// (`/{type}/{id}`, never the ids themselves), the status, the client and
-/// the time taken.
-async fn access_log(State(st): State<Arc<AppState>>, request: Request, next: axum::middleware::Next) -> Response {
-    if !st.access_log {
-        return next.run(request).await;
+    let router = open.merge(protected).with_state(state.clone());
+    match state.access_log {
+        Some(log) => router.layer(axum::middleware::from_fn_with_state(Arc::new(log), veil_http::access_log)),
+        None => router,
     }
-    let started = Instant::now();
-    let method = request.method().clone();
-    let route = request.extensions().get::<MatchedPath>().map_or("(no route)".to_string(), |m| m.as_str().to_string());
-    let response = next.run(request).await;
-    let client = response
-        .extensions()
-        .get::<Caller>()
-        .and_then(|c| c.client_id().map(str::to_string))
-        .unwrap_or_else(|| "-".into());
-    eprintln!(
-        "{} {method} {route} {} client={client} {}ms",
-        veil_store::now_instant(),
-        response.status().as_u16(),
-        started.elapsed().as_millis()
-    );
-    response
 }
 
 fn fhir_json(status: StatusCode, body: Json) -> Response {
@@ -218,7 +197,7 @@ fn capability_statement(base_url: &str) -> String {
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
-        "date": veil_store::now_instant(),
+        "date": veil_util::clock::now_instant(),
         "kind": "instance",
         "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "software": {"name": "Veil", "version": env!("CARGO_PKG_VERSION")},
@@ -647,10 +626,10 @@ fn instant(text: &str) -> Option<String> {
             sign * (zh.parse::<i64>().ok()? * 60 + zm.parse::<i64>().ok()?)
         }
     };
-    let days = veil_fhir::calendar::days_from_civil(y as i32, mo as u32, da as u32);
+    let days = veil_util::calendar::days_from_civil(y as i32, mo as u32, da as u32);
     let total_ms = ((days * 86_400 + h * 3600 + mi * 60 + s - offset_min * 60) * 1000) + ms;
     let (days, rem) = (total_ms.div_euclid(86_400_000), total_ms.rem_euclid(86_400_000));
-    let (y, m, d) = veil_fhir::calendar::civil_from_days(days);
+    let (y, m, d) = veil_util::calendar::civil_from_days(days);
     Some(format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
         rem / 3_600_000,
@@ -928,10 +907,10 @@ fn over_limits(st: &AppState, client: Option<&str>) -> Result<Option<Response>, 
     if used >= limits.client_quota_bytes {
         let oldest = mine
             .iter()
-            .filter_map(|(j, _)| veil_storage::parse_iso(&j.created))
+            .filter_map(|(j, _)| veil_util::clock::parse_iso(&j.created))
             .min()
-            .unwrap_or_else(veil_storage::now_secs);
-        let wait = (oldest + limits.retention_secs).saturating_sub(veil_storage::now_secs());
+            .unwrap_or_else(veil_util::clock::now_secs);
+        let wait = (oldest + limits.retention_secs).saturating_sub(veil_util::clock::now_secs());
         let text = format!(
             "this client's exports hold {} MiB, its quota is {} MiB: delete finished exports (DELETE their status URL) or wait for them to expire",
             used >> 20,
@@ -1001,8 +980,9 @@ async fn status(
         JobState::Completed => {
             let body = j.result.unwrap_or_else(|| "{}".into());
             // The files are deleted this long after the kick-off.
-            let created = veil_storage::parse_iso(&j.created).unwrap_or_else(veil_storage::now_secs);
-            let expires = httpdate_in((created + st.limits.retention_secs).saturating_sub(veil_storage::now_secs()));
+            let created = veil_util::clock::parse_iso(&j.created).unwrap_or_else(veil_util::clock::now_secs);
+            let expires =
+                httpdate_in((created + st.limits.retention_secs).saturating_sub(veil_util::clock::now_secs()));
             (StatusCode::OK, [(header::CONTENT_TYPE, "application/json".to_string()), (header::EXPIRES, expires)], body)
                 .into_response()
         }

@@ -48,7 +48,7 @@ impl LoadReport {
 pub fn new_id() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the operating system's random source");
-    veil_fhir::hex::encode(&bytes)
+    veil_util::hex::encode(&bytes)
 }
 
 fn is_valid_id(id: &str) -> bool {

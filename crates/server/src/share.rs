@@ -65,13 +65,13 @@ async fn check(st: &Arc<AppState>, token: String, client: Option<IpAddr>) -> Res
     let result = tokio::task::spawn_blocking(move || -> Result<Granted, Refusal> {
         let internal = |_| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the store failed");
         let key = key.get(&*store).map_err(internal)?;
-        let now = veil_storage::now_secs();
+        let now = veil_util::clock::now_secs();
         let id = verify_token(&key, &token, now).map_err(|e| match e {
             TokenError::Invalid => Refusal::new(StatusCode::FORBIDDEN, "invalid", "this is not a valid share link"),
             TokenError::Expired(at) => Refusal::new(
                 StatusCode::FORBIDDEN,
                 "expired",
-                format!("this share link expired at {}", veil_storage::iso(at)),
+                format!("this share link expired at {}", veil_util::clock::iso(at)),
             ),
         })?;
         let Some(share) = store.share(&id).map_err(internal)? else {
@@ -80,7 +80,7 @@ async fn check(st: &Arc<AppState>, token: String, client: Option<IpAddr>) -> Res
         if let Some(at) = &share.revoked {
             return Err(Refusal::new(StatusCode::FORBIDDEN, "revoked", format!("this share link was revoked at {at}")));
         }
-        let expires = veil_storage::parse_iso(&share.expires).unwrap_or(0);
+        let expires = veil_util::clock::parse_iso(&share.expires).unwrap_or(0);
         if now >= expires {
             return Err(Refusal::new(
                 StatusCode::FORBIDDEN,

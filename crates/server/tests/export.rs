@@ -338,7 +338,7 @@ fn rest(s: &Server, patient: &str) {
     assert_eq!(some["entry"][0]["resource"]["id"], patient);
     assert_eq!(c.get(format!("{}/Patient?nonsense=1", s.base)).send().unwrap().status(), 400);
     // Delete: 204, then gone.
-    let before_delete = veil_store::now_instant();
+    let before_delete = veil_util::clock::now_instant();
     std::thread::sleep(Duration::from_millis(5));
     assert_eq!(c.delete(format!("{}/Patient/{id}", s.base)).send().unwrap().status(), 204);
     // A system export since then lists the deletion, not the resource.

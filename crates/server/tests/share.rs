@@ -77,14 +77,14 @@ fn start(name: &str) -> Fixture {
 impl Fixture {
     /// Records a share of the export folder and gives its token.
     fn share(&self, id: &str, lifetime: i64, ip: Option<&str>) -> String {
-        let expires = (veil_storage::now_secs() as i64 + lifetime) as u64;
+        let expires = (veil_util::clock::now_secs() as i64 + lifetime) as u64;
         self.store
             .add_share(&ShareRecord {
                 id: id.into(),
                 kind: "veil".into(),
                 location: self.root.join("export").display().to_string(),
                 created: String::new(),
-                expires: veil_storage::iso(expires),
+                expires: veil_util::clock::iso(expires),
                 recipient: Some("Team A".into()),
                 ip: ip.map(str::to_string),
                 revoked: None,
@@ -176,13 +176,13 @@ fn tampered_expired_and_revoked_links_are_refused() {
         assert_eq!(reason(f.get(&format!("/share/{bad}/"))).0, 403);
     }
     // A token signed with another key (someone else's Veil).
-    let foreign = sign_token(b"another key", "sh_00000000000000b1", veil_storage::now_secs() + 3600);
+    let foreign = sign_token(b"another key", "sh_00000000000000b1", veil_util::clock::now_secs() + 3600);
     assert_eq!(reason(f.get(&format!("/share/{foreign}/"))), (403, "invalid".into()));
 
     // Expired: the token's expiry has passed.
     let old = f.share("sh_00000000000000b3", 1, None);
     std::thread::sleep(std::time::Duration::from_millis(2100));
-    assert!(verify_token(&f.key, &old, veil_storage::now_secs()).is_err());
+    assert!(verify_token(&f.key, &old, veil_util::clock::now_secs()).is_err());
     assert_eq!(reason(f.get(&format!("/share/{old}/Patient-1.ndjson"))), (403, "expired".into()));
 
     // Revoked: refused from the next request on, the manifest too.

@@ -146,9 +146,7 @@ mod tests {
 
     const TOKEN_URL: &str = "https://veil.example/auth/token";
 
-    fn now() -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-    }
+    use veil_util::clock::now_secs as now;
 
     /// A fresh P-384 key: its signing key and its public JWK.
     fn ec_key(kid: &str) -> (EncodingKey, serde_json::Value) {

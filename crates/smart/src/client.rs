@@ -4,7 +4,7 @@
 //! request, caches the token and asks for a new one before it runs out.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
@@ -132,7 +132,7 @@ impl TokenClient {
 
     fn request_token(&self) -> Result<Cached, ClientError> {
         let token_url = self.token_endpoint()?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = veil_util::clock::now_secs();
         let assertion = self.key.assertion(&self.client_id, &token_url, now)?;
         let form = [
             ("grant_type", "client_credentials"),

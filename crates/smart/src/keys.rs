@@ -14,10 +14,10 @@ use crate::MAX_LIFETIME_SECS;
 #[error("{0}")]
 pub struct KeyError(String);
 
-use veil_fhir::base64::{STANDARD, URL_SAFE};
+use veil_util::base64::{STANDARD, URL_SAFE};
 
 pub(crate) fn b64url(bytes: &[u8]) -> String {
-    veil_fhir::base64::encode(bytes, URL_SAFE).trim_end_matches('=').to_string()
+    veil_util::base64::encode(bytes, URL_SAFE).trim_end_matches('=').to_string()
 }
 
 /// The two algorithms SMART Backend Services clients must support.
@@ -96,7 +96,7 @@ impl SigningKey {
                 .get(name)
                 .and_then(Json::as_str)
                 .ok_or_else(|| KeyError(format!("the private JWK has no '{name}'")))?;
-            veil_fhir::base64::decode(text, URL_SAFE)
+            veil_util::base64::decode(text, URL_SAFE)
                 .ok_or_else(|| KeyError(format!("the JWK's '{name}' is not base64url")))
         };
         let kid = kid.or_else(|| jwk.get("kid").and_then(Json::as_str));
@@ -194,7 +194,7 @@ pub fn public_key_set(text: &str) -> Result<String, KeyError> {
         }
         let kid = key.get("kid").and_then(Json::as_str).ok_or_else(|| bad("every key needs a kid"))?;
         let part_len = |name: &str| {
-            key.get(name).and_then(Json::as_str).and_then(|t| veil_fhir::base64::decode(t, URL_SAFE)).map(|b| b.len())
+            key.get(name).and_then(Json::as_str).and_then(|t| veil_util::base64::decode(t, URL_SAFE)).map(|b| b.len())
         };
         let complete = match (key.get("kty").and_then(Json::as_str), key.get("crv").and_then(Json::as_str)) {
             (Some("RSA"), _) => part_len("n").is_some_and(|n| n >= 256) && part_len("e").is_some_and(|e| e > 0),
@@ -219,12 +219,12 @@ fn pem_body(pem: &str, label: &str) -> Option<Vec<u8>> {
     let start = pem.find(&format!("-----BEGIN {label}-----"))? + label.len() + 16;
     let end = pem[start..].find(&format!("-----END {label}-----"))? + start;
     let body: String = pem[start..end].chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    veil_fhir::base64::decode(&body, STANDARD)
+    veil_util::base64::decode(&body, STANDARD)
 }
 
 /// PEM armour around DER.
 pub(crate) fn pem(label: &str, der: &[u8]) -> String {
-    let body = veil_fhir::base64::encode(der, STANDARD);
+    let body = veil_util::base64::encode(der, STANDARD);
     let lines: Vec<&str> =
         body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
     format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))

@@ -97,7 +97,7 @@ mod tests {
         assert!(verify_access_token(&token, b"secret", "http://elsewhere", 1_000_000).is_err());
         let mut parts: Vec<String> = token.split('.').map(String::from).collect();
         let claims =
-            String::from_utf8(veil_fhir::base64::decode(&parts[1], veil_fhir::base64::URL_SAFE).unwrap()).unwrap();
+            String::from_utf8(veil_util::base64::decode(&parts[1], veil_util::base64::URL_SAFE).unwrap()).unwrap();
         parts[1] = crate::keys::b64url(claims.replace("system/Patient.read", "system/*.read").as_bytes());
         let e = verify_access_token(&parts.join("."), b"secret", BASE, 1_000_000).unwrap_err();
         assert!(!e.description.contains(&parts[1]));

@@ -67,7 +67,7 @@ impl Account {
 
     /// An account from its name, base64 key and blob endpoint URL.
     pub fn new(name: &str, key: &str, endpoint: &str) -> Result<Account, StorageError> {
-        let key = veil_fhir::base64::decode(key.trim(), veil_fhir::base64::STANDARD)
+        let key = veil_util::base64::decode(key.trim(), veil_util::base64::STANDARD)
             .ok_or_else(|| StorageError::Location("the Azure storage account key is not base64".into()))?;
         Ok(Account { name: name.into(), key, endpoint: endpoint.trim_end_matches('/').into() })
     }
@@ -97,7 +97,9 @@ impl Account {
         let (permissions, expiry, identifier) = match grant {
             Grant::Policy(p) => (String::new(), String::new(), p.id.clone()),
             #[cfg(test)]
-            Grant::AdHoc(permissions, expiry) => (permissions.to_string(), crate::time::iso(expiry), String::new()),
+            Grant::AdHoc(permissions, expiry) => {
+                (permissions.to_string(), veil_util::clock::iso(expiry), String::new())
+            }
         };
         let ip = ip.map(Cidr::azure_range).unwrap_or_default();
         // https only, but for an emulator on plain http (Azurite in tests).
@@ -121,7 +123,7 @@ impl Account {
             "",
         ]
         .join("\n");
-        let signature = veil_fhir::base64::encode(&self.hmac(&to_sign), veil_fhir::base64::STANDARD);
+        let signature = veil_util::base64::encode(&self.hmac(&to_sign), veil_util::base64::STANDARD);
         let mut query = format!("sv={SAS_VERSION}&sr={kind}");
         for (name, value) in [("si", &identifier), ("sp", &permissions), ("se", &expiry)] {
             if !value.is_empty() {
@@ -154,7 +156,7 @@ impl Account {
             .filter(|n| n.has_tag_name("SignedIdentifier"))
             .map(|n| {
                 let id = child(n, "Id");
-                let expiry = crate::time::parse_iso(&child(n, "Expiry"))
+                let expiry = veil_util::clock::parse_iso(&child(n, "Expiry"))
                     .or_else(|| id.rsplit_once('.')?.1.parse().ok())
                     .unwrap_or(0);
                 AccessPolicy { id, expiry, permissions: child(n, "Permission") }
@@ -169,7 +171,7 @@ impl Account {
             xml.push_str(&format!(
                 "<SignedIdentifier><Id>{}</Id><AccessPolicy><Expiry>{}</Expiry><Permission>{}</Permission></AccessPolicy></SignedIdentifier>",
                 p.id,
-                crate::time::iso(p.expiry),
+                veil_util::clock::iso(p.expiry),
                 p.permissions
             ));
         }
@@ -195,7 +197,7 @@ impl Account {
         let authorization = format!(
             "SharedKey {}:{}",
             self.name,
-            veil_fhir::base64::encode(&self.hmac(&to_sign), veil_fhir::base64::STANDARD)
+            veil_util::base64::encode(&self.hmac(&to_sign), veil_util::base64::STANDARD)
         );
         let client = reqwest::blocking::Client::new();
         let mut request = if body.is_some() { client.put(url) } else { client.get(url) };

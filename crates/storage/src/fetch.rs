@@ -300,9 +300,9 @@ fn get(client: &Client, url: &str, from: Option<u64>) -> Result<Response, FetchE
     // whether or not the server says why (Azurite does not).
     if status == StatusCode::FORBIDDEN
         && let Some(at) = reqwest::Url::parse(url).ok().as_ref().and_then(signed_expiry)
-        && at <= crate::now_secs()
+        && at <= veil_util::clock::now_secs()
     {
-        return Err(FetchError::Expired(format!(" at {}", crate::iso(at))));
+        return Err(FetchError::Expired(format!(" at {}", veil_util::clock::iso(at))));
     }
     Err(explain(status, &body))
 }
@@ -314,7 +314,7 @@ fn get(client: &Client, url: &str, from: Option<u64>) -> Result<Response, FetchE
 fn signed_expiry(url: &reqwest::Url) -> Option<u64> {
     let q = |name: &str| url.query_pairs().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.into_owned());
     if let Some(se) = q("se") {
-        return crate::parse_iso(&se);
+        return veil_util::clock::parse_iso(&se);
     }
     if let Some(si) = q("si") {
         return si.rsplit_once('.')?.1.parse().ok();
@@ -331,7 +331,7 @@ fn signed_expiry(url: &reqwest::Url) -> Option<u64> {
         date.get(11..13)?,
         date.get(13..15)?
     );
-    Some(crate::parse_iso(&iso)? + lifetime.parse::<u64>().ok()?)
+    Some(veil_util::clock::parse_iso(&iso)? + lifetime.parse::<u64>().ok()?)
 }
 
 /// A refusal in words, from Veil's JSON or a cloud's XML error.
@@ -373,14 +373,14 @@ mod tests {
             "https://a.blob.core.windows.net/c?sv=2022-11-02&sr=c&sp=rl&se=2026-11-23T02%3A09%3A04Z&sig=x",
         )
         .unwrap();
-        assert_eq!(signed_expiry(&azure), crate::parse_iso("2026-11-23T02:09:04Z"));
+        assert_eq!(signed_expiry(&azure), veil_util::clock::parse_iso("2026-11-23T02:09:04Z"));
         let policy = reqwest::Url::parse(
             "https://a.blob.core.windows.net/c?sv=2022-11-02&sr=c&si=sh_0123456789abcdef.1795000000&sig=x",
         )
         .unwrap();
         assert_eq!(signed_expiry(&policy), Some(1_795_000_000));
         let s3 = reqwest::Url::parse("http://h/b/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20261123T020904Z&X-Amz-Expires=3600&X-Amz-Signature=x").unwrap();
-        assert_eq!(signed_expiry(&s3), crate::parse_iso("2026-11-23T03:09:04Z"));
+        assert_eq!(signed_expiry(&s3), veil_util::clock::parse_iso("2026-11-23T03:09:04Z"));
         assert_eq!(signed_expiry(&reqwest::Url::parse("http://h/share/v1.x/").unwrap()), None);
     }
 

@@ -19,11 +19,11 @@
 
 pub mod azure;
 pub mod fetch;
+mod lifetime;
 mod location;
 mod manifest;
 mod s3_post;
 pub mod share;
-mod time;
 
 use std::path::Path;
 use std::time::Duration;
@@ -37,12 +37,12 @@ use object_store::path::Path as ObjectPath;
 use object_store::signer::Signer as _;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart};
 
+pub use lifetime::parse_lifetime;
 pub use location::Location;
 pub use manifest::{
     Deidentified, FileEntry, MANIFEST_NAME, Manifest, digest, digest_file, files_below, manifest_of_dir,
 };
 pub use s3_post::PresignedPost;
-pub use time::{iso, now_iso, now_secs, parse_iso, parse_lifetime};
 
 /// Files larger than this go up in parts of this size (S3 needs at least
 /// 5 MiB per part); memory stays at two parts per upload.
@@ -275,7 +275,7 @@ impl Storage {
             Ok(())
         });
         result?;
-        Ok(FileEntry { path: name.to_string(), size, sha256: veil_fhir::hex::encode(&hasher.finalize()) })
+        Ok(FileEntry { path: name.to_string(), size, sha256: veil_util::hex::encode(&hasher.finalize()) })
     }
 
     /// Uploads every file below the local folder `dir` (but `.part` files
@@ -396,7 +396,7 @@ impl Storage {
             return Err(StorageError::Unsupported(format!("{}: presigned POST uploads are S3's", self.location)));
         };
         let credential = self.block_on(s3.credentials().get_credential()).map_err(self.failed(name))?;
-        let now = now_secs();
+        let now = veil_util::clock::now_secs();
         let grant = s3_post::PostGrant {
             bucket: &bucket.name,
             region: &bucket.region,

@@ -52,7 +52,7 @@ impl Manifest {
     /// A manifest of `files`, sorted by name.
     pub fn new(mut files: Vec<FileEntry>) -> Manifest {
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        Manifest { format: "veil-manifest/1".into(), created: crate::time::now_iso(), files, deidentified: None }
+        Manifest { format: "veil-manifest/1".into(), created: veil_util::clock::now_iso(), files, deidentified: None }
     }
 
     /// The same manifest, stating how its files were de-identified.
@@ -108,7 +108,7 @@ pub fn digest(mut reader: impl Read) -> io::Result<(String, u64)> {
         hasher.update(&buf[..n]);
         size += n as u64;
     }
-    Ok((veil_fhir::hex::encode(&hasher.finalize()), size))
+    Ok((veil_util::hex::encode(&hasher.finalize()), size))
 }
 
 /// SHA-256 and size of a file.

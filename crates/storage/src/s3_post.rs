@@ -59,10 +59,10 @@ pub(crate) fn sign(grant: &PostGrant<'_>, signer: &Signer<'_>) -> Vec<(String, S
     if let Some(token) = signer.token {
         conditions.push(json!({"x-amz-security-token": token}));
     }
-    let expiration = format!("{}.000Z", crate::iso(grant.expires).trim_end_matches('Z'));
+    let expiration = format!("{}.000Z", veil_util::clock::iso(grant.expires).trim_end_matches('Z'));
     let policy = json!({"expiration": expiration, "conditions": conditions}).to_string();
-    let policy = veil_fhir::base64::encode(policy.as_bytes(), veil_fhir::base64::STANDARD);
-    let signature = veil_fhir::hex::encode(&mac(&signing_key(signer.secret_key, &date, grant.region, "s3"), &policy));
+    let policy = veil_util::base64::encode(policy.as_bytes(), veil_util::base64::STANDARD);
+    let signature = veil_util::hex::encode(&mac(&signing_key(signer.secret_key, &date, grant.region, "s3"), &policy));
     let mut fields = vec![
         ("key".to_string(), grant.key.to_string()),
         ("x-amz-algorithm".to_string(), "AWS4-HMAC-SHA256".to_string()),
@@ -79,7 +79,7 @@ pub(crate) fn sign(grant: &PostGrant<'_>, signer: &Signer<'_>) -> Vec<(String, S
 
 /// `20261123` and `20261123T101500Z` for `secs` since the epoch.
 fn amz_dates(secs: u64) -> (String, String) {
-    let iso = crate::iso(secs);
+    let iso = veil_util::clock::iso(secs);
     let compact: String = iso.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     (compact[..8].to_string(), compact)
 }
@@ -107,7 +107,7 @@ mod tests {
     fn the_signing_key_is_the_one_aws_documents() {
         // AWS's worked example of deriving a SigV4 signing key.
         let key = signing_key("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "20120215", "us-east-1", "iam");
-        assert_eq!(veil_fhir::hex::encode(&key), "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d");
+        assert_eq!(veil_util::hex::encode(&key), "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d");
     }
 
     #[test]
@@ -124,9 +124,12 @@ mod tests {
         let fields = sign(&grant, &signer);
         let get = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).unwrap();
         let policy: serde_json::Value =
-            serde_json::from_slice(&veil_fhir::base64::decode(get("policy"), veil_fhir::base64::STANDARD).unwrap())
+            serde_json::from_slice(&veil_util::base64::decode(get("policy"), veil_util::base64::STANDARD).unwrap())
                 .unwrap();
-        assert_eq!(policy["expiration"], format!("{}.000Z", crate::iso(1_795_003_600).trim_end_matches('Z')));
+        assert_eq!(
+            policy["expiration"],
+            format!("{}.000Z", veil_util::clock::iso(1_795_003_600).trim_end_matches('Z'))
+        );
         let conditions = policy["conditions"].as_array().unwrap();
         assert!(conditions.contains(&json!({"key": "agg/upload_staging/flu/x.zip"})));
         assert!(conditions.contains(&json!(["content-length-range", 1, 1024])));

@@ -106,14 +106,14 @@ impl ShareKind {
 pub fn new_share_id() -> String {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).expect("the operating system gives random bytes");
-    format!("sh_{}", veil_fhir::hex::encode(&bytes))
+    format!("sh_{}", veil_util::hex::encode(&bytes))
 }
 
 /// A new signing key for Veil links: 32 random bytes, hex.
 pub fn new_signing_key() -> String {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the operating system gives random bytes");
-    veil_fhir::hex::encode(&bytes)
+    veil_util::hex::encode(&bytes)
 }
 
 fn mac(key: &[u8], id: &str, expires: u64) -> hmac::Hmac<sha2::Sha256> {
@@ -123,7 +123,7 @@ fn mac(key: &[u8], id: &str, expires: u64) -> hmac::Hmac<sha2::Sha256> {
 /// The token of a Veil link for share `id`, valid until `expires` (seconds
 /// since the epoch).
 pub fn sign_token(key: &[u8], id: &str, expires: u64) -> String {
-    format!("v1.{id}.{expires}.{}", veil_fhir::hex::encode(&mac(key, id, expires).finalize().into_bytes()))
+    format!("v1.{id}.{expires}.{}", veil_util::hex::encode(&mac(key, id, expires).finalize().into_bytes()))
 }
 
 /// Why a Veil token was refused.
@@ -145,19 +145,12 @@ pub fn verify_token(key: &[u8], token: &str, now: u64) -> Result<String, TokenEr
         return Err(TokenError::Invalid);
     };
     let expires: u64 = expires.parse().map_err(|_| TokenError::Invalid)?;
-    let signature = decode_hex(signature).ok_or(TokenError::Invalid)?;
+    let signature = veil_util::hex::decode(signature).ok_or(TokenError::Invalid)?;
     mac(key, id, expires).verify_slice(&signature).map_err(|_| TokenError::Invalid)?;
     if now >= expires {
         return Err(TokenError::Expired(expires));
     }
     Ok(id.to_string())
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// A network clients may come from, written as a CIDR (`10.0.0.0/8`,
@@ -276,7 +269,12 @@ impl ShareManifest {
                 Ok(SharedFile { path: f.path.clone(), size: f.size, sha256: f.sha256.clone(), url: url(&f.path)? })
             })
             .collect::<Result<_, StorageError>>()?;
-        Ok(ShareManifest { format: "veil-share/1".into(), share: share.into(), expires: crate::iso(expires), files })
+        Ok(ShareManifest {
+            format: "veil-share/1".into(),
+            share: share.into(),
+            expires: veil_util::clock::iso(expires),
+            files,
+        })
     }
 }
 
@@ -298,7 +296,7 @@ pub fn create_cloud_share(
     ip: Option<&Cidr>,
 ) -> Result<CloudShare, StorageError> {
     let manifest = storage.read_manifest()?;
-    let lifetime = Duration::from_secs(expires.saturating_sub(crate::now_secs()));
+    let lifetime = Duration::from_secs(expires.saturating_sub(veil_util::clock::now_secs()));
     if lifetime > MAX_CLOUD_LIFETIME + Duration::from_secs(60) {
         return Err(StorageError::Unsupported("cloud share links live at most 7 days (--expires 7d)".into()));
     }
@@ -306,7 +304,7 @@ pub fn create_cloud_share(
         // A stored access policy per share: deleting it revokes the share.
         let account = crate::azure::Account::from_env()?;
         let mut policies = account.access_policies(container)?;
-        policies.retain(|p| p.expiry > crate::now_secs());
+        policies.retain(|p| p.expiry > veil_util::clock::now_secs());
         if policies.len() >= crate::azure::MAX_POLICIES {
             return Err(StorageError::Unsupported(format!(
                 "the container {container} already has {} live shares, Azure's limit: revoke one (veil share revoke) or export to another container",

@@ -28,12 +28,10 @@
 
 mod pg;
 mod sqlite;
-mod time;
 
 use std::collections::BTreeMap;
 
 pub use pg::connect as connect_postgres;
-pub use time::now_instant;
 
 /// A store failure. Messages name tables and operations, never resource content.
 #[derive(Debug, thiserror::Error)]

@@ -8,11 +8,11 @@ use std::sync::Mutex;
 use postgres::{Client, NoTls, Row};
 
 use crate::sqlite::scan_sql;
-use crate::time::{instant_in, now_instant};
 use crate::{
     CLIENT_COLS, ClientRecord, DOWNLOAD_COLS, Job, JobState, Result, SHARE_COLS, ScanFilter, ShareDownload,
     ShareRecord, Store, Stored, Write,
 };
+use veil_util::clock::{instant_in, now_instant};
 
 pub(crate) struct PgStore {
     client: Mutex<Client>,

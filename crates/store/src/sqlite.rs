@@ -7,11 +7,11 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::time::{instant_in, now_instant};
 use crate::{
     CLIENT_COLS, ClientRecord, DOWNLOAD_COLS, Job, JobState, Result, SHARE_COLS, ScanFilter, ShareDownload,
     ShareRecord, Store, Stored, Write,
 };
+use veil_util::clock::{instant_in, now_instant};
 
 pub(crate) struct SqliteStore {
     conn: Mutex<Connection>,

@@ -193,7 +193,7 @@ both! {
         assert_eq!(both.len(), 3000);
         // Time windows: everything so far is before a later write.
         std::thread::sleep(std::time::Duration::from_millis(5));
-        let cut = veil_store::now_instant();
+        let cut = veil_util::clock::now_instant();
         std::thread::sleep(std::time::Duration::from_millis(5));
         put(s, "Patient", "late", &patient("late"), &["late"]);
         assert_eq!(scan(s, &ScanFilter { since: Some(cut.clone()), ..Default::default() }), ["Patient/late"]);

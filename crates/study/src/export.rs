@@ -10,7 +10,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use veil_views::{ColumnType, ParquetWriter, csv_line};
+use veil_util::csv;
+use veil_views::{ColumnType, ParquetWriter};
 
 use crate::{Built, BuiltTable, StudyError, TableKind};
 
@@ -65,9 +66,9 @@ fn parquet(table: &BuiltTable) -> Result<Vec<u8>, StudyError> {
 
 fn csv(table: &BuiltTable) -> Vec<u8> {
     let header: Vec<serde_json::Value> = table.columns.iter().map(|c| c.name.clone().into()).collect();
-    let mut text = csv_line(&header);
+    let mut text = csv::line(&header);
     for row in &table.rows {
-        text.push_str(&csv_line(row));
+        text.push_str(&csv::line(row));
     }
     text.into_bytes()
 }

@@ -29,8 +29,8 @@ pub use export::{Exported, export};
 pub use upload::{Aggregator, Package, UploadError, upload};
 
 /// The value a stratum takes where the data held no value, so that `NULL`
-/// can mean "all values" in a cube (Cumulus' `cumulus__none`).
-pub const NONE: &str = "cumulus__none";
+/// can mean "all values" in a cube.
+pub use veil_util::CUMULUS_NONE as NONE;
 
 /// The minimum cell size when a count table does not set one (Cumulus'
 /// `DEFAULT_MIN_SUBJECT`).

@@ -94,10 +94,10 @@ fn epoch_days(text: &str) -> Option<i32> {
         return None;
     }
     let (y, m, d) = (text[0..4].parse().ok()?, text[5..7].parse().ok()?, text[8..10].parse().ok()?);
-    if !(1..=12).contains(&m) || d < 1 || d > veil_fhir::calendar::days_in_month(y, m) {
+    if !(1..=12).contains(&m) || d < 1 || d > veil_util::calendar::days_in_month(y, m) {
         return None;
     }
-    i32::try_from(veil_fhir::calendar::days_from_civil(y, m, d)).ok()
+    i32::try_from(veil_util::calendar::days_from_civil(y, m, d)).ok()
 }
 
 /// A Parquet file being written, one batch of rows at a time.

@@ -1,5 +1,6 @@
 //! Proleptic Gregorian calendar arithmetic on whole days, shared by FHIRPath
-//! date arithmetic and de-identification date shifts.
+//! date arithmetic, de-identification date shifts and every instant Veil
+//! writes.
 
 /// Days in a month of a year.
 pub fn days_in_month(year: i32, month: u32) -> u32 {

@@ -152,7 +152,7 @@ impl Credentials {
 }
 
 /// Middleware for routes that check credentials
-/// (`axum::middleware::from_fn_with_state(door, veil_guard::guard)`): a
+/// (`axum::middleware::from_fn_with_state(door, veil_http::guard)`): a
 /// caller (by address) over its rate or backing off gets 429 with
 /// `Retry-After` before its credentials are looked at; a response its
 /// handler marked [`Credentials::Refused`] counts as a failed attempt, one
