@@ -311,9 +311,7 @@ async fn upload_status(State(st): Shared, Path(transaction): Path<String>, heade
 }
 
 fn verify_policy(st: &AppState, policy: &str, signature: &str) -> Option<Policy> {
-    let given: Vec<u8> = (0..signature.len() / 2)
-        .filter_map(|i| u8::from_str_radix(signature.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect();
+    let given = veil_util::hex::decode(signature)?;
     // Compared through the MAC, in constant time.
     if !secrets::matches(policy, &st.signing_key, &given) {
         return None;

@@ -55,7 +55,8 @@ pub struct ApiKey {
 }
 
 /// What became of an upload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// Checked and merged.
     Accepted,
@@ -73,6 +74,20 @@ impl Outcome {
             Outcome::Unchanged => "unchanged",
             Outcome::Refused => "refused",
         }
+    }
+
+    /// Reads what [`Outcome::as_str`] wrote; column `column` of a row.
+    fn read(text: &str, column: usize) -> Result<Outcome> {
+        [Outcome::Accepted, Outcome::Unchanged, Outcome::Refused]
+            .into_iter()
+            .find(|o| o.as_str() == text)
+            .ok_or(LedgerError::Decode(column))
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -93,8 +108,8 @@ pub struct UploadRecord {
     pub bytes: i64,
     /// When it arrived.
     pub received: String,
-    /// accepted, unchanged or refused.
-    pub outcome: String,
+    /// What became of it.
+    pub outcome: Outcome,
     /// Why it was refused.
     pub message: Option<String>,
 }
@@ -104,10 +119,10 @@ pub struct UploadRecord {
 pub enum UploadState {
     /// The handshake was made and the upload not yet checked.
     Waiting,
-    /// Checked: `accepted`, `unchanged` or `refused` (with the reason).
+    /// Checked: accepted, unchanged or refused (with the reason).
     Done {
-        /// The outcome's name.
-        outcome: String,
+        /// What became of it.
+        outcome: Outcome,
         /// Why it was refused.
         message: Option<String>,
     },
@@ -586,7 +601,7 @@ impl Ledger {
                 "SELECT outcome, message FROM uploads WHERE site = ?1 AND id = ?2 ORDER BY seq DESC LIMIT 1",
                 args![site, transaction],
             )? {
-                return Ok(UploadState::Done { outcome: row.text(0)?, message: row.opt_text(1)? });
+                return Ok(UploadState::Done { outcome: Outcome::read(&row.text(0)?, 0)?, message: row.opt_text(1)? });
             }
             let waiting =
                 db.query_opt("SELECT 1 FROM locks WHERE site = ?1 AND id = ?2", args![site, transaction])?.is_some();
@@ -612,7 +627,7 @@ impl Ledger {
                     sha256: r.text(4)?,
                     bytes: r.int(5)?,
                     received: r.text(6)?,
-                    outcome: r.text(7)?,
+                    outcome: Outcome::read(&r.text(7)?, 7)?,
                     message: r.opt_text(8)?,
                 })
             })

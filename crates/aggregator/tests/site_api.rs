@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use reqwest::blocking::{Client, Response, multipart};
 use serde_json::{Value as Json, json};
-use veil_aggregator::Ledger;
 use veil_aggregator::http::{Config, router};
 use veil_aggregator::package::Limits;
+use veil_aggregator::{Ledger, Outcome};
 use veil_views::{ColumnType, ParquetWriter, Row};
 
 struct Aggregator {
@@ -268,7 +268,7 @@ fn sites_upload_and_the_merge_sums_them(db: Db) {
     assert_eq!(agg.chart("column=sex")["data"], json!([{"rows": [["female", 37], ["male", 18]]}]));
     assert_eq!(agg.upload(&b, 1, package(1, &[(40, None), (20, Some("female")), (20, Some("male"))])).status(), 204);
     assert_eq!(agg.chart("column=sex")["data"], json!([{"rows": [["female", 32], ["male", 38]]}]));
-    let outcomes: Vec<String> = agg.ledger.uploads(10).unwrap().into_iter().map(|u| u.outcome).collect();
+    let outcomes: Vec<&str> = agg.ledger.uploads(10).unwrap().into_iter().map(|u| u.outcome.as_str()).collect();
     assert_eq!(outcomes, ["accepted", "unchanged", "accepted", "accepted"]);
 
     // Another version is another data package, merged on its own.
@@ -460,7 +460,7 @@ fn malformed_and_hostile_zips_are_refused_with_a_message(db: Db) {
         Err(e) => assert!(e.is_body() || e.is_request(), "{e}"),
     }
     assert_eq!(agg.get("/data-packages/flu__count_sex__001")["total"], 30, "nothing refused became visible");
-    let refused = agg.ledger.uploads(100).unwrap().iter().filter(|u| u.outcome == "refused").count();
+    let refused = agg.ledger.uploads(100).unwrap().iter().filter(|u| u.outcome == Outcome::Refused).count();
     assert_eq!(refused, 15, "each refusal recorded");
     assert_eq!(
         agg.upload(&b, 1, package(1, &[(12, None)])).status(),
@@ -565,7 +565,7 @@ fn staged_uploads_are_swept_once_and_a_crash_loses_nothing(db: Db) {
     // A crash after the ledger recorded it, before the object was removed.
     stage(&first, package(1, &[(30, None)]));
     assert_eq!(sweep(&agg.config).unwrap().checked, 1);
-    let outcomes: Vec<String> = agg.ledger.uploads(10).unwrap().into_iter().map(|u| u.outcome).collect();
+    let outcomes: Vec<&str> = agg.ledger.uploads(10).unwrap().into_iter().map(|u| u.outcome.as_str()).collect();
     assert_eq!(outcomes, ["unchanged", "accepted"]);
 
     // An upload whose lock lapsed and was taken by a newer handshake.

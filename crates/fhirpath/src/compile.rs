@@ -47,6 +47,18 @@ macro_rules! functions {
                 _ => None,
             }
         }
+
+        impl Func {
+            /// Every function, in the table's order.
+            #[cfg(test)]
+            pub(crate) const ALL: &[Func] = &[$(Func::$f,)*];
+
+            /// The call as error messages name it (`startsWith()`), from the
+            /// same table, so that a message cannot name another function.
+            pub(crate) fn call(self) -> &'static str {
+                match self { $(Func::$f => concat!($name, "()"),)* }
+            }
+        }
     };
 }
 

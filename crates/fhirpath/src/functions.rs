@@ -35,16 +35,16 @@ fn type_arg(args: &[CArg]) -> Option<&TypeSpec> {
 
 /// The single string of an input collection (`None` when empty); an error
 /// for anything else, as string functions require (N1 §5.6).
-fn input_string(input: &Coll<'_>, func: &str) -> Result<Option<String>> {
+fn input_string(input: &Coll<'_>, func: Func) -> Result<Option<String>> {
     if let [Item::Node(n)] = input.as_slice()
         && n.json().is_some_and(|j| j.is_object() || j.is_array())
     {
-        return Err(Error::eval(format!("{func}() expects a string, found {}", n.fhir_type())));
+        return Err(Error::eval(format!("{} expects a string, found {}", func.call(), n.fhir_type())));
     }
-    match singleton(input, func)? {
+    match singleton(input, func.call())? {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(v) => Err(Error::eval(format!("{func}() expects a string, found {}", v.type_name()))),
+        Some(v) => Err(Error::eval(format!("{} expects a string, found {}", func.call(), v.type_name()))),
     }
 }
 
@@ -55,18 +55,18 @@ fn arg_as<'a, T>(
     args: &[CArg],
     i: usize,
     scope: &Scope<'a>,
-    func: &str,
+    func: Func,
     expected: &str,
     pick: fn(Value) -> Option<T>,
 ) -> Result<Option<T>> {
     let Some(c) = ev.arg(args, i, scope)? else { return Ok(None) };
-    match singleton(&c, func)? {
+    match singleton(&c, func.call())? {
         None => Ok(None),
         Some(v) => {
             let type_name = v.type_name();
             pick(v)
                 .map(Some)
-                .ok_or_else(|| Error::eval(format!("{func}() expects {expected} argument, found {type_name}")))
+                .ok_or_else(|| Error::eval(format!("{} expects {expected} argument, found {type_name}", func.call())))
         }
     }
 }
@@ -76,7 +76,7 @@ fn arg_string<'a>(
     args: &[CArg],
     i: usize,
     scope: &Scope<'a>,
-    func: &str,
+    func: Func,
 ) -> Result<Option<String>> {
     arg_as(ev, args, i, scope, func, "a string", |v| match v {
         Value::String(s) => Some(s),
@@ -89,7 +89,7 @@ fn arg_integer<'a>(
     args: &[CArg],
     i: usize,
     scope: &Scope<'a>,
-    func: &str,
+    func: Func,
 ) -> Result<Option<i64>> {
     arg_as(ev, args, i, scope, func, "an integer", |v| match v {
         Value::Integer(n) => Some(n),
@@ -120,7 +120,7 @@ pub(crate) fn call<'a>(
             None => boolean(!input.is_empty()),
             Some(op) => {
                 for (i, item) in input.iter().enumerate() {
-                    if to_bool(&ev.lambda(op, item, i, None)?, "exists()")? == Some(true) {
+                    if to_bool(&ev.lambda(op, item, i, None)?, func.call())? == Some(true) {
                         return Ok(boolean(true));
                     }
                 }
@@ -130,7 +130,7 @@ pub(crate) fn call<'a>(
         All => {
             let op = lambda_op(args, 0).expect("arity checked");
             for (i, item) in input.iter().enumerate() {
-                if to_bool(&ev.lambda(op, item, i, None)?, "all()")? != Some(true) {
+                if to_bool(&ev.lambda(op, item, i, None)?, func.call())? != Some(true) {
                     return Ok(boolean(false));
                 }
             }
@@ -141,7 +141,7 @@ pub(crate) fn call<'a>(
             for item in &input {
                 match value_of(item) {
                     Some(Value::Boolean(b)) => bools.push(b),
-                    _ => return Err(Error::eval("allTrue()/anyTrue()/allFalse()/anyFalse() expect booleans")),
+                    _ => return Err(Error::eval(format!("{} expects booleans", func.call()))),
                 }
             }
             boolean(match func {
@@ -173,9 +173,9 @@ pub(crate) fn call<'a>(
                     [only] => match value_of(only) {
                         Some(Value::Boolean(true)) => out.push(item.clone()),
                         Some(Value::Boolean(false)) => {}
-                        _ => return Err(Error::eval("where() criteria must be a boolean")),
+                        _ => return Err(Error::eval(format!("{} criteria must be a boolean", func.call()))),
                     },
-                    _ => return Err(Error::eval("where() criteria must be a single boolean")),
+                    _ => return Err(Error::eval(format!("{} criteria must be a single boolean", func.call()))),
                 }
             }
             out
@@ -197,7 +197,7 @@ pub(crate) fn call<'a>(
             while !queue.is_empty() {
                 rounds += 1;
                 if rounds > 10_000 {
-                    return Err(Error::eval("repeat() did not converge"));
+                    return Err(Error::eval(format!("{} did not converge", func.call())));
                 }
                 let mut next = Vec::new();
                 for (i, item) in queue.iter().enumerate() {
@@ -219,17 +219,17 @@ pub(crate) fn call<'a>(
         // ---- subsetting ----
         Single => match input.len() {
             0 | 1 => input,
-            n => return Err(Error::eval(format!("single() found {n} items"))),
+            n => return Err(Error::eval(format!("{} found {n} items", func.call()))),
         },
         First => input.into_iter().take(1).collect(),
         Last => input.into_iter().last().into_iter().collect(),
         Tail => input.into_iter().skip(1).collect(),
         Skip => {
-            let n = arg_integer(ev, args, 0, scope, "skip")?.unwrap_or(0).max(0) as usize;
+            let n = arg_integer(ev, args, 0, scope, func)?.unwrap_or(0).max(0) as usize;
             input.into_iter().skip(n).collect()
         }
         Take => {
-            let n = arg_integer(ev, args, 0, scope, "take")?.unwrap_or(0).max(0) as usize;
+            let n = arg_integer(ev, args, 0, scope, func)?.unwrap_or(0).max(0) as usize;
             input.into_iter().take(n).collect()
         }
         Intersect => {
@@ -251,7 +251,7 @@ pub(crate) fn call<'a>(
         // ---- conversion ----
         Iif => {
             if input.len() > 1 {
-                return Err(Error::eval("iif() expects at most one input item"));
+                return Err(Error::eval(format!("{} expects at most one input item", func.call())));
             }
             // The criterion and branches see the input item as $this.
             let sub = match input.first() {
@@ -265,9 +265,9 @@ pub(crate) fn call<'a>(
                 [] => false,
                 [c] => match value_of(c) {
                     Some(Value::Boolean(b)) => b,
-                    _ => return Err(Error::eval("iif() criterion must be a boolean")),
+                    _ => return Err(Error::eval(format!("{} criterion must be a boolean", func.call()))),
                 },
-                _ => return Err(Error::eval("iif() criterion must be a single boolean")),
+                _ => return Err(Error::eval(format!("{} criterion must be a single boolean", func.call()))),
             };
             match (chosen, lambda_op(args, 1), lambda_op(args, 2)) {
                 (true, Some(op), _) => ev.eval(op, &sub)?,
@@ -275,30 +275,30 @@ pub(crate) fn call<'a>(
                 _ => Vec::new(),
             }
         }
-        ToBoolean | ConvertsToBoolean => convert(func == ConvertsToBoolean, &input, to_boolean)?,
-        ToInteger | ConvertsToInteger => convert(func == ConvertsToInteger, &input, to_integer)?,
-        ToDecimal | ConvertsToDecimal => convert(func == ConvertsToDecimal, &input, to_decimal)?,
+        ToBoolean | ConvertsToBoolean => convert(func, func == ConvertsToBoolean, &input, to_boolean)?,
+        ToInteger | ConvertsToInteger => convert(func, func == ConvertsToInteger, &input, to_integer)?,
+        ToDecimal | ConvertsToDecimal => convert(func, func == ConvertsToDecimal, &input, to_decimal)?,
         ToString | ConvertsToString => {
-            convert(func == ConvertsToString, &input, |v| Some(Value::String(to_fhirpath_string(v))))?
+            convert(func, func == ConvertsToString, &input, |v| Some(Value::String(to_fhirpath_string(v))))?
         }
-        ToDate | ConvertsToDate => convert(func == ConvertsToDate, &input, |v| match v {
+        ToDate | ConvertsToDate => convert(func, func == ConvertsToDate, &input, |v| match v {
             Value::String(s) => Temporal::parse_date(s).map(Value::Temporal),
             Value::Temporal(t) if t.kind != TemporalKind::Time => Some(Value::Temporal(t.to_date())),
             _ => None,
         })?,
-        ToDateTime | ConvertsToDateTime => convert(func == ConvertsToDateTime, &input, |v| match v {
+        ToDateTime | ConvertsToDateTime => convert(func, func == ConvertsToDateTime, &input, |v| match v {
             Value::String(s) => Temporal::parse_datetime(s).map(Value::Temporal),
             Value::Temporal(t) if t.kind != TemporalKind::Time => Some(Value::Temporal(t.to_datetime())),
             _ => None,
         })?,
-        ToTime | ConvertsToTime => convert(func == ConvertsToTime, &input, |v| match v {
+        ToTime | ConvertsToTime => convert(func, func == ConvertsToTime, &input, |v| match v {
             Value::String(s) => Temporal::parse_time(s).map(Value::Temporal),
             Value::Temporal(t) if t.kind == TemporalKind::Time => Some(v.clone()),
             _ => None,
         })?,
         ToQuantity | ConvertsToQuantity => {
-            let unit = arg_string(ev, args, 0, scope, "toQuantity")?;
-            let converted = match singleton(&input, "toQuantity")? {
+            let unit = arg_string(ev, args, 0, scope, func)?;
+            let converted = match singleton(&input, func.call())? {
                 None => return Ok(Vec::new()),
                 Some(v) => to_quantity(&v).and_then(|q| match (&q, &unit) {
                     (Value::Quantity(d, u), Some(target)) => {
@@ -315,22 +315,21 @@ pub(crate) fn call<'a>(
         }
         // ---- strings ----
         IndexOf => {
-            let (Some(s), Some(sub)) = (input_string(&input, "indexOf")?, arg_string(ev, args, 0, scope, "indexOf")?)
-            else {
+            let (Some(s), Some(sub)) = (input_string(&input, func)?, arg_string(ev, args, 0, scope, func)?) else {
                 return Ok(Vec::new());
             };
             let idx = s.find(&sub).map_or(-1, |b| s[..b].chars().count() as i64);
             one(Value::Integer(idx))
         }
         Substring => {
-            let Some(s) = input_string(&input, "substring")? else { return Ok(Vec::new()) };
-            let Some(start) = arg_integer(ev, args, 0, scope, "substring")? else { return Ok(Vec::new()) };
+            let Some(s) = input_string(&input, func)? else { return Ok(Vec::new()) };
+            let Some(start) = arg_integer(ev, args, 0, scope, func)? else { return Ok(Vec::new()) };
             let chars: Vec<char> = s.chars().collect();
             if start < 0 || start as usize >= chars.len() {
                 return Ok(Vec::new());
             }
             let len = match args.len() {
-                2 => match arg_integer(ev, args, 1, scope, "substring")? {
+                2 => match arg_integer(ev, args, 1, scope, func)? {
                     Some(l) => l.max(0) as usize,
                     None => chars.len(),
                 },
@@ -341,28 +340,25 @@ pub(crate) fn call<'a>(
             one(Value::String(chars[start..end].iter().collect()))
         }
         StartsWith | EndsWith => {
-            let (Some(s), Some(p)) =
-                (input_string(&input, "startsWith")?, arg_string(ev, args, 0, scope, "startsWith")?)
-            else {
+            let (Some(s), Some(p)) = (input_string(&input, func)?, arg_string(ev, args, 0, scope, func)?) else {
                 return Ok(Vec::new());
             };
             boolean(if func == StartsWith { s.starts_with(&p) } else { s.ends_with(&p) })
         }
         Contains => {
-            let (Some(s), Some(p)) = (input_string(&input, "contains")?, arg_string(ev, args, 0, scope, "contains")?)
-            else {
+            let (Some(s), Some(p)) = (input_string(&input, func)?, arg_string(ev, args, 0, scope, func)?) else {
                 return Ok(Vec::new());
             };
             boolean(s.contains(&p))
         }
-        Upper | Lower => match input_string(&input, "upper")? {
+        Upper | Lower => match input_string(&input, func)? {
             Some(s) => one(Value::String(if func == Upper { s.to_uppercase() } else { s.to_lowercase() })),
             None => Vec::new(),
         },
         Replace => {
-            let s = input_string(&input, "replace")?;
-            let pat = arg_string(ev, args, 0, scope, "replace")?;
-            let rep = arg_string(ev, args, 1, scope, "replace")?;
+            let s = input_string(&input, func)?;
+            let pat = arg_string(ev, args, 0, scope, func)?;
+            let rep = arg_string(ev, args, 1, scope, func)?;
             match (s, pat, rep) {
                 (Some(s), Some(p), Some(r)) => {
                     // An empty pattern inserts the replacement around every character (N1 §replace).
@@ -372,17 +368,16 @@ pub(crate) fn call<'a>(
             }
         }
         Matches | MatchesFull => {
-            let (Some(s), Some(re)) = (input_string(&input, "matches")?, arg_string(ev, args, 0, scope, "matches")?)
-            else {
+            let (Some(s), Some(re)) = (input_string(&input, func)?, arg_string(ev, args, 0, scope, func)?) else {
                 return Ok(Vec::new());
             };
             let re = if func == MatchesFull { format!("^(?:{re})$") } else { re };
             boolean(regex(&re)?.is_match(&s))
         }
         ReplaceMatches => {
-            let s = input_string(&input, "replaceMatches")?;
-            let re = arg_string(ev, args, 0, scope, "replaceMatches")?;
-            let rep = arg_string(ev, args, 1, scope, "replaceMatches")?;
+            let s = input_string(&input, func)?;
+            let re = arg_string(ev, args, 0, scope, func)?;
+            let rep = arg_string(ev, args, 1, scope, func)?;
             match (s, re, rep) {
                 (Some(s), Some(re), Some(rep)) => {
                     if re.is_empty() {
@@ -394,21 +389,20 @@ pub(crate) fn call<'a>(
                 _ => Vec::new(),
             }
         }
-        Length => match input_string(&input, "length")? {
+        Length => match input_string(&input, func)? {
             Some(s) => one(Value::Integer(s.chars().count() as i64)),
             None => Vec::new(),
         },
-        ToChars => match input_string(&input, "toChars")? {
+        ToChars => match input_string(&input, func)? {
             Some(s) => s.chars().map(|c| Item::Value(Value::String(c.to_string()))).collect(),
             None => Vec::new(),
         },
-        Trim => match input_string(&input, "trim")? {
+        Trim => match input_string(&input, func)? {
             Some(s) => one(Value::String(s.trim().to_string())),
             None => Vec::new(),
         },
         Split => {
-            let (Some(s), Some(sep)) = (input_string(&input, "split")?, arg_string(ev, args, 0, scope, "split")?)
-            else {
+            let (Some(s), Some(sep)) = (input_string(&input, func)?, arg_string(ev, args, 0, scope, func)?) else {
                 return Ok(Vec::new());
             };
             if sep.is_empty() {
@@ -418,20 +412,19 @@ pub(crate) fn call<'a>(
             }
         }
         Join => {
-            let sep = arg_string(ev, args, 0, scope, "join")?.unwrap_or_default();
+            let sep = arg_string(ev, args, 0, scope, func)?.unwrap_or_default();
             let mut parts = Vec::with_capacity(input.len());
             for item in &input {
                 match value_of(item) {
                     Some(Value::String(s)) => parts.push(s),
                     Some(v) => parts.push(to_fhirpath_string(&v)),
-                    None => return Err(Error::eval("join() expects strings")),
+                    None => return Err(Error::eval(format!("{} expects strings", func.call()))),
                 }
             }
             one(Value::String(parts.join(&sep)))
         }
         Encode | Decode | Escape | Unescape => {
-            let (Some(s), Some(fmt)) = (input_string(&input, "encode")?, arg_string(ev, args, 0, scope, "encode")?)
-            else {
+            let (Some(s), Some(fmt)) = (input_string(&input, func)?, arg_string(ev, args, 0, scope, func)?) else {
                 return Ok(Vec::new());
             };
             match crate::strings::transcode(func, &s, &fmt) {
@@ -441,33 +434,33 @@ pub(crate) fn call<'a>(
         }
         // ---- math ----
         Abs | Ceiling | Floor | Truncate | Exp | Ln | Sqrt => {
-            let Some(v) = singleton(&input, "math")? else { return Ok(Vec::new()) };
+            let Some(v) = singleton(&input, func.call())? else { return Ok(Vec::new()) };
             math1(func, &v)?.map(one).unwrap_or_default()
         }
         Log | Power => {
-            let Some(v) = singleton(&input, "math")? else { return Ok(Vec::new()) };
+            let Some(v) = singleton(&input, func.call())? else { return Ok(Vec::new()) };
             let Some(arg) = ev.arg(args, 0, scope)? else { return Ok(Vec::new()) };
-            let Some(a) = singleton(&arg, "math")? else { return Ok(Vec::new()) };
+            let Some(a) = singleton(&arg, func.call())? else { return Ok(Vec::new()) };
             math2(func, &v, &a)?.map(one).unwrap_or_default()
         }
         Round => {
-            let Some(v) = singleton(&input, "round")? else { return Ok(Vec::new()) };
-            let digits = arg_integer(ev, args, 0, scope, "round")?.unwrap_or(0);
+            let Some(v) = singleton(&input, func.call())? else { return Ok(Vec::new()) };
+            let digits = arg_integer(ev, args, 0, scope, func)?.unwrap_or(0);
             if digits < 0 {
-                return Err(Error::eval("round() precision must not be negative"));
+                return Err(Error::eval(format!("{} precision must not be negative", func.call())));
             }
-            let d = number_of(&v).ok_or_else(|| Error::eval("round() expects a number"))?;
+            let d = number_of(&v).ok_or_else(|| Error::eval(format!("{} expects a number", func.call())))?;
             one(Value::Decimal(d.round_dp_with_strategy(digits as u32, RoundingStrategy::MidpointAwayFromZero)))
         }
         Sort => sort(ev, input, args)?,
         Comparable => {
             let other = ev.arg(args, 0, scope)?.unwrap_or_default();
-            match (singleton(&input, "comparable")?, singleton(&other, "comparable")?) {
+            match (singleton(&input, func.call())?, singleton(&other, func.call())?) {
                 (Some(Value::Quantity(_, a)), Some(Value::Quantity(_, b))) => {
                     boolean(crate::value::convert_quantity(Decimal::ONE, &a, &b).is_some())
                 }
                 (None, _) | (_, None) => Vec::new(),
-                _ => return Err(Error::eval("comparable() expects quantities")),
+                _ => return Err(Error::eval(format!("{} expects quantities", func.call()))),
             }
         }
         // ---- tree navigation ----
@@ -503,11 +496,11 @@ pub(crate) fn call<'a>(
         Is => match input.as_slice() {
             [] => Vec::new(),
             [item] => boolean(is_type(item, type_arg(args).expect("compiled as type"))),
-            _ => return Err(Error::eval("is() expects a single item")),
+            _ => return Err(Error::eval(format!("{} expects a single item", func.call()))),
         },
         As => {
             if input.len() > 1 {
-                return Err(Error::eval("as() expects a single item"));
+                return Err(Error::eval(format!("{} expects a single item", func.call())));
             }
             let ty = type_arg(args).expect("compiled as type");
             input.into_iter().filter(|i| as_type(i, ty)).collect()
@@ -519,7 +512,7 @@ pub(crate) fn call<'a>(
                 Item::Value(Value::TypeInfo { namespace, name })
             })
             .collect(),
-        Not => match to_bool(&input, "not()")? {
+        Not => match to_bool(&input, func.call())? {
             Some(b) => boolean(!b),
             None => Vec::new(),
         },
@@ -533,7 +526,7 @@ pub(crate) fn call<'a>(
         }
         // ---- FHIR ----
         Extension => {
-            let Some(url) = arg_string(ev, args, 0, scope, "extension")? else { return Ok(Vec::new()) };
+            let Some(url) = arg_string(ev, args, 0, scope, func)? else { return Ok(Vec::new()) };
             let mut exts = Vec::new();
             for item in &input {
                 if let Item::Node(n) = item {
@@ -558,18 +551,18 @@ pub(crate) fn call<'a>(
         },
         Resolve => input.iter().filter_map(|item| resolve(ev, item)).collect(),
         LowBoundary | HighBoundary => {
-            let Some(v) = singleton(&input, "boundary")? else { return Ok(Vec::new()) };
-            let digits = arg_integer(ev, args, 0, scope, "boundary")?;
+            let Some(v) = singleton(&input, func.call())? else { return Ok(Vec::new()) };
+            let digits = arg_integer(ev, args, 0, scope, func)?;
             boundary(&v, func == HighBoundary, digits).map(one).unwrap_or_default()
         }
-        Precision => match singleton(&input, "precision")? {
+        Precision => match singleton(&input, func.call())? {
             Some(Value::Decimal(d)) => one(Value::Integer(d.scale() as i64)),
             Some(Value::Integer(_)) => one(Value::Integer(0)),
             Some(Value::Temporal(t)) => one(Value::Integer(temporal_digits(&t))),
             _ => Vec::new(),
         },
         NodesByType | NodesByName => {
-            let Some(wanted) = arg_string(ev, args, 0, scope, "nodesByType")? else { return Ok(Vec::new()) };
+            let Some(wanted) = arg_string(ev, args, 0, scope, func)? else { return Ok(Vec::new()) };
             let mut out = Vec::new();
             for item in &input {
                 if let Item::Node(n) = item {
@@ -643,7 +636,7 @@ fn sort<'a>(ev: &Evaluator<'_, 'a>, input: Coll<'a>, args: &[CArg]) -> Result<Co
             k.push(value_of(&item));
         }
         for (op, _) in &keys {
-            k.push(singleton(&ev.lambda(op, &item, i, None)?, "sort()")?);
+            k.push(singleton(&ev.lambda(op, &item, i, None)?, Func::Sort.call())?);
         }
         keyed.push((k, item));
     }
@@ -677,8 +670,9 @@ fn sort<'a>(ev: &Evaluator<'_, 'a>, input: Coll<'a>, args: &[CArg]) -> Result<Co
     }
 }
 
-fn convert<'a>(test: bool, input: &Coll<'a>, f: impl Fn(&Value) -> Option<Value>) -> Result<Coll<'a>> {
-    let Some(v) = singleton(input, "a conversion")? else { return Ok(Vec::new()) };
+/// `toX()` (`test` false) or `convertsToX()` (`test` true) through `f`.
+fn convert<'a>(func: Func, test: bool, input: &Coll<'a>, f: impl Fn(&Value) -> Option<Value>) -> Result<Coll<'a>> {
+    let Some(v) = singleton(input, func.call())? else { return Ok(Vec::new()) };
     let r = f(&v);
     Ok(if test { boolean(r.is_some()) } else { r.map(one).unwrap_or_default() })
 }
@@ -804,12 +798,14 @@ fn math1(func: Func, v: &Value) -> Result<Option<Value>> {
         return Ok(Some(Value::Quantity(d.abs(), u.clone())));
     }
     let Some(d) = number_of(v) else {
-        return Err(Error::eval(format!("math functions expect numbers, found {}", v.type_name())));
+        return Err(Error::eval(format!("{} expects a number, found {}", func.call(), v.type_name())));
     };
     let int = |d: Decimal| d.to_i64().map(Value::Integer);
     Ok(match func {
         Abs => Some(match v {
-            Value::Integer(i) => Value::Integer(i.checked_abs().ok_or_else(|| Error::eval("abs() overflow"))?),
+            Value::Integer(i) => {
+                Value::Integer(i.checked_abs().ok_or_else(|| Error::eval(format!("{} overflow", func.call())))?)
+            }
             _ => Value::Decimal(d.abs()),
         }),
         Ceiling => int(d.ceil()),
@@ -830,7 +826,7 @@ fn math1(func: Func, v: &Value) -> Result<Option<Value>> {
 
 fn math2(func: Func, v: &Value, a: &Value) -> Result<Option<Value>> {
     let (Some(x), Some(y)) = (number_of(v), number_of(a)) else {
-        return Err(Error::eval("math functions expect numbers"));
+        return Err(Error::eval(format!("{} expects numbers", func.call())));
     };
     Ok(match func {
         Func::Log => {
@@ -955,5 +951,47 @@ fn boundary(v: &Value, high: bool, digits: Option<i64>) -> Option<Value> {
             t.boundary(high, digits).map(Value::Temporal)
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::compile::Func;
+
+    /// Whether `message` names `call` (`lower()`) as a whole word, so that
+    /// `lower()` is not found inside `toLower()`.
+    fn names(message: &str, call: &str) -> bool {
+        message.match_indices(call).any(|(i, _)| !message[..i].ends_with(|c: char| c.is_ascii_alphanumeric()))
+    }
+
+    /// Every function is called with inputs and arguments of every wrong
+    /// shape; each error that names a function must name the one called.
+    #[test]
+    fn every_function_error_names_its_own_function() {
+        let patient = serde_json::json!({"resourceType": "Patient", "name": [{"family": "F"}, {"family": "G"}]});
+        let inputs = ["(1 | 2)", "name", "name.first()", "'s'", "1", "true", "@2020-01-01", "5 'mg'"];
+        let args = ["", "1 | 2", "name", "'s'", "1", "true", "'s', 1 | 2", "1, 'a'", "'(', 's'", "'[', 's'"];
+        let mut named_self = 0;
+        for &func in Func::ALL {
+            let name = func.call().trim_end_matches("()");
+            for input in inputs {
+                for arg in args {
+                    let source = format!("{input}.{name}({arg})");
+                    let Ok(expr) = crate::Expression::compile(&source) else { continue };
+                    let Err(e) = expr.evaluate(&patient) else { continue };
+                    let message = e.to_string();
+                    for &other in Func::ALL {
+                        if other != func && !func.call().ends_with(other.call()) {
+                            assert!(!names(&message, other.call()), "{source}: '{message}' names {}", other.call());
+                        }
+                    }
+                    if message.contains("()") {
+                        assert!(names(&message, func.call()), "{source}: '{message}' does not name {}", func.call());
+                        named_self += 1;
+                    }
+                }
+            }
+        }
+        assert!(named_self > 100, "only {named_self} errors named their function: the provocations miss");
     }
 }

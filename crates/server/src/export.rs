@@ -177,7 +177,7 @@ impl Storage {
 
     /// A de-identification configuration from the `anonymization` container.
     pub fn anonymization_config(&self, name: &str) -> Option<String> {
-        if !is_safe_name(name) {
+        if !is_plain_file_name(name) {
             return None;
         }
         if let Some(remote) = &self.remote {
@@ -221,8 +221,10 @@ pub fn is_container_name(name: &str) -> bool {
     shape && name != "anonymization" && !name.starts_with("export-")
 }
 
-/// Container and file names: no path separators, no dot-dot.
-pub fn is_safe_name(name: &str) -> bool {
+/// A single plain name (a file, a container): ASCII letters, digits, `-`,
+/// `_` and `.`, at most 128 characters, never `.` or `..`; no separator, so
+/// nothing to climb out of a folder with.
+pub fn is_plain_file_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && name != "."

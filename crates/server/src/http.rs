@@ -21,7 +21,7 @@ use serde_json::{Value as Json, json};
 use veil_store::{JobState, Store};
 
 use crate::auth::{Auth, Caller};
-use crate::export::{ExportRequest, Level, Storage, is_safe_name, operation_outcome};
+use crate::export::{ExportRequest, Level, Storage, is_plain_file_name, operation_outcome};
 use crate::search::query_pairs;
 
 /// What the handlers share.
@@ -723,7 +723,7 @@ async fn kickoff(
                 req.patients.get_or_insert_with(Vec::new).push(id.to_string());
             }
             "_anonymizationConfig" => {
-                if !is_safe_name(value) {
+                if !is_plain_file_name(value) {
                     return bad("_anonymizationConfig must name a file in the anonymization container");
                 }
                 req.anonymization_config = Some(value.clone());
@@ -1044,7 +1044,7 @@ async fn download(
     Extension(caller): Extension<Caller>,
     Path((job, file)): Path<(String, String)>,
 ) -> Response {
-    if !is_safe_name(&file) || file.starts_with('.') {
+    if !is_plain_file_name(&file) || file.starts_with('.') {
         return outcome(StatusCode::NOT_FOUND, "not-found", "no such file");
     }
     let store = st.store.clone();

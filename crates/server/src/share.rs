@@ -150,7 +150,7 @@ pub(crate) async fn file(
     // Only the manifest's files: `..`, absolute paths and encoded variants
     // are not names in it (the router decoded the path once; it is never
     // decoded again).
-    if !veil_storage::is_safe_name(&path) {
+    if !veil_storage::is_safe_relative_path(&path) {
         return refuse(StatusCode::BAD_REQUEST, "invalid-path", "that is not a file name in this share");
     }
     let Some(entry) = granted.manifest.file(&path) else {

@@ -188,7 +188,7 @@ impl Storage {
 
     /// The object path of `name` below this destination.
     fn path(&self, name: &str) -> Result<ObjectPath, StorageError> {
-        if !is_safe_name(name) {
+        if !is_safe_relative_path(name) {
             return Err(StorageError::Location(format!("'{name}' is not a file name Veil writes")));
         }
         Ok(ObjectPath::from(if self.root.is_empty() { name.to_string() } else { format!("{}/{name}", self.root) }))
@@ -487,13 +487,13 @@ pub fn encode_path(name: &str) -> String {
 /// no control character.
 ///
 /// ```
-/// assert!(veil_storage::is_safe_name("Patient-1.ndjson"));
-/// assert!(veil_storage::is_safe_name("2026/job/Patient-1.ndjson"));
+/// assert!(veil_storage::is_safe_relative_path("Patient-1.ndjson"));
+/// assert!(veil_storage::is_safe_relative_path("2026/job/Patient-1.ndjson"));
 /// for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "a\\b", "./a", "a/", "a\nb"] {
-///     assert!(!veil_storage::is_safe_name(bad), "{bad:?}");
+///     assert!(!veil_storage::is_safe_relative_path(bad), "{bad:?}");
 /// }
 /// ```
-pub fn is_safe_name(name: &str) -> bool {
+pub fn is_safe_relative_path(name: &str) -> bool {
     !name.is_empty()
         && name.split('/').all(|seg| {
             !seg.is_empty() && seg != "." && seg != ".." && !seg.chars().any(|c| c == '\\' || c.is_control())

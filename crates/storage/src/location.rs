@@ -50,7 +50,7 @@ impl Location {
         if bucket.is_empty() || !bucket.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
             return Err(StorageError::Location(format!("'{text}' does not name a bucket or container")));
         }
-        if !prefix.is_empty() && !crate::is_safe_name(&prefix) {
+        if !prefix.is_empty() && !crate::is_safe_relative_path(&prefix) {
             return Err(StorageError::Location(format!("'{text}': the prefix must be plain names separated by '/'")));
         }
         let bucket = bucket.to_string();

@@ -92,7 +92,7 @@ impl Manifest {
 /// Whether a manifest entry from outside names a file Veil may write (a
 /// safe relative name) with a SHA-256 of the right length.
 pub(crate) fn is_plausible_entry(path: &str, sha256: &str) -> bool {
-    crate::is_safe_name(path) && sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit())
+    crate::is_safe_relative_path(path) && sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// SHA-256 and size of what `reader` yields.
