@@ -1,7 +1,7 @@
 //! One export from kick-off to the last file, with a state file so that an
 //! interrupted export resumes: the status URL is recorded as soon as the
 //! server gives it, the manifest as soon as it is complete, and each file
-//! once it is whole on disk (renamed from `NAME.part`), with its SHA-256.
+//! once it is whole on disk (written through `veil_util::atomic`), with its SHA-256.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use sha2::{Digest as _, Sha256};
 use veil_deid::{Engine, OnError, StreamError, anonymize_ndjson};
+use veil_util::atomic::AtomicFile;
 
 use crate::http::{Client, ExportRequest, Manifest, ManifestFile, path_of};
 use crate::{BulkError, Result};
@@ -100,10 +101,8 @@ fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> BulkError {
 }
 
 fn save(path: &Path, state: &State) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    fs::write(&tmp, serde_json::to_vec_pretty(state).expect("the state serialises"))
-        .map_err(|e| io(tmp.display(), e))?;
-    fs::rename(&tmp, path).map_err(|e| io(path.display(), e))
+    veil_util::atomic::write(path, &serde_json::to_vec_pretty(state).expect("the state serialises"))
+        .map_err(|e| io(path.display(), e))
 }
 
 /// Runs (or, with `options.resume`, continues) an export into `options.dest`.
@@ -322,31 +321,33 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 /// breaks; only a whole file is renamed into place.
 fn fetch(client: &Client, job: &Job, with_token: bool, options: &Options<'_>) -> Result<FileDone> {
     let path = options.dest.join(&job.name);
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(|e| io(parent.display(), e))?;
-    }
-    let part = path.with_extension("ndjson.part");
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match fetch_once(client, job, with_token, options, &part) {
+        let mut file = AtomicFile::create(&path).map_err(|e| io(path.display(), e))?;
+        match fetch_once(client, job, with_token, options, &mut file) {
             Ok(done) => {
-                fs::rename(&part, &path).map_err(|e| io(path.display(), e))?;
+                file.commit().map_err(|e| io(path.display(), e))?;
                 return Ok(done);
             }
             // A broken connection mid-file: start the file again.
             Err(BulkError::Http(_)) if attempt < client.retry.attempts => {
                 std::thread::sleep(std::time::Duration::from_secs(1))
             }
-            Err(e) => {
-                let _ = fs::remove_file(&part);
-                return Err(e);
-            }
+            // Dropped uncommitted, the file leaves nothing behind.
+            Err(e) => return Err(e),
         }
     }
 }
 
-fn fetch_once(client: &Client, job: &Job, with_token: bool, options: &Options<'_>, part: &Path) -> Result<FileDone> {
+fn fetch_once(
+    client: &Client,
+    job: &Job,
+    with_token: bool,
+    options: &Options<'_>,
+    file: &mut AtomicFile,
+) -> Result<FileDone> {
+    let part = file.path().to_path_buf();
     let response = client.open(&job.file, with_token)?;
     let raw = match (&options.keep_raw, options.deid) {
         (Some(dir), Some(_)) => {
@@ -359,8 +360,7 @@ fn fetch_once(client: &Client, job: &Job, with_token: bool, options: &Options<'_
         _ => None,
     };
     let input = BufReader::new(Tee { inner: response, copy: raw });
-    let file = fs::File::create(part).map_err(|e| io(part.display(), e))?;
-    let mut out = Hashing { inner: BufWriter::new(file), hash: Sha256::new(), bytes: 0 };
+    let mut out = Hashing { inner: file, hash: Sha256::new(), bytes: 0 };
     // Only the kind: a body error's text can carry the file's URL, and a presigned URL is a credential.
     let broken = |e: std::io::Error| BulkError::Http(format!("{}: the download broke off ({:?})", job.name, e.kind()));
     let (resources, left_out) = match options.deid {
@@ -391,12 +391,7 @@ fn fetch_once(client: &Client, job: &Job, with_token: bool, options: &Options<'_
         }
     };
     out.flush().map_err(|e| io(part.display(), e))?;
-    let Hashing { inner, hash, bytes } = out;
-    inner
-        .into_inner()
-        .map_err(|e| io(part.display(), e.into_error()))?
-        .sync_all()
-        .map_err(|e| io(part.display(), e))?;
+    let Hashing { hash, bytes, .. } = out;
     Ok(FileDone {
         resource_type: job.file.resource_type.clone(),
         resources,

@@ -10,7 +10,8 @@
 //!   reporting `X-Progress`;
 //! * [`run`] downloads every `output`, `deleted` and `error` file of the
 //!   manifest with a bounded number of threads, retrying each file from its
-//!   start, writing `NAME.part` and renaming it when whole, and records each
+//!   start, writing it under a temporary name and renaming it when whole
+//!   (`veil_util::atomic`), and records each
 //!   finished file (SHA-256, bytes, resources) in a state file, so that a
 //!   second run with `resume` continues without fetching a finished file
 //!   again and without duplicates.

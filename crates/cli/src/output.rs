@@ -2,12 +2,12 @@
 //! destinations (work staged in a local folder, then uploaded with the
 //! manifest last), and progress on a terminal.
 
-use std::fs::{self, File};
-use std::io::{self, BufWriter, IsTerminal};
+use std::io::{self, IsTerminal};
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use veil_storage::{Location, Storage};
+use veil_util::atomic::AtomicFile;
 
 use crate::UsageError;
 
@@ -79,26 +79,10 @@ pub(crate) fn upload_stage(
     Ok(())
 }
 
-/// Writes `path` through a temporary file in the same folder, renamed into
-/// place only when complete, so that an interrupted run never leaves a
-/// file that looks finished.
-pub(crate) fn write_atomically(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.veil-{}.tmp", std::process::id()));
-    let result = (|| -> io::Result<()> {
-        let mut w = BufWriter::new(File::create(&tmp)?);
-        write(&mut w)?;
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()
-    })();
-    match result {
-        Ok(()) => fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display())),
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e).with_context(|| format!("cannot write {}", path.display()))
-        }
-    }
+/// Writes `path` whole or not at all ([`veil_util::atomic`]), so that an
+/// interrupted run never leaves a file that looks finished.
+pub(crate) fn write_atomically(path: &Path, write: impl FnOnce(&mut AtomicFile) -> io::Result<()>) -> Result<()> {
+    veil_util::atomic::write_with(path, write).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// A progress line on a terminal; silent in pipes.

@@ -1,12 +1,12 @@
 //! `veil view run`: apply a SQL on FHIR ViewDefinition to NDJSON.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use serde_json::Value as Json;
+use veil_util::atomic::AtomicFile;
 use veil_util::csv;
 use veil_views::View;
 
@@ -65,60 +65,52 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         return Err(UsageError("--format parquet writes a file: give -o FILE".into()).into());
     }
     let inputs = ndjson_files(&args.input)?;
-    let tmp = args
-        .output
-        .as_ref()
-        .map(|o| o.with_file_name(format!(".{}.veil-tmp", o.file_name().unwrap_or_default().to_string_lossy())));
-    let sink: Box<dyn Write> = match &tmp {
-        Some(t) => Box::new(File::create(t).with_context(|| format!("cannot write {}", t.display()))?),
-        None => Box::new(std::io::stdout().lock()),
+    // A file appears whole or not at all (dropped on an error, it leaves
+    // nothing); stdout is written as it comes.
+    let file = args.output.as_deref().map(AtomicFile::create).transpose().context("cannot write the output")?;
+    let (mut text_file, mut parquet) = match file {
+        Some(file) if args.format == "parquet" => {
+            (None, Some(veil_views::ParquetWriter::new(&view, file).map_err(|e| anyhow::anyhow!("{e}"))?))
+        }
+        file => (file, None),
     };
-    let mut out = BufWriter::new(sink);
-    let mut parquet = None;
-    if args.format == "parquet" {
-        let file = File::create(tmp.as_ref().expect("checked above")).context("cannot write the output")?;
-        parquet = Some(veil_views::ParquetWriter::new(&view, file).map_err(|e| anyhow::anyhow!("{e}"))?);
-    }
+    let mut stdout = BufWriter::new(std::io::stdout().lock());
+    let out: &mut dyn Write = match text_file.as_mut() {
+        Some(file) => file,
+        None => &mut stdout,
+    };
     if args.format == "csv" {
         let header: Vec<Json> = view.columns().iter().map(|c| Json::String(c.clone())).collect();
         out.write_all(csv::line(&header).as_bytes())?;
     }
     let mut rows = 0u64;
-    let result = (|| -> Result<()> {
-        map_ndjson_in_parallel(
-            &inputs,
-            |doc| Ok(view.rows(&doc)?),
-            |new_rows| {
-                for row in new_rows {
-                    rows += 1;
-                    if let Some(p) = parquet.as_mut() {
-                        p.write(row)?;
-                    } else if args.format == "csv" {
-                        out.write_all(csv::line(&row.values).as_bytes())?;
-                    } else {
-                        let obj: serde_json::Map<String, Json> =
-                            view.columns().iter().cloned().zip(row.values).collect();
-                        out.write_all(Json::Object(obj).to_string().as_bytes())?;
-                        out.write_all(b"\n")?;
-                    }
+    map_ndjson_in_parallel(
+        &inputs,
+        |doc| Ok(view.rows(&doc)?),
+        |new_rows| {
+            for row in new_rows {
+                rows += 1;
+                if let Some(p) = parquet.as_mut() {
+                    p.write(row)?;
+                } else if args.format == "csv" {
+                    out.write_all(csv::line(&row.values).as_bytes())?;
+                } else {
+                    let obj: serde_json::Map<String, Json> = view.columns().iter().cloned().zip(row.values).collect();
+                    out.write_all(Json::Object(obj).to_string().as_bytes())?;
+                    out.write_all(b"\n")?;
                 }
-                Ok(())
-            },
-        )?;
-        out.flush()?;
-        if let Some(p) = parquet.take() {
-            p.finish().map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        Ok(())
-    })();
-    drop(out);
-    match (result, &tmp, &args.output) {
-        (Ok(()), Some(t), Some(o)) => std::fs::rename(t, o).with_context(|| format!("cannot write {}", o.display()))?,
-        (Err(e), Some(t), _) => {
-            let _ = std::fs::remove_file(t);
-            return Err(e);
-        }
-        (r, _, _) => r?,
+            }
+            Ok(())
+        },
+    )?;
+    out.flush()?;
+    let file = match parquet {
+        Some(p) => Some(p.finish().map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => text_file,
+    };
+    if let Some(file) = file {
+        let path = file.path().to_path_buf();
+        file.commit().with_context(|| format!("cannot write {}", path.display()))?;
     }
     eprintln!("veil view: {rows} rows");
     Ok(ExitCode::SUCCESS)

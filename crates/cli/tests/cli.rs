@@ -233,6 +233,28 @@ fn patient_line(id: &str, family: &str) -> String {
     format!(r#"{{"resourceType":"Patient","id":"{id}","name":[{{"family":"{family}"}}],"birthDate":"1980-04-02"}}"#)
 }
 
+/// A killed `veil deid -o DIR` leaves its temporaries behind; the next run
+/// into the same folder must not list them in its manifest (they hold
+/// de-identified lines at best, and are not what the manifest vouches for).
+#[test]
+fn deid_manifest_leaves_out_what_a_killed_run_left() {
+    let t = TempDir::new("killed");
+    let policy = t.write("policy.json", POLICY);
+    t.write("in/a.ndjson", &(patient_line("a", "Zebulon") + "\n"));
+    // What a run killed mid-write leaves, under every name Veil has used for one.
+    for left in [".a.ndjson.veil-4242.tmp", ".a.ndjson.veil-partial", ".a.ndjson.veil-tmp", "sub/.b.ndjson.tmp"] {
+        t.write(&format!("out/{left}"), &patient_line("half", "Written"));
+    }
+    let p = |x: &str| t.0.join(x).to_string_lossy().into_owned();
+    let out = veil(&["deid", "-c", &p("policy.json"), "-i", &p("in"), "-o", &p("out"), "-b"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.0.join("out/veil-manifest.json")).unwrap()).unwrap();
+    let listed: Vec<&str> = manifest["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert_eq!(listed, ["a.ndjson"]);
+    drop(policy);
+}
+
 #[test]
 fn deid_folders_like_the_microsoft_tool() {
     let t = TempDir::new("folders");
@@ -1120,11 +1142,11 @@ fn share_an_export_fetch_it_resume_it_and_revoke_it() {
     let partial = &files[0];
     let whole = std::fs::read(exported.join(partial)).unwrap();
     std::fs::remove_file(out.join(partial)).unwrap();
-    std::fs::write(out.join(format!("{partial}.part")), &whole[..1000]).unwrap();
+    std::fs::write(out.join(format!(".{partial}.veil-partial")), &whole[..1000]).unwrap();
     let r = fetch(&out, &link);
     assert!(r.status.success(), "{}", text(&r.stderr));
     assert_eq!(std::fs::read(out.join(partial)).unwrap(), whole);
-    assert!(!out.join(format!("{partial}.part")).exists());
+    assert!(!out.join(format!(".{partial}.veil-partial")).exists());
     assert!(text(&r.stderr).contains("already here and intact"));
     let log = veil(&["share", "log", "--db", &db, &id], None);
     let last = text(&log.stdout).lines().last().unwrap().to_string();
@@ -1146,7 +1168,7 @@ fn share_an_export_fetch_it_resume_it_and_revoke_it() {
     let r = fetch(&out2, &link);
     assert_eq!(r.status.code(), Some(1));
     assert!(text(&r.stderr).contains("does not match the manifest"), "{}", text(&r.stderr));
-    assert!(!out2.join(&files[1]).exists() && !out2.join(format!("{}.part", files[1])).exists());
+    assert!(!out2.join(&files[1]).exists() && !out2.join(format!(".{}.veil-partial", files[1])).exists());
     std::fs::write(&victim, &good).unwrap();
 
     // Revoked: refused from now on, and said so.

@@ -6,11 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufWriter, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value as Json, json};
 use veil_store::{JobState, ScanFilter, Store};
+use veil_util::atomic::AtomicFile;
 
 /// What a kick-off asked for, stored as the job's request.
 #[derive(Debug, Clone, PartialEq)]
@@ -285,11 +286,54 @@ pub fn operation_outcome(severity: &str, code: &str, text: &str) -> Json {
     json!({"resourceType": "OperationOutcome", "issue": [{"severity": severity, "code": code, "diagnostics": text}]})
 }
 
-struct OpenFile {
-    tmp: PathBuf,
-    path: PathBuf,
-    out: BufWriter<fs::File>,
-    count: u64,
+/// An export's NDJSON files as they are written: one resource type per
+/// file, `TYPE-N.ndjson`, a new file after `limit` resources. Each file is
+/// written whole or not at all ([`veil_util::atomic`]); dropped before
+/// [`NdjsonFiles::finish`], the open file leaves nothing behind.
+struct NdjsonFiles<'a> {
+    dir: &'a Path,
+    limit: u64,
+    open: Option<(String, AtomicFile, u64)>,
+    numbers: BTreeMap<String, u32>,
+    done: Vec<(String, PathBuf, u64)>,
+}
+
+impl<'a> NdjsonFiles<'a> {
+    fn new(dir: &'a Path, limit: u64) -> NdjsonFiles<'a> {
+        NdjsonFiles { dir, limit, open: None, numbers: BTreeMap::new(), done: Vec::new() }
+    }
+
+    /// Appends one line to the current file of `resource_type`, starting
+    /// the next file first when the type changes or the file is full.
+    fn write(&mut self, resource_type: &str, line: &str) -> std::io::Result<()> {
+        if self.open.as_ref().is_none_or(|(ty, _, count)| ty != resource_type || *count >= self.limit) {
+            self.close()?;
+            let n = self.numbers.entry(resource_type.to_string()).or_insert(0);
+            *n += 1;
+            let file = AtomicFile::create(&self.dir.join(format!("{resource_type}-{n}.ndjson")))?;
+            self.open = Some((resource_type.to_string(), file, 0));
+        }
+        let (_, file, count) = self.open.as_mut().expect("a file is open");
+        file.write_all(line.as_bytes())?;
+        file.write_all(b"\n")?;
+        *count += 1;
+        Ok(())
+    }
+
+    fn close(&mut self) -> std::io::Result<()> {
+        if let Some((ty, file, count)) = self.open.take() {
+            let path = file.commit()?;
+            self.done.push((ty, path, count));
+        }
+        Ok(())
+    }
+
+    /// Puts the last file in place; the files written, with their type
+    /// and count.
+    fn finish(mut self) -> std::io::Result<Vec<(String, PathBuf, u64)>> {
+        self.close()?;
+        Ok(std::mem::take(&mut self.done))
+    }
 }
 
 /// How a worker runs jobs.
@@ -316,7 +360,6 @@ pub fn run_job(
     owner: &str,
     config: WorkerConfig,
 ) -> Outcome {
-    let file_limit = config.file_limit;
     let Some(req) = serde_json::from_str(&job.request).ok().as_ref().and_then(ExportRequest::from_json) else {
         return Outcome::Failed(500, "the stored export request is unreadable".into());
     };
@@ -400,20 +443,11 @@ pub fn run_job(
         patients,
         deleted: false,
     };
-    let mut files: Vec<(String, PathBuf, u64)> = Vec::new();
-    let mut current: Option<(String, OpenFile)> = None;
-    let mut seq: BTreeMap<String, u32> = BTreeMap::new();
+    let mut files = NdjsonFiles::new(&dir, config.file_limit);
     let mut done: u64 = 0;
     let mut errors: Vec<Json> = Vec::new();
     let mut skipped = 0u64;
     let mut lost = false;
-    let close = |f: OpenFile, ty: String, files: &mut Vec<(String, PathBuf, u64)>| -> std::io::Result<()> {
-        let OpenFile { tmp, path, out, count } = f;
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        files.push((ty, path, count));
-        Ok(())
-    };
     let result = store.scan(&filter, &mut |s| {
         let Some(body) = s.body else { return Ok(true) };
         let queries = filters.get(&s.resource_type);
@@ -449,31 +483,7 @@ pub fn run_job(
             project(&mut doc, &req.elements);
             doc.to_string()
         };
-        let needs_new = match &current {
-            Some((ty, f)) => *ty != s.resource_type || f.count >= file_limit,
-            None => true,
-        };
-        if needs_new {
-            if let Some((ty, f)) = current.take() {
-                close(f, ty, &mut files).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
-            }
-            let n = seq.entry(s.resource_type.clone()).or_insert(0);
-            *n += 1;
-            let name = format!("{}-{}.ndjson", s.resource_type, n);
-            let path = dir.join(&name);
-            let tmp = dir.join(format!(".{name}.tmp"));
-            let file = fs::File::create(&tmp).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
-            current = Some((
-                s.resource_type.clone(),
-                OpenFile { tmp, path, out: BufWriter::with_capacity(1 << 20, file), count: 0 },
-            ));
-        }
-        let (_, f) = current.as_mut().expect("a file is open");
-        f.out
-            .write_all(line.as_bytes())
-            .and_then(|_| f.out.write_all(b"\n"))
-            .map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
-        f.count += 1;
+        files.write(&s.resource_type, &line).map_err(|e| veil_store::StoreError::Callback(e.to_string()))?;
         done += 1;
         if done.is_multiple_of(5_000) {
             // Renew the lease; a cancelled or taken-over job stops here.
@@ -485,13 +495,13 @@ pub fn run_job(
         }
         Ok(true)
     });
-    if let Some((ty, f)) = current.take() {
-        if lost || result.is_err() {
-            let _ = fs::remove_file(&f.tmp);
-        } else if let Err(e) = close(f, ty, &mut files) {
-            return Outcome::Failed(500, format!("cannot write the export files: {e}"));
-        }
-    }
+    let files = match (lost, &result) {
+        (false, Ok(_)) => match files.finish() {
+            Ok(files) => files,
+            Err(e) => return Outcome::Failed(500, format!("cannot write the export files: {e}")),
+        },
+        _ => Vec::new(),
+    };
     if lost {
         let _ = fs::remove_dir_all(&dir);
         return Outcome::Abandoned;
@@ -518,7 +528,7 @@ pub fn run_job(
     if !errors.is_empty() {
         let path = dir.join("OperationOutcome-1.ndjson");
         let text: String = errors.iter().map(|e| e.to_string() + "\n").collect();
-        if fs::write(&path, text).is_ok() {
+        if veil_util::atomic::write(&path, text.as_bytes()).is_ok() {
             error_files.push(
                 json!({"type": "OperationOutcome", "url": file_url(&req, &job.id, &path), "count": errors.len()}),
             );
@@ -542,7 +552,7 @@ pub fn run_job(
     let deidentified = req.anonymization_config.clone().map(|policy| veil_storage::Deidentified { policy });
     let manifest = veil_storage::manifest_of_dir(&dir)
         .map(|m| m.deidentified(deidentified.clone()).to_json())
-        .and_then(|m| fs::write(dir.join(veil_storage::MANIFEST_NAME), m));
+        .and_then(|m| veil_util::atomic::write(&dir.join(veil_storage::MANIFEST_NAME), &m));
     if let Err(e) = manifest {
         return Outcome::Failed(500, format!("cannot write the export's manifest: {e}"));
     }
@@ -589,9 +599,7 @@ fn deleted_files(
             .iter()
             .map(|u| json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "DELETE", "url": u}}]}).to_string() + "\n")
             .collect();
-        let tmp = dir.join(format!(".{ty}-deleted-1.ndjson.tmp"));
-        fs::write(&tmp, text)?;
-        fs::rename(&tmp, &path)?;
+        veil_util::atomic::write(&path, text.as_bytes())?;
         out.push((ty, path, urls.len() as u64));
     }
     Ok(out)

@@ -190,7 +190,7 @@ fn resolve_azure_container(client: &Client, url: &reqwest::Url) -> Result<Vec<Sh
 }
 
 /// Puts one file in place: kept if it is already there and intact, else
-/// downloaded into `NAME.part` (continuing a part an earlier run left) and
+/// downloaded into its temporary (`veil_util::atomic`) (continuing a part an earlier run left) and
 /// renamed once its size and SHA-256 match. Transient failures are retried,
 /// continuing from what arrived.
 fn download(
@@ -211,7 +211,8 @@ fn download(
         }
         fs::remove_file(&target)?;
     }
-    let part = dest.join(format!("{}.part", file.path));
+    // Kept across runs, so that a second `veil fetch` continues it.
+    let part = veil_util::atomic::temporary_path(&target);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -228,7 +229,7 @@ fn download(
             if size != file.size { format!("{size} bytes, not {}", file.size) } else { "its SHA-256 differs".into() };
         return Err(FetchError::Corrupt { file: file.path.clone(), what });
     }
-    fs::rename(&part, &target)?;
+    veil_util::atomic::commit_temporary(&target)?;
     Ok(false)
 }
 

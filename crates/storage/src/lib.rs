@@ -278,8 +278,8 @@ impl Storage {
         Ok(FileEntry { path: name.to_string(), size, sha256: veil_util::hex::encode(&hasher.finalize()) })
     }
 
-    /// Uploads every file below the local folder `dir` (but `.part` files
-    /// and a manifest found there), then the manifest of what was uploaded,
+    /// Uploads every file below the local folder `dir` (but Veil's working
+    /// files and a manifest found there: [`files_below`]), then the manifest of what was uploaded,
     /// stating how it was `deidentified`, last. `each` hears of each file
     /// as it is done.
     pub fn upload_dir(

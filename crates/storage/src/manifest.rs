@@ -116,12 +116,16 @@ pub fn digest_file(path: &Path) -> io::Result<(String, u64)> {
     digest(File::open(path)?)
 }
 
-/// Every file below `dir` (but a manifest and unfinished `.part` files), as
-/// `/`-separated names, sorted.
+/// Every file below `dir` (but a manifest, and Veil's working files such as
+/// the temporaries a killed run left: [`veil_util::atomic::is_working_file`]),
+/// as `/`-separated names, sorted.
 pub fn files_below(dir: &Path) -> io::Result<Vec<String>> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
+            if veil_util::atomic::is_working_file(&entry.file_name().to_string_lossy()) {
+                continue;
+            }
             let kind = entry.file_type()?;
             if kind.is_dir() {
                 walk(root, &entry.path(), out)?;
@@ -130,7 +134,7 @@ pub fn files_below(dir: &Path) -> io::Result<Vec<String>> {
                 let name: Vec<String> =
                     rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
                 let name = name.join("/");
-                if name != MANIFEST_NAME && !name.ends_with(".part") && !name.starts_with(".veil-") {
+                if name != MANIFEST_NAME {
                     out.push(name);
                 }
             }

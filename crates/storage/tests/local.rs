@@ -17,7 +17,7 @@ fn a_folder_is_uploaded_with_its_manifest_last_and_reads_back() {
     let big: Vec<u8> = (0..PART_SIZE * 2 + 12_345).map(|i| (i % 251) as u8).collect();
     std::fs::write(source.join("Observation-1.ndjson"), &big).unwrap();
     std::fs::write(source.join("sub/Patient-1.ndjson"), b"{\"resourceType\":\"Patient\"}\n").unwrap();
-    std::fs::write(source.join("Patient-2.ndjson.part"), b"unfinished").unwrap();
+    std::fs::write(source.join(".Patient-2.ndjson.veil-partial"), b"unfinished").unwrap();
 
     let storage = Storage::open(&Location::parse(&format!("file://{}", dest.display())).unwrap()).unwrap();
     assert!(storage.read_manifest().unwrap_err().to_string().contains("holds no complete Veil export"));

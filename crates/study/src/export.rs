@@ -30,19 +30,8 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> StudyError + '_ {
     move |e| StudyError(format!("cannot write {}: {e}", path.display()))
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StudyError> {
-    let name = path.file_name().expect("a file name").to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.veil-tmp"));
-    let result = std::fs::File::create(&tmp).and_then(|mut f| {
-        f.write_all(bytes)?;
-        f.sync_all()
-    });
-    if let Err(e) = result.and_then(|()| std::fs::rename(&tmp, path)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(path)(e));
-    }
-    Ok(())
+    veil_util::atomic::write(path, bytes).map_err(io(path))
 }
 
 fn parquet(table: &BuiltTable) -> Result<Vec<u8>, StudyError> {

@@ -188,9 +188,10 @@ impl<W: Write + Send> ParquetWriter<W> {
     }
 
     /// Writes what is pending and the file's footer.
-    pub fn finish(mut self) -> Result<(), ViewError> {
+    /// Writes what is pending and the file's footer; gives back the writer.
+    pub fn finish(mut self) -> Result<W, ViewError> {
         self.flush()?;
-        self.writer.close().map(|_| ()).map_err(|e| ViewError(format!("parquet: {e}")))
+        self.writer.into_inner().map_err(|e| ViewError(format!("parquet: {e}")))
     }
 }
 
