@@ -124,7 +124,7 @@ class FluStudy(unittest.TestCase):
         for t in self.shape["tables"]:
             with self.subTest(t["name"]):
                 declared = [(c["name"], c["type"]) for c in t["columns"]]
-                # What the README promises, so that a change of types shows
+                # What docs/studies.md promises, so that a change of types shows
                 # here even if `show` and the files changed together.
                 promised = {"cube": lambda n: "BIGINT" if n == "cnt" else "VARCHAR",
                             "meta": {"min_date": "DATE", "max_date": "DATE", "data_package_version": "INTEGER"}.get}

@@ -5,8 +5,9 @@
 //! configurations (Azure's de-identified `$export` takes exactly these).
 //! Veil reads them unchanged: [`Policy::parse`] accepts and refuses files as
 //! the anonymizer does, and names the rule, its path and the reason when it
-//! refuses one. The engine that applies a policy to resources is being built
-//! on this (issue 3); today the crate holds the policy model.
+//! refuses one. An [`Engine`] applies a policy to one resource at a time;
+//! [`anonymize_ndjson`] streams NDJSON through it on every core, in input
+//! order, counting what each method changed for the run's report.
 //!
 //! ```
 //! let policy = veil_deid::Policy::parse(r#"{
