@@ -21,10 +21,12 @@
 //! * `GET /dashboard` (and `GET /`, which sends a browser there): the web
 //!   dashboard ([`crate::dashboard`]), which reads only the query API.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::multipart::Field;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -36,7 +38,8 @@ use veil_storage::{Location, Storage};
 use veil_util::csv;
 
 use crate::chart::{ChartQuery, chart, column_summary};
-use crate::intake::{Failure, Upload, ingest, is_file_name};
+use crate::error::{ApiError, ApiResult};
+use crate::intake::{Upload, ingest, is_file_name};
 use crate::ledger::{Ledger, Site, UploadState, version_key};
 use crate::package::{Limits, is_identifier};
 use crate::secrets;
@@ -124,46 +127,31 @@ pub fn router(config: Arc<Config>) -> Result<Router, crate::ledger::LedgerError>
 
 type Shared = State<Arc<AppState>>;
 
-/// Errors on the site API are a JSON string, as Cumulus answers them.
-fn message(status: StatusCode, text: impl Into<String>) -> Response {
-    (status, axum::Json(Json::String(text.into()))).into_response()
-}
-
-fn internal() -> Response {
-    message(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Response> {
-    tokio::task::spawn_blocking(f).await.map_err(|_| internal())
-}
-
-/// A response to a site whose credentials were good: named for the access
-/// log, and counted as a success by the credential door.
-fn with_who(mut response: Response, who: &str) -> Response {
+/// An answer to a site whose credentials were good, success or error:
+/// named for the access log, and counted as a success by the credential
+/// door.
+fn for_site(answer: ApiResult, who: &str) -> Response {
+    let mut response = answer.into_response();
     response.extensions_mut().insert(veil_http::Who(who.to_string()));
     veil_http::Credentials::Accepted.mark(response)
 }
 
-async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Site, Response> {
+async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Site, ApiError> {
     let unauthorized = || {
-        let mut r = message(StatusCode::UNAUTHORIZED, "Invalid user/site id");
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"veil aggregator\""));
-        r
+        ApiError::new(StatusCode::UNAUTHORIZED, "Invalid user/site id")
+            .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"veil aggregator\"")
+            .refused_credentials()
     };
-    let Some((user, secret)) =
-        headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(secrets::basic)
-    else {
-        return Err(veil_http::Credentials::Refused.mark(unauthorized()));
-    };
+    let (user, secret) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(secrets::basic)
+        .ok_or_else(unauthorized)?;
     let ledger = st.config.ledger.clone();
-    match blocking(move || ledger.authenticate(&user, &secret)).await? {
-        Ok(Some(site)) => Ok(site),
-        Ok(None) => Err(veil_http::Credentials::Refused.mark(unauthorized())),
-        Err(_) => Err(internal()),
-    }
+    veil_http::blocking(move || ledger.authenticate(&user, &secret)).await??.ok_or_else(unauthorized)
 }
 
-async fn handshake_root(st: Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn handshake_root(st: Shared, headers: HeaderMap, body: axum::body::Bytes) -> ApiResult {
     handshake(st, headers, body).await
 }
 
@@ -172,9 +160,9 @@ async fn handshake_network(
     Path(network): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
+) -> ApiResult {
     if st.config.network.as_deref() != Some(network.as_str()) {
-        return message(StatusCode::NOT_FOUND, "no such research network here");
+        return Err(ApiError::not_found("no such research network here"));
     }
     handshake(st, headers, body).await
 }
@@ -189,30 +177,32 @@ struct Policy {
     expires: i64,
 }
 
-async fn handshake(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let site = match authenticate(&st, &headers).await {
-        Ok(site) => site,
-        Err(r) => return r,
-    };
+async fn handshake(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes) -> ApiResult {
+    let site = authenticate(&st, &headers).await?;
     let who = site.name.clone();
-    let answer = |r: Response| with_who(r, &who);
-    let Ok(request) = serde_json::from_slice::<Json>(&body) else {
-        return answer(message(
+    Ok(for_site(handshake_for(&st, site, &headers, &body).await, &who))
+}
+
+/// The handshake of an authenticated site: checks what it announces,
+/// takes the study's lock and answers with a signed upload form.
+async fn handshake_for(st: &AppState, site: Site, headers: &HeaderMap, body: &[u8]) -> ApiResult {
+    let Ok(request) = serde_json::from_slice::<Json>(body) else {
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "Malformed data payload: expected JSON {study, data_package_version, filename}",
         ));
     };
     let (Some(study), Some(filename)) = (request["study"].as_str(), request["filename"].as_str()) else {
-        return answer(message(StatusCode::BAD_REQUEST, "Malformed data payload: study and filename are required"));
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "Malformed data payload: study and filename are required"));
     };
     if !is_identifier(study) {
-        return answer(message(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "Malformed data payload: a study name is lower-case letters, digits and _",
         ));
     }
     if !is_file_name(filename) {
-        return answer(message(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "Malformed data payload: the filename must be a plain file name",
         ));
@@ -223,30 +213,29 @@ async fn handshake(State(st): Shared, headers: HeaderMap, body: axum::body::Byte
         v => crate::package::package_version(v),
     };
     let Some(version) = version else {
-        return answer(message(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "Malformed data payload: data_package_version must be a whole number from 0 to 999",
         ));
     };
     if !site.may_upload(study) {
-        return answer(message(StatusCode::FORBIDDEN, format!("site {} may not upload the study {study}", site.name)));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("site {} may not upload the study {study}", site.name),
+        ));
     }
     let transaction = headers.get("transaction-id").and_then(|h| h.to_str().ok()).map(str::to_string);
     let ledger = st.config.ledger.clone();
     let (site_name, study_name) = (site.name.clone(), study.to_string());
-    let lock = blocking(move || {
+    let lock = veil_http::blocking(move || {
         ledger.lock(&site_name, &study_name, transaction.as_deref(), veil_util::clock::now_secs() as i64, LOCK_SECS)
     })
-    .await;
-    let transaction = match lock {
-        Ok(Ok(Ok(id))) => id,
-        Ok(Ok(Err(()))) => {
-            return answer(message(
-                StatusCode::PRECONDITION_FAILED,
-                format!("Currently processing a previous upload of {study}. Please try again later."),
-            ));
-        }
-        Ok(Err(_)) | Err(_) => return answer(internal()),
+    .await??;
+    let Some(transaction) = lock else {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            format!("Currently processing a previous upload of {study}. Please try again later."),
+        ));
     };
     let upload =
         Upload { transaction: transaction.clone(), site: site.name.clone(), study: study.to_string(), version };
@@ -255,16 +244,15 @@ async fn handshake(State(st): Shared, headers: HeaderMap, body: axum::body::Byte
     let form = if st.config.uploads_to_storage() {
         let storage = st.config.storage.clone();
         let max_bytes = st.config.limits.zip_bytes;
-        match blocking(move || storage.presigned_post(&key, max_bytes, Duration::from_secs(POLICY_SECS as u64))).await {
-            Ok(Ok(post)) => {
-                json!({"url": post.url, "fields": post.fields.into_iter().map(|(k, v)| (k, Json::String(v))).collect::<serde_json::Map<_, _>>()})
-            }
-            Ok(Err(e)) => {
-                eprintln!("veil aggregator: cannot sign an S3 upload form: {e}");
-                return answer(internal());
-            }
-            Err(r) => return answer(r),
-        }
+        let post = veil_http::blocking(move || {
+            storage.presigned_post(&key, max_bytes, Duration::from_secs(POLICY_SECS as u64))
+        })
+        .await?
+        .map_err(|e| {
+            eprintln!("veil aggregator: cannot sign an S3 upload form: {e}");
+            ApiError::internal()
+        })?;
+        json!({"url": post.url, "fields": post.fields.into_iter().map(|(k, v)| (k, Json::String(v))).collect::<serde_json::Map<_, _>>()})
     } else {
         let policy = Policy {
             upload,
@@ -285,29 +273,23 @@ async fn handshake(State(st): Shared, headers: HeaderMap, body: axum::body::Byte
     if let Ok(status) = HeaderValue::from_str(&format!("{base}/upload/{transaction}")) {
         headers.insert("x-veil-status", status);
     }
-    answer(response)
+    Ok(response)
 }
 
 /// What became of one of the site's uploads.
-async fn upload_status(State(st): Shared, Path(transaction): Path<String>, headers: HeaderMap) -> Response {
-    let site = match authenticate(&st, &headers).await {
-        Ok(site) => site,
-        Err(r) => return r,
-    };
+async fn upload_status(State(st): Shared, Path(transaction): Path<String>, headers: HeaderMap) -> ApiResult {
+    let site = authenticate(&st, &headers).await?;
     let who = site.name.clone();
     let ledger = st.config.ledger.clone();
-    let state = match blocking(move || ledger.upload_state(&site.name, &transaction)).await {
-        Ok(Ok(state)) => state,
-        _ => return with_who(internal(), &who),
-    };
-    let body = match state {
-        UploadState::Unknown => {
-            return with_who(message(StatusCode::NOT_FOUND, "this site has no upload with that transaction id"), &who);
+    let state = veil_http::blocking(move || ledger.upload_state(&site.name, &transaction)).await?;
+    let answer = state.map_err(ApiError::from).and_then(|state| match state {
+        UploadState::Unknown => Err(ApiError::not_found("this site has no upload with that transaction id")),
+        UploadState::Waiting => Ok(axum::Json(json!({"state": "waiting"})).into_response()),
+        UploadState::Done { outcome, message } => {
+            Ok(axum::Json(json!({"state": outcome, "message": message})).into_response())
         }
-        UploadState::Waiting => json!({"state": "waiting"}),
-        UploadState::Done { outcome, message } => json!({"state": outcome, "message": message}),
-    };
-    with_who(axum::Json(body).into_response(), &who)
+    });
+    Ok(for_site(answer, &who))
 }
 
 fn verify_policy(st: &AppState, policy: &str, signature: &str) -> Option<Policy> {
@@ -320,125 +302,98 @@ fn verify_policy(st: &AppState, policy: &str, signature: &str) -> Option<Policy>
     serde_json::from_slice::<Policy>(&decoded).ok()
 }
 
-async fn upload(State(st): Shared, mut form: Multipart) -> Response {
-    let mut fields: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-    let mut policy = None;
-    let mut zip = Vec::new();
-    loop {
-        let field = match form.next_field().await {
-            Ok(Some(field)) => field,
-            Ok(None) => break,
-            Err(_) => return message(StatusCode::BAD_REQUEST, "the upload is not a complete multipart form"),
-        };
+async fn upload(State(st): Shared, mut form: Multipart) -> ApiResult {
+    let mut fields: HashMap<String, String> = HashMap::new();
+    let file = loop {
+        let field = form
+            .next_field()
+            .await
+            .map_err(|_| ApiError::bad_request("the upload is not a complete multipart form"))?
+            .ok_or_else(|| ApiError::bad_request("the form has no file"))?;
         let name = field.name().unwrap_or("").to_string();
-        if name != "file" {
-            if fields.len() > 20 {
-                return message(StatusCode::BAD_REQUEST, "too many form fields");
-            }
-            match field.text().await {
-                Ok(text) if text.len() <= 8192 => fields.insert(name, text),
-                _ => return message(StatusCode::BAD_REQUEST, "a form field is unreadable or too long"),
-            };
-            continue;
+        if name == "file" {
+            break field;
         }
-        // As S3 requires: the policy comes before the file, so that nothing
-        // is read from an unsigned upload.
-        let (Some(p), Some(s)) = (fields.get("policy"), fields.get("signature")) else {
-            return message(StatusCode::FORBIDDEN, "the upload has no signed policy before the file");
+        if fields.len() > 20 {
+            return Err(ApiError::bad_request("too many form fields"));
+        }
+        match field.text().await {
+            Ok(text) if text.len() <= 8192 => fields.insert(name, text),
+            _ => return Err(ApiError::bad_request("a form field is unreadable or too long")),
         };
-        let Some(p) = verify_policy(&st, p, s) else {
-            return message(StatusCode::FORBIDDEN, "the upload's policy signature does not match");
-        };
-        if p.expires <= veil_util::clock::now_secs() as i64 {
-            return with_who(
-                message(StatusCode::FORBIDDEN, "the upload's policy has expired: ask for a new upload URL"),
-                &p.upload.site,
-            );
-        }
-        if fields.get("key") != Some(&p.key) {
-            return with_who(
-                message(StatusCode::FORBIDDEN, "the upload's key is not the one its policy signs"),
-                &p.upload.site,
-            );
-        }
-        let mut field = field;
-        loop {
-            match field.chunk().await {
-                Ok(Some(chunk)) => {
-                    if (zip.len() + chunk.len()) as u64 > p.max_bytes {
-                        release(&st, &p).await;
-                        return with_who(
-                            message(
-                                StatusCode::PAYLOAD_TOO_LARGE,
-                                format!("the zip is larger than the aggregator accepts ({} MiB)", p.max_bytes >> 20),
-                            ),
-                            &p.upload.site,
-                        );
-                    }
-                    zip.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    // A dropped connection: nothing was kept; free the lock
-                    // so that the site can try again at once.
-                    release(&st, &p).await;
-                    return with_who(
-                        message(StatusCode::BAD_REQUEST, "the upload ended before the whole file arrived"),
-                        &p.upload.site,
-                    );
-                }
-            }
-        }
-        policy = Some(p);
-        break;
-    }
-    let Some(policy) = policy else {
-        return message(StatusCode::BAD_REQUEST, "the form has no file");
+    };
+    // As S3 requires: the policy comes before the file, so that nothing
+    // is read from an unsigned upload.
+    let (Some(p), Some(s)) = (fields.get("policy"), fields.get("signature")) else {
+        return Err(ApiError::forbidden("the upload has no signed policy before the file"));
+    };
+    let Some(policy) = verify_policy(&st, p, s) else {
+        return Err(ApiError::forbidden("the upload's policy signature does not match"));
     };
     let who = policy.upload.site.clone();
-    let config = st.config.clone();
-    let outcome = blocking(move || ingest(&config, &policy.upload, &zip)).await;
-    match outcome {
-        Ok(Ok(Ok(outcome))) => {
-            let mut r = StatusCode::NO_CONTENT.into_response();
-            r.headers_mut().insert("x-veil-outcome", HeaderValue::from_static(outcome.as_str()));
-            with_who(r, &who)
-        }
-        Ok(Ok(Err(refusal))) if refusal.0 == crate::ledger::FORM_GONE => {
-            with_who(message(StatusCode::FORBIDDEN, refusal.0), &who)
-        }
-        Ok(Ok(Err(refusal))) => with_who(message(StatusCode::BAD_REQUEST, refusal.0), &who),
-        Ok(Err(Failure::Busy)) => with_who(
-            message(
-                StatusCode::PRECONDITION_FAILED,
-                "another upload of this study by this site took over the lock; ask for a new upload URL",
-            ),
-            &who,
-        ),
-        Ok(Err(Failure::Internal)) | Err(_) => with_who(internal(), &who),
+    Ok(for_site(receive(&st, policy, &fields, file).await, &who))
+}
+
+/// The file of an upload whose policy is signed: read within the policy's
+/// cap, then checked, archived and merged.
+async fn receive(
+    st: &Arc<AppState>,
+    policy: Policy,
+    fields: &HashMap<String, String>,
+    mut file: Field<'_>,
+) -> ApiResult {
+    if policy.expires <= veil_util::clock::now_secs() as i64 {
+        return Err(ApiError::forbidden("the upload's policy has expired: ask for a new upload URL"));
     }
+    if fields.get("key") != Some(&policy.key) {
+        return Err(ApiError::forbidden("the upload's key is not the one its policy signs"));
+    }
+    let mut zip = Vec::new();
+    loop {
+        match file.chunk().await {
+            Ok(Some(chunk)) => {
+                if (zip.len() + chunk.len()) as u64 > policy.max_bytes {
+                    release(st, &policy).await;
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("the zip is larger than the aggregator accepts ({} MiB)", policy.max_bytes >> 20),
+                    ));
+                }
+                zip.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(_) => {
+                // A dropped connection: nothing was kept; free the lock
+                // so that the site can try again at once.
+                release(st, &policy).await;
+                return Err(ApiError::bad_request("the upload ended before the whole file arrived"));
+            }
+        }
+    }
+    let config = st.config.clone();
+    let outcome = veil_http::blocking(move || ingest(&config, &policy.upload, &zip)).await??;
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut().insert("x-veil-outcome", HeaderValue::from_static(outcome.as_str()));
+    Ok(r)
 }
 
 async fn release(st: &Arc<AppState>, p: &Policy) {
     let (ledger, u) = (st.config.ledger.clone(), p.upload.clone());
-    let _ = blocking(move || ledger.unlock(&u.site, &u.study, &u.transaction)).await;
+    let _ = veil_http::blocking(move || ledger.unlock(&u.site, &u.study, &u.transaction)).await;
 }
 
 // ---- the query API --------------------------------------------------------
 
-async fn require_api_key(State(st): Shared, request: Request, next: Next) -> Response {
+async fn require_api_key(State(st): Shared, request: Request, next: Next) -> ApiResult {
+    let refused = |text| ApiError::new(StatusCode::UNAUTHORIZED, text).refused_credentials();
     let key = request.headers().get("x-api-key").and_then(|h| h.to_str().ok()).map(str::to_string);
     let Some(key) = key else {
-        return veil_http::Credentials::Refused
-            .mark(message(StatusCode::UNAUTHORIZED, "an x-api-key header is required (veil aggregator key add)"));
+        return Err(refused("an x-api-key header is required (veil aggregator key add)"));
     };
     let ledger = st.config.ledger.clone();
-    match blocking(move || ledger.check_api_key(&key)).await {
-        Ok(Ok(true)) => veil_http::Credentials::Accepted.mark(next.run(request).await),
-        Ok(Ok(false)) => {
-            veil_http::Credentials::Refused.mark(message(StatusCode::UNAUTHORIZED, "the API key is not valid"))
-        }
-        _ => internal(),
+    match veil_http::blocking(move || ledger.check_api_key(&key)).await?? {
+        true => Ok(veil_http::Credentials::Accepted.mark(next.run(request).await)),
+        false => Err(refused("the API key is not valid")),
     }
 }
 
@@ -463,29 +418,29 @@ fn package_entry(p: &crate::ledger::DataPackage, min_cell: u64) -> Json {
     entry
 }
 
-async fn data_packages(State(st): Shared, RawQuery(query): RawQuery) -> Response {
+async fn data_packages(State(st): Shared, RawQuery(query): RawQuery) -> ApiResult {
     let name = query.as_deref().and_then(|q| form_pairs(q).into_iter().find(|(k, _)| k == "name").map(|(_, v)| v));
     let ledger = st.config.ledger.clone();
-    match blocking(move || ledger.data_packages()).await {
-        Ok(Ok(packages)) => axum::Json(Json::Array(
-            packages
-                .iter()
-                .filter(|p| name.as_ref().is_none_or(|n| *n == p.name))
-                .map(|p| package_entry(p, st.config.min_cell))
-                .collect(),
-        ))
-        .into_response(),
-        _ => internal(),
-    }
+    let packages = veil_http::blocking(move || ledger.data_packages()).await??;
+    let entries = packages
+        .iter()
+        .filter(|p| name.as_ref().is_none_or(|n| *n == p.name))
+        .map(|p| package_entry(p, st.config.min_cell))
+        .collect();
+    Ok(axum::Json(Json::Array(entries)).into_response())
 }
 
-async fn data_package(State(st): Shared, Path(id): Path<String>) -> Response {
+/// One data package, 404 when there is none by that id.
+async fn package(st: &AppState, id: String) -> Result<crate::ledger::DataPackage, ApiError> {
     let ledger = st.config.ledger.clone();
-    match blocking(move || ledger.data_package(&id)).await {
-        Ok(Ok(Some(p))) => axum::Json(package_entry(&p, st.config.min_cell)).into_response(),
-        Ok(Ok(None)) => message(StatusCode::NOT_FOUND, "no such data package"),
-        _ => internal(),
-    }
+    veil_http::blocking(move || ledger.data_package(&id))
+        .await??
+        .ok_or_else(|| ApiError::not_found("no such data package"))
+}
+
+async fn data_package(State(st): Shared, Path(id): Path<String>) -> ApiResult {
+    let p = package(&st, id).await?;
+    Ok(axum::Json(package_entry(&p, st.config.min_cell)).into_response())
 }
 
 /// A text cell a spreadsheet would run as a formula (starting with `=`,
@@ -500,20 +455,15 @@ fn spreadsheet_safe(cell: &Json) -> Json {
 
 /// The whole table, `?type=json` (`{columns, rows}`, the default) or
 /// `csv` (an empty cell is NULL), as Cumulus' `/from-parquet` offers it.
-async fn download(State(st): Shared, Path(id): Path<String>, RawQuery(query): RawQuery) -> Response {
+async fn download(State(st): Shared, Path(id): Path<String>, RawQuery(query): RawQuery) -> ApiResult {
     let kind = form_pairs(query.as_deref().unwrap_or(""))
         .into_iter()
         .find(|(k, _)| k == "type")
         .map_or("json".to_string(), |(_, v)| v);
-    let ledger = st.config.ledger.clone();
-    let found = match blocking(move || ledger.data_package(&id)).await {
-        Ok(Ok(Some(p))) => p,
-        Ok(Ok(None)) => return message(StatusCode::NOT_FOUND, "no such data package"),
-        _ => return internal(),
-    };
+    let found = package(&st, id).await?;
     let names: Vec<&str> = found.aggregate.columns.iter().map(|c| c.name.as_str()).collect();
     match kind.as_str() {
-        "json" => axum::Json(json!({"columns": names, "rows": found.aggregate.rows})).into_response(),
+        "json" => Ok(axum::Json(json!({"columns": names, "rows": found.aggregate.rows})).into_response()),
         "csv" => {
             let header: Vec<Json> = names.iter().map(|n| Json::from(*n)).collect();
             let mut text = csv::line(&header);
@@ -521,16 +471,16 @@ async fn download(State(st): Shared, Path(id): Path<String>, RawQuery(query): Ra
                 text += &csv::line(&row.iter().map(spreadsheet_safe).collect::<Vec<_>>());
             }
             let disposition = format!("attachment; filename=\"{}.csv\"", found.id);
-            (
+            Ok((
                 [
                     (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
                     (header::CONTENT_DISPOSITION, disposition),
                 ],
                 text,
             )
-                .into_response()
+                .into_response())
         }
-        _ => message(StatusCode::BAD_REQUEST, "type must be json or csv"),
+        _ => Err(ApiError::bad_request("type must be json or csv")),
     }
 }
 
@@ -544,7 +494,7 @@ async fn chart_data(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-) -> Response {
+) -> ApiResult {
     let mut chart_query = ChartQuery::default();
     for (k, v) in form_pairs(query.as_deref().unwrap_or("")) {
         match k.as_str() {
@@ -555,14 +505,12 @@ async fn chart_data(
         }
     }
     if chart_query.column.is_empty() {
-        return message(StatusCode::BAD_REQUEST, "column is required");
+        return Err(ApiError::bad_request("column is required"));
     }
-    let ledger = st.config.ledger.clone();
-    let found = match blocking(move || ledger.data_package(&id)).await {
-        Ok(Ok(Some(p))) if p.site.is_none() => p,
-        Ok(Ok(_)) => return message(StatusCode::NOT_FOUND, "no such merged data package"),
-        _ => return internal(),
-    };
+    let found = package(&st, id).await?;
+    if found.site.is_some() {
+        return Err(ApiError::not_found("no such merged data package"));
+    }
     // The answer changes only when the package does: an ETag lets the
     // dashboard cache it, as Cumulus advises.
     let etag = format!(
@@ -572,69 +520,51 @@ async fn chart_data(
         )
     );
     if headers.get(header::IF_NONE_MATCH).and_then(|h| h.to_str().ok()) == Some(etag.as_str()) {
-        return StatusCode::NOT_MODIFIED.into_response();
+        return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
-    match chart(&found.aggregate, &chart_query) {
-        Ok(body) => {
-            let mut r = axum::Json(body).into_response();
-            r.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex is a header value"));
-            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            r
-        }
-        Err(bad) => message(StatusCode::BAD_REQUEST, bad.0),
-    }
+    let body = chart(&found.aggregate, &chart_query).map_err(|bad| ApiError::bad_request(bad.0))?;
+    let mut r = axum::Json(body).into_response();
+    r.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex is a header value"));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(r)
 }
 
 /// `tree` narrowed by the path's segments (`site/study/…`), 404 when one is missing.
-fn slice(tree: Json, path: Option<&str>) -> Response {
+fn slice(tree: Json, path: Option<&str>) -> ApiResult {
     let mut node = &tree;
     for segment in path.unwrap_or("").split('/').filter(|s| !s.is_empty()) {
-        match node.get(segment) {
-            Some(next) => node = next,
-            None => return message(StatusCode::NOT_FOUND, "nothing at that path"),
-        }
+        node = node.get(segment).ok_or_else(|| ApiError::not_found("nothing at that path"))?;
     }
-    axum::Json(node.clone()).into_response()
+    Ok(axum::Json(node.clone()).into_response())
 }
 
-async fn metadata(State(st): Shared, path: Option<Path<String>>) -> Response {
+/// What a ledger query answers, as JSON.
+async fn from_ledger<T: Send + 'static>(
+    st: &AppState,
+    query: impl FnOnce(&Ledger) -> crate::db::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
     let ledger = st.config.ledger.clone();
-    match blocking(move || ledger.metadata()).await {
-        Ok(Ok(tree)) => slice(tree, path.as_ref().map(|p| p.0.as_str())),
-        _ => internal(),
-    }
+    Ok(veil_http::blocking(move || query(&ledger)).await??)
 }
 
-async fn study_periods(State(st): Shared, path: Option<Path<String>>) -> Response {
-    let ledger = st.config.ledger.clone();
-    match blocking(move || ledger.study_periods()).await {
-        Ok(Ok(tree)) => slice(tree, path.as_ref().map(|p| p.0.as_str())),
-        _ => internal(),
-    }
+async fn metadata(State(st): Shared, path: Option<Path<String>>) -> ApiResult {
+    slice(from_ledger(&st, Ledger::metadata).await?, path.as_ref().map(|p| p.0.as_str()))
 }
 
-async fn studies(State(st): Shared) -> Response {
-    let ledger = st.config.ledger.clone();
-    match blocking(move || ledger.studies()).await {
-        Ok(Ok(tree)) => axum::Json(tree).into_response(),
-        _ => internal(),
-    }
+async fn study_periods(State(st): Shared, path: Option<Path<String>>) -> ApiResult {
+    slice(from_ledger(&st, Ledger::study_periods).await?, path.as_ref().map(|p| p.0.as_str()))
 }
 
-async fn study(State(st): Shared, Path(study): Path<String>) -> Response {
-    let ledger = st.config.ledger.clone();
-    match blocking(move || ledger.studies()).await {
-        Ok(Ok(tree)) => slice(tree, Some(&study)),
-        _ => internal(),
-    }
+async fn studies(State(st): Shared) -> ApiResult {
+    Ok(axum::Json(from_ledger(&st, Ledger::studies).await?).into_response())
 }
 
-async fn uploads(State(st): Shared) -> Response {
-    let ledger = st.config.ledger.clone();
-    match blocking(move || ledger.uploads(200)).await {
-        Ok(Ok(list)) => axum::Json(list).into_response(),
-        _ => internal(),
-    }
+async fn study(State(st): Shared, Path(study): Path<String>) -> ApiResult {
+    slice(from_ledger(&st, Ledger::studies).await?, Some(&study))
+}
+
+async fn uploads(State(st): Shared) -> ApiResult {
+    Ok(axum::Json(from_ledger(&st, |ledger| ledger.uploads(200)).await?).into_response())
 }
 
 #[cfg(test)]

@@ -70,8 +70,11 @@ pub(crate) fn is_file_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
-/// Why an upload was neither kept nor refused.
+/// Why an upload was not kept.
+#[derive(Debug)]
 pub(crate) enum Failure {
+    /// Checked and refused, with the reason (recorded).
+    Refused(Refusal),
     /// Another handshake for the site's study took the lock since.
     Busy,
     /// The database or the storage failed (logged, without data).
@@ -81,7 +84,7 @@ pub(crate) enum Failure {
 /// Checks, archives and merges one upload, consuming its form (the lock
 /// its handshake took): a form is good for one upload, and only while the
 /// credentials it was issued under stand.
-pub(crate) fn ingest(config: &Config, upload: &Upload, zip: &[u8]) -> Result<Result<Outcome, Refusal>, Failure> {
+pub(crate) fn ingest(config: &Config, upload: &Upload, zip: &[u8]) -> Result<Outcome, Failure> {
     let ledger = &config.ledger;
     let sha256 = veil_util::hex::encode(&sha2::Sha256::digest(zip));
     let arrival = upload.arrival(&sha256, zip.len());
@@ -93,30 +96,31 @@ pub(crate) fn ingest(config: &Config, upload: &Upload, zip: &[u8]) -> Result<Res
             if ledger.recorded(&upload.site, &upload.transaction, &sha256).map_err(|_| Failure::Internal)? =>
         {
             ledger.repeated(&arrival).map_err(|_| Failure::Internal)?;
-            return Ok(Ok(Outcome::Unchanged));
+            return Ok(Outcome::Unchanged);
         }
         LockState::Gone => {
             let refusal = Refusal(FORM_GONE.into());
             ledger.refuse(&arrival, &refusal).map_err(|_| Failure::Internal)?;
-            log(config, upload, &Ok(Err(refusal.clone())));
-            return Ok(Err(refusal));
+            let refused = Err(Failure::Refused(refusal));
+            log(config, upload, &refused);
+            return refused;
         }
     }
     let result = match package::read(zip, &upload.study, upload.version, config.min_cell, &config.limits) {
         Err(refusal) => {
             ledger.refuse(&arrival, &refusal).map_err(|_| Failure::Internal)?;
-            Ok(Err(refusal))
+            Err(Failure::Refused(refusal))
         }
         Ok(package) => {
             let archived = archive(&config.storage, upload, &sha256, zip).map_err(|e| {
                 eprintln!("veil aggregator: cannot archive an upload of {} from {}: {e}", upload.study, upload.site);
                 Failure::Internal
             })?;
-            let outcome = ledger.accept(&arrival, &package).map_err(|_| Failure::Internal)?;
-            if outcome.is_err() {
+            let accepted = ledger.accept(&arrival, &package).map_err(|_| Failure::Internal)?;
+            if accepted.is_err() {
                 let _ = config.storage.delete(&archived);
             }
-            Ok(outcome)
+            accepted.map_err(Failure::Refused)
         }
     };
     // Recording consumed the lock; after a failure, free it all the same.
@@ -125,11 +129,11 @@ pub(crate) fn ingest(config: &Config, upload: &Upload, zip: &[u8]) -> Result<Res
     result
 }
 
-fn log(config: &Config, upload: &Upload, result: &Result<Result<Outcome, Refusal>, Failure>) {
+fn log(config: &Config, upload: &Upload, result: &Result<Outcome, Failure>) {
     if let Some(log) = &config.access_log {
         let (outcome, why) = match result {
-            Ok(Ok(o)) => (o.as_str(), None),
-            Ok(Err(r)) => ("refused", Some(r.to_string())),
+            Ok(o) => (o.as_str(), None),
+            Err(Failure::Refused(r)) => ("refused", Some(r.to_string())),
             Err(_) => ("failed", None),
         };
         let mut fields = vec![

@@ -343,9 +343,9 @@ impl Ledger {
         })
     }
 
-    /// Takes the upload lock for a site's study, for `lease_secs`: `Ok(id)`
+    /// Takes the upload lock for a site's study, for `lease_secs`: its id
     /// when it was free, had lapsed, or is held under `transaction` already;
-    /// `Err(())` when another upload holds it. One statement, so two
+    /// `None` when another upload holds it. One statement, so two
     /// handshakes racing (even from two servers) cannot both win.
     pub fn lock(
         &self,
@@ -354,7 +354,7 @@ impl Ledger {
         transaction: Option<&str>,
         now: i64,
         lease_secs: i64,
-    ) -> Result<Result<String, ()>> {
+    ) -> Result<Option<String>> {
         let fresh = veil_util::hex::encode(&secrets::random(16));
         let taken = self.db.write(|db| {
             db.query_opt(
@@ -366,10 +366,7 @@ impl Ledger {
                 args![site, study, &fresh, now + lease_secs, transaction, now],
             )
         })?;
-        Ok(match taken {
-            Some(mut row) => Ok(row.text(0)?),
-            None => Err(()),
-        })
+        taken.map(|mut row| row.text(0)).transpose()
     }
 
     /// Where the upload under transaction `id` stands with its lock. A

@@ -36,6 +36,7 @@
 pub mod chart;
 pub mod dashboard;
 mod db;
+mod error;
 pub mod http;
 mod intake;
 mod ledger;

@@ -47,7 +47,7 @@ pub fn sweep(config: &Config) -> Result<Swept, StorageError> {
             Err(e) => return Err(e),
         };
         let done = match ingest(config, &upload, &zip) {
-            Ok(_) => true,
+            Ok(_) | Err(Failure::Refused(_)) => true,
             Err(Failure::Busy) => superseded(config, &upload, &zip).is_ok(),
             Err(Failure::Internal) => false,
         };
