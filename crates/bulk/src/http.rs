@@ -49,8 +49,10 @@ impl Auth {
     }
 }
 
-/// Which `$export` operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which `$export` operation (as the server's job table stores it too:
+/// `"system"`, `"patient"`, `{"group": ID}`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Level {
     /// `[base]/$export`.
     System,
@@ -158,12 +160,16 @@ pub struct ManifestFile {
     pub count: Option<u64>,
 }
 
-/// The completed export's manifest (the parts the client uses).
+/// The completed export's manifest, as `veil serve` writes it and
+/// `veil export` reads it (Bulk Data §2.4).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Manifest {
     /// The server's time of the export (`transactionTime`).
     #[serde(rename = "transactionTime", default)]
     pub transaction_time: String,
+    /// The kick-off URL.
+    #[serde(default)]
+    pub request: String,
     /// Whether the files need the access token.
     #[serde(rename = "requiresAccessToken", default)]
     pub requires_access_token: bool,

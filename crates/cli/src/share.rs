@@ -259,7 +259,7 @@ fn export_location(store: &dyn Store, job: &str, storage: &veil_server::export::
         ))
         .into());
     }
-    let request = serde_json::from_str(&j.request).ok().and_then(|r| veil_server::export::ExportRequest::from_json(&r));
+    let request = veil_server::export::ExportRequest::of_job(&j);
     let container = request.and_then(|r| r.container);
     Ok(storage.job_location(job, container.as_deref(), &j.created))
 }

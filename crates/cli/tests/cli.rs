@@ -565,26 +565,17 @@ fn view_run_writes_csv_and_ndjson() {
         "in/Patient.ndjson",
         "{\"resourceType\":\"Patient\",\"id\":\"a\",\"name\":[{\"family\":\"O'Brien, Jr\"}],\"telecom\":[{\"value\":\"1\"},{\"value\":\"2\"}]}\n{\"resourceType\":\"Observation\",\"id\":\"o\"}\n{\"resourceType\":\"Patient\",\"id\":\"b\"}\n",
     );
-    let out =
-        veil(&["view", "run", "--view", view.to_str().unwrap(), "--input", t.0.join("in").to_str().unwrap()], None);
+    // `veil view run --view VIEW --input INPUT` and further arguments.
+    let view_run = |input: &std::path::Path, more: &[&str]| {
+        let args =
+            [&["view", "run", "--view", view.to_str().unwrap(), "--input", input.to_str().unwrap()], more].concat();
+        veil(&args, None)
+    };
+    let out = view_run(&t.0.join("in"), &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "id,family,phone\r\na,\"O'Brien, Jr\",1\r\na,\"O'Brien, Jr\",2\r\nb,,\r\n");
     let csv = t.0.join("out.ndjson");
-    let out = veil(
-        &[
-            "view",
-            "run",
-            "--view",
-            view.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--format",
-            "ndjson",
-            "-o",
-            csv.to_str().unwrap(),
-        ],
-        None,
-    );
+    let out = view_run(&input, &["--format", "ndjson", "-o", csv.to_str().unwrap()]);
     assert!(out.status.success());
     let lines: Vec<serde_json::Value> =
         std::fs::read_to_string(&csv).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -597,27 +588,10 @@ fn view_run_writes_csv_and_ndjson() {
     let out = veil(&["view", "run", "--view", bad.to_str().unwrap(), "--input", "/nonexistent"], None);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("Column Already Defined"), "{}", text(&out.stderr));
-    let out = veil(
-        &["view", "run", "--view", view.to_str().unwrap(), "--input", input.to_str().unwrap(), "--format", "parquet"],
-        None,
-    );
+    let out = view_run(&input, &["--format", "parquet"]);
     assert_eq!(out.status.code(), Some(2), "parquet needs -o");
     let pq = t.0.join("out.parquet");
-    let out = veil(
-        &[
-            "view",
-            "run",
-            "--view",
-            view.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--format",
-            "parquet",
-            "-o",
-            pq.to_str().unwrap(),
-        ],
-        None,
-    );
+    let out = view_run(&input, &["--format", "parquet", "-o", pq.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let bytes = std::fs::read(&pq).unwrap();
     assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"), "a complete Parquet file");
@@ -626,25 +600,13 @@ fn view_run_writes_csv_and_ndjson() {
     // no output file.
     let many: String = (0..5000).map(|i| format!("{{\"resourceType\":\"Patient\",\"id\":\"p{i}\"}}\n")).collect();
     let big = t.write("big.ndjson", &many);
-    let out = veil(&["view", "run", "--view", view.to_str().unwrap(), "--input", big.to_str().unwrap()], None);
+    let out = view_run(&big, &[]);
     let ids: Vec<String> =
         text(&out.stdout).lines().skip(1).map(|l| l.split(',').next().unwrap().to_string()).collect();
     assert_eq!(ids, (0..5000).map(|i| format!("p{i}")).collect::<Vec<_>>());
     let damaged = t.write("damaged.ndjson", &(many + "{\"resourceType\":\"Patient\",\"id\":\"SECRET\"\n"));
     let dest = t.0.join("damaged.csv");
-    let out = veil(
-        &[
-            "view",
-            "run",
-            "--view",
-            view.to_str().unwrap(),
-            "--input",
-            damaged.to_str().unwrap(),
-            "-o",
-            dest.to_str().unwrap(),
-        ],
-        None,
-    );
+    let out = view_run(&damaged, &["-o", dest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("damaged.ndjson:5001: not valid JSON") && !text(&out.stderr).contains("SECRET"),

@@ -5,18 +5,17 @@
 //!
 //! Nothing here logs or echoes a token, an assertion or a key.
 
-#![allow(clippy::result_large_err)]
-
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value as Json, json};
 use veil_smart::{Grant, JwksCache, OAuthError, Scopes};
 use veil_store::{ClientRecord, Store, StoreError};
 
+use crate::error::ApiError;
 use crate::http::AppState;
 
 /// Where the token endpoint is, under the base URL.
@@ -67,12 +66,17 @@ impl Caller {
     }
 
     /// The answer when it may not: 403, naming the type but no data.
-    pub fn forbidden(resource_type: &str, what: &str) -> Response {
-        crate::http::outcome(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            &format!("the access token's scopes do not allow {what} {resource_type}"),
-        )
+    pub(crate) fn forbidden(resource_type: &str, what: &str) -> ApiError {
+        ApiError::forbidden(format!("the access token's scopes do not allow {what} {resource_type}"))
+    }
+
+    /// [`Caller::permits`], as the handlers ask it: 403 when it may not
+    /// (`what`: "reading", "creating", …).
+    pub(crate) fn check(&self, resource_type: &str, permission: char, what: &str) -> Result<(), ApiError> {
+        match self.permits(resource_type, permission) {
+            true => Ok(()),
+            false => Err(Caller::forbidden(resource_type, what)),
+        }
     }
 }
 
@@ -110,11 +114,10 @@ pub(crate) async fn require_token(State(st): State<Arc<AppState>>, mut request: 
 
 /// Discovery and the token endpoint of a server without authorization.
 fn authorization_off() -> Response {
-    crate::http::outcome(StatusCode::NOT_FOUND, "not-found", "authorization is off on this server (--insecure-no-auth)")
+    ApiError::not_found("authorization is off on this server (--insecure-no-auth)").into_response()
 }
 
 fn unauthorized(text: &str, error: Option<&OAuthError>) -> Response {
-    let mut r = crate::http::outcome(StatusCode::UNAUTHORIZED, "login", text);
     let challenge = match error {
         Some(e) => format!(
             "Bearer realm=\"veil\", error=\"{}\", error_description=\"{}\"",
@@ -123,11 +126,9 @@ fn unauthorized(text: &str, error: Option<&OAuthError>) -> Response {
         ),
         None => "Bearer realm=\"veil\"".to_string(),
     };
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer")),
-    );
-    r
+    ApiError::new(StatusCode::UNAUTHORIZED, "login", text)
+        .with_header(header::WWW_AUTHENTICATE, challenge)
+        .into_response()
 }
 
 /// `GET /.well-known/smart-configuration`: what a backend client needs
@@ -221,7 +222,7 @@ async fn issue(st: &Arc<AppState>, auth: &Auth, headers: &HeaderMap, body: &str)
         return Err(error("invalid_client", "client_assertion is not a JWT with iss and a kid"));
     };
     let store = st.store.clone();
-    let record = tokio::task::spawn_blocking(move || store.client(&iss))
+    let record = veil_http::blocking(move || store.client(&iss))
         .await
         .map_err(|_| error("server_error", "internal error"))?
         .map_err(|_| error("server_error", "the store failed"))?;
@@ -242,7 +243,7 @@ async fn issue(st: &Arc<AppState>, auth: &Auth, headers: &HeaderMap, body: &str)
     // client's nonces; a second use is refused until it expires.
     let store = st.store.clone();
     let (client_id, jti, expires) = (verified.client_id.clone(), verified.jti.clone(), verified.expires as i64);
-    let fresh = tokio::task::spawn_blocking(move || store.record_jti(&client_id, &jti, expires, now as i64))
+    let fresh = veil_http::blocking(move || store.record_jti(&client_id, &jti, expires, now as i64))
         .await
         .map_err(|_| error("server_error", "internal error"))?
         .map_err(|_| error("server_error", "the store failed"))?;

@@ -10,11 +10,13 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value as Json, json};
+use veil_bulk::{Level, Manifest, ManifestFile};
 use veil_store::{JobState, ScanFilter, Store};
 use veil_util::atomic::AtomicFile;
 
-/// What a kick-off asked for, stored as the job's request.
-#[derive(Debug, Clone, PartialEq)]
+/// What a kick-off asked for, stored as the job's request (JSON, camelCase).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ExportRequest {
     /// `system`, `patient` or `group`.
     pub level: Level,
@@ -35,10 +37,13 @@ pub struct ExportRequest {
     /// `_container`: where the files go (a container of the server's storage).
     pub container: Option<String>,
     /// `_typeFilter` queries (`Type?k=v&…`), already checked at kick-off.
+    #[serde(default)]
     pub type_filters: Vec<String>,
     /// What a lenient kick-off ignored, reported in the manifest's `error` files.
+    #[serde(default)]
     pub ignored: Vec<String>,
     /// `_elements`: `element` or `Type.element` entries, already checked.
+    #[serde(default)]
     pub elements: Vec<String>,
     /// The base URL that file URLs in the manifest start with.
     pub base_url: String,
@@ -47,55 +52,10 @@ pub struct ExportRequest {
     pub client: Option<String>,
 }
 
-/// The three export levels.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Level {
-    /// `[base]/$export`
-    System,
-    /// `[base]/Patient/$export`
-    Patient,
-    /// `[base]/Group/[id]/$export`
-    Group(String),
-}
-
 impl ExportRequest {
-    /// The request as JSON, for the job table.
-    pub fn to_json(&self) -> Json {
-        json!({
-            "level": match &self.level { Level::System => json!("system"), Level::Patient => json!("patient"), Level::Group(g) => json!({"group": g}) },
-            "url": self.url, "types": self.types, "since": self.since, "until": self.until, "patients": self.patients,
-            "anonymizationConfig": self.anonymization_config, "anonymizationConfigEtag": self.anonymization_config_etag, "container": self.container, "baseUrl": self.base_url,
-            "typeFilters": self.type_filters, "ignored": self.ignored, "elements": self.elements, "client": self.client,
-        })
-    }
-
-    /// Reads a request back from the job table.
-    pub fn from_json(v: &Json) -> Option<ExportRequest> {
-        let strings = |k: &str| {
-            v.get(k).and_then(Json::as_array).map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
-        };
-        let string = |k: &str| v.get(k).and_then(Json::as_str).map(str::to_string);
-        let level = match v.get("level")? {
-            Json::String(s) if s == "system" => Level::System,
-            Json::String(s) if s == "patient" => Level::Patient,
-            other => Level::Group(other.get("group")?.as_str()?.to_string()),
-        };
-        Some(ExportRequest {
-            level,
-            url: string("url")?,
-            types: strings("types"),
-            since: string("since"),
-            until: string("until"),
-            patients: strings("patients"),
-            anonymization_config: string("anonymizationConfig"),
-            anonymization_config_etag: string("anonymizationConfigEtag"),
-            container: string("container"),
-            base_url: string("baseUrl")?,
-            type_filters: strings("typeFilters").unwrap_or_default(),
-            ignored: strings("ignored").unwrap_or_default(),
-            elements: strings("elements").unwrap_or_default(),
-            client: string("client"),
-        })
+    /// The request a job was made for; `None` if its record is unreadable.
+    pub fn of_job(job: &veil_store::Job) -> Option<ExportRequest> {
+        serde_json::from_str(&job.request).ok()
     }
 }
 
@@ -274,7 +234,7 @@ pub const DEFAULT_FILE_LIMIT: u64 = 10_000;
 /// How a job ended.
 pub enum Outcome {
     /// Done: the manifest.
-    Completed(Json),
+    Completed(Manifest),
     /// Failed: an OperationOutcome and the HTTP status the status endpoint reports.
     Failed(u16, String),
     /// The job was cancelled or taken over while running; nothing is reported.
@@ -360,67 +320,18 @@ pub fn run_job(
     owner: &str,
     config: WorkerConfig,
 ) -> Outcome {
-    let Some(req) = serde_json::from_str(&job.request).ok().as_ref().and_then(ExportRequest::from_json) else {
+    let Some(req) = ExportRequest::of_job(job) else {
         return Outcome::Failed(500, "the stored export request is unreadable".into());
     };
     // De-identification first: a missing or invalid configuration fails
     // the job before anything is written (as Azure reports it).
-    let engine = match &req.anonymization_config {
-        None => None,
-        Some(name) => match storage.anonymization_config(name) {
-            None => {
-                return Outcome::Failed(
-                    400,
-                    format!("the anonymization configuration '{name}' was not found in the anonymization container"),
-                );
-            }
-            Some(text)
-                if req.anonymization_config_etag.as_deref().is_some_and(|e| e.trim_matches('"') != etag(&text)) =>
-            {
-                return Outcome::Failed(
-                    400,
-                    format!(
-                        "the anonymization configuration '{name}' has changed: its ETag does not match _anonymizationConfigEtag"
-                    ),
-                );
-            }
-            Some(text) => match veil_deid::Policy::parse(&text) {
-                Ok(p) => Some(veil_deid::Engine::new(p)),
-                Err(e) => {
-                    return Outcome::Failed(400, format!("the anonymization configuration '{name}' is invalid: {e}"));
-                }
-            },
-        },
+    let engine = match policy_engine(storage, &req) {
+        Ok(engine) => engine,
+        Err(failed) => return failed.into(),
     };
-    let patients = match (&req.level, &req.patients) {
-        (Level::System, _) => None,
-        (Level::Patient, Some(p)) => Some(p.clone()),
-        (Level::Patient, None) => {
-            let mut ids = Vec::new();
-            let r = store.scan(
-                &ScanFilter {
-                    types: Some(vec!["Patient".into()]),
-                    until: Some(job.created.clone()),
-                    ..Default::default()
-                },
-                &mut |s| {
-                    ids.push(s.id);
-                    Ok(true)
-                },
-            );
-            if let Err(e) = r {
-                return Outcome::Failed(500, format!("cannot list patients: {e}"));
-            }
-            Some(ids)
-        }
-        (Level::Group(g), requested) => match store.group_members(g) {
-            Ok(Some(members)) => Some(match requested {
-                Some(p) => members.into_iter().filter(|m| p.contains(m)).collect(),
-                None => members,
-            }),
-            Ok(None) => return Outcome::Failed(404, format!("Group {g} was not found")),
-            Err(e) => return Outcome::Failed(500, format!("cannot read the group: {e}")),
-        },
+    let patients = match patients_of(store, &req, job) {
+        Ok(patients) => patients,
+        Err(failed) => return failed.into(),
     };
     // _typeFilter: per type, the queries a resource must match one of.
     let mut filters: BTreeMap<String, Vec<crate::search::Query>> = BTreeMap::new();
@@ -529,20 +440,15 @@ pub fn run_job(
         let path = dir.join("OperationOutcome-1.ndjson");
         let text: String = errors.iter().map(|e| e.to_string() + "\n").collect();
         if veil_util::atomic::write(&path, text.as_bytes()).is_ok() {
-            error_files.push(
-                json!({"type": "OperationOutcome", "url": file_url(&req, &job.id, &path), "count": errors.len()}),
-            );
+            error_files.push(listed(&req, &job.id, "OperationOutcome", &path, errors.len() as u64));
         }
     }
-    let output: Vec<Json> = files
-        .iter()
-        .map(|(ty, path, count)| json!({"type": ty, "url": file_url(&req, &job.id, path), "count": count}))
-        .collect();
+    let list = |files: Vec<(String, PathBuf, u64)>| -> Vec<ManifestFile> {
+        files.iter().map(|(ty, path, count)| listed(&req, &job.id, ty, path, *count)).collect()
+    };
+    let output = list(files);
     let deleted = match deleted_files(store, &req, &filter, &dir) {
-        Ok(d) => d
-            .iter()
-            .map(|(ty, path, count)| json!({"type": ty, "url": file_url(&req, &job.id, path), "count": count}))
-            .collect::<Vec<_>>(),
+        Ok(d) => list(d),
         Err(e) => return Outcome::Failed(500, format!("cannot list deletions: {e}")),
     };
     // Last, the checksummed manifest: what `veil share` hands over and
@@ -559,14 +465,82 @@ pub fn run_job(
     if let Err(e) = storage.publish(&dir, deidentified) {
         return Outcome::Failed(500, format!("cannot upload the export: {e}"));
     }
-    Outcome::Completed(json!({
-        "transactionTime": job.created,
-        "request": req.url,
-        "requiresAccessToken": req.client.is_some(),
-        "output": output,
-        "deleted": deleted,
-        "error": error_files,
-    }))
+    Outcome::Completed(Manifest {
+        transaction_time: job.created.clone(),
+        request: req.url.clone(),
+        requires_access_token: req.client.is_some(),
+        output,
+        deleted,
+        error: error_files,
+    })
+}
+
+/// Why a job failed before it wrote anything: the status the status
+/// endpoint reports, and what it says.
+struct JobFailed(u16, String);
+
+impl From<JobFailed> for Outcome {
+    fn from(JobFailed(status, text): JobFailed) -> Outcome {
+        Outcome::Failed(status, text)
+    }
+}
+
+/// The engine for the request's `_anonymizationConfig`, if it names one;
+/// a missing, changed or invalid configuration fails the job (400).
+fn policy_engine(storage: &Storage, req: &ExportRequest) -> Result<Option<veil_deid::Engine>, JobFailed> {
+    let Some(name) = &req.anonymization_config else { return Ok(None) };
+    let failed = |text: String| JobFailed(400, text);
+    let Some(text) = storage.anonymization_config(name) else {
+        return Err(failed(format!(
+            "the anonymization configuration '{name}' was not found in the anonymization container"
+        )));
+    };
+    if req.anonymization_config_etag.as_deref().is_some_and(|e| e.trim_matches('"') != etag(&text)) {
+        return Err(failed(format!(
+            "the anonymization configuration '{name}' has changed: its ETag does not match _anonymizationConfigEtag"
+        )));
+    }
+    match veil_deid::Policy::parse(&text) {
+        Ok(p) => Ok(Some(veil_deid::Engine::new(p))),
+        Err(e) => Err(failed(format!("the anonymization configuration '{name}' is invalid: {e}"))),
+    }
+}
+
+/// The patients whose compartments the export is limited to: none at the
+/// system level, every patient at the Patient level (unless `patient`
+/// names some), the Group's members (those named, if any) at the Group level.
+fn patients_of(
+    store: &dyn Store,
+    req: &ExportRequest,
+    job: &veil_store::Job,
+) -> Result<Option<Vec<String>>, JobFailed> {
+    match (&req.level, &req.patients) {
+        (Level::System, _) => Ok(None),
+        (Level::Patient, Some(p)) => Ok(Some(p.clone())),
+        (Level::Patient, None) => {
+            let mut ids = Vec::new();
+            let every_patient = ScanFilter {
+                types: Some(vec!["Patient".into()]),
+                until: Some(job.created.clone()),
+                ..Default::default()
+            };
+            store
+                .scan(&every_patient, &mut |s| {
+                    ids.push(s.id);
+                    Ok(true)
+                })
+                .map_err(|e| JobFailed(500, format!("cannot list patients: {e}")))?;
+            Ok(Some(ids))
+        }
+        (Level::Group(g), requested) => match store.group_members(g) {
+            Ok(Some(members)) => Ok(Some(match requested {
+                Some(p) => members.into_iter().filter(|m| p.contains(m)).collect(),
+                None => members,
+            })),
+            Ok(None) => Err(JobFailed(404, format!("Group {g} was not found"))),
+            Err(e) => Err(JobFailed(500, format!("cannot read the group: {e}"))),
+        },
+    }
 }
 
 /// With `_since`, the deletions in the window, one file per type: each line
@@ -610,9 +584,11 @@ fn lists_deletions(req: &ExportRequest) -> bool {
     req.since.is_some() && req.level == Level::System
 }
 
-fn file_url(req: &ExportRequest, job: &str, path: &Path) -> String {
+/// A file of the export as its manifest lists it, with its download URL.
+fn listed(req: &ExportRequest, job: &str, resource_type: &str, path: &Path, count: u64) -> ManifestFile {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    format!("{}/_export/{job}/{name}", req.base_url.trim_end_matches('/'))
+    let url = format!("{}/_export/{job}/{name}", req.base_url.trim_end_matches('/'));
+    ManifestFile { resource_type: resource_type.to_string(), url, count: Some(count) }
 }
 
 /// Deletes every finished (or failed) export kicked off more than
@@ -627,8 +603,7 @@ pub fn expire_exports(store: &dyn Store, storage: &Storage, retention_secs: u64)
         if !old || !matches!(j.state, JobState::Completed | JobState::Failed | JobState::Cancelled) {
             continue;
         }
-        let container =
-            serde_json::from_str(&j.request).ok().as_ref().and_then(ExportRequest::from_json).and_then(|r| r.container);
+        let container = ExportRequest::of_job(&j).and_then(|r| r.container);
         if storage.remove_job(&j.id, container.as_deref(), &j.created).is_ok()
             && store.delete_job(&j.id).unwrap_or(false)
         {
@@ -657,7 +632,8 @@ pub fn worker_loop(
         };
         match run_job(store, storage, &job, owner, config) {
             Outcome::Completed(manifest) => {
-                let _ = store.finish_job(&job.id, owner, JobState::Completed, &manifest.to_string());
+                let manifest = serde_json::to_string(&manifest).expect("a manifest serialises");
+                let _ = store.finish_job(&job.id, owner, JobState::Completed, &manifest);
             }
             Outcome::Failed(status, text) => {
                 let body = json!({"status": status, "outcome": operation_outcome("error", "processing", &text)});

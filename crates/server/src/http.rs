@@ -3,9 +3,6 @@
 //! SMART Backend Services authorization (see [`crate::auth`]) unless it is
 //! switched off.
 
-// Handlers return ready responses as their errors, which are large by design.
-#![allow(clippy::result_large_err)]
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -13,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::{Extension, MatchedPath, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -21,7 +18,10 @@ use serde_json::{Value as Json, json};
 use veil_store::{JobState, Store};
 
 use crate::auth::{Auth, Caller};
-use crate::export::{ExportRequest, Level, Storage, is_plain_file_name, operation_outcome};
+use crate::error::{ApiError, ApiResult};
+use veil_bulk::Level;
+
+use crate::export::{ExportRequest, Storage, is_plain_file_name, operation_outcome};
 use crate::search::query_pairs;
 
 /// What the handlers share.
@@ -123,9 +123,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/share/{token}/", get(crate::share::manifest))
         .route("/share/{token}/{*path}", get(crate::share::file));
     let protected = Router::new()
-        .route("/$export", get(kickoff_system).post(kickoff_system))
-        .route("/Patient/$export", get(kickoff_patient).post(kickoff_patient))
-        .route("/Group/{id}/$export", get(kickoff_group).post(kickoff_group))
+        .route("/$export", get(kickoff).post(kickoff))
+        .route("/Patient/$export", get(kickoff).post(kickoff))
+        .route("/Group/{id}/$export", get(kickoff).post(kickoff))
         .route("/_export-status/{job}", get(status).delete(cancel))
         .route("/_export/{job}/{file}", get(download))
         .route("/", axum::routing::post(transaction))
@@ -143,14 +143,12 @@ fn fhir_json(status: StatusCode, body: Json) -> Response {
     (status, [(header::CONTENT_TYPE, "application/fhir+json")], body.to_string()).into_response()
 }
 
-pub(crate) fn outcome(status: StatusCode, code: &str, text: &str) -> Response {
-    fhir_json(status, operation_outcome("error", code, text))
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Response> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "internal error"))
+/// 404 unless `ty` is an R4 resource type.
+fn known_type(ty: &str) -> Result<(), ApiError> {
+    match veil_fhir::r4().is_resource_type(ty) {
+        true => Ok(()),
+        false => Err(ApiError::not_found(format!("unknown resource type {ty}"))),
+    }
 }
 
 async fn metadata(State(st): State<Arc<AppState>>) -> Response {
@@ -218,44 +216,26 @@ async fn read(
     State(st): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Path((ty, id)): Path<(String, String)>,
-) -> Response {
-    if !veil_fhir::r4().is_resource_type(&ty) {
-        return outcome(StatusCode::NOT_FOUND, "not-found", &format!("unknown resource type {ty}"));
-    }
-    if !caller.permits(&ty, 'r') {
-        return Caller::forbidden(&ty, "reading");
-    }
+) -> ApiResult {
+    known_type(&ty)?;
+    caller.check(&ty, 'r', "reading")?;
     let store = st.store.clone();
     let (t, i) = (ty.clone(), id.clone());
-    match blocking(move || store.get(&t, &i)).await {
-        Err(r) => r,
-        Ok(Err(_)) => outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the store failed"),
-        Ok(Ok(None)) => outcome(StatusCode::NOT_FOUND, "not-found", &format!("{ty}/{id} is not known")),
-        Ok(Ok(Some(s))) => match s.body {
-            None => outcome(StatusCode::GONE, "deleted", &format!("{ty}/{id} was deleted")),
-            Some(body) => {
-                let etag = format!("W/\"{}\"", s.version);
-                (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "application/fhir+json".to_string()), (header::ETAG, etag)],
-                    body,
-                )
-                    .into_response()
-            }
-        },
-    }
+    let stored = veil_http::blocking(move || store.get(&t, &i)).await??;
+    let Some(stored) = stored else { return Err(ApiError::not_found(format!("{ty}/{id} is not known"))) };
+    let Some(body) = stored.body else {
+        return Err(ApiError::new(StatusCode::GONE, "deleted", format!("{ty}/{id} was deleted")));
+    };
+    let etag = format!("W/\"{}\"", stored.version);
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/fhir+json".to_string()), (header::ETAG, etag)], body)
+        .into_response())
 }
 
-fn parse_resource(body: &str, ty: &str) -> Result<Json, Response> {
-    let doc: Json = serde_json::from_str(body).map_err(|e| {
-        outcome(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            &format!("the body is not JSON (line {}, column {})", e.line(), e.column()),
-        )
-    })?;
+fn parse_resource(body: &str, ty: &str) -> Result<Json, ApiError> {
+    let doc: Json = serde_json::from_str(body)
+        .map_err(|e| ApiError::invalid(format!("the body is not JSON (line {}, column {})", e.line(), e.column())))?;
     if doc.get("resourceType").and_then(Json::as_str) != Some(ty) {
-        return Err(outcome(StatusCode::BAD_REQUEST, "invalid", &format!("the body is not a {ty}")));
+        return Err(ApiError::invalid(format!("the body is not a {ty}")));
     }
     valid_r4(&doc)?;
     Ok(doc)
@@ -263,9 +243,9 @@ fn parse_resource(body: &str, ty: &str) -> Result<Json, Response> {
 
 /// 422 unless `doc` has the shape of an R4 resource: what is stored must be
 /// what search and export can read, not something export later drops.
-fn valid_r4(doc: &Json) -> Result<(), Response> {
+fn valid_r4(doc: &Json) -> Result<(), ApiError> {
     veil_fhir::validate::check_resource(doc).map_err(|e| {
-        outcome(StatusCode::UNPROCESSABLE_ENTITY, "structure", &format!("not a valid FHIR R4 resource: {e}"))
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "structure", format!("not a valid FHIR R4 resource: {e}"))
     })
 }
 
@@ -283,18 +263,14 @@ fn written(status: StatusCode, base: &str, location: &str, body: Json) -> Respon
     r
 }
 
-async fn store_one(st: &Arc<AppState>, doc: Json) -> Result<(String, Json), Response> {
+async fn store_one(st: &Arc<AppState>, doc: Json) -> Result<(String, Json), ApiError> {
     let store = st.store.clone();
     let kept = doc.clone();
     // Stored as the one resource it is: a Bundle POSTed or PUT to /Bundle
     // is kept as a Bundle, never unpacked (only the base processes
     // transactions, where every entry is checked).
-    let r = blocking(move || crate::store_resource(&*store, doc, "request")).await?;
-    match r {
-        Ok(report) => Ok((report.locations.first().cloned().unwrap_or_default(), kept)),
-        Err(crate::LoadError::Invalid(e)) => Err(outcome(StatusCode::BAD_REQUEST, "invalid", &e)),
-        Err(_) => Err(outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the store failed")),
-    }
+    let report = veil_http::blocking(move || crate::store_resource(&*store, doc, "request")).await??;
+    Ok((report.locations.first().cloned().unwrap_or_default(), kept))
 }
 
 async fn create(
@@ -302,23 +278,14 @@ async fn create(
     Extension(caller): Extension<Caller>,
     Path(ty): Path<String>,
     body: String,
-) -> Response {
-    if !veil_fhir::r4().is_resource_type(&ty) {
-        return outcome(StatusCode::NOT_FOUND, "not-found", &format!("unknown resource type {ty}"));
-    }
-    if !caller.permits(&ty, 'c') {
-        return Caller::forbidden(&ty, "creating");
-    }
-    let mut doc = match parse_resource(&body, &ty) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
+) -> ApiResult {
+    known_type(&ty)?;
+    caller.check(&ty, 'c', "creating")?;
+    let mut doc = parse_resource(&body, &ty)?;
     // The server chooses the id of a created resource.
     doc["id"] = Json::String(crate::new_id());
-    match store_one(&st, doc).await {
-        Ok((location, doc)) => written(StatusCode::CREATED, &st.base_url, &location, doc),
-        Err(r) => r,
-    }
+    let (location, doc) = store_one(&st, doc).await?;
+    Ok(written(StatusCode::CREATED, &st.base_url, &location, doc))
 }
 
 async fn update(
@@ -326,62 +293,42 @@ async fn update(
     Extension(caller): Extension<Caller>,
     Path((ty, id)): Path<(String, String)>,
     body: String,
-) -> Response {
-    if !veil_fhir::r4().is_resource_type(&ty) {
-        return outcome(StatusCode::NOT_FOUND, "not-found", &format!("unknown resource type {ty}"));
-    }
+) -> ApiResult {
+    known_type(&ty)?;
     // An update may create the resource, so it needs both.
-    if !caller.permits(&ty, 'u') || !caller.permits(&ty, 'c') {
-        return Caller::forbidden(&ty, "updating");
-    }
-    let doc = match parse_resource(&body, &ty) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
+    caller.check(&ty, 'u', "updating")?;
+    caller.check(&ty, 'c', "updating")?;
+    let doc = parse_resource(&body, &ty)?;
     if doc.get("id").and_then(Json::as_str) != Some(id.as_str()) {
-        return outcome(StatusCode::BAD_REQUEST, "invalid", "the resource's id must equal the id in the URL");
+        return Err(ApiError::invalid("the resource's id must equal the id in the URL"));
     }
-    match store_one(&st, doc).await {
-        Ok((location, doc)) => {
-            let status = if location.ends_with("/_history/1") { StatusCode::CREATED } else { StatusCode::OK };
-            written(status, &st.base_url, &location, doc)
-        }
-        Err(r) => r,
-    }
+    let (location, doc) = store_one(&st, doc).await?;
+    let status = if location.ends_with("/_history/1") { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(written(status, &st.base_url, &location, doc))
 }
 
 async fn remove(
     State(st): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Path((ty, id)): Path<(String, String)>,
-) -> Response {
-    if !caller.permits(&ty, 'd') {
-        return Caller::forbidden(&ty, "deleting");
-    }
+) -> ApiResult {
+    caller.check(&ty, 'd', "deleting")?;
     let store = st.store.clone();
-    match blocking(move || store.delete(&ty, &id)).await {
-        Err(r) => r,
-        Ok(Ok(Some(_))) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Ok(None)) => outcome(StatusCode::NOT_FOUND, "not-found", "no such resource"),
-        Ok(Err(_)) => outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the store failed"),
+    match veil_http::blocking(move || store.delete(&ty, &id)).await?? {
+        Some(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+        None => Err(ApiError::not_found("no such resource")),
     }
 }
 
-async fn transaction(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, body: String) -> Response {
-    let doc = match parse_resource(&body, "Bundle") {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
+async fn transaction(State(st): State<Arc<AppState>>, Extension(caller): Extension<Caller>, body: String) -> ApiResult {
+    let doc = parse_resource(&body, "Bundle")?;
     let kind = doc.get("type").and_then(Json::as_str).unwrap_or("").to_string();
     if !matches!(kind.as_str(), "transaction" | "batch") {
-        return outcome(StatusCode::BAD_REQUEST, "invalid", "POST to the base takes a transaction or batch Bundle");
+        return Err(ApiError::invalid("POST to the base takes a transaction or batch Bundle"));
     }
     // Every entry is checked for its own type and interaction before
     // anything of the Bundle is written.
-    let actions = match crate::entry_actions(&doc) {
-        Ok(a) => a,
-        Err(e) => return outcome(StatusCode::BAD_REQUEST, "invalid", &e),
-    };
+    let actions = crate::entry_actions(&doc).map_err(ApiError::invalid)?;
     for (i, action) in actions.iter().enumerate() {
         if let Some(&missing) = action.needs.iter().find(|&&p| !caller.permits(&action.resource_type, p)) {
             let what = match missing {
@@ -389,33 +336,26 @@ async fn transaction(State(st): State<Arc<AppState>>, Extension(caller): Extensi
                 'u' => "updating",
                 _ => "deleting",
             };
-            return outcome(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                &format!("entry {i}: the access token's scopes do not allow {what} {}", action.resource_type),
-            );
+            return Err(ApiError::forbidden(format!(
+                "entry {i}: the access token's scopes do not allow {what} {}",
+                action.resource_type
+            )));
         }
     }
     let store = st.store.clone();
-    match blocking(move || crate::load_document(&*store, doc, "request")).await {
-        Err(r) => r,
-        Ok(Err(crate::LoadError::Invalid(e))) => outcome(StatusCode::BAD_REQUEST, "invalid", &e),
-        Ok(Err(_)) => outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the store failed"),
-        Ok(Ok(report)) => {
-            let entries: Vec<Json> = report
-                .locations
-                .iter()
-                .map(|l| {
-                    let status = if l.ends_with("/_history/1") { "201 Created" } else { "200 OK" };
-                    json!({"response": {"status": status, "location": l}})
-                })
-                .collect();
-            fhir_json(
-                StatusCode::OK,
-                json!({"resourceType": "Bundle", "type": format!("{kind}-response"), "entry": entries}),
-            )
-        }
-    }
+    let report = veil_http::blocking(move || crate::load_document(&*store, doc, "request")).await??;
+    let entries: Vec<Json> = report
+        .locations
+        .iter()
+        .map(|l| {
+            let status = if l.ends_with("/_history/1") { "201 Created" } else { "200 OK" };
+            json!({"response": {"status": status, "location": l}})
+        })
+        .collect();
+    Ok(fhir_json(
+        StatusCode::OK,
+        json!({"resourceType": "Bundle", "type": format!("{kind}-response"), "entry": entries}),
+    ))
 }
 
 /// Search: any supported search parameter (see [`crate::search`]), with
@@ -425,13 +365,9 @@ async fn search(
     Extension(caller): Extension<Caller>,
     Path(ty): Path<String>,
     RawQuery(query): RawQuery,
-) -> Response {
-    if !veil_fhir::r4().is_resource_type(&ty) {
-        return outcome(StatusCode::NOT_FOUND, "not-found", &format!("unknown resource type {ty}"));
-    }
-    if !caller.permits(&ty, 's') {
-        return Caller::forbidden(&ty, "searching");
-    }
+) -> ApiResult {
+    known_type(&ty)?;
+    caller.check(&ty, 's', "searching")?;
     let query = query.unwrap_or_default();
     let params = query_pairs(&query);
     let number = |name: &str, default: usize| {
@@ -447,34 +383,24 @@ async fn search(
             "_lastUpdated" => {
                 let (prefix, value) = v.split_at(v.find(|c: char| c.is_ascii_digit()).unwrap_or(0));
                 let Some(at) = instant(value).or_else(|| instant(&format!("{value}T00:00:00Z"))) else {
-                    return outcome(
-                        StatusCode::BAD_REQUEST,
-                        "invalid",
+                    return Err(ApiError::invalid(
                         "_lastUpdated takes a prefix and an instant, e.g. gt2024-01-01T00:00:00Z",
-                    );
+                    ));
                 };
                 match prefix {
                     "gt" | "ge" | "sa" => filter.since = Some(at),
                     "lt" | "le" | "eb" => filter.until = Some(at),
-                    _ => {
-                        return outcome(
-                            StatusCode::BAD_REQUEST,
-                            "not-supported",
-                            "_lastUpdated supports gt, ge, lt and le",
-                        );
-                    }
+                    _ => return Err(ApiError::not_supported("_lastUpdated supports gt, ge, lt and le")),
                 }
             }
             "_count" | "_offset" => {}
             _ => criteria.push((k.clone(), v.clone())),
         }
     }
-    let compiled = match crate::search::Query::from_pairs(&ty, &criteria) {
-        Ok(q) => q,
-        Err(e) => return outcome(StatusCode::BAD_REQUEST, "not-supported", &e.to_string()),
-    };
+    let compiled =
+        crate::search::Query::from_pairs(&ty, &criteria).map_err(|e| ApiError::not_supported(e.to_string()))?;
     let store = st.store.clone();
-    let found = blocking(move || {
+    let mut matches = veil_http::blocking(move || {
         let mut matches: Vec<String> = Vec::new();
         let mut seen = 0usize;
         let r = store.scan(&filter, &mut |s| {
@@ -491,12 +417,7 @@ async fn search(
         });
         r.map(|_| matches)
     })
-    .await;
-    let mut matches = match found {
-        Err(r) => return r,
-        Ok(Err(_)) => return outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the store failed"),
-        Ok(Ok(m)) => m,
-    };
+    .await??;
     let more = matches.len() > count;
     matches.truncate(count);
     let base_query: String =
@@ -515,39 +436,10 @@ async fn search(
             json!({"fullUrl": full, "resource": r, "search": {"mode": "match"}})
         })
         .collect();
-    fhir_json(StatusCode::OK, json!({"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}))
-}
-
-async fn kickoff_system(
-    st: State<Arc<AppState>>,
-    c: Extension<Caller>,
-    m: Method,
-    h: HeaderMap,
-    q: RawQuery,
-    body: String,
-) -> Response {
-    kickoff(st, c, Level::System, m, h, q, body).await
-}
-async fn kickoff_patient(
-    st: State<Arc<AppState>>,
-    c: Extension<Caller>,
-    m: Method,
-    h: HeaderMap,
-    q: RawQuery,
-    body: String,
-) -> Response {
-    kickoff(st, c, Level::Patient, m, h, q, body).await
-}
-async fn kickoff_group(
-    st: State<Arc<AppState>>,
-    c: Extension<Caller>,
-    Path(id): Path<String>,
-    m: Method,
-    h: HeaderMap,
-    q: RawQuery,
-    body: String,
-) -> Response {
-    kickoff(st, c, Level::Group(id), m, h, q, body).await
+    Ok(fhir_json(
+        StatusCode::OK,
+        json!({"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}),
+    ))
 }
 
 /// Parameters of a kick-off, from the query string (GET) or a Parameters body (POST).
@@ -639,29 +531,28 @@ fn instant(text: &str) -> Option<String> {
     ))
 }
 
+/// The export a kick-off asks for, every parameter checked: 400 for what
+/// is malformed or unsupported (unless `lenient`, where the parameter
+/// allows), 403 for a type the token cannot read.
 #[allow(clippy::too_many_arguments)]
-async fn kickoff(
-    State(st): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
+fn export_request(
+    st: &AppState,
+    caller: &Caller,
     level: Level,
-    method: Method,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: String,
-) -> Response {
-    let bad = |text: &str| outcome(StatusCode::BAD_REQUEST, "invalid", text);
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: &str,
+    lenient: bool,
+) -> Result<ExportRequest, ApiError> {
+    let bad = |text: &str| Err(ApiError::invalid(text));
     if let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
         // Accept what a client of this server can read; refuse only what it cannot.
         if !["application/fhir+json", "application/json", "*/*"].iter().any(|a| accept.contains(a)) {
             return bad(&format!("the Accept header '{accept}' is not supported: use application/fhir+json"));
         }
     }
-    let lenient =
-        headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("handling=lenient"));
-    let params = match parameters(&method, query.as_deref(), &body) {
-        Ok(p) => p,
-        Err(e) => return bad(&e),
-    };
+    let params = parameters(method, query, body).map_err(ApiError::invalid)?;
     let mut req = ExportRequest {
         level: level.clone(),
         url: format!(
@@ -672,7 +563,7 @@ async fn kickoff(
                 Level::Patient => "/Patient/$export".to_string(),
                 Level::Group(g) => format!("/Group/{g}/$export"),
             }
-        ) + &query.as_deref().map(|q| format!("?{q}")).unwrap_or_default(),
+        ) + &query.map(|q| format!("?{q}")).unwrap_or_default(),
         types: None,
         since: None,
         until: None,
@@ -713,7 +604,7 @@ async fn kickoff(
                 }
             }
             "patient" => {
-                if method != Method::POST {
+                if *method != Method::POST {
                     return bad("the patient parameter is only available in POST requests");
                 }
                 if level == Level::System {
@@ -743,9 +634,7 @@ async fn kickoff(
                     match crate::search::Query::parse_type_filter(&q) {
                         Ok(_) => req.type_filters.push(q),
                         Err(e) if lenient => req.ignored.push(format!("_typeFilter {q}: {e}")),
-                        Err(e) => {
-                            return outcome(StatusCode::BAD_REQUEST, "not-supported", &format!("_typeFilter: {e}"));
-                        }
+                        Err(e) => return Err(ApiError::not_supported(format!("_typeFilter: {e}"))),
                     }
                 }
             }
@@ -766,11 +655,7 @@ async fn kickoff(
             }
             "includeAssociatedData" | "organizeOutputBy" => {
                 if !lenient {
-                    return outcome(
-                        StatusCode::BAD_REQUEST,
-                        "not-supported",
-                        &format!("the {name} parameter is not supported"),
-                    );
+                    return Err(ApiError::not_supported(format!("the {name} parameter is not supported")));
                 }
                 req.ignored.push(format!("the {name} parameter"));
             }
@@ -783,17 +668,13 @@ async fn kickoff(
         match &req.types {
             Some(types) => {
                 if let Some(t) = types.iter().find(|t| !grant.scopes.reads(t)) {
-                    return Caller::forbidden(t, "exporting");
+                    return Err(Caller::forbidden(t, "exporting"));
                 }
             }
             None => req.types = grant.scopes.readable_types(),
         }
         if req.types.as_ref().is_some_and(Vec::is_empty) {
-            return outcome(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "the access token's scopes allow reading no resource type",
-            );
+            return Err(ApiError::forbidden("the access token's scopes allow reading no resource type"));
         }
     }
     if etag.is_some() && req.anonymization_config.is_none() {
@@ -805,8 +686,32 @@ async fn kickoff(
     {
         return bad("_until is before _since");
     }
+    Ok(req)
+}
+
+/// `$export` at every level: the level is the route's (`/$export`,
+/// `/Patient/$export`, `/Group/{id}/$export`).
+#[allow(clippy::too_many_arguments)]
+async fn kickoff(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    group: Option<Path<String>>,
+    route: MatchedPath,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: String,
+) -> ApiResult {
+    let level = match group {
+        Some(Path(id)) => Level::Group(id),
+        None if route.as_str().starts_with("/Patient/") => Level::Patient,
+        None => Level::System,
+    };
+    let lenient =
+        headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("handling=lenient"));
+    let req = export_request(&st, &caller, level.clone(), &method, &headers, query.as_deref(), &body, lenient)?;
     let store = st.store.clone();
-    let request = req.to_json().to_string();
+    let request = serde_json::to_string(&req).expect("a request serialises");
     let group = match &level {
         Level::Group(g) => Some(g.clone()),
         _ => None,
@@ -814,94 +719,80 @@ async fn kickoff(
     let wanted_patients = req.patients.clone();
     let state = st.clone();
     let client = caller.client_id().map(str::to_string);
-    let created = blocking(move || -> Result<Result<String, Response>, String> {
+    let id = veil_http::blocking(move || -> Result<String, ApiError> {
         let members = match &group {
-            Some(g) => match store.group_members(g).map_err(|e| e.to_string())? {
-                Some(m) => Some(m),
-                None => return Ok(Err(outcome(StatusCode::NOT_FOUND, "not-found", "the group is not known"))),
-            },
+            Some(g) => Some(store.group_members(g)?.ok_or_else(|| ApiError::not_found("the group is not known"))?),
             None => None,
         };
         // `patient` must name patients the export could include (bulk-export.md §5.B 22).
         for p in wanted_patients.iter().flatten() {
             let known = match &members {
                 Some(m) => m.contains(p),
-                None => store.get("Patient", p).map_err(|e| e.to_string())?.is_some_and(|s| s.body.is_some()),
+                None => store.get("Patient", p)?.is_some_and(|s| s.body.is_some()),
             };
             if !known && !lenient {
                 let why = if members.is_some() { "is not a member of the group" } else { "is not known" };
-                return Ok(Err(outcome(StatusCode::BAD_REQUEST, "invalid", &format!("patient {p} {why}"))));
+                return Err(ApiError::invalid(format!("patient {p} {why}")));
             }
         }
         // Checked and recorded under one gate, so that a burst of
         // kick-offs cannot all pass the same count.
         let _gate = state.kickoff_gate.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(refusal) = over_limits(&state, client.as_deref())? {
-            return Ok(Err(refusal));
-        }
+        within_limits(&state, client.as_deref())?;
         let id = crate::new_id();
-        store.create_job(&id, &request).map_err(|e| e.to_string())?;
-        Ok(Ok(id))
+        store.create_job(&id, &request)?;
+        Ok(id)
     })
-    .await;
-    match created {
-        Err(r) => r,
-        Ok(Err(_)) => outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the store failed"),
-        Ok(Ok(Err(r))) => r,
-        Ok(Ok(Ok(id))) => {
-            let location = format!("{}/_export-status/{id}", st.base_url);
-            let mut r = fhir_json(
-                StatusCode::ACCEPTED,
-                operation_outcome(
-                    "information",
-                    "informational",
-                    &format!("Your request has been accepted. You can check its status at {location}"),
-                ),
-            );
-            r.headers_mut().insert(header::CONTENT_LOCATION, HeaderValue::from_str(&location).expect("ascii"));
-            r
-        }
-    }
+    .await??;
+    let location = format!("{}/_export-status/{id}", st.base_url);
+    let mut r = fhir_json(
+        StatusCode::ACCEPTED,
+        operation_outcome(
+            "information",
+            "informational",
+            &format!("Your request has been accepted. You can check its status at {location}"),
+        ),
+    );
+    r.headers_mut().insert(header::CONTENT_LOCATION, HeaderValue::from_str(&location).expect("ascii"));
+    Ok(r)
 }
 
-/// The answer to a kick-off that a limit stops, if one does: too many of
-/// the client's exports running (429), its storage quota used (429 until
-/// its oldest export expires), or the export disk nearly full (503).
-fn over_limits(st: &AppState, client: Option<&str>) -> Result<Option<Response>, String> {
+/// Refuses a kick-off that a limit stops: too many of the client's exports
+/// running (429), its storage quota used (429 until its oldest export
+/// expires), or the export disk nearly full (503).
+fn within_limits(st: &AppState, client: Option<&str>) -> Result<(), ApiError> {
     let limits = st.limits;
     let busy = |status: StatusCode, retry: u64, text: &str| {
-        let mut r = outcome(status, "throttled", text);
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry.max(1)));
-        r
+        Err(ApiError::new(status, "throttled", text).with_header(header::RETRY_AFTER, retry.max(1).to_string()))
     };
     let free = rustix::fs::statvfs(st.storage.root())
         .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| ApiError::internal("cannot read the export storage's free space"))?;
     if free < limits.min_free_bytes {
-        return Ok(Some(busy(
+        return busy(
             StatusCode::SERVICE_UNAVAILABLE,
             600,
             "the server's export storage is nearly full: try again later",
-        )));
+        );
     }
-    let jobs = st.store.jobs().map_err(|e| e.to_string())?;
+    let jobs = st.store.jobs()?;
     let mine: Vec<(veil_store::Job, ExportRequest)> = jobs
         .into_iter()
         .filter_map(|j| {
-            let r = serde_json::from_str(&j.request).ok().as_ref().and_then(ExportRequest::from_json)?;
+            let r = ExportRequest::of_job(&j)?;
             (r.client.as_deref() == client).then_some((j, r))
         })
         .collect();
     let running = mine.iter().filter(|(j, _)| matches!(j.state, JobState::Queued | JobState::Running)).count();
     if running >= limits.per_client {
-        return Ok(Some(busy(
+        return busy(
             StatusCode::TOO_MANY_REQUESTS,
             10,
             &format!(
                 "{running} of this client's exports are still running (at most {}): wait for one to finish",
                 limits.per_client
             ),
-        )));
+        );
     }
     let used: u64 = mine.iter().map(|(j, r)| st.storage.job_bytes(&j.id, r.container.as_deref(), &j.created)).sum();
     if used >= limits.client_quota_bytes {
@@ -916,35 +807,28 @@ fn over_limits(st: &AppState, client: Option<&str>) -> Result<Option<Response>, 
             used >> 20,
             limits.client_quota_bytes >> 20
         );
-        return Ok(Some(busy(StatusCode::TOO_MANY_REQUESTS, wait, &text)));
+        return busy(StatusCode::TOO_MANY_REQUESTS, wait, &text);
     }
-    Ok(None)
+    Ok(())
 }
 
 /// Whether `caller` started `job`: with authorization on, only the client
 /// that kicked an export off sees its status and files; to anyone else it
 /// does not exist.
 fn started_by(job: &veil_store::Job, caller: &Caller) -> bool {
-    caller.client_id().is_none_or(|me| {
-        let request = serde_json::from_str(&job.request).ok().and_then(|r| ExportRequest::from_json(&r));
-        request.and_then(|r| r.client).as_deref() == Some(me)
-    })
+    caller.client_id().is_none_or(|me| ExportRequest::of_job(job).and_then(|r| r.client).as_deref() == Some(me))
 }
 
 async fn status(
     State(st): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Path(job): Path<String>,
-) -> Response {
+) -> ApiResult {
     let store = st.store.clone();
     let id = job.clone();
-    let found = match blocking(move || store.job(&id)).await {
-        Err(r) => return r,
-        Ok(Err(_)) => return outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the store failed"),
-        Ok(Ok(j)) => j,
-    };
+    let found = veil_http::blocking(move || store.job(&id)).await??;
     let Some(j) = found.filter(|j| j.state != JobState::Cancelled && started_by(j, &caller)) else {
-        return outcome(StatusCode::NOT_FOUND, "not-found", "the export was not found");
+        return Err(ApiError::not_found("the export was not found"));
     };
     match j.state {
         JobState::Queued | JobState::Running => {
@@ -963,19 +847,20 @@ async fn status(
             };
             let retry = (header::RETRY_AFTER, RETRY_AFTER_SECS.to_string());
             if too_soon {
-                return (
+                return Err(ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
-                    [retry],
-                    operation_outcome("error", "throttled", "polled faster than Retry-After").to_string(),
+                    "throttled",
+                    "polled faster than Retry-After",
                 )
-                    .into_response();
+                .with_header(retry.0, retry.1));
             }
             let progress = match (&j.state, j.progress.as_deref().and_then(|p| serde_json::from_str::<Json>(p).ok())) {
                 (JobState::Queued, _) => "queued".to_string(),
                 (_, Some(p)) => format!("{} resources exported", p["resources"]),
                 _ => "in progress".to_string(),
             };
-            (StatusCode::ACCEPTED, [retry, (header::HeaderName::from_static("x-progress"), progress)]).into_response()
+            Ok((StatusCode::ACCEPTED, [retry, (header::HeaderName::from_static("x-progress"), progress)])
+                .into_response())
         }
         JobState::Completed => {
             let body = j.result.unwrap_or_else(|| "{}".into());
@@ -983,8 +868,12 @@ async fn status(
             let created = veil_util::clock::parse_iso(&j.created).unwrap_or_else(veil_util::clock::now_secs);
             let expires =
                 httpdate_in((created + st.limits.retention_secs).saturating_sub(veil_util::clock::now_secs()));
-            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json".to_string()), (header::EXPIRES, expires)], body)
-                .into_response()
+            Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json".to_string()), (header::EXPIRES, expires)],
+                body,
+            )
+                .into_response())
         }
         JobState::Failed | JobState::Cancelled => {
             let stored: Json = j.error.as_deref().and_then(|e| serde_json::from_str(e).ok()).unwrap_or(Json::Null);
@@ -997,7 +886,7 @@ async fn status(
             } else {
                 operation_outcome("error", "exception", "the export failed")
             };
-            fhir_json(code, body)
+            Ok(fhir_json(code, body))
         }
     }
 }
@@ -1011,63 +900,58 @@ async fn cancel(
     State(st): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Path(job): Path<String>,
-) -> Response {
+) -> ApiResult {
     let store = st.store.clone();
     let storage = st.storage.clone();
-    let result = blocking(move || -> Result<bool, String> {
-        let Some(j) = store.job(&job).map_err(|e| e.to_string())? else { return Ok(false) };
+    let cancelled = veil_http::blocking(move || -> Result<bool, ApiError> {
+        let Some(j) = store.job(&job)? else { return Ok(false) };
         if j.state == JobState::Cancelled || !started_by(&j, &caller) {
             return Ok(false);
         }
         // Cancel first, so a running worker stops at its next heartbeat, then forget the job.
-        store.cancel_job(&job).map_err(|e| e.to_string())?;
-        let container =
-            ExportRequest::from_json(&serde_json::from_str(&j.request).unwrap_or(Json::Null)).and_then(|r| r.container);
-        storage.remove_job(&job, container.as_deref(), &j.created).map_err(|e| e.to_string())?;
-        store.delete_job(&job).map_err(|e| e.to_string())?;
+        store.cancel_job(&job)?;
+        let container = ExportRequest::of_job(&j).and_then(|r| r.container);
+        storage
+            .remove_job(&job, container.as_deref(), &j.created)
+            .map_err(|_| ApiError::internal("cannot delete the export's files"))?;
+        store.delete_job(&job)?;
         Ok(true)
     })
-    .await;
-    match result {
-        Err(r) => r,
-        Ok(Err(_)) => outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the store failed"),
-        Ok(Ok(false)) => outcome(StatusCode::NOT_FOUND, "not-found", "the export was not found"),
-        Ok(Ok(true)) => fhir_json(
-            StatusCode::ACCEPTED,
-            operation_outcome("information", "informational", "the export was cancelled and its files deleted"),
-        ),
+    .await??;
+    if !cancelled {
+        return Err(ApiError::not_found("the export was not found"));
     }
+    Ok(fhir_json(
+        StatusCode::ACCEPTED,
+        operation_outcome("information", "informational", "the export was cancelled and its files deleted"),
+    ))
 }
 
 async fn download(
     State(st): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Path((job, file)): Path<(String, String)>,
-) -> Response {
+) -> ApiResult {
+    let no_such_file = || ApiError::not_found("no such file");
     if !is_plain_file_name(&file) || file.starts_with('.') {
-        return outcome(StatusCode::NOT_FOUND, "not-found", "no such file");
+        return Err(no_such_file());
     }
     let store = st.store.clone();
     let storage = st.storage.clone();
-    let path = blocking(move || -> Option<std::path::PathBuf> {
+    let path = veil_http::blocking(move || -> Option<std::path::PathBuf> {
         let j = store.job(&job).ok()??;
         if j.state != JobState::Completed || !started_by(&j, &caller) {
             return None;
         }
-        let container = ExportRequest::from_json(&serde_json::from_str(&j.request).ok()?).and_then(|r| r.container);
+        let container = ExportRequest::of_job(&j)?.container;
         let path = storage.job_dir(&job, container.as_deref(), &j.created).join(&file);
         path.is_file().then_some(path)
     })
-    .await;
-    let Ok(Some(path)) = path else { return outcome(StatusCode::NOT_FOUND, "not-found", "no such file") };
-    match tokio::fs::File::open(&path).await {
-        Ok(f) => {
-            let stream = FileStream::new(f);
-            (StatusCode::OK, [(header::CONTENT_TYPE, "application/fhir+ndjson")], Body::from_stream(stream))
-                .into_response()
-        }
-        Err(_) => outcome(StatusCode::NOT_FOUND, "not-found", "no such file"),
-    }
+    .await?
+    .ok_or_else(no_such_file)?;
+    let file = tokio::fs::File::open(&path).await.map_err(|_| no_such_file())?;
+    let stream = FileStream::new(file);
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/fhir+ndjson")], Body::from_stream(stream)).into_response())
 }
 
 /// Binds `addr` for [`serve`]. Without authorization only loopback

@@ -28,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod error;
 pub mod export;
 pub mod http;
 mod ingest;

@@ -20,12 +20,12 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse as _, Response};
-use serde_json::json;
+use axum::response::IntoResponse as _;
 use veil_storage::share::{Cidr, ShareManifest, TokenError, verify_token};
 use veil_storage::{Location, MANIFEST_NAME, Manifest};
 use veil_store::ShareDownload;
 
+use crate::error::{ApiError, ApiResult};
 use crate::http::{AppState, FileStream};
 
 /// What a checked request may read.
@@ -36,22 +36,13 @@ struct Granted {
     manifest: Manifest,
 }
 
-fn refuse(status: StatusCode, error: &str, message: &str) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], json!({"error": error, "message": message}).to_string())
-        .into_response()
+/// A share link's refusal: `{"error": …, "message": …}`.
+fn refuse(status: StatusCode, error: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::share(status, error, message)
 }
 
-/// A refusal made off the async runtime, answered as [`refuse`] does.
-struct Refusal(StatusCode, &'static str, String);
-
-impl Refusal {
-    fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Refusal {
-        Refusal(status, error, message.into())
-    }
-
-    fn response(&self) -> Response {
-        refuse(self.0, self.1, &self.2)
-    }
+fn internal(message: &'static str) -> ApiError {
+    refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
 }
 
 fn client_address(request: &Request) -> Option<IpAddr> {
@@ -59,30 +50,30 @@ fn client_address(request: &Request) -> Option<IpAddr> {
 }
 
 /// Checks the token, the share's record and the client's address.
-async fn check(st: &Arc<AppState>, token: String, client: Option<IpAddr>) -> Result<Granted, Response> {
+async fn check(st: &Arc<AppState>, token: String, client: Option<IpAddr>) -> Result<Granted, ApiError> {
     let store = st.store.clone();
     let key = st.share_key.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<Granted, Refusal> {
-        let internal = |_| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the store failed");
-        let key = key.get(&*store).map_err(internal)?;
+    let store_failed = |_| internal("the store failed");
+    veil_http::blocking(move || -> Result<Granted, ApiError> {
+        let key = key.get(&*store).map_err(store_failed)?;
         let now = veil_util::clock::now_secs();
         let id = verify_token(&key, &token, now).map_err(|e| match e {
-            TokenError::Invalid => Refusal::new(StatusCode::FORBIDDEN, "invalid", "this is not a valid share link"),
-            TokenError::Expired(at) => Refusal::new(
+            TokenError::Invalid => refuse(StatusCode::FORBIDDEN, "invalid", "this is not a valid share link"),
+            TokenError::Expired(at) => refuse(
                 StatusCode::FORBIDDEN,
                 "expired",
                 format!("this share link expired at {}", veil_util::clock::iso(at)),
             ),
         })?;
-        let Some(share) = store.share(&id).map_err(internal)? else {
-            return Err(Refusal::new(StatusCode::FORBIDDEN, "revoked", "this share no longer exists"));
+        let Some(share) = store.share(&id).map_err(store_failed)? else {
+            return Err(refuse(StatusCode::FORBIDDEN, "revoked", "this share no longer exists"));
         };
         if let Some(at) = &share.revoked {
-            return Err(Refusal::new(StatusCode::FORBIDDEN, "revoked", format!("this share link was revoked at {at}")));
+            return Err(refuse(StatusCode::FORBIDDEN, "revoked", format!("this share link was revoked at {at}")));
         }
         let expires = veil_util::clock::parse_iso(&share.expires).unwrap_or(0);
         if now >= expires {
-            return Err(Refusal::new(
+            return Err(refuse(
                 StatusCode::FORBIDDEN,
                 "expired",
                 format!("this share link expired at {}", share.expires),
@@ -91,7 +82,7 @@ async fn check(st: &Arc<AppState>, token: String, client: Option<IpAddr>) -> Res
         if let Some(range) = &share.ip {
             let allowed = range.parse::<Cidr>().ok().zip(client).is_some_and(|(r, c)| r.contains(c));
             if !allowed {
-                return Err(Refusal::new(
+                return Err(refuse(
                     StatusCode::FORBIDDEN,
                     "address",
                     "this share link cannot be used from this address",
@@ -99,39 +90,35 @@ async fn check(st: &Arc<AppState>, token: String, client: Option<IpAddr>) -> Res
             }
         }
         let Ok(Location::Local(dir)) = Location::parse(&share.location) else {
-            return Err(Refusal::new(StatusCode::NOT_FOUND, "gone", "this share is not served here"));
+            return Err(refuse(StatusCode::NOT_FOUND, "gone", "this share is not served here"));
         };
         let manifest = std::fs::read(dir.join(MANIFEST_NAME)).ok().and_then(|b| Manifest::from_json(&b).ok());
         let Some(manifest) = manifest else {
-            return Err(Refusal::new(StatusCode::NOT_FOUND, "gone", "the shared export is no longer here"));
+            return Err(refuse(StatusCode::NOT_FOUND, "gone", "the shared export is no longer here"));
         };
         Ok(Granted { share: share.id, expires, dir, manifest })
     })
-    .await;
-    match result {
-        Ok(checked) => checked.map_err(|r| r.response()),
-        Err(_) => Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")),
-    }
+    .await
+    .map_err(|_| internal("internal error"))?
 }
 
 /// `GET /share/<token>/`: the share manifest, URLs relative to the link.
-pub(crate) async fn manifest(State(st): State<Arc<AppState>>, Path(token): Path<String>, request: Request) -> Response {
-    let granted = match check(&st, token, client_address(&request)).await {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
+pub(crate) async fn manifest(
+    State(st): State<Arc<AppState>>,
+    Path(token): Path<String>,
+    request: Request,
+) -> ApiResult {
+    let granted = check(&st, token, client_address(&request)).await?;
     let share = ShareManifest::new(&granted.share, granted.expires, &granted.manifest, |path| {
         Ok(veil_storage::encode_path(path))
-    });
-    match share {
-        Ok(share) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")],
-            serde_json::to_string_pretty(&share).unwrap_or_default(),
-        )
-            .into_response(),
-        Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"),
-    }
+    })
+    .map_err(|_| internal("internal error"))?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")],
+        serde_json::to_string_pretty(&share).unwrap_or_default(),
+    )
+        .into_response())
 }
 
 /// `GET /share/<token>/<file>`: one file of the share (from a byte offset
@@ -141,20 +128,17 @@ pub(crate) async fn file(
     Path((token, path)): Path<(String, String)>,
     headers: HeaderMap,
     request: Request,
-) -> Response {
+) -> ApiResult {
     let client = client_address(&request);
-    let granted = match check(&st, token, client).await {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
+    let granted = check(&st, token, client).await?;
     // Only the manifest's files: `..`, absolute paths and encoded variants
     // are not names in it (the router decoded the path once; it is never
     // decoded again).
     if !veil_storage::is_safe_relative_path(&path) {
-        return refuse(StatusCode::BAD_REQUEST, "invalid-path", "that is not a file name in this share");
+        return Err(refuse(StatusCode::BAD_REQUEST, "invalid-path", "that is not a file name in this share"));
     }
     let Some(entry) = granted.manifest.file(&path) else {
-        return refuse(StatusCode::NOT_FOUND, "not-found", "this share holds no such file");
+        return Err(refuse(StatusCode::NOT_FOUND, "not-found", "this share holds no such file"));
     };
     let size = entry.size;
     let from = headers
@@ -164,21 +148,21 @@ pub(crate) async fn file(
         .and_then(|v| v.strip_suffix('-'))
         .and_then(|v| v.parse::<u64>().ok());
     let Ok(mut file) = tokio::fs::File::open(granted.dir.join(&path)).await else {
-        return refuse(StatusCode::NOT_FOUND, "gone", "the shared file is no longer here");
+        return Err(refuse(StatusCode::NOT_FOUND, "gone", "the shared file is no longer here"));
     };
     let actual = file.metadata().await.map_or(size, |m| m.len());
     let (status, start) = match from {
         Some(n) if n > 0 && n < actual => (StatusCode::PARTIAL_CONTENT, n),
         Some(n) if n > 0 => {
-            return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{actual}"))])
-                .into_response();
+            return Ok((StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{actual}"))])
+                .into_response());
         }
         _ => (StatusCode::OK, 0),
     };
     if start > 0 {
         use tokio::io::AsyncSeekExt as _;
         if file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
-            return refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cannot read the shared file");
+            return Err(internal("cannot read the shared file"));
         }
     }
     let store = st.store.clone();
@@ -190,8 +174,8 @@ pub(crate) async fn file(
         client: client.map_or_else(|| "-".into(), |c| c.to_string()),
     };
     // No audit record, no download.
-    if !matches!(tokio::task::spawn_blocking(move || store.record_download(&record)).await, Ok(Ok(()))) {
-        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cannot write the audit log");
+    if !matches!(veil_http::blocking(move || store.record_download(&record)).await, Ok(Ok(()))) {
+        return Err(internal("cannot write the audit log"));
     }
     let mut response = (status, Body::from_stream(FileStream::new(file))).into_response();
     let h = response.headers_mut();
@@ -206,7 +190,7 @@ pub(crate) async fn file(
     {
         h.insert(header::CONTENT_RANGE, v);
     }
-    response
+    Ok(response)
 }
 
 /// The key Veil links are signed with, read from the store once.
