@@ -182,9 +182,8 @@ fn deidentify(all: &[Json]) -> Result<()> {
 /// The third step: an empty store, the sample loaded into it, `veil serve`
 /// started on loopback, and a de-identified `$export` asked of it over HTTP,
 /// as Azure's de-identified export is asked.
-fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<crate::share::Made> {
+fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<veil_server::share::Made> {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
 
     let _ = std::fs::remove_dir_all(out);
     std::fs::create_dir_all(out)?;
@@ -203,13 +202,6 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<cra
         out.join("storage/anonymization/safe-harbor.json"),
         include_str!("../../deid/policies/safe-harbor.json"),
     )?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let worker = {
-        let (store, storage, stop) = (store.clone(), storage.clone(), stop.clone());
-        std::thread::spawn(move || {
-            veil_server::export::worker_loop(&*store, &storage, "demo", Default::default(), &stop)
-        })
-    };
     // A research team's client, registered as `veil client keygen` and
     // `veil client add` would: only its public key goes into the store.
     let (key, pem) = veil_smart::SigningKey::generate(veil_smart::KeyKind::Es384)?;
@@ -224,15 +216,18 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<cra
         created: String::new(),
     })?;
 
-    let runtime = tokio::runtime::Runtime::new()?;
-    let listener = runtime.block_on(veil_server::http::bind("127.0.0.1:0".parse()?, true))?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let auth = veil_server::auth::Auth::new(&*store)?;
-    let state = Arc::new(veil_server::http::AppState::new(store.clone(), storage, base.clone(), Some(auth)));
-    let server = runtime.spawn(veil_server::http::serve(state, listener, async move {
-        let _ = rx.await;
-    }));
+    let start = veil_server::running::Start {
+        listen: "127.0.0.1:0".parse()?,
+        workers: 1,
+        worker: Default::default(),
+        owner: "demo".into(),
+    };
+    let served = store.clone();
+    let server = veil_server::running::start(start, true, move |addr| {
+        veil_server::http::AppState::new(served, storage, format!("http://{addr}"), Some(auth))
+    })?;
+    let base = format!("http://{}", server.addr());
     println!("veil serve is listening on {base}, with SMART Backend Services authorization");
 
     // The token client runs blocking HTTP, so it lives outside the runtime.
@@ -252,14 +247,14 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<cra
     // Handed over: a Veil share link to exactly that export, fetched and
     // checked as the research team would. The token does not depend on the
     // address, so the link printed at the end names veil serve's default.
-    let shared = crate::share::make_share(
+    let shared = veil_server::share::make_share(
         &*store,
         &veil_storage::Location::Local(folder.clone()),
         Duration::from_secs(72 * 3600),
         Some("Research team (demo)".into()),
         None,
         &base,
-        crate::share::Exposure::DeidentifiedOnly,
+        veil_server::share::Exposure::DeidentifiedOnly,
     )?;
     let copy = out.join("research-copy");
     let fetched = veil_storage::fetch::fetch(&shared.link, &copy, &mut |_| {})?;
@@ -271,7 +266,7 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<cra
         fetched.bytes,
         copy.display()
     );
-    let shared = crate::share::Made { link: shared.link.replace(&base, "http://127.0.0.1:8080"), ..shared };
+    let shared = veil_server::share::Made { link: shared.link.replace(&base, "http://127.0.0.1:8080"), ..shared };
 
     // The study's minimum-necessary export: only the types and elements the
     // flu study reads, de-identified with the policy its preset pairs with.
@@ -287,10 +282,7 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<cra
         &storage_root,
     )?;
 
-    let _ = tx.send(());
-    let _ = runtime.block_on(server);
-    stop.store(true, Ordering::Relaxed);
-    let _ = worker.join();
+    server.stop();
     println!();
     build_flu_study(&study, &flu_export, out)?;
     println!();

@@ -4,12 +4,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context as _, Result};
 use veil_server::auth::Auth;
-use veil_server::export::{DEFAULT_FILE_LIMIT, Storage, WorkerConfig, worker_loop};
-use veil_server::http::{AppState, ExportLimits, bind, serve};
+use veil_server::export::{DEFAULT_FILE_LIMIT, Storage, WorkerConfig};
+use veil_server::http::{AppState, ExportLimits};
+use veil_server::running::Start;
 
 use crate::UsageError;
 
@@ -102,7 +102,6 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
             .map_err(|e| UsageError(format!("cannot open the store {}: {e}", veil_store::printable_url(&args.db))))?,
     );
     let storage = storage_of(&args.storage, &args.work_dir)?;
-    let runtime = tokio::runtime::Runtime::new()?;
     let auth = if args.insecure_no_auth {
         eprintln!(
             "veil serve: WARNING: authorization is OFF (--insecure-no-auth): anyone who can connect to {} can read and export every resource",
@@ -114,20 +113,35 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
             UsageError(format!("cannot set up authorization in the store {}: {e}", veil_store::printable_url(&args.db)))
         })?)
     };
-    let listener = runtime
-        .block_on(bind(args.listen, auth.is_some()))
-        .map_err(|e| UsageError(format!("cannot listen on {}: {e}", args.listen)))?;
-    let addr = listener.local_addr()?;
+    let authorization = auth.is_some();
+    let clients = if authorization { store.clients().map(|c| c.len()).unwrap_or(0) } else { 0 };
+    let start = Start {
+        listen: args.listen,
+        workers: args.workers.max(1),
+        worker: WorkerConfig { file_limit: args.file_limit, lease_secs: args.lease_secs.max(1) },
+        owner: format!("veil-{}", std::process::id()),
+    };
+    let gib = |g: f64| (g.max(0.0) * f64::from(1u32 << 30)) as u64;
+    let limits = ExportLimits {
+        per_client: args.max_exports_per_client,
+        client_quota_bytes: gib(args.client_quota_gib),
+        min_free_bytes: gib(args.min_free_gib),
+        retention_secs: (args.retention_hours.max(0.0) * 3600.0) as u64,
+    };
+    let token_guard =
+        veil_http::Limits { per_second: args.token_rate, burst: 2.0 * args.token_rate, ..veil_http::Limits::default() };
+    let (base_url, log) = (args.base_url.clone(), args.log_format.access_log("client"));
+    let running = veil_server::running::start(start, authorization, move |addr| {
+        let base_url = base_url.unwrap_or_else(|| format!("http://{addr}"));
+        let mut state = AppState::new(store, storage, base_url, auth);
+        state.access_log = Some(log);
+        state.limits = limits;
+        state.token_guard = token_guard;
+        state
+    })
+    .map_err(|e| UsageError(format!("cannot listen on {}: {e}", args.listen)))?;
+    let addr = running.addr();
     let base_url = args.base_url.clone().unwrap_or_else(|| format!("http://{addr}"));
-    let stop = Arc::new(AtomicBool::new(false));
-    let host = std::process::id();
-    let workers: Vec<_> = (0..args.workers.max(1))
-        .map(|i| {
-            let (store, storage, stop) = (store.clone(), storage.clone(), stop.clone());
-            let config = WorkerConfig { file_limit: args.file_limit, lease_secs: args.lease_secs.max(1) };
-            std::thread::spawn(move || worker_loop(&*store, &storage, &format!("veil-{host}-{i}"), config, &stop))
-        })
-        .collect();
     eprintln!("veil serve: {base_url} (store {}, storage {})", veil_store::printable_url(&args.db), args.storage);
     if !addr.ip().is_loopback() && !base_url.starts_with("https://") {
         // Veil speaks plain HTTP; beyond loopback, TLS belongs to a proxy in front.
@@ -135,33 +149,16 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
             "veil serve: WARNING: {base_url} is not https: tokens and data would cross the network in the clear; serve behind a TLS-terminating proxy and pass --base-url https://…"
         );
     }
-    if auth.is_some() {
-        let clients = store.clients().map(|c| c.len()).unwrap_or(0);
+    if authorization {
         eprintln!(
             "veil serve: tokens from {base_url}{}; {clients} client(s) registered (veil client add)",
             veil_server::auth::TOKEN_PATH
         );
     }
-    let mut state = AppState::new(store, storage, base_url, auth);
-    state.access_log = Some(args.log_format.access_log("client"));
-    let gib = |g: f64| (g.max(0.0) * f64::from(1u32 << 30)) as u64;
-    state.limits = ExportLimits {
-        per_client: args.max_exports_per_client,
-        client_quota_bytes: gib(args.client_quota_gib),
-        min_free_bytes: gib(args.min_free_gib),
-        retention_secs: (args.retention_hours.max(0.0) * 3600.0) as u64,
-    };
-    state.token_guard =
-        veil_http::Limits { per_second: args.token_rate, burst: 2.0 * args.token_rate, ..veil_http::Limits::default() };
-    let state = Arc::new(state);
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    runtime.block_on(serve(state, listener, shutdown))?;
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        let _ = w.join();
-    }
+    // Until Ctrl-C (or SIGINT): then stop serving and let the workers finish their step.
+    let signals = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let _ = signals.block_on(tokio::signal::ctrl_c());
+    running.stop();
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,10 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use veil_storage::share::{
-    Cidr, MAX_CLOUD_LIFETIME, MAX_VEIL_LIFETIME, ShareKind, create_cloud_share, new_share_id, sign_token,
-};
-use veil_storage::{Location, MANIFEST_NAME, Manifest, Storage};
+use veil_server::share::{Exposure, ShareError, make_share};
+use veil_storage::Location;
+use veil_storage::share::{Cidr, ShareKind};
 use veil_store::{JobState, ShareRecord, Store};
 
 use crate::UsageError;
@@ -117,93 +116,12 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     }
 }
 
-/// A share the caller made: the link to hand over, and the record kept.
-pub(crate) struct Made {
-    pub(crate) link: String,
-    pub(crate) record: ShareRecord,
-    pub(crate) scope: String,
-}
-
-/// Makes a share of `location` (see `veil share create`).
-/// Whether the operator said the data is identified: only then is an
-/// export that no manifest shows de-identified shared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Exposure {
-    /// Share only what the manifest shows de-identified.
-    DeidentifiedOnly,
-    /// `--identified`: share it even so, and record that it is identified.
-    Identified,
-}
-
-pub(crate) fn make_share(
-    store: &dyn Store,
-    location: &Location,
-    lifetime: std::time::Duration,
-    recipient: Option<String>,
-    ip: Option<Cidr>,
-    base_url: &str,
-    exposure: Exposure,
-) -> Result<Made> {
-    let kind = ShareKind::for_location(location);
-    let cap = if kind == ShareKind::Veil { MAX_VEIL_LIFETIME } else { MAX_CLOUD_LIFETIME };
-    if lifetime > cap {
-        return Err(UsageError(format!("{} links live at most {} days", kind.as_str(), cap.as_secs() / 86_400)).into());
+/// What the operator must correct is a usage error (exit code 2).
+pub(crate) fn usage(e: ShareError) -> anyhow::Error {
+    match e {
+        ShareError::Refused(why) => UsageError(why).into(),
+        other => other.into(),
     }
-    // Fail closed: the manifest (written last, by whatever made the export)
-    // must show the data de-identified.
-    let manifest = match location {
-        Location::Local(dir) => std::fs::read(dir.join(MANIFEST_NAME))
-            .map_err(|_| {
-                UsageError(format!(
-                    "{} holds no {MANIFEST_NAME}: only a complete Veil export can be shared",
-                    dir.display()
-                ))
-            })
-            .and_then(|bytes| Manifest::from_json(&bytes).map_err(UsageError))?,
-        cloud => Storage::open(cloud)?.read_manifest()?,
-    };
-    let identified = match (&manifest.deidentified, exposure) {
-        (Some(_), _) => false,
-        (None, Exposure::Identified) => true,
-        (None, Exposure::DeidentifiedOnly) => {
-            return Err(UsageError(format!(
-                "{location} was not de-identified (its {MANIFEST_NAME} names no de-identification policy): it may hold names, dates and narratives about patients. Share de-identified exports ($export with _anonymizationConfig, veil deid, veil export --deid); to share this one all the same, under an agreement that allows identified data, add --identified"
-            ))
-            .into());
-        }
-    };
-    let id = new_share_id();
-    let expires = veil_util::clock::now_secs() + lifetime.as_secs();
-    let (link, scope, location_text) = match location {
-        Location::Local(dir) => {
-            let dir =
-                std::fs::canonicalize(dir).map_err(|e| UsageError(format!("cannot share {}: {e}", dir.display())))?;
-            let key = veil_server::share::ShareKey::default().get(store)?;
-            let link = format!("{}/share/{}/", base_url.trim_end_matches('/'), sign_token(&key, &id, expires));
-            (
-                link,
-                format!("{} files ({} bytes), through veil serve", manifest.files.len(), manifest.bytes()),
-                dir.display().to_string(),
-            )
-        }
-        cloud => {
-            let storage = Storage::open(cloud)?;
-            let made = create_cloud_share(&storage, &id, expires, ip.as_ref())?;
-            (made.link, made.scope, cloud.to_string())
-        }
-    };
-    let record = store.add_share(&ShareRecord {
-        id,
-        kind: kind.as_str().into(),
-        location: location_text,
-        created: String::new(),
-        expires: veil_util::clock::iso(expires),
-        recipient,
-        ip: ip.map(|c| c.to_string()),
-        revoked: None,
-        identified,
-    })?;
-    Ok(Made { link, record, scope })
 }
 
 fn create(store: &dyn Store, c: CreateArgs) -> Result<ExitCode> {
@@ -214,7 +132,7 @@ fn create(store: &dyn Store, c: CreateArgs) -> Result<ExitCode> {
         (None, None) => unreachable!("clap requires --export or --path"),
     };
     let exposure = if c.identified { Exposure::Identified } else { Exposure::DeidentifiedOnly };
-    let made = make_share(store, &location, lifetime, c.recipient, c.ip, &c.base_url, exposure)?;
+    let made = make_share(store, &location, lifetime, c.recipient, c.ip, &c.base_url, exposure).map_err(usage)?;
     let r = &made.record;
     if r.identified {
         eprintln!(

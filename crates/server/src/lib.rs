@@ -9,7 +9,8 @@
 //! * [`http`] is the router (FHIR REST, `$export` kick-off, status,
 //!   downloads); [`export`] the durable workers that write the files;
 //!   [`auth`] discovery, the token endpoint and the token every protected
-//!   request needs; [`share`] Veil's own share links (`/share/<token>/`).
+//!   request needs; [`share`] Veil's own share links (`/share/<token>/`);
+//!   [`running::start`] starts it all, as `veil serve` does.
 //!
 //! ```
 //! let store = veil_store::open("sqlite::memory:")?;
@@ -32,6 +33,7 @@ mod error;
 pub mod export;
 pub mod http;
 mod ingest;
+pub mod running;
 pub mod search;
 pub mod share;
 

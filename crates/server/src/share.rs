@@ -12,6 +12,10 @@
 //! served is written to the store's audit log (share, time, file, bytes,
 //! client address). The token is never logged: the access log prints the
 //! route's pattern only.
+//!
+//! [`make_share`] makes a share, of any kind of storage, with the rules
+//! that decide whether it may be made (the longest lifetime per kind of
+//! link; only de-identified exports unless told otherwise).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -21,9 +25,12 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse as _;
-use veil_storage::share::{Cidr, ShareManifest, TokenError, verify_token};
-use veil_storage::{Location, MANIFEST_NAME, Manifest};
-use veil_store::ShareDownload;
+use veil_storage::share::{
+    Cidr, MAX_CLOUD_LIFETIME, MAX_VEIL_LIFETIME, ShareKind, ShareManifest, TokenError, create_cloud_share,
+    new_share_id, sign_token, verify_token,
+};
+use veil_storage::{Location, MANIFEST_NAME, Manifest, Storage};
+use veil_store::{ShareDownload, ShareRecord, Store};
 
 use crate::error::{ApiError, ApiResult};
 use crate::http::{AppState, FileStream};
@@ -206,4 +213,118 @@ impl ShareKey {
         let key = store.secret(veil_storage::share::SIGNING_KEY_NAME, &mut veil_storage::share::new_signing_key)?;
         Ok(self.0.get_or_init(|| key.into_bytes()).clone())
     }
+}
+
+/// A share the caller made: the link to hand over, and the record kept.
+pub struct Made {
+    /// The link to hand over: a credential.
+    pub link: String,
+    /// The share as the store records it.
+    pub record: ShareRecord,
+    /// What it shares, in words (`3 files (12 bytes), through veil serve`).
+    pub scope: String,
+}
+
+/// Whether the operator said the data is identified: only then is an
+/// export that no manifest shows de-identified shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposure {
+    /// Share only what the manifest shows de-identified.
+    DeidentifiedOnly,
+    /// `--identified`: share it even so, and record that it is identified.
+    Identified,
+}
+
+/// Why a share was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    /// What was asked for cannot be shared (too long a lifetime, not a
+    /// complete export, not de-identified): the operator's to correct.
+    #[error("{0}")]
+    Refused(String),
+    /// The export's storage failed.
+    #[error(transparent)]
+    Storage(#[from] veil_storage::StorageError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] veil_store::StoreError),
+}
+
+/// Makes a share of `location` (what `veil share create` does): checks the
+/// lifetime against the kind of link's maximum and, failing closed, that
+/// the export's manifest names a de-identification policy (unless
+/// `exposure` says the data is identified); then signs the link (a Veil
+/// token, an Azure SAS or presigned URLs) and records the share.
+pub fn make_share(
+    store: &dyn Store,
+    location: &Location,
+    lifetime: std::time::Duration,
+    recipient: Option<String>,
+    ip: Option<Cidr>,
+    base_url: &str,
+    exposure: Exposure,
+) -> Result<Made, ShareError> {
+    let kind = ShareKind::for_location(location);
+    let cap = if kind == ShareKind::Veil { MAX_VEIL_LIFETIME } else { MAX_CLOUD_LIFETIME };
+    if lifetime > cap {
+        return Err(ShareError::Refused(format!(
+            "{} links live at most {} days",
+            kind.as_str(),
+            cap.as_secs() / 86_400
+        )));
+    }
+    // Fail closed: the manifest (written last, by whatever made the export)
+    // must show the data de-identified.
+    let manifest = match location {
+        Location::Local(dir) => std::fs::read(dir.join(MANIFEST_NAME))
+            .map_err(|_| {
+                ShareError::Refused(format!(
+                    "{} holds no {MANIFEST_NAME}: only a complete Veil export can be shared",
+                    dir.display()
+                ))
+            })
+            .and_then(|bytes| Manifest::from_json(&bytes).map_err(ShareError::Refused))?,
+        cloud => Storage::open(cloud)?.read_manifest()?,
+    };
+    let identified = match (&manifest.deidentified, exposure) {
+        (Some(_), _) => false,
+        (None, Exposure::Identified) => true,
+        (None, Exposure::DeidentifiedOnly) => {
+            return Err(ShareError::Refused(format!(
+                "{location} was not de-identified (its {MANIFEST_NAME} names no de-identification policy): it may hold names, dates and narratives about patients. Share de-identified exports ($export with _anonymizationConfig, veil deid, veil export --deid); to share this one all the same, under an agreement that allows identified data, add --identified"
+            )));
+        }
+    };
+    let id = new_share_id();
+    let expires = veil_util::clock::now_secs() + lifetime.as_secs();
+    let (link, scope, location_text) = match location {
+        Location::Local(dir) => {
+            let dir = std::fs::canonicalize(dir)
+                .map_err(|e| ShareError::Refused(format!("cannot share {}: {e}", dir.display())))?;
+            let key = ShareKey::default().get(store)?;
+            let link = format!("{}/share/{}/", base_url.trim_end_matches('/'), sign_token(&key, &id, expires));
+            (
+                link,
+                format!("{} files ({} bytes), through veil serve", manifest.files.len(), manifest.bytes()),
+                dir.display().to_string(),
+            )
+        }
+        cloud => {
+            let storage = Storage::open(cloud)?;
+            let made = create_cloud_share(&storage, &id, expires, ip.as_ref())?;
+            (made.link, made.scope, cloud.to_string())
+        }
+    };
+    let record = store.add_share(&ShareRecord {
+        id,
+        kind: kind.as_str().into(),
+        location: location_text,
+        created: String::new(),
+        expires: veil_util::clock::iso(expires),
+        recipient,
+        ip: ip.map(|c| c.to_string()),
+        revoked: None,
+        identified,
+    })?;
+    Ok(Made { link, record, scope })
 }

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use veil_server::export::Storage;
-use veil_server::http::{AppState, bind, serve};
+use veil_server::http::AppState;
+use veil_server::running::{Running, Start, start as start_serving};
 use veil_storage::share::{sign_token, verify_token};
 use veil_store::{ShareRecord, Store};
 
@@ -18,17 +19,13 @@ struct Fixture {
     store: Arc<dyn Store>,
     key: Vec<u8>,
     root: PathBuf,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    running: Option<Running>,
 }
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(running) = self.running.take() {
+            running.stop();
         }
         let _ = std::fs::remove_dir_all(&self.root);
     }
@@ -52,26 +49,14 @@ fn start(name: &str) -> Fixture {
     let store: Arc<dyn Store> =
         Arc::from(veil_store::open(&format!("sqlite:{}", root.join("veil.db").display())).unwrap());
     let storage = Storage::new(root.join("storage")).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let config =
+        Start { listen: "127.0.0.1:0".parse().unwrap(), workers: 0, worker: Default::default(), owner: "test".into() };
     let st = store.clone();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let listener = bind("127.0.0.1:0".parse().unwrap(), false).await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            addr_tx.send(addr).unwrap();
-            let state = Arc::new(AppState::new(st, storage, format!("http://{addr}"), None));
-            serve(state, listener, async move {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-    });
-    let addr = addr_rx.recv().unwrap();
+    let running =
+        start_serving(config, false, move |addr| AppState::new(st, storage, format!("http://{addr}"), None)).unwrap();
+    let addr = running.addr();
     let key = veil_server::share::ShareKey::default().get(&*store).unwrap();
-    Fixture { addr, store, key, root, shutdown: Some(tx), thread: Some(thread) }
+    Fixture { addr, store, key, root, running: Some(running) }
 }
 
 impl Fixture {

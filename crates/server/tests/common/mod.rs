@@ -5,34 +5,28 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use reqwest::blocking::Client;
 use serde_json::{Value as Json, json};
 use veil_server::auth::Auth;
-use veil_server::export::{Storage, WorkerConfig, worker_loop};
-use veil_server::http::{AppState, bind, serve};
+use veil_server::export::{Storage, WorkerConfig};
+use veil_server::http::AppState;
+use veil_server::running::{Running, Start, start as start_serving};
 use veil_store::Store;
 
 pub struct Server {
     pub base: String,
     pub store: Arc<dyn Store>,
     pub storage: PathBuf,
-    stop: Arc<AtomicBool>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    running: Option<Running>,
     cleanup: Box<dyn Fn()>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        if let Some(running) = self.running.take() {
+            running.stop();
         }
         let _ = std::fs::remove_dir_all(&self.storage);
         (self.cleanup)();
@@ -127,44 +121,24 @@ pub fn start(name: &str, postgres: bool, auth: Option<u64>) -> Server {
         storage_dir.join("anonymization/safe-harbor.json"),
     )
     .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::new();
-    for i in 0..2 {
-        let (store, storage, stop) = (store.clone(), storage.clone(), stop.clone());
-        threads.push(std::thread::spawn(move || {
-            worker_loop(
-                &*store,
-                &storage,
-                &format!("test-{i}"),
-                WorkerConfig { file_limit: 500, lease_secs: 60 },
-                &stop,
-            )
-        }));
-    }
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (st, sg) = (store.clone(), storage.clone());
-    threads.push(std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let listener = bind("127.0.0.1:0".parse().unwrap(), auth.is_some()).await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let auth = auth.map(|secs| Auth::new(&*st).unwrap().with_token_lifetime(secs));
-            let mut state = AppState::new(st, sg, format!("http://{addr}"), auth);
-            // These tests send refused token requests on purpose, many in a
-            // row; the failure backoff has tests of its own (tests/python/test_hostile.py).
-            state.token_guard.free_failures = 1000;
-            let state = Arc::new(state);
-            addr_tx.send(addr).unwrap();
-            serve(state, listener, async move {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-    }));
-    let addr = addr_rx.recv().unwrap();
-    Server { base: format!("http://{addr}"), store, storage: storage_dir, stop, shutdown: Some(tx), threads, cleanup }
+    let config = Start {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        workers: 2,
+        worker: WorkerConfig { file_limit: 500, lease_secs: 60 },
+        owner: "test".into(),
+    };
+    let st = store.clone();
+    let running = start_serving(config, auth.is_some(), move |addr| {
+        let auth = auth.map(|secs| Auth::new(&*st).unwrap().with_token_lifetime(secs));
+        let mut state = AppState::new(st, storage, format!("http://{addr}"), auth);
+        // These tests send refused token requests on purpose, many in a
+        // row; the failure backoff has tests of its own (tests/python/test_hostile.py).
+        state.token_guard.free_failures = 1000;
+        state
+    })
+    .unwrap();
+    let base = format!("http://{}", running.addr());
+    Server { base, store, storage: storage_dir, running: Some(running), cleanup }
 }
 
 pub fn client() -> Client {
