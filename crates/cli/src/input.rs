@@ -111,62 +111,33 @@ pub(crate) fn ndjson_files(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Lines per batch in [`map_ndjson_in_parallel`]: enough to keep every core
-/// busy, few enough to bound memory.
-const BATCH_LINES: usize = 2048;
-
 /// Parses every line of NDJSON `files` and applies `map` to it on every
-/// core, a batch of lines at a time, then hands the results to `each` in
-/// input order. Errors say file and line, never the content; the first in
-/// input order stops the run.
+/// core, a batch of lines at a time (`veil_deid::map_lines_in_parallel`,
+/// as de-identification reads), then hands the results to `each` in input
+/// order. Errors say file and line, never the content; the first in input
+/// order stops the run.
 pub(crate) fn map_ndjson_in_parallel<T: Send>(
     files: &[PathBuf],
     map: impl Fn(Json) -> Result<T> + Sync,
     mut each: impl FnMut(T) -> Result<()>,
 ) -> Result<()> {
-    use rayon::prelude::*;
     for file in files {
         let name = file.display().to_string();
-        let mut reader = BufReader::new(File::open(file).with_context(|| format!("cannot open {name}"))?);
-        let mut first_line = 1;
-        loop {
-            let mut batch = Vec::with_capacity(BATCH_LINES);
-            for _ in 0..BATCH_LINES {
-                let mut line = String::new();
-                if reader
-                    .read_line(&mut line)
-                    .with_context(|| format!("{name}:{}: cannot read", first_line + batch.len()))?
-                    == 0
-                {
-                    break;
-                }
-                batch.push(line);
+        let reader = BufReader::new(File::open(file).with_context(|| format!("cannot open {name}"))?);
+        let parse_and_map = |line: Result<&str, &str>| -> Option<Result<T>> {
+            match line {
+                Ok(line) if line.trim().is_empty() => None,
+                Ok(line) => Some(match serde_json::from_str(line) {
+                    Ok(doc) => map(doc),
+                    Err(e) => Err(anyhow::anyhow!("not valid JSON ({})", e.classify_name())),
+                }),
+                Err(reason) => Some(Err(anyhow::anyhow!("{reason}"))),
             }
-            if batch.is_empty() {
-                break;
-            }
-            let results: Vec<Option<Result<T>>> = batch
-                .par_iter()
-                .enumerate()
-                .map(|(i, line)| {
-                    if line.trim().is_empty() {
-                        return None;
-                    }
-                    let at = first_line + i;
-                    let doc: Json = match serde_json::from_str(line) {
-                        Ok(doc) => doc,
-                        Err(e) => {
-                            return Some(Err(anyhow::anyhow!("{name}:{at}: not valid JSON ({})", e.classify_name())));
-                        }
-                    };
-                    Some(map(doc).with_context(|| format!("{name}:{at}")))
-                })
-                .collect();
-            for r in results.into_iter().flatten() {
-                each(r?)?;
-            }
-            first_line += batch.len();
-        }
+        };
+        veil_deid::map_lines_in_parallel(reader, parse_and_map, |at, result| match result {
+            Some(result) => each(result.with_context(|| format!("{name}:{at}"))?),
+            None => Ok(()),
+        })?;
     }
     Ok(())
 }

@@ -36,4 +36,4 @@ mod stream;
 
 pub use config::{ConfigError, DateShiftScope, Method, Parameters, Policy, ProcessingErrors, RangeType, Rule};
 pub use engine::{DeidError, Engine, Stats};
-pub use stream::{OnError, Quarantined, Report, StreamError, anonymize_ndjson};
+pub use stream::{OnError, Quarantined, Report, StreamError, anonymize_ndjson, map_lines_in_parallel};

@@ -128,21 +128,19 @@ fn describe(e: &DeidError) -> String {
     e.to_string()
 }
 
-/// De-identifies NDJSON from `input` to `output`, one compact resource per
-/// line in input order. Blank lines are skipped. `progress` is called with
-/// the number of lines done after each batch.
-pub fn anonymize_ndjson(
-    engine: &Engine,
+/// Reads NDJSON from `input` a batch of lines at a time, applies `map` to
+/// every line of a batch on every core, and hands the results to `each` in
+/// input order, with their 1-based line numbers. Memory stays at a batch
+/// (2,048 lines or 64 MiB). A line that is not UTF-8 reaches `map` as
+/// `Err(reason)`, so it is named by its number like any other failure; a
+/// byte-order mark opening the input is dropped. An error from `each`
+/// stops the run.
+pub fn map_lines_in_parallel<T: Send, E: From<std::io::Error>>(
     mut input: impl BufRead,
-    mut output: impl Write,
-    on_error: OnError,
-    mut quarantine: impl FnMut(Quarantined),
-    mut progress: impl FnMut(u64),
-) -> Result<Report, StreamError> {
-    let mut report = Report::default();
+    map: impl Fn(Result<&str, &str>) -> T + Sync,
+    mut each: impl FnMut(u64, T) -> Result<(), E>,
+) -> Result<(), E> {
     let mut line_no: u64 = 0;
-    // A line that is not UTF-8 is a failed line like any other, named by
-    // its number (it is quarantined or stops the run, as `on_error` says).
     let mut batch: Vec<Result<String, String>> = Vec::with_capacity(BATCH_LINES);
     loop {
         batch.clear();
@@ -155,7 +153,6 @@ pub fn anonymize_ndjson(
             bytes += raw.len();
             let line = String::from_utf8(raw)
                 .map_err(|e| format!("not valid UTF-8 (byte {} of the line)", e.utf8_error().valid_up_to() + 1));
-            // A byte-order mark may open the file.
             let line = match line {
                 Ok(l) if line_no == 0 && batch.is_empty() && l.starts_with('\u{feff}') => {
                     Ok(l['\u{feff}'.len_utf8()..].to_string())
@@ -165,40 +162,61 @@ pub fn anonymize_ndjson(
             batch.push(line);
         }
         if batch.is_empty() {
-            break;
+            return Ok(());
         }
-        let results: Vec<LineResult> = batch
-            .par_iter()
-            .map(|l| match l {
-                Ok(l) => process_line(engine, l),
-                Err(reason) => LineResult::Failed { ty: "(unparsed)".into(), reason: reason.clone() },
-            })
-            .collect();
+        let results: Vec<T> = batch.par_iter().map(|l| map(l.as_deref().map_err(String::as_str))).collect();
         for result in results {
             line_no += 1;
-            match result {
-                LineResult::Blank => {}
-                LineResult::Written { ty, text, stats } => {
-                    *report.resources_in.entry(ty.clone()).or_default() += 1;
-                    *report.resources_out.entry(ty).or_default() += 1;
-                    report.stats.add(&stats);
-                    output.write_all(text.as_bytes())?;
-                    output.write_all(b"\n")?;
-                }
-                LineResult::Failed { ty, reason } => {
-                    *report.resources_in.entry(ty.clone()).or_default() += 1;
-                    match on_error {
-                        OnError::Fail => return Err(StreamError::Line { line: line_no, reason }),
-                        OnError::Quarantine => {
-                            *report.quarantined.entry(ty.clone()).or_default() += 1;
-                            quarantine(Quarantined { line: line_no, resource_type: ty, reason });
-                        }
+            each(line_no, result)?;
+        }
+    }
+}
+
+/// De-identifies NDJSON from `input` to `output`, one compact resource per
+/// line in input order. Blank lines are skipped. `progress` is called with
+/// the number of lines done after each batch.
+pub fn anonymize_ndjson(
+    engine: &Engine,
+    input: impl BufRead,
+    mut output: impl Write,
+    on_error: OnError,
+    mut quarantine: impl FnMut(Quarantined),
+    mut progress: impl FnMut(u64),
+) -> Result<Report, StreamError> {
+    let mut report = Report::default();
+    let work = |line: Result<&str, &str>| match line {
+        Ok(line) => process_line(engine, line),
+        Err(reason) => LineResult::Failed { ty: "(unparsed)".into(), reason: reason.to_string() },
+    };
+    let mut lines = 0;
+    map_lines_in_parallel(input, work, |line_no, result| {
+        lines = line_no;
+        match result {
+            LineResult::Blank => {}
+            LineResult::Written { ty, text, stats } => {
+                *report.resources_in.entry(ty.clone()).or_default() += 1;
+                *report.resources_out.entry(ty).or_default() += 1;
+                report.stats.add(&stats);
+                output.write_all(text.as_bytes())?;
+                output.write_all(b"\n")?;
+            }
+            LineResult::Failed { ty, reason } => {
+                *report.resources_in.entry(ty.clone()).or_default() += 1;
+                match on_error {
+                    OnError::Fail => return Err(StreamError::Line { line: line_no, reason }),
+                    OnError::Quarantine => {
+                        *report.quarantined.entry(ty.clone()).or_default() += 1;
+                        quarantine(Quarantined { line: line_no, resource_type: ty, reason });
                     }
                 }
             }
         }
-        progress(line_no);
-    }
+        if line_no.is_multiple_of(BATCH_LINES as u64) {
+            progress(line_no);
+        }
+        Ok(())
+    })?;
+    progress(lines);
     output.flush()?;
     Ok(report)
 }
