@@ -176,7 +176,7 @@ pub async fn guard(State(door): State<Arc<Door>>, request: Request, next: Next) 
 }
 
 /// Seconds for a `Retry-After` header: the wait rounded up, at least 1.
-pub fn retry_after_secs(wait: Duration) -> u64 {
+pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.is_zero()))
 }
 

@@ -11,7 +11,7 @@
 mod guard;
 mod log;
 
-pub use guard::{Credentials, Door, Limits, MAX_CALLERS, guard, retry_after_secs};
+pub use guard::{Credentials, Door, Limits, MAX_CALLERS, guard};
 pub use log::{AccessLog, LogFormat, Who, access_log};
 
 /// The blocking task panicked (its panic is already on stderr); answer 500.
