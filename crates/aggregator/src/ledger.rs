@@ -14,10 +14,11 @@ use std::collections::BTreeSet;
 use serde_json::{Value as Json, json};
 
 pub use crate::db::LedgerError;
-use crate::db::{Database, Result, Row, Sql, args};
+use crate::db::Result;
 use crate::merge::{Aggregate, merge, same_schema};
 use crate::package::{Column, Kind, Package, Refusal, Table};
 use crate::secrets;
+use veil_sql::{Database, Row, Sql, args};
 
 /// A site as the administrator sees it (never its secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,7 +212,7 @@ impl Ledger {
     /// `postgres://…` / `postgresql://…` (with `?schema=NAME` for a schema of
     /// its own), otherwise a SQLite file path, or `:memory:`.
     pub fn open(target: &str) -> Result<Ledger> {
-        Ok(Ledger { db: Database::open(target)? })
+        Ok(Ledger { db: crate::db::open(target)? })
     }
 
     /// Adds a site and returns its new secret (its `CUMULUS_AGGREGATOR_ID`),

@@ -26,12 +26,9 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-mod pg;
-mod sqlite;
+mod tables;
 
 use std::collections::BTreeMap;
-
-pub use pg::connect as connect_postgres;
 
 /// A store failure. Messages name tables and operations, never resource content.
 #[derive(Debug, thiserror::Error)]
@@ -40,12 +37,9 @@ pub enum StoreError {
     /// The URL names no known store (`sqlite:…`, `postgres://…`).
     #[error("unknown store URL (expected sqlite:PATH, sqlite::memory: or postgres://…)")]
     Url,
-    /// SQLite failed.
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// PostgreSQL failed.
-    #[error("postgres: {0}")]
-    Postgres(#[from] postgres::Error),
+    /// The database (SQLite or PostgreSQL) failed.
+    #[error("store: {0}")]
+    Database(#[from] veil_sql::SqlError),
     /// A caller's callback failed.
     #[error("{0}")]
     Callback(String),
@@ -301,91 +295,16 @@ pub trait Store: Send + Sync {
     fn downloads(&self, share_id: Option<&str>) -> Result<Vec<ShareDownload>>;
 }
 
-/// The tables, in the SQL both databases speak; `int` is the 64-bit integer
-/// type's name, `serial` a primary key numbered by the database and
-/// `sequence` the statement that creates the change counter.
-pub(crate) fn schema(int: &str, serial: &str, sequence: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS resources (
-            type TEXT NOT NULL, id TEXT NOT NULL, version {int} NOT NULL, last_updated TEXT NOT NULL,
-            seq {int} NOT NULL, body TEXT, PRIMARY KEY (type, id));
-        CREATE INDEX IF NOT EXISTS resources_updated ON resources (last_updated);
-        CREATE TABLE IF NOT EXISTS compartment (
-            patient TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (patient, type, id));
-        CREATE INDEX IF NOT EXISTS compartment_resource ON compartment (type, id);
-        CREATE TABLE IF NOT EXISTS group_members (
-            group_id TEXT NOT NULL, patient TEXT NOT NULL, PRIMARY KEY (group_id, patient));
-        {sequence}
-        CREATE TABLE IF NOT EXISTS jobs (
-            id TEXT PRIMARY KEY, request TEXT NOT NULL, state TEXT NOT NULL, created TEXT NOT NULL,
-            lease_owner TEXT, lease_until TEXT, attempts {int} NOT NULL DEFAULT 0,
-            progress TEXT, result TEXT, error TEXT);
-        CREATE TABLE IF NOT EXISTS clients (
-            id TEXT PRIMARY KEY, name TEXT NOT NULL, jwks TEXT, jwks_url TEXT, scopes TEXT NOT NULL, created TEXT NOT NULL);
-        CREATE TABLE IF NOT EXISTS used_jti (
-            client_id TEXT NOT NULL, jti TEXT NOT NULL, expires {int} NOT NULL, PRIMARY KEY (client_id, jti));
-        CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-        CREATE TABLE IF NOT EXISTS shares (
-            id TEXT PRIMARY KEY, kind TEXT NOT NULL, location TEXT NOT NULL, created TEXT NOT NULL,
-            expires TEXT NOT NULL, recipient TEXT, ip TEXT, revoked TEXT, identified {int} NOT NULL DEFAULT 0);
-        CREATE TABLE IF NOT EXISTS share_downloads (
-            seq {serial}, share_id TEXT NOT NULL, time TEXT NOT NULL, file TEXT NOT NULL,
-            bytes {int} NOT NULL, client TEXT NOT NULL);
-        CREATE INDEX IF NOT EXISTS share_downloads_share ON share_downloads (share_id, seq);"
-    )
-}
-
-/// The columns of a client, in [`ClientRecord`]'s order.
-pub(crate) const CLIENT_COLS: &str = "id, name, jwks, jwks_url, scopes, created";
-
-/// The columns of a share, in [`ShareRecord`]'s order.
-pub(crate) const SHARE_COLS: &str = "id, kind, location, created, expires, recipient, ip, revoked, identified";
-
-/// Columns added to tables after their first release, for stores made
-/// before: `(table, column, definition)`.
-pub(crate) const ADDED_COLUMNS: [(&str, &str, &str); 1] = [("shares", "identified", "{int} NOT NULL DEFAULT 0")];
-
-/// The columns of a download, in [`ShareDownload`]'s order.
-pub(crate) const DOWNLOAD_COLS: &str = "share_id, time, file, bytes, client";
-
-/// Rows per scan query.
-pub(crate) const SCAN_BATCH: usize = 2000;
-
-/// Keyset pagination on (type, id), shared by both stores: `fetch` runs one
-/// query for the batch after a key (so locks and connections are released
-/// between batches and memory stays bounded), `each` sees every row.
-pub(crate) fn paginate(
-    mut fetch: impl FnMut(&(String, String)) -> Result<Vec<Stored>>,
-    each: &mut dyn FnMut(Stored) -> Result<bool>,
-) -> Result<()> {
-    let mut after = (String::new(), String::new());
-    loop {
-        let batch = fetch(&after)?;
-        let full = batch.len() == SCAN_BATCH;
-        let last = batch.last().map(|s| (s.resource_type.clone(), s.id.clone()));
-        for s in batch {
-            if !each(s)? {
-                return Ok(());
-            }
-        }
-        match last {
-            Some(l) if full => after = l,
-            _ => return Ok(()),
-        }
-    }
-}
-
 /// Opens a store from a URL: `sqlite:PATH`, `sqlite::memory:`, or
 /// `postgres://…` / `postgresql://…` (with `?schema=NAME` to use a schema
 /// of its own). Tables are created when missing.
 pub fn open(url: &str) -> Result<Box<dyn Store>> {
-    if let Some(path) = url.strip_prefix("sqlite:") {
-        return Ok(Box::new(sqlite::SqliteStore::open(path)?));
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Box::new(pg::PgStore::open(url)?));
-    }
-    Err(StoreError::Url)
+    let target = match url.strip_prefix("sqlite:") {
+        Some(path) => path,
+        None if url.starts_with("postgres://") || url.starts_with("postgresql://") => url,
+        None => return Err(StoreError::Url),
+    };
+    Ok(Box::new(tables::SqlStore::open(target)?))
 }
 
 /// A database URL fit to print: a password in it (`postgres://u:pw@host`)

@@ -49,7 +49,7 @@ fn postgres(name: &str) -> Fixture {
     Fixture {
         store,
         cleanup: Box::new(move || {
-            if let Ok(mut c) = postgres::Client::connect(&pg_url(), postgres::NoTls) {
+            if let Ok(mut c) = veil_sql::connect_postgres(&pg_url()) {
                 let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"));
             }
         }),
@@ -301,4 +301,42 @@ fn postgres_workers_share_the_queue() {
 #[test]
 fn unknown_urls_are_refused() {
     assert!(open("mysql://x").is_err());
+}
+
+/// The `shares` table as the first release made it, before `identified`.
+const SHARES_BEFORE_IDENTIFIED: &str = "CREATE TABLE shares (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, location TEXT NOT NULL, created TEXT NOT NULL,
+    expires TEXT NOT NULL, recipient TEXT, ip TEXT, revoked TEXT);
+    INSERT INTO shares VALUES ('sh_old', 'veil', 'exports/1', '2026-01-01T00:00:00Z', '2026-02-01T00:00:00Z', NULL, NULL, NULL)";
+
+fn opens_a_store_made_before_a_column_was_added(store: &dyn Store) {
+    let old = store.share("sh_old").unwrap().expect("the old share is kept");
+    assert!(!old.identified, "an old share reads as de-identified, the column's default");
+    let new = ShareRecord { id: "sh_new".into(), identified: true, ..old };
+    assert!(store.add_share(&new).unwrap().identified);
+}
+
+#[test]
+fn sqlite_store_made_before_a_column_was_added_opens() {
+    let path = std::env::temp_dir().join(format!("veil-store-old-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    veil_sql::Database::open(&path.display().to_string(), 0, |db| db.batch(SHARES_BEFORE_IDENTIFIED)).unwrap();
+    let store = open(&format!("sqlite:{}", path.display())).unwrap();
+    opens_a_store_made_before_a_column_was_added(&*store);
+    drop(store);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+#[test]
+fn postgres_store_made_before_a_column_was_added_opens() {
+    let schema = format!("veil_test_{}_old_columns", std::process::id());
+    let url = format!("{}?schema={schema}", pg_url());
+    let mut c = veil_sql::connect_postgres(&url).unwrap();
+    c.batch_execute(&format!("DROP TABLE IF EXISTS shares; {SHARES_BEFORE_IDENTIFIED}")).unwrap();
+    let store = open(&url).unwrap();
+    opens_a_store_made_before_a_column_was_added(&*store);
+    drop(store);
+    let _ = c.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"));
 }
