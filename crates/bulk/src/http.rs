@@ -51,10 +51,11 @@ impl Auth {
 
 /// Which `$export` operation (as the server's job table stores it too:
 /// `"system"`, `"patient"`, `{"group": ID}`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     /// `[base]/$export`.
+    #[default]
     System,
     /// `[base]/Patient/$export`.
     Patient,
@@ -62,21 +63,44 @@ pub enum Level {
     Group(String),
 }
 
-/// What to export.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What to export: the kick-off's parameters, as `veil export` sends them
+/// and as `veil serve` keeps them in its job record (JSON, camelCase; a list
+/// left empty asks for no narrowing).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ExportRequest {
-    /// The operation; the system level when `None`.
-    pub level: Option<Level>,
-    /// `_type`.
+    /// The operation.
+    #[serde(default)]
+    pub level: Level,
+    /// `_type`; every type when empty.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub types: Vec<String>,
     /// `_since`.
     pub since: Option<String>,
     /// `_until` (Bulk Data 2.0).
     pub until: Option<String>,
     /// `_typeFilter`, each as given.
+    #[serde(default)]
     pub type_filters: Vec<String>,
-    /// `patient` references (Patient or Group level), sent in a POST.
+    /// `_elements`: `element` or `Type.element` entries.
+    #[serde(default)]
+    pub elements: Vec<String>,
+    /// `patient` references (`Patient/ID`; Patient or Group level), sent in a POST.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub patients: Vec<String>,
+    /// Azure's `_anonymizationConfig`: a policy the server holds.
+    pub anonymization_config: Option<String>,
+    /// Azure's `_anonymizationConfigEtag`: the policy must still be this version.
+    pub anonymization_config_etag: Option<String>,
+    /// Azure's `_container`: where the server puts the files.
+    pub container: Option<String>,
+}
+
+/// A list written as `null` (as `veil serve`'s job records were before
+/// this type was shared) reads as empty.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    use serde::Deserialize as _;
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
 impl ExportRequest {
@@ -84,9 +108,9 @@ impl ExportRequest {
     pub fn url(&self, base: &str) -> String {
         let base = base.trim_end_matches('/');
         let path = match &self.level {
-            None | Some(Level::System) => format!("{base}/$export"),
-            Some(Level::Patient) => format!("{base}/Patient/$export"),
-            Some(Level::Group(id)) => format!("{base}/Group/{id}/$export"),
+            Level::System => format!("{base}/$export"),
+            Level::Patient => format!("{base}/Patient/$export"),
+            Level::Group(id) => format!("{base}/Group/{id}/$export"),
         };
         if !self.patients.is_empty() {
             return path;
@@ -103,8 +127,8 @@ impl ExportRequest {
             if let Some(until) = &self.until {
                 q.append_pair("_until", until);
             }
-            for filter in &self.type_filters {
-                q.append_pair("_typeFilter", filter);
+            for (name, value) in self.other_parameters() {
+                q.append_pair(name, &value);
             }
         }
         match query.query() {
@@ -137,13 +161,30 @@ impl ExportRequest {
         if let Some(until) = &self.until {
             parameter.push(json!({"name": "_until", "valueInstant": until}));
         }
-        for filter in &self.type_filters {
-            parameter.push(json!({"name": "_typeFilter", "valueString": filter}));
+        for (name, value) in self.other_parameters() {
+            parameter.push(json!({"name": name, "valueString": value}));
         }
         for patient in &self.patients {
             parameter.push(json!({"name": "patient", "valueReference": {"reference": patient}}));
         }
         json!({"resourceType": "Parameters", "parameter": parameter})
+    }
+
+    /// The parameters after `_type`, `_since` and `_until`, in the order
+    /// both kick-off forms send them.
+    fn other_parameters(&self) -> Vec<(&'static str, String)> {
+        let mut out: Vec<(&'static str, String)> =
+            self.type_filters.iter().map(|f| ("_typeFilter", f.clone())).collect();
+        if !self.elements.is_empty() {
+            out.push(("_elements", self.elements.join(",")));
+        }
+        let azure = [
+            ("_anonymizationConfig", &self.anonymization_config),
+            ("_anonymizationConfigEtag", &self.anonymization_config_etag),
+            ("_container", &self.container),
+        ];
+        out.extend(azure.into_iter().filter_map(|(name, value)| Some((name, value.clone()?))));
+        out
     }
 }
 
@@ -390,13 +431,29 @@ mod tests {
             r.url("http://ehr/fhir/"),
             "http://ehr/fhir/$export?_type=Patient%2CImmunization&_since=2020-01-01T00%3A00%3A00Z"
         );
-        let g = ExportRequest { level: Some(Level::Group("g1".into())), ..Default::default() };
+        let g = ExportRequest { level: Level::Group("g1".into()), ..Default::default() };
         assert_eq!(g.url("http://ehr/fhir"), "http://ehr/fhir/Group/g1/$export");
-        let p = ExportRequest { level: Some(Level::Patient), patients: vec!["Patient/1".into()], ..Default::default() };
+        let p = ExportRequest { level: Level::Patient, patients: vec!["Patient/1".into()], ..Default::default() };
         assert_eq!(p.url("http://ehr/fhir"), "http://ehr/fhir/Patient/$export", "named patients go in a POST body");
         assert_eq!(
             p.parameters()["parameter"][0],
             json!({"name": "patient", "valueReference": {"reference": "Patient/1"}})
         );
+        // Azure's parameters and _elements go in both forms.
+        let azure = ExportRequest {
+            elements: vec!["id".into(), "Patient.birthDate".into()],
+            anonymization_config: Some("safe.json".into()),
+            container: Some("study".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            azure.url("http://veil"),
+            "http://veil/$export?_elements=id%2CPatient.birthDate&_anonymizationConfig=safe.json&_container=study"
+        );
+        let named = ExportRequest { patients: vec!["Patient/1".into()], ..azure };
+        let body = named.parameters();
+        let sent: Vec<&str> =
+            body["parameter"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert_eq!(sent, ["_elements", "_anonymizationConfig", "_container", "patient"]);
     }
 }

@@ -418,7 +418,7 @@ fn named_patients_are_asked_for_in_a_post() {
         })
         .unwrap();
     let request = ExportRequest {
-        level: Some(veil_bulk::Level::Patient),
+        level: veil_bulk::Level::Patient,
         types: vec!["Patient".into()],
         patients: patients.iter().map(|id| format!("Patient/{id}")).collect(),
         ..Default::default()

@@ -119,12 +119,13 @@ pub(crate) fn run(a: Args) -> Result<ExitCode> {
         (None, false) => Level::System,
     };
     let request = ExportRequest {
-        level: Some(level),
+        level,
         types: a.types.clone(),
         since: a.since.clone(),
         until: a.until.clone(),
         type_filters: a.type_filters.clone(),
         patients: a.patients.clone(),
+        ..Default::default()
     };
     let engine = a
         .deid

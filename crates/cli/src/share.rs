@@ -177,8 +177,7 @@ fn export_location(store: &dyn Store, job: &str, storage: &veil_server::export::
         ))
         .into());
     }
-    let request = veil_server::export::ExportRequest::of_job(&j);
-    let container = request.and_then(|r| r.container);
+    let container = veil_server::export::JobRequest::container_of(&j);
     Ok(storage.job_location(job, container.as_deref(), &j.created))
 }
 

@@ -10,41 +10,24 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value as Json, json};
+pub use veil_bulk::ExportRequest;
 use veil_bulk::{Level, Manifest, ManifestFile};
 use veil_store::{JobState, ScanFilter, Store};
 use veil_util::atomic::AtomicFile;
 
-/// What a kick-off asked for, stored as the job's request (JSON, camelCase).
+/// A job's request (its JSON record): what the kick-off asked for and
+/// what the server needs to answer it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ExportRequest {
-    /// `system`, `patient` or `group`.
-    pub level: Level,
+pub struct JobRequest {
+    /// The kick-off's parameters, already checked.
+    #[serde(flatten)]
+    pub export: ExportRequest,
     /// The kick-off URL, for the manifest's `request`.
     pub url: String,
-    /// `_type`, if given.
-    pub types: Option<Vec<String>>,
-    /// `_since`.
-    pub since: Option<String>,
-    /// `_until`.
-    pub until: Option<String>,
-    /// `patient` references' ids (POST only).
-    pub patients: Option<Vec<String>>,
-    /// `_anonymizationConfig`: a file name in the `anonymization` container.
-    pub anonymization_config: Option<String>,
-    /// `_anonymizationConfigEtag`: the configuration must still be this version.
-    pub anonymization_config_etag: Option<String>,
-    /// `_container`: where the files go (a container of the server's storage).
-    pub container: Option<String>,
-    /// `_typeFilter` queries (`Type?k=v&…`), already checked at kick-off.
-    #[serde(default)]
-    pub type_filters: Vec<String>,
     /// What a lenient kick-off ignored, reported in the manifest's `error` files.
     #[serde(default)]
     pub ignored: Vec<String>,
-    /// `_elements`: `element` or `Type.element` entries, already checked.
-    #[serde(default)]
-    pub elements: Vec<String>,
     /// The base URL that file URLs in the manifest start with.
     pub base_url: String,
     /// The client that asked, when authorization is on: only it may see
@@ -52,10 +35,16 @@ pub struct ExportRequest {
     pub client: Option<String>,
 }
 
-impl ExportRequest {
+impl JobRequest {
     /// The request a job was made for; `None` if its record is unreadable.
-    pub fn of_job(job: &veil_store::Job) -> Option<ExportRequest> {
+    pub fn of_job(job: &veil_store::Job) -> Option<JobRequest> {
         serde_json::from_str(&job.request).ok()
+    }
+
+    /// The `_container` a job's files went to; `None` for the default (or
+    /// an unreadable record).
+    pub fn container_of(job: &veil_store::Job) -> Option<String> {
+        JobRequest::of_job(job)?.export.container
     }
 }
 
@@ -320,16 +309,17 @@ pub fn run_job(
     owner: &str,
     config: WorkerConfig,
 ) -> Outcome {
-    let Some(req) = ExportRequest::of_job(job) else {
+    let Some(record) = JobRequest::of_job(job) else {
         return Outcome::Failed(500, "the stored export request is unreadable".into());
     };
+    let req = &record.export;
     // De-identification first: a missing or invalid configuration fails
     // the job before anything is written (as Azure reports it).
-    let engine = match policy_engine(storage, &req) {
+    let engine = match policy_engine(storage, req) {
         Ok(engine) => engine,
         Err(failed) => return failed.into(),
     };
-    let patients = match patients_of(store, &req, job) {
+    let patients = match patients_of(store, req, job) {
         Ok(patients) => patients,
         Err(failed) => return failed.into(),
     };
@@ -348,7 +338,7 @@ pub fn run_job(
         return Outcome::Failed(500, format!("cannot create the export folder: {e}"));
     }
     let filter = ScanFilter {
-        types: req.types.clone(),
+        types: (!req.types.is_empty()).then(|| req.types.clone()),
         since: req.since.clone(),
         until: Some(req.until.clone().filter(|u| *u < job.created).unwrap_or_else(|| job.created.clone())),
         patients,
@@ -421,14 +411,14 @@ pub fn run_job(
         let _ = fs::remove_dir_all(&dir);
         return Outcome::Failed(500, format!("export failed: {e}"));
     }
-    for what in &req.ignored {
+    for what in &record.ignored {
         errors.push(operation_outcome(
             "information",
             "informational",
             &format!("ignored under handling=lenient: {what}"),
         ));
     }
-    if lists_deletions(&req) && req.anonymization_config.is_some() {
+    if lists_deletions(req) && req.anonymization_config.is_some() {
         errors.push(operation_outcome(
             "information",
             "informational",
@@ -440,14 +430,14 @@ pub fn run_job(
         let path = dir.join("OperationOutcome-1.ndjson");
         let text: String = errors.iter().map(|e| e.to_string() + "\n").collect();
         if veil_util::atomic::write(&path, text.as_bytes()).is_ok() {
-            error_files.push(listed(&req, &job.id, "OperationOutcome", &path, errors.len() as u64));
+            error_files.push(listed(&record, &job.id, "OperationOutcome", &path, errors.len() as u64));
         }
     }
     let list = |files: Vec<(String, PathBuf, u64)>| -> Vec<ManifestFile> {
-        files.iter().map(|(ty, path, count)| listed(&req, &job.id, ty, path, *count)).collect()
+        files.iter().map(|(ty, path, count)| listed(&record, &job.id, ty, path, *count)).collect()
     };
     let output = list(files);
-    let deleted = match deleted_files(store, &req, &filter, &dir) {
+    let deleted = match deleted_files(store, req, &filter, &dir) {
         Ok(d) => list(d),
         Err(e) => return Outcome::Failed(500, format!("cannot list deletions: {e}")),
     };
@@ -467,8 +457,8 @@ pub fn run_job(
     }
     Outcome::Completed(Manifest {
         transaction_time: job.created.clone(),
-        request: req.url.clone(),
-        requires_access_token: req.client.is_some(),
+        request: record.url.clone(),
+        requires_access_token: record.client.is_some(),
         output,
         deleted,
         error: error_files,
@@ -514,9 +504,10 @@ fn patients_of(
     req: &ExportRequest,
     job: &veil_store::Job,
 ) -> Result<Option<Vec<String>>, JobFailed> {
-    match (&req.level, &req.patients) {
+    let named = (!req.patients.is_empty()).then(|| patient_ids(req));
+    match (&req.level, named) {
         (Level::System, _) => Ok(None),
-        (Level::Patient, Some(p)) => Ok(Some(p.clone())),
+        (Level::Patient, Some(p)) => Ok(Some(p.into_iter().map(str::to_string).collect())),
         (Level::Patient, None) => {
             let mut ids = Vec::new();
             let every_patient = ScanFilter {
@@ -534,13 +525,20 @@ fn patients_of(
         }
         (Level::Group(g), requested) => match store.group_members(g) {
             Ok(Some(members)) => Ok(Some(match requested {
-                Some(p) => members.into_iter().filter(|m| p.contains(m)).collect(),
+                Some(p) => members.into_iter().filter(|m| p.contains(&m.as_str())).collect(),
                 None => members,
             })),
             Ok(None) => Err(JobFailed(404, format!("Group {g} was not found"))),
             Err(e) => Err(JobFailed(500, format!("cannot read the group: {e}"))),
         },
     }
+}
+
+/// The ids of the patients a request names: its references (`Patient/ID`),
+/// or bare ids, which job records written before the request type was
+/// shared hold.
+pub(crate) fn patient_ids(req: &ExportRequest) -> Vec<&str> {
+    req.patients.iter().map(|r| veil_fhirpath::compartment::patient_id_of_reference(r).unwrap_or(r)).collect()
 }
 
 /// With `_since`, the deletions in the window, one file per type: each line
@@ -585,9 +583,9 @@ fn lists_deletions(req: &ExportRequest) -> bool {
 }
 
 /// A file of the export as its manifest lists it, with its download URL.
-fn listed(req: &ExportRequest, job: &str, resource_type: &str, path: &Path, count: u64) -> ManifestFile {
+fn listed(record: &JobRequest, job: &str, resource_type: &str, path: &Path, count: u64) -> ManifestFile {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let url = format!("{}/_export/{job}/{name}", req.base_url.trim_end_matches('/'));
+    let url = format!("{}/_export/{job}/{name}", record.base_url.trim_end_matches('/'));
     ManifestFile { resource_type: resource_type.to_string(), url, count: Some(count) }
 }
 
@@ -603,7 +601,7 @@ pub fn expire_exports(store: &dyn Store, storage: &Storage, retention_secs: u64)
         if !old || !matches!(j.state, JobState::Completed | JobState::Failed | JobState::Cancelled) {
             continue;
         }
-        let container = ExportRequest::of_job(&j).and_then(|r| r.container);
+        let container = JobRequest::container_of(&j);
         if storage.remove_job(&j.id, container.as_deref(), &j.created).is_ok()
             && store.delete_job(&j.id).unwrap_or(false)
         {
@@ -641,5 +639,46 @@ pub fn worker_loop(
             }
             Outcome::Abandoned => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job record as `veil serve` wrote it before the request type was
+    /// shared with the bulk client: `null` lists, bare patient ids.
+    const RECORD_BEFORE_SHARING: &str = r#"{"level":{"group":"g1"},"url":"http://x/Group/g1/$export","types":null,
+        "since":null,"until":null,"patients":["p1","p2"],"anonymizationConfig":"safe.json",
+        "anonymizationConfigEtag":null,"container":"study","typeFilters":[],"ignored":["the includeAssociatedData parameter"],
+        "elements":[],"baseUrl":"http://x","client":"c1"}"#;
+
+    #[test]
+    fn job_records_written_before_the_request_was_shared_still_read() {
+        let job = veil_store::Job {
+            id: "j".into(),
+            request: RECORD_BEFORE_SHARING.into(),
+            state: JobState::Queued,
+            created: "2026-01-01T00:00:00Z".into(),
+            lease_owner: None,
+            lease_until: None,
+            attempts: 0,
+            progress: None,
+            result: None,
+            error: None,
+        };
+        let record = JobRequest::of_job(&job).expect("the old record reads");
+        assert_eq!(record.export.level, Level::Group("g1".into()));
+        assert!(record.export.types.is_empty(), "null types: every type");
+        assert_eq!(patient_ids(&record.export), ["p1", "p2"]);
+        assert_eq!(record.export.anonymization_config.as_deref(), Some("safe.json"));
+        assert_eq!(JobRequest::container_of(&job).as_deref(), Some("study"));
+        assert_eq!((record.client.as_deref(), record.ignored.len()), (Some("c1"), 1));
+        // What it writes now reads back the same, references and all.
+        let mut now = record.clone();
+        now.export.patients = vec!["Patient/p1".into(), "Patient/p2".into()];
+        let again: JobRequest = serde_json::from_str(&serde_json::to_string(&now).unwrap()).unwrap();
+        assert_eq!(again, now);
+        assert_eq!(patient_ids(&again.export), ["p1", "p2"]);
     }
 }

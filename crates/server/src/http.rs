@@ -21,7 +21,7 @@ use crate::auth::{Auth, Caller};
 use crate::error::{ApiError, ApiResult};
 use veil_bulk::Level;
 
-use crate::export::{ExportRequest, Storage, is_plain_file_name, operation_outcome};
+use crate::export::{ExportRequest, JobRequest, Storage, is_plain_file_name, operation_outcome};
 use crate::search::query_pairs;
 
 /// What the handlers share.
@@ -544,7 +544,7 @@ fn export_request(
     query: Option<&str>,
     body: &str,
     lenient: bool,
-) -> Result<ExportRequest, ApiError> {
+) -> Result<JobRequest, ApiError> {
     let bad = |text: &str| Err(ApiError::invalid(text));
     if let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
         // Accept what a client of this server can read; refuse only what it cannot.
@@ -553,30 +553,19 @@ fn export_request(
         }
     }
     let params = parameters(method, query, body).map_err(ApiError::invalid)?;
-    let mut req = ExportRequest {
-        level: level.clone(),
-        url: format!(
-            "{}{}",
-            st.base_url,
-            match &level {
-                Level::System => "/$export".to_string(),
-                Level::Patient => "/Patient/$export".to_string(),
-                Level::Group(g) => format!("/Group/{g}/$export"),
-            }
-        ) + &query.map(|q| format!("?{q}")).unwrap_or_default(),
-        types: None,
-        since: None,
-        until: None,
-        patients: None,
-        anonymization_config: None,
-        anonymization_config_etag: None,
-        container: None,
-        base_url: st.base_url.clone(),
-        type_filters: Vec::new(),
-        ignored: Vec::new(),
-        elements: Vec::new(),
-        client: caller.client_id().map(str::to_string),
-    };
+    let url = format!(
+        "{}{}",
+        st.base_url,
+        match &level {
+            Level::System => "/$export".to_string(),
+            Level::Patient => "/Patient/$export".to_string(),
+            Level::Group(g) => format!("/Group/{g}/$export"),
+        }
+    ) + &query.map(|q| format!("?{q}")).unwrap_or_default();
+    let mut req = ExportRequest { level: level.clone(), ..Default::default() };
+    // `None`: no `_type` (every type the caller may read); `Some`: those named.
+    let mut types: Option<Vec<String>> = None;
+    let mut ignored = Vec::new();
     let mut etag = None;
     for (name, value) in &params {
         match name.as_str() {
@@ -600,7 +589,7 @@ fn export_request(
                         }
                         return bad(&format!("the _type '{t}' is not a FHIR R4 resource type"));
                     }
-                    req.types.get_or_insert_with(Vec::new).push(t.to_string());
+                    types.get_or_insert_with(Vec::new).push(t.to_string());
                 }
             }
             "patient" => {
@@ -611,7 +600,7 @@ fn export_request(
                     return bad("the patient parameter is not valid for a system-level export");
                 }
                 let id = veil_fhirpath::compartment::patient_id_of_reference(value).unwrap_or(value);
-                req.patients.get_or_insert_with(Vec::new).push(id.to_string());
+                req.patients.push(format!("Patient/{id}"));
             }
             "_anonymizationConfig" => {
                 if !is_plain_file_name(value) {
@@ -633,7 +622,7 @@ fn export_request(
                 for q in split_type_filters(value) {
                     match crate::search::Query::parse_type_filter(&q) {
                         Ok(_) => req.type_filters.push(q),
-                        Err(e) if lenient => req.ignored.push(format!("_typeFilter {q}: {e}")),
+                        Err(e) if lenient => ignored.push(format!("_typeFilter {q}: {e}")),
                         Err(e) => return Err(ApiError::not_supported(format!("_typeFilter: {e}"))),
                     }
                 }
@@ -657,7 +646,7 @@ fn export_request(
                 if !lenient {
                     return Err(ApiError::not_supported(format!("the {name} parameter is not supported")));
                 }
-                req.ignored.push(format!("the {name} parameter"));
+                ignored.push(format!("the {name} parameter"));
             }
             _ => {}
         }
@@ -665,15 +654,15 @@ fn export_request(
     // Scopes limit the types: asking for one the token cannot read is
     // refused (403); asking for none exports only what it can read.
     if let Some(grant) = &caller.0 {
-        match &req.types {
-            Some(types) => {
-                if let Some(t) = types.iter().find(|t| !grant.scopes.reads(t)) {
+        match &types {
+            Some(named) => {
+                if let Some(t) = named.iter().find(|t| !grant.scopes.reads(t)) {
                     return Err(Caller::forbidden(t, "exporting"));
                 }
             }
-            None => req.types = grant.scopes.readable_types(),
+            None => types = grant.scopes.readable_types(),
         }
-        if req.types.as_ref().is_some_and(Vec::is_empty) {
+        if types.as_ref().is_some_and(Vec::is_empty) {
             return Err(ApiError::forbidden("the access token's scopes allow reading no resource type"));
         }
     }
@@ -686,7 +675,14 @@ fn export_request(
     {
         return bad("_until is before _since");
     }
-    Ok(req)
+    req.types = types.unwrap_or_default();
+    Ok(JobRequest {
+        export: req,
+        url,
+        ignored,
+        base_url: st.base_url.clone(),
+        client: caller.client_id().map(str::to_string),
+    })
 }
 
 /// `$export` at every level: the level is the route's (`/$export`,
@@ -716,7 +712,8 @@ async fn kickoff(
         Level::Group(g) => Some(g.clone()),
         _ => None,
     };
-    let wanted_patients = req.patients.clone();
+    let wanted_patients: Vec<String> =
+        crate::export::patient_ids(&req.export).into_iter().map(str::to_string).collect();
     let state = st.clone();
     let client = caller.client_id().map(str::to_string);
     let id = veil_http::blocking(move || -> Result<String, ApiError> {
@@ -725,7 +722,7 @@ async fn kickoff(
             None => None,
         };
         // `patient` must name patients the export could include (bulk-export.md §5.B 22).
-        for p in wanted_patients.iter().flatten() {
+        for p in &wanted_patients {
             let known = match &members {
                 Some(m) => m.contains(p),
                 None => store.get("Patient", p)?.is_some_and(|s| s.body.is_some()),
@@ -776,10 +773,10 @@ fn within_limits(st: &AppState, client: Option<&str>) -> Result<(), ApiError> {
         );
     }
     let jobs = st.store.jobs()?;
-    let mine: Vec<(veil_store::Job, ExportRequest)> = jobs
+    let mine: Vec<(veil_store::Job, JobRequest)> = jobs
         .into_iter()
         .filter_map(|j| {
-            let r = ExportRequest::of_job(&j)?;
+            let r = JobRequest::of_job(&j)?;
             (r.client.as_deref() == client).then_some((j, r))
         })
         .collect();
@@ -794,7 +791,8 @@ fn within_limits(st: &AppState, client: Option<&str>) -> Result<(), ApiError> {
             ),
         );
     }
-    let used: u64 = mine.iter().map(|(j, r)| st.storage.job_bytes(&j.id, r.container.as_deref(), &j.created)).sum();
+    let used: u64 =
+        mine.iter().map(|(j, r)| st.storage.job_bytes(&j.id, r.export.container.as_deref(), &j.created)).sum();
     if used >= limits.client_quota_bytes {
         let oldest = mine
             .iter()
@@ -816,7 +814,7 @@ fn within_limits(st: &AppState, client: Option<&str>) -> Result<(), ApiError> {
 /// that kicked an export off sees its status and files; to anyone else it
 /// does not exist.
 fn started_by(job: &veil_store::Job, caller: &Caller) -> bool {
-    caller.client_id().is_none_or(|me| ExportRequest::of_job(job).and_then(|r| r.client).as_deref() == Some(me))
+    caller.client_id().is_none_or(|me| JobRequest::of_job(job).and_then(|r| r.client).as_deref() == Some(me))
 }
 
 async fn status(
@@ -910,7 +908,7 @@ async fn cancel(
         }
         // Cancel first, so a running worker stops at its next heartbeat, then forget the job.
         store.cancel_job(&job)?;
-        let container = ExportRequest::of_job(&j).and_then(|r| r.container);
+        let container = JobRequest::container_of(&j);
         storage
             .remove_job(&job, container.as_deref(), &j.created)
             .map_err(|_| ApiError::internal("cannot delete the export's files"))?;
@@ -943,7 +941,7 @@ async fn download(
         if j.state != JobState::Completed || !started_by(&j, &caller) {
             return None;
         }
-        let container = ExportRequest::of_job(&j)?.container;
+        let container = JobRequest::container_of(&j);
         let path = storage.job_dir(&job, container.as_deref(), &j.created).join(&file);
         path.is_file().then_some(path)
     })
