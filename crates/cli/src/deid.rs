@@ -29,13 +29,18 @@ use crate::output::{Destination, Progress, open_checked, upload_stage, write_ato
 /// report gives resources in, out and quarantined per type and the nodes each
 /// method changed.
 ///
-/// `-c safe-harbor` selects the built-in HIPAA Safe Harbor sample policy.
+/// `-c NAME` selects a built-in policy: `safe-harbor` (HIPAA Safe Harbor:
+/// dates to the year, no free text, ZIP3), `limited-data-set` (dates, city
+/// and ZIP kept, for use under a data use agreement), `expert-shift`
+/// (per-patient date shift in UTC, for Expert Determination) or `ms-sample`
+/// (the Microsoft anonymizer's sample, unchanged; not Safe Harbor).
 /// Empty keys in a policy mean random keys, as in the Microsoft tool: the
 /// output then differs from run to run (a warning says so).
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub(crate) struct Args {
-    /// The anonymizer configuration file, or `safe-harbor` for the built-in policy.
+    /// The anonymizer configuration file, or a built-in policy's name
+    /// (safe-harbor, limited-data-set, expert-shift, ms-sample).
     #[arg(short = 'c', long = "configFile", visible_alias = "config", value_name = "FILE", env = "VEIL_DEID_CONFIG")]
     config: String,
     /// Input folder (the Microsoft tool's -i).
@@ -75,11 +80,11 @@ struct Job {
     ndjson: bool,
 }
 
-/// The policy `config` names: `safe-harbor` (the built-in sample) or a
+/// The policy `config` names: a built-in one (`safe-harbor`, …) or a
 /// configuration file; its warnings go to stderr under `command`'s name.
 pub(crate) fn read_policy(config: &str, command: &str) -> Result<Policy> {
-    let policy = if config.eq_ignore_ascii_case("safe-harbor") {
-        Policy::safe_harbor()
+    let policy = if let Some(built_in) = Policy::built_in(config) {
+        built_in
     } else {
         let text = fs::read_to_string(config).with_context(|| format!("cannot read the configuration {config}"))?;
         Policy::parse(&text).map_err(|e| UsageError(format!("{config}: {e}")))?

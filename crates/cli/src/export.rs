@@ -62,7 +62,8 @@ pub(crate) struct Args {
     /// A _typeFilter query (repeatable), e.g. Immunization?status=completed.
     #[arg(long = "type-filter", value_name = "Q")]
     type_filters: Vec<String>,
-    /// De-identify with this policy (a Microsoft anonymizer configuration, or `safe-harbor`).
+    /// De-identify with this policy (a Microsoft anonymizer configuration, or a built-in
+    /// policy's name: safe-harbor, limited-data-set, expert-shift, ms-sample).
     #[arg(long, value_name = "CONFIG")]
     deid: Option<String>,
     /// With --deid, also keep the raw files here.

@@ -121,9 +121,14 @@ fn demo_runs_on_the_bundled_sample() {
     assert!(names.ends_with("Patient.name[0]"), "{names}");
     // Then Safe Harbor over all of it, checked with FHIRPath.
     assert!(stdout.contains("De-identified 38971 resources with the HIPAA Safe Harbor policy"), "{stdout}");
-    for kind in ["names", "street addresses and cities", "phone numbers and emails", "identifier values", "narratives"]
-    {
-        assert!(stdout.contains(&format!("  {kind} left outside organizations: 0 ")), "{kind}: {stdout}");
+    for kind in [
+        "names",
+        "street addresses and cities",
+        "phone numbers and emails",
+        "identifier values that are not pseudonyms",
+        "narratives",
+    ] {
+        assert!(stdout.contains(&format!("  {kind} left: 0 ")), "{kind}: {stdout}");
     }
     // Then the server: an empty store, the sample loaded, a de-identified $export over HTTP.
     assert!(stdout.contains("Loaded 38971 resources into an empty store"), "{stdout}");
@@ -686,7 +691,7 @@ fn export_preset_prints_parameters_and_writes_a_valid_policy() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got["vaccineCode"]["coding"][0]["code"], "140");
-    assert_eq!(got["occurrenceDateTime"].as_str().unwrap().len(), "2019-10-01T00:00:00Z".len());
+    assert_eq!(got["occurrenceDateTime"], "2019", "Safe Harbor keeps the year only");
 }
 
 /// Kicks off an export; its status URL.

@@ -8,7 +8,17 @@ use veil_fhirpath::Expression;
 
 use crate::json;
 
-const SAFE_HARBOR: &str = include_str!("../policies/safe-harbor.json");
+/// The built-in policies, by the name `veil deid -c NAME` takes, each
+/// described in `policies/README.md`: one per HIPAA path, and Microsoft's
+/// sample unchanged.
+pub const BUILT_IN: [(&str, &str); 4] = [
+    ("safe-harbor", include_str!("../policies/safe-harbor.json")),
+    ("limited-data-set", include_str!("../policies/limited-data-set.json")),
+    ("expert-shift", include_str!("../policies/expert-shift.json")),
+    ("ms-sample", include_str!("../policies/ms-sample.json")),
+];
+
+const SAFE_HARBOR: &str = BUILT_IN[0].1;
 
 /// A configuration the anonymizer would refuse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -169,6 +179,9 @@ pub struct Policy {
     /// prefix in 101 gets (and which leaves its dates unchanged). Off by
     /// default: Veil shifts those by 51 days instead.
     pub exact_date_shift: bool,
+    /// Veil's `veil.dateShiftToUtc`: shifted date-times are moved to UTC
+    /// first and written with `Z`, so no original offset survives.
+    pub date_shift_to_utc: bool,
 }
 
 /// Looks a key up the way Newtonsoft binds typed properties: exact name
@@ -239,18 +252,28 @@ fn bool_setting(params: &Map<String, Json>, name: &str) -> Result<bool, ConfigEr
 }
 
 impl Policy {
-    /// The HIPAA Safe Harbor sample that ships with the anonymizer's
-    /// command-line tool, unchanged (`policies/safe-harbor.json`).
+    /// Veil's HIPAA Safe Harbor policy (`policies/safe-harbor.json`):
+    /// every date cut to the year, free text, URLs, UIDs, telecom and
+    /// addresses below state and ZIP3 removed, identifiers and references
+    /// replaced by keyed pseudonyms.
     pub fn safe_harbor() -> Policy {
         Policy::parse(SAFE_HARBOR).expect("the built-in policy is valid")
     }
 
-    /// The Safe Harbor sample's text with `(path, method)` rules placed
+    /// The built-in policy called `name` (see [`BUILT_IN`]).
+    pub fn built_in(name: &str) -> Option<Policy> {
+        BUILT_IN
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, text)| Policy::parse(text).expect("the built-in policies are valid"))
+    }
+
+    /// The Safe Harbor policy's text with `(path, method)` rules placed
     /// right after its first rule (which redacts every extension), so that
-    /// they win over the sample's own rules for what they match: the policy
-    /// to pair with a study that needs, say, vaccine codes kept and
-    /// vaccination dates shifted rather than cut to the year. Checked as
-    /// any policy is.
+    /// they win over its own rules for what they match: the policy to pair
+    /// with a study that needs something kept that Safe Harbor would
+    /// remove. Checked as any policy is (and no longer Safe Harbor unless
+    /// what the rules keep is not identifying).
     pub fn safe_harbor_with(first: &[(String, String)]) -> Result<String, ConfigError> {
         let mut doc = json::parse(SAFE_HARBOR).expect("the built-in policy is JSON");
         let rules = doc.get_mut("fhirPathRules").and_then(Json::as_array_mut).expect("the built-in policy has rules");
@@ -323,11 +346,13 @@ impl Policy {
             Some(Json::String(s)) if s.eq_ignore_ascii_case("fail") => false,
             Some(_) => return Err(ConfigError::Setting("veil.onError must be \"fail\" or \"quarantine\"".into())),
         };
-        let exact_date_shift = match get_ci(&top, "veil").and_then(|v| v.get("exactDateShift")) {
-            None | Some(Json::Null) => false,
-            Some(Json::Bool(b)) => *b,
-            Some(_) => return Err(ConfigError::Setting("veil.exactDateShift must be true or false".into())),
+        let veil_flag = |name: &str| match get_ci(&top, "veil").and_then(|v| v.get(name)) {
+            None | Some(Json::Null) => Ok(false),
+            Some(Json::Bool(b)) => Ok(*b),
+            Some(_) => Err(ConfigError::Setting(format!("veil.{name} must be true or false"))),
         };
+        let exact_date_shift = veil_flag("exactDateShift")?;
+        let date_shift_to_utc = veil_flag("dateShiftToUtc")?;
         for (name, key) in [
             ("dateShiftKey", &parameters.date_shift_key),
             ("cryptoHashKey", &parameters.crypto_hash_key),
@@ -336,6 +361,13 @@ impl Policy {
             if key.is_none() {
                 warnings.push(format!(
                     "parameters.{name} is empty: a random key is used, so outputs will not be reproducible"
+                ));
+            } else if matches!(get_ci(params, name), Some(Json::String(s)) if !s.is_empty()) {
+                // Whoever holds the policy could re-create the pseudonyms
+                // (or undo the shift): keys belong apart from it.
+                warnings.push(format!(
+                    "parameters.{name} is written in the policy: anyone with the file can link its pseudonyms \
+                     back; give {name}FromEnv or {name}File instead"
                 ));
             }
         }
@@ -349,7 +381,7 @@ impl Policy {
                 )));
             }
         }
-        Ok(Policy { processing_errors, rules, parameters, warnings, quarantine, exact_date_shift })
+        Ok(Policy { processing_errors, rules, parameters, warnings, quarantine, exact_date_shift, date_shift_to_utc })
     }
 }
 
@@ -689,12 +721,23 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_safe_harbor_policy_loads() {
-        let p = Policy::safe_harbor();
+    fn the_microsoft_sample_loads_unchanged() {
+        let p = Policy::built_in("ms-sample").unwrap();
         assert_eq!(p.rules.len(), 193);
         assert!(p.parameters.partial_dates && p.parameters.partial_ages && p.parameters.partial_zip_codes);
         assert_eq!(p.parameters.restricted_zip3.len(), 14);
         assert_eq!(p.parameters.crypto_hash_key, None, "empty keys mean random keys");
         assert_eq!(p.parameters.date_shift_scope, Some(DateShiftScope::Resource));
+    }
+
+    #[test]
+    fn every_built_in_policy_loads_and_keys_written_inline_are_warned_of() {
+        for (name, _) in BUILT_IN {
+            let p = Policy::built_in(name).unwrap();
+            assert!(!p.warnings.iter().any(|w| w.contains("written in the policy")), "{name}: no inline keys");
+        }
+        assert!(Policy::built_in("Safe-Harbor").is_some() && Policy::built_in("safe-harbour").is_none());
+        let inline = Policy::parse(r#"{"fhirPathRules": [], "parameters": {"cryptoHashKey": "k"}}"#).unwrap();
+        assert_eq!(inline.warnings.iter().filter(|w| w.contains("cryptoHashKey is written in the policy")).count(), 1);
     }
 }

@@ -1,6 +1,8 @@
 //! The anonymizer's `dateShift` arithmetic (reference: ms-anonymizer.md
 //! §5.2): the offset fold over `prefix + key`, and the shift of a written
-//! date that zeroes the time and keeps the time-zone text.
+//! date that zeroes the time and keeps the time-zone text — or, with Veil's
+//! `veil.dateShiftToUtc`, moves the instant to UTC first, so that no
+//! original offset is left to say where the true day lay.
 
 use veil_util::calendar::{civil_from_days, days_from_civil};
 
@@ -69,6 +71,38 @@ pub(crate) fn shift(value: &str, days: i64) -> Option<String> {
     Some(out)
 }
 
+/// Shifts a written date by `days` after moving a date-time to UTC: the
+/// result is the shifted UTC day, at `T00:00:00Z` when there was a time.
+/// `None` when the value has no day, or a time that does not parse.
+pub(crate) fn shift_in_utc(value: &str, days: i64) -> Option<String> {
+    let w = parse(value)?;
+    let (month, day) = (w.month?, w.day?);
+    let carry = match w.time {
+        None => 0,
+        Some(time) => {
+            let zone_at = time.find(['Z', '+', '-']).unwrap_or(time.len());
+            let (clock, zone) = time.split_at(zone_at);
+            let mut hm = clock.splitn(3, ':').map(|p| p.get(..2).and_then(|p| p.parse::<i64>().ok()));
+            let minutes = hm.next()?? * 60 + hm.next()??;
+            let offset = match zone {
+                "" | "Z" => 0,
+                z => {
+                    let sign = if z.starts_with('-') { -1 } else { 1 };
+                    let (h, m) = z[1..].split_once(':')?;
+                    sign * (h.parse::<i64>().ok()? * 60 + m.parse::<i64>().ok()?)
+                }
+            };
+            (minutes - offset).div_euclid(24 * 60)
+        }
+    };
+    let (y, m, d) = civil_from_days(days_from_civil(w.year, month, day) + carry + days);
+    if !(1..=9999).contains(&y) {
+        return None;
+    }
+    let time = if w.time.is_some() { "T00:00:00Z" } else { "" };
+    Some(format!("{y:04}-{m:02}-{d:02}{time}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +124,22 @@ mod tests {
         assert_eq!(offset_days(&hashed_example, "123"), -20);
         assert_eq!(offset_days(&crate::crypto::hash(b"123", "100150"), "123"), -41);
         assert_eq!(offset_days(&crate::crypto::hash(b"123", "C-123"), "123"), -11);
+    }
+
+    #[test]
+    fn shifts_in_utc_leave_no_original_offset() {
+        for (input, want) in [
+            ("2015-02-07", "2015-02-10"),
+            ("2015-02-07T13:28:17-05:00", "2015-02-10T00:00:00Z"),
+            // 21:30 at -05:00 is the next day in UTC; 01:00 at +05:00 the day before.
+            ("2015-02-07T21:30:00-05:00", "2015-02-11T00:00:00Z"),
+            ("2015-02-07T01:00:00.123+05:00", "2015-02-09T00:00:00Z"),
+            ("2015-12-31T23:59:59Z", "2016-01-03T00:00:00Z"),
+        ] {
+            assert_eq!(shift_in_utc(input, 3).as_deref(), Some(want), "{input}");
+        }
+        assert_eq!(shift_in_utc("2015-02", 3), None, "no day: the caller redacts");
+        assert_eq!(shift_in_utc("2015-02-07Tnoon", 3), None);
     }
 
     #[test]

@@ -190,6 +190,7 @@ impl Engine {
     pub fn new(policy: Policy) -> Engine {
         let mut keys = Keys::from_parameters(&policy.parameters);
         keys.exact_date_shift = policy.exact_date_shift;
+        keys.date_shift_to_utc = policy.date_shift_to_utc;
         let patient_scope = policy.parameters.date_shift_scope == Some(DateShiftScope::Patient);
         let mut wanted = Wanted::default();
         for rule in &policy.rules {
@@ -660,15 +661,22 @@ fn is_empty(v: &Json) -> bool {
 mod tests {
     use super::*;
 
-    /// Every rule the Safe Harbor policy resolves through the index
+    /// Every rule a built-in policy resolves through the index
     /// (`Plan::Chain`) selects exactly what FHIRPath selects, on the bundled
     /// Synthea resources.
     #[test]
     fn index_plans_agree_with_fhirpath() {
-        use std::io::Read;
-        let engine = Engine::new(Policy::safe_harbor());
-        let chains = engine.plans.iter().filter(|p| matches!(p, Plan::Chain(_))).count();
+        let mut chains = 0;
+        for (name, _) in crate::config::BUILT_IN {
+            let engine = Engine::new(Policy::built_in(name).unwrap());
+            chains += engine.plans.iter().filter(|p| matches!(p, Plan::Chain(_))).count();
+            index_plans_agree_with_fhirpath_for(&engine);
+        }
         assert!(chains > 100, "{chains} rules use the index walk");
+    }
+
+    fn index_plans_agree_with_fhirpath_for(engine: &Engine) {
+        use std::io::Read;
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/synthea-r4-100.tar.gz");
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()));
         let mut checked = 0;

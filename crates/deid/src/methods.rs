@@ -24,6 +24,8 @@ pub(crate) struct Keys {
     pub today: (i32, u32, u32),
     /// Whether a computed offset of 0 stays 0 (the anonymizer) or becomes 51 (Veil).
     pub exact_date_shift: bool,
+    /// Whether shifted date-times are written in UTC (Veil's `veil.dateShiftToUtc`).
+    pub date_shift_to_utc: bool,
 }
 
 /// 32 random hex characters, like the GUID the anonymizer generates.
@@ -46,6 +48,7 @@ impl Keys {
             fixed_offset: p.date_shift_fixed_offset_in_days,
             today: veil_util::clock::today(),
             exact_date_shift: false,
+            date_shift_to_utc: false,
         }
     }
 }
@@ -144,7 +147,12 @@ pub(crate) fn apply(
                     }
                 }
             };
-            match dateshift::shift(&text, days) {
+            let shifted = if keys.date_shift_to_utc {
+                dateshift::shift_in_utc(&text, days)
+            } else {
+                dateshift::shift(&text, days)
+            };
+            match shifted {
                 Some(shifted) => {
                     set(doc, &entry.loc, Json::String(shifted));
                     done(Records::PERTURB)
