@@ -120,9 +120,12 @@ fn run_to_cloud(mut args: Args, destination: &veil_storage::Location) -> Result<
     let stage = std::env::temp_dir().join(format!("veil-deid-{}-{}", std::process::id(), veil_util::clock::now_secs()));
     fs::create_dir_all(&stage)?;
     args.output = Some(stage.clone());
-    let deidentified = Some(veil_storage::Deidentified { policy: policy_name(&args.config) });
-    let outcome =
-        run_local(args).and_then(|code| upload_stage("veil deid", &storage, &stage, deidentified).map(|()| code));
+    let outcome = run_local(args).and_then(|code| {
+        // The stage's own manifest carries the audit's verdict (its evidence files go up with the data).
+        let local = veil_storage::Manifest::from_json(&fs::read(stage.join(veil_storage::MANIFEST_NAME))?)
+            .map_err(anyhow::Error::msg)?;
+        upload_stage("veil deid", &storage, &stage, local.deidentified).map(|()| code)
+    });
     let _ = fs::remove_dir_all(&stage);
     outcome
 }
@@ -193,12 +196,18 @@ fn run_local(args: Args) -> Result<ExitCode> {
         write_atomically(path, |w| w.write_all(serde_json::to_string_pretty(&report).unwrap_or_default().as_bytes()))?;
     }
     // A folder of output ends with its checksummed manifest, written last.
+    // The audit's evidence goes beside the files, and its verdict into the manifest.
+    let mut audit = None;
     if let Some(dir) = args.output.as_ref().filter(|o| o.is_dir()) {
-        let manifest = veil_storage::manifest_of_dir(dir)?
-            .deidentified(Some(veil_storage::Deidentified { policy: policy_name(&args.config) }));
+        let deidentified = veil_server::share::seal(dir, &policy_name(&args.config))?;
+        audit = deidentified.audit.clone();
+        let manifest = veil_storage::manifest_of_dir(dir)?.deidentified(Some(deidentified));
         write_atomically(&dir.join(veil_storage::MANIFEST_NAME), |w| w.write_all(&manifest.to_json()))?;
     }
     print_report(&total, &quarantined, started, bytes_in);
+    if let Some(audit) = audit {
+        eprint!("veil deid: audit: {}", audit.summary);
+    }
     // Finished, but not everything went through: say so in the exit code (the report says what).
     Ok(if quarantined.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

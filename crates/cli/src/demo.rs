@@ -241,7 +241,9 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<vei
         export_over_http(&http, &base, "_anonymizationConfig=safe-harbor.json&_container=research", &storage_root)?;
     println!("  files: {}", folder.display());
 
-    // Handed over: a Veil share link to exactly that export, fetched and
+    // Handed over only because its audit passed (veil-risk.json, .txt and
+    // .html lie beside the files): Safe Harbor keeps years only, so studies
+    // that need months count on the site's own data instead.: a Veil share link to exactly that export, fetched and
     // checked as the research team would. The token does not depend on the
     // address, so the link printed at the end names veil serve's default.
     let shared = veil_server::share::make_share(
@@ -263,6 +265,9 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<vei
         fetched.bytes,
         copy.display()
     );
+    for line in shared.audit.as_deref().unwrap_or("").lines() {
+        println!("  audit: {line}");
+    }
     let shared = veil_server::share::Made { link: shared.link.replace(&base, "http://127.0.0.1:8080"), ..shared };
 
     // The study's minimum-necessary export: only the types and elements the

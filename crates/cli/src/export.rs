@@ -174,10 +174,16 @@ pub(crate) fn run(a: Args) -> Result<ExitCode> {
         veil_bulk::BulkError::Destination(m) => anyhow::Error::from(UsageError(m)),
         other => other.into(),
     })?;
+    // De-identified output is audited where it lies; the evidence goes with it.
+    let deidentified = match a.deid.as_deref() {
+        Some(config) => Some(veil_server::share::seal(&dest, &crate::deid::policy_name(config))?),
+        None => None,
+    };
+    if let Some(audit) = deidentified.as_ref().and_then(|d| d.audit.as_ref()) {
+        eprint!("veil export: {}", audit.summary);
+    }
     let into = match &cloud {
         Some((location, storage)) => {
-            let deidentified =
-                a.deid.as_deref().map(|config| veil_storage::Deidentified { policy: crate::deid::policy_name(config) });
             upload_stage("veil export", storage, &dest, deidentified)?;
             std::fs::remove_dir_all(&dest)
                 .map_err(|e| anyhow::anyhow!("cannot remove the work folder {}: {e}", dest.display()))?;

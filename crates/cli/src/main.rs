@@ -4,6 +4,7 @@
 //! each subcommand lives in its own module.
 
 mod aggregator;
+mod audit;
 mod client;
 mod deid;
 mod demo;
@@ -25,7 +26,8 @@ use clap::{Parser, Subcommand};
 /// Veil de-identifies FHIR R4 data and hands it to researchers.
 ///
 /// It de-identifies FHIR files with Microsoft FHIR anonymizer configurations
-/// (`veil deid`), serves a FHIR store with de-identified Bulk Data $export
+/// (`veil deid`), shows what de-identified data still holds and how
+/// unique its patients are (`veil audit`), serves a FHIR store with de-identified Bulk Data $export
 /// to registered clients (`veil load`, `veil serve`, `veil client`),
 /// flattens resources with SQL on FHIR views (`veil view run`) and builds
 /// aggregate studies for a Cumulus aggregator (`veil study`,
@@ -47,6 +49,7 @@ enum Command {
     // Each subcommand's help is the doc comment on its Args struct.
     Fhirpath(fhirpath::Args),
     Deid(deid::Args),
+    Audit(audit::Args),
     Load(load::Args),
     Serve(serve::Args),
     Client(client::Args),
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Fhirpath(args) => fhirpath::run(args),
         Command::Deid(args) => deid::run(args),
+        Command::Audit(args) => audit::run(args),
         Command::Load(args) => load::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Client(args) => client::run(args),

@@ -103,6 +103,11 @@ struct CreateArgs {
     /// this flag such an export is refused.
     #[arg(long)]
     identified: bool,
+    /// Share a de-identified export whose audit failed (veil-risk.txt in the
+    /// export says why): for when an expert's determination or a data use
+    /// agreement covers what the audit found. Without this flag it is refused.
+    #[arg(long)]
+    despite_audit: bool,
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
@@ -131,7 +136,11 @@ fn create(store: &dyn Store, c: CreateArgs) -> Result<ExitCode> {
         (None, Some(path)) => Location::parse(path).map_err(|e| UsageError(e.to_string()))?,
         (None, None) => unreachable!("clap requires --export or --path"),
     };
-    let exposure = if c.identified { Exposure::Identified } else { Exposure::DeidentifiedOnly };
+    let exposure = match (c.identified, c.despite_audit) {
+        (true, _) => Exposure::Identified,
+        (false, true) => Exposure::DespiteAudit,
+        (false, false) => Exposure::DeidentifiedOnly,
+    };
     let made = make_share(store, &location, lifetime, c.recipient, c.ip, &c.base_url, exposure).map_err(usage)?;
     let r = &made.record;
     if r.identified {
@@ -141,6 +150,11 @@ fn create(store: &dyn Store, c: CreateArgs) -> Result<ExitCode> {
         );
     }
     eprintln!("veil share: {} ({}) shares {}: {}", r.id, r.kind, r.location, made.scope);
+    match &made.audit {
+        Some(summary) => summary.lines().for_each(|l| eprintln!("  audit: {l}")),
+        None if !r.identified => eprintln!("  audit: none on record (an export made before Veil audited its output)"),
+        None => {}
+    }
     eprintln!(
         "  expires {}{}{}",
         r.expires,

@@ -93,10 +93,11 @@ struct ShowArgs {
 ///   curl "$FHIR/\$export?$(veil export-preset flu)&_anonymizationConfig=flu.json" -H 'Prefer: respond-async'
 ///
 /// With --policy, also writes the de-identification policy to pair with it:
-/// the HIPAA Safe Harbor sample with the study's own rules placed first,
-/// for what the study needs that the sample would remove (for `flu`: keep
-/// vaccine codes, and shift vaccination dates instead of cutting them to
-/// the year).
+/// Veil's HIPAA Safe Harbor policy with the study's own rules placed first,
+/// for what the study needs that Safe Harbor would remove (`flu` needs
+/// none: vaccine codes are vocabulary, and it counts by year; counts by
+/// month are built on the site's own data, where only suppressed
+/// aggregates leave).
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub(crate) struct PresetArgs {
@@ -195,7 +196,7 @@ pub(crate) fn build_from(study: &Study, files: &[PathBuf]) -> Result<Built> {
     Ok(builder.finish(&today())?)
 }
 
-/// The Safe Harbor sample with the study's preset rules placed first.
+/// Veil's Safe Harbor policy with the study's preset rules placed first.
 pub(crate) fn preset_policy(study: &Study) -> Result<String> {
     let first: Vec<(String, String)> = study.export.rules.iter().map(|r| (r.path.clone(), r.method.clone())).collect();
     Ok(veil_deid::Policy::safe_harbor_with(&first)?)
@@ -278,11 +279,14 @@ pub(crate) fn preset(args: PresetArgs) -> Result<ExitCode> {
         let policy = preset_policy(&study)?;
         write_atomically(path, |w| std::io::Write::write_all(w, policy.as_bytes()))?;
         let rules: Vec<String> = e.rules.iter().map(|r| format!("{} {}", r.method, r.path)).collect();
-        eprintln!(
-            "veil export-preset: wrote {}: the Safe Harbor sample with first {}",
-            path.display(),
-            if rules.is_empty() { "nothing".into() } else { rules.join(", ") }
-        );
+        match rules.is_empty() {
+            true => eprintln!("veil export-preset: wrote {}: Veil's Safe Harbor policy", path.display()),
+            false => eprintln!(
+                "veil export-preset: wrote {}: Veil's Safe Harbor policy with first {} (no longer Safe Harbor where these keep more)",
+                path.display(),
+                rules.join(", ")
+            ),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -176,7 +176,8 @@ fn demo_runs_on_the_bundled_sample() {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(export.join("veil-manifest.json")).unwrap()).unwrap();
     let shared = manifest["files"].as_array().unwrap();
-    assert_eq!(shared.len(), 19);
+    // The data's 19 files and the audit's three files of evidence.
+    assert_eq!(shared.len(), 22);
     for f in shared {
         let name = f["path"].as_str().unwrap();
         assert_eq!(
@@ -185,7 +186,9 @@ fn demo_runs_on_the_bundled_sample() {
             "{name}"
         );
     }
-    assert!(stdout.contains("veil fetch downloaded 19 files"), "{stdout}");
+    assert!(stdout.contains("veil fetch downloaded 22 files"), "{stdout}");
+    // Before sharing, the export's audit said it meets Safe Harbor.
+    assert!(stdout.contains("  audit: Output MEETS safe-harbor (38473 resources read)."), "{stdout}");
     let tail: Vec<&str> = stdout.lines().rev().take(4).collect();
     assert!(
         tail[0].starts_with("  veil fetch 'http://127.0.0.1:8080/share/v1.sh_")
@@ -256,8 +259,44 @@ fn deid_manifest_leaves_out_what_a_killed_run_left() {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(t.0.join("out/veil-manifest.json")).unwrap()).unwrap();
     let listed: Vec<&str> = manifest["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
-    assert_eq!(listed, ["a.ndjson"]);
+    // The data and the audit's evidence beside it.
+    assert_eq!(listed, ["a.ndjson", "veil-risk.html", "veil-risk.json", "veil-risk.txt"]);
     drop(policy);
+}
+
+/// A folder de-identified with Microsoft's sample fails its Safe Harbor
+/// audit (its dates keep their day): `veil share create` shows why and
+/// refuses it, unless told `--despite-audit`; `veil audit` agrees.
+#[test]
+fn an_export_whose_audit_failed_is_shared_only_when_told() {
+    let t = TempDir::new("audit-share");
+    t.write("in/p.ndjson", &(patient_line("a", "Zebulon") + "\n"));
+    let p = |x: &str| t.0.join(x).to_string_lossy().into_owned();
+    let db = format!("sqlite:{}", p("veil.db"));
+    for (policy, passes) in [("ms-sample", false), ("safe-harbor", true)] {
+        let out_dir = p(policy);
+        let out = veil(&["deid", "-c", policy, "-b", "-i", &p("in"), "-o", &out_dir], None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let audit = veil(&["audit", &out_dir, "--original", &p("in")], None);
+        assert_eq!(audit.status.success(), passes, "{}", text(&audit.stdout));
+        let share = |extra: &[&str]| {
+            let mut args = vec!["share", "create", "--db", &db, "--path", &out_dir];
+            args.extend_from_slice(extra);
+            veil(&args, None)
+        };
+        let refused = share(&[]);
+        if passes {
+            assert!(refused.status.success(), "{}", text(&refused.stderr));
+            assert!(text(&refused.stderr).contains("audit: Output MEETS safe-harbor"), "{}", text(&refused.stderr));
+            continue;
+        }
+        assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+        let why = text(&refused.stderr);
+        assert!(why.contains("failed its de-identification audit") && why.contains("FAIL dates"), "{why}");
+        assert!(!why.contains("Zebulon") && !why.contains("1980"), "no value in the reason: {why}");
+        let told = share(&["--despite-audit"]);
+        assert!(told.status.success(), "{}", text(&told.stderr));
+    }
 }
 
 #[test]
@@ -270,7 +309,10 @@ fn deid_folders_like_the_microsoft_tool() {
     let p = |x: &str| t.0.join(x).to_string_lossy().into_owned();
     let out = veil(&["deid", "-c", &p("policy.json"), "-i", &p("in"), "-o", &p("out"), "-r"], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(t.files("out"), ["a.json", "sub", "veil-manifest.json"]);
+    assert_eq!(
+        t.files("out"),
+        ["a.json", "sub", "veil-manifest.json", "veil-risk.html", "veil-risk.json", "veil-risk.txt"]
+    );
     // The manifest, written last, names every output file with its digest.
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(t.0.join("out/veil-manifest.json")).unwrap()).unwrap();
@@ -282,7 +324,7 @@ fn deid_folders_like_the_microsoft_tool() {
             .collect();
         assert_eq!((f["size"].as_u64().unwrap(), f["sha256"].as_str().unwrap()), (bytes.len() as u64, digest.as_str()));
     }
-    assert_eq!(manifest["files"].as_array().unwrap().len(), 1 + t.files("out/sub").len());
+    assert_eq!(manifest["files"].as_array().unwrap().len(), 1 + t.files("out/sub").len() + 3, "data and evidence");
     let a: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(t.0.join("out/a.json")).unwrap()).unwrap();
     assert!(a.get("name").is_none());
     assert_ne!(a["id"], "a");
@@ -1064,7 +1106,9 @@ fn share_an_export_fetch_it_resume_it_and_revoke_it() {
         serde_json::from_slice(&std::fs::read(exported.join("veil-manifest.json")).unwrap()).unwrap();
     let files: Vec<String> =
         manifest["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap().to_string()).collect();
-    assert!(files.len() >= 3 && files.iter().all(|f| f.ends_with(".ndjson")), "{files:?}");
+    let data: Vec<&String> = files.iter().filter(|f| !f.starts_with("veil-risk.")).collect();
+    assert!(data.len() >= 3 && data.iter().all(|f| f.ends_with(".ndjson")), "{files:?}");
+    assert_eq!(files.len(), data.len() + 3, "the audit's evidence is listed: {files:?}");
 
     let share = |extra: &[&str]| -> String {
         let mut args = vec![

@@ -91,6 +91,12 @@ const LABELS: [(Records, Option<&str>, &str, &str); 7] = [
     (Records::GENERALIZE, None, "GENERALIZED", "exact value is replaced with a general value"),
 ];
 
+/// Whether a `Coding` is, exactly, one of the labels de-identification
+/// writes into `meta.security` (an audit reads those as vocabulary).
+pub fn is_security_label(system: Option<&str>, code: Option<&str>, display: Option<&str>) -> bool {
+    LABELS.iter().any(|(_, s, c, d)| *s == system && Some(*c) == code && Some(*d) == display)
+}
+
 /// How many nodes each method changed in one document (or many, added up).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {

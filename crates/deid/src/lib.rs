@@ -35,5 +35,5 @@ mod shape;
 mod stream;
 
 pub use config::{ConfigError, DateShiftScope, Method, Parameters, Policy, ProcessingErrors, RangeType, Rule};
-pub use engine::{DeidError, Engine, Stats};
+pub use engine::{DeidError, Engine, Stats, is_security_label};
 pub use stream::{OnError, Quarantined, Report, StreamError, anonymize_ndjson, map_lines_in_parallel};

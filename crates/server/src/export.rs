@@ -445,7 +445,13 @@ pub fn run_job(
     // `veil fetch` checks. Its presence says the folder is complete.
     // It says whether the files were de-identified, so that sharing them
     // can fail closed.
-    let deidentified = req.anonymization_config.clone().map(|policy| veil_storage::Deidentified { policy });
+    let deidentified = match &req.anonymization_config {
+        Some(policy) => match crate::share::seal(&dir, policy) {
+            Ok(d) => Some(d),
+            Err(e) => return Outcome::Failed(500, format!("cannot audit the de-identified export: {e}")),
+        },
+        None => None,
+    };
     let manifest = veil_storage::manifest_of_dir(&dir)
         .map(|m| m.deidentified(deidentified.clone()).to_json())
         .and_then(|m| veil_util::atomic::write(&dir.join(veil_storage::MANIFEST_NAME), &m));

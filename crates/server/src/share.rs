@@ -15,7 +15,9 @@
 //!
 //! [`make_share`] makes a share, of any kind of storage, with the rules
 //! that decide whether it may be made (the longest lifetime per kind of
-//! link; only de-identified exports unless told otherwise).
+//! link; only de-identified exports whose audit passed, unless told
+//! otherwise). [`seal`] makes that audit's evidence for every
+//! de-identified folder Veil writes.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -223,16 +225,42 @@ pub struct Made {
     pub record: ShareRecord,
     /// What it shares, in words (`3 files (12 bytes), through veil serve`).
     pub scope: String,
+    /// The audit's summary from the export's manifest, when it has one.
+    pub audit: Option<String>,
 }
 
 /// Whether the operator said the data is identified: only then is an
 /// export that no manifest shows de-identified shared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exposure {
-    /// Share only what the manifest shows de-identified.
+    /// Share only what the manifest shows de-identified, and its audit passed.
     DeidentifiedOnly,
+    /// `--despite-audit`: share a de-identified export whose audit failed
+    /// (the operator has read why, and an expert or agreement covers it).
+    DespiteAudit,
     /// `--identified`: share it even so, and record that it is identified.
     Identified,
+}
+
+/// Audits the de-identified folder `dir` against the standard its policy
+/// is made for (any policy but a built-in one is held to Safe Harbor),
+/// leaves the evidence (`veil-risk.json`, `.txt`, `.html`) beside its
+/// files, and returns what its manifest is to say. Every writer of
+/// de-identified folders calls it before writing the manifest.
+pub fn seal(dir: &std::path::Path, policy: &str) -> Result<veil_storage::Deidentified, veil_audit::AuditError> {
+    let options = veil_audit::Options::new(veil_audit::Standard::of_policy(policy));
+    let evidence = veil_audit::audit_dir(dir, &options)?;
+    evidence
+        .write_beside(dir)
+        .map_err(|source| veil_audit::AuditError::Io { path: dir.display().to_string(), source })?;
+    Ok(veil_storage::Deidentified {
+        policy: policy.to_string(),
+        audit: Some(veil_storage::Verdict {
+            standard: evidence.standard.name().into(),
+            passes: evidence.passes,
+            summary: evidence.summary(),
+        }),
+    })
 }
 
 /// Why a share was not made.
@@ -287,9 +315,15 @@ pub fn make_share(
         cloud => Storage::open(cloud)?.read_manifest()?,
     };
     let identified = match (&manifest.deidentified, exposure) {
+        (Some(d), Exposure::DeidentifiedOnly) if d.audit.as_ref().is_some_and(|a| !a.passes) => {
+            let audit = d.audit.as_ref().map_or("", |a| a.summary.as_str());
+            return Err(ShareError::Refused(format!(
+                "{location} failed its de-identification audit:\n{audit}To share it all the same (an expert's determination or a data use agreement covers what the audit found), add --despite-audit"
+            )));
+        }
         (Some(_), _) => false,
         (None, Exposure::Identified) => true,
-        (None, Exposure::DeidentifiedOnly) => {
+        (None, Exposure::DeidentifiedOnly | Exposure::DespiteAudit) => {
             return Err(ShareError::Refused(format!(
                 "{location} was not de-identified (its {MANIFEST_NAME} names no de-identification policy): it may hold names, dates and narratives about patients. Share de-identified exports ($export with _anonymizationConfig, veil deid, veil export --deid); to share this one all the same, under an agreement that allows identified data, add --identified"
             )));
@@ -326,5 +360,6 @@ pub fn make_share(
         revoked: None,
         identified,
     })?;
-    Ok(Made { link, record, scope })
+    let audit = manifest.deidentified.and_then(|d| d.audit).map(|a| a.summary);
+    Ok(Made { link, record, scope, audit })
 }

@@ -40,7 +40,7 @@ use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart}
 pub use lifetime::parse_lifetime;
 pub use location::Location;
 pub use manifest::{
-    Deidentified, FileEntry, MANIFEST_NAME, Manifest, digest, digest_file, files_below, manifest_of_dir,
+    Deidentified, FileEntry, MANIFEST_NAME, Manifest, Verdict, digest, digest_file, files_below, manifest_of_dir,
 };
 pub use s3_post::PresignedPost;
 

@@ -35,6 +35,22 @@ pub struct Deidentified {
     /// The policy applied, by the name it was given (a built-in name or a
     /// configuration file's name).
     pub policy: String,
+    /// What the audit of the files found (`veil-risk.json` beside them
+    /// holds the whole evidence); absent in manifests from before Veil
+    /// audited its output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Verdict>,
+}
+
+/// The audit's verdict on an export, as its manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// The HIPAA standard checked (`safe-harbor`, `limited-data-set`, `expert`).
+    pub standard: String,
+    /// Whether the files meet it.
+    pub passes: bool,
+    /// The audit's human summary (counts, never values).
+    pub summary: String,
 }
 
 /// One file: its name below the destination, size and SHA-256.

@@ -112,8 +112,8 @@ pub(crate) struct MetaDateDef {
 
 /// The minimum-necessary Bulk Data `$export` for a study: the resource
 /// types and elements it reads, and the de-identification rules to place
-/// ahead of the Safe Harbor sample's for what the study needs that the
-/// sample would remove.
+/// ahead of Veil's Safe Harbor policy for what the study needs that Safe
+/// Harbor would remove.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportPreset {
