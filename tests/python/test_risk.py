@@ -178,6 +178,11 @@ class Risk(unittest.TestCase):
             audit = json.load(f)
         self.assertTrue(audit["passes"])
         self.assertTrue(all(c["values"] == 0 for c in audit["categories"]), audit["failures"])
+        # What veil deid saw as it wrote equals what veil audit reads back.
+        with open(os.path.join(folder, "veil-risk.json")) as f:
+            written = json.load(f)
+        for key in ("resources", "unreadable", "categories", "risk", "passes"):
+            self.assertEqual(written[key], audit[key], key)
         # A limit on uniqueness the sample cannot meet fails, with exit code 1.
         failed = subprocess.run([os.environ.get("VEIL", os.path.join(ROOT, "target", "debug", "veil")), "audit",
                                  folder, "--max-unique", "0.01"], capture_output=True, text=True)

@@ -223,42 +223,82 @@ pub fn audit_dir(dir: &Path, options: &Options) -> Result<Evidence, AuditError> 
 
 /// Audits these NDJSON (`.ndjson`) and single-resource (`.json`) files.
 pub fn audit_files(files: &[PathBuf], options: &Options) -> Result<Evidence, AuditError> {
-    let originals = match &options.original {
-        Some(dir) => Some(original_values(dir)?),
-        None => None,
-    };
-    let cx = scan::Context {
-        originals: originals.as_ref(),
-        compare_dates: options.standard != Standard::Expert,
-        this_year: options.this_year,
-    };
-    let mut findings = Findings::new();
-    let mut gathered = risk::Gathered::default();
-    let (mut resources, mut unreadable) = (0u64, 0u64);
-    for_each_resource(
-        files,
-        |doc| {
-            let mut found = Findings::new();
-            scan::scan_resource(doc, &cx, &mut found);
-            (found, risk::observe(doc))
-        },
-        |seen| match seen {
-            Some((found, observed)) => {
-                resources += 1;
-                for (category, paths) in found {
-                    let into = findings.entry(category).or_default();
-                    for (path, n) in paths {
-                        *into.entry(path).or_default() += n;
-                    }
-                }
-                if let Some(o) = observed {
-                    gathered.add(o);
-                }
+    let auditor = Auditor::new(options.clone())?;
+    let mut tally = Tally::default();
+    for_each_resource(files, |doc| auditor.see(doc), |seen| tally.add(seen))?;
+    Ok(auditor.finish(tally))
+}
+
+/// An audit as it runs, for a caller that has the resources in hand (`veil
+/// deid` as it writes them): [`Auditor::see`] on any thread, what it made
+/// of each resource added to a [`Tally`] in order, [`Auditor::finish`] at
+/// the end.
+pub struct Auditor {
+    options: Options,
+    originals: Option<HashSet<u64>>,
+}
+
+/// What an audit has counted so far.
+#[derive(Default)]
+pub struct Tally {
+    findings: Findings,
+    gathered: risk::Gathered,
+    resources: u64,
+    unreadable: u64,
+}
+
+/// What the audit made of one resource; the default stands for a line that
+/// was not a JSON resource.
+#[derive(Default)]
+pub struct Seen(Option<(Findings, Option<risk::Seen>)>);
+
+impl Auditor {
+    /// An audit with these options (reading the original data first, if given).
+    pub fn new(options: Options) -> Result<Auditor, AuditError> {
+        let originals = match &options.original {
+            Some(dir) => Some(original_values(dir)?),
+            None => None,
+        };
+        Ok(Auditor { options, originals })
+    }
+
+    /// Scans one resource.
+    pub fn see(&self, doc: &Json) -> Seen {
+        let cx = scan::Context {
+            originals: self.originals.as_ref(),
+            compare_dates: self.options.standard != Standard::Expert,
+            this_year: self.options.this_year,
+        };
+        let mut found = Findings::new();
+        scan::scan_resource(doc, &cx, &mut found);
+        Seen(Some((found, risk::observe(doc))))
+    }
+
+    /// The evidence, from everything counted.
+    pub fn finish(&self, tally: Tally) -> Evidence {
+        let risk = tally.gathered.finish(self.options.threshold);
+        Evidence::judge(&self.options, tally.findings, risk, tally.resources, tally.unreadable)
+    }
+}
+
+impl Tally {
+    /// Counts what [`Auditor::see`] made of one resource.
+    pub fn add(&mut self, seen: Seen) {
+        let Some((found, observed)) = seen.0 else {
+            self.unreadable += 1;
+            return;
+        };
+        self.resources += 1;
+        for (category, paths) in found {
+            let into = self.findings.entry(category).or_default();
+            for (path, n) in paths {
+                *into.entry(path).or_default() += n;
             }
-            None => unreadable += 1,
-        },
-    )?;
-    Ok(Evidence::judge(options, findings, gathered.finish(options.threshold), resources, unreadable))
+        }
+        if let Some(o) = observed {
+            self.gathered.add(o);
+        }
+    }
 }
 
 impl Evidence {
@@ -405,11 +445,12 @@ fn data_files(dir: &Path) -> Result<Vec<PathBuf>, AuditError> {
 }
 
 /// Runs `map` on every resource of every file on every core, and hands the
-/// results to `each` in order; `None` for a line that is not a JSON object.
-fn for_each_resource<T: Send>(
+/// results to `each` in order; `T::default()` for a line that is not a JSON
+/// object.
+fn for_each_resource<T: Send + Default>(
     files: &[PathBuf],
     map: impl Fn(&Json) -> T + Sync,
-    mut each: impl FnMut(Option<T>),
+    mut each: impl FnMut(T),
 ) -> Result<(), AuditError> {
     for path in files {
         let io_err = |source| AuditError::Io { path: path.display().to_string(), source };
@@ -420,8 +461,8 @@ fn for_each_resource<T: Send>(
                 BufReader::new(file),
                 |line| match line {
                     Ok(l) if l.trim().is_empty() => None,
-                    Ok(l) => Some(parse(l).map(|doc| map(&doc))),
-                    Err(_) => Some(None),
+                    Ok(l) => Some(parse(l).map(|doc| map(&doc)).unwrap_or_default()),
+                    Err(_) => Some(T::default()),
                 },
                 |_, result| {
                     if let Some(r) = result {
@@ -434,7 +475,7 @@ fn for_each_resource<T: Send>(
         } else {
             let mut text = String::new();
             BufReader::new(file).read_to_string(&mut text).map_err(io_err)?;
-            each(parse(&text).map(|doc| map(&doc)));
+            each(parse(&text).map(|doc| map(&doc)).unwrap_or_default());
         }
     }
     Ok(())
@@ -450,7 +491,7 @@ fn original_values(dir: &Path) -> Result<HashSet<u64>, AuditError> {
             scan::original_values(doc, &mut values);
             values
         },
-        |values| set.extend(values.into_iter().flatten()),
+        |values| set.extend(values),
     )?;
     Ok(set)
 }

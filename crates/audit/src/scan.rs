@@ -150,22 +150,55 @@ impl Category {
 /// (`Organization.address.city`).
 pub type Findings = BTreeMap<Category, BTreeMap<String, u64>>;
 
+/// The data types the scan treats specially, by the owner of an element
+/// (a type name, or a backbone path, which is none of them). None of them
+/// has subtypes in R4 but `Quantity`, whose are listed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Identifier,
+    ContactPoint,
+    HumanName,
+    Address,
+    Coding,
+    Quantity,
+    Age,
+    Reference,
+    Meta,
+    Extension,
+    Other,
+}
+
+fn kind(owner: &str) -> Kind {
+    match owner {
+        "Identifier" => Kind::Identifier,
+        "ContactPoint" => Kind::ContactPoint,
+        "HumanName" => Kind::HumanName,
+        "Address" => Kind::Address,
+        "Coding" => Kind::Coding,
+        "Quantity" | "SimpleQuantity" | "MoneyQuantity" | "Duration" | "Count" | "Distance" => Kind::Quantity,
+        "Age" => Kind::Age,
+        "Reference" => Kind::Reference,
+        "Meta" => Kind::Meta,
+        "Extension" => Kind::Extension,
+        _ => Kind::Other,
+    }
+}
+
 /// Elements whose values are fixed vocabulary wherever they occur, by the
 /// type that holds them: a code system, a unit, a profile, a state. Their
 /// values are not free text (they are still searched for IP and email
 /// addresses, which no vocabulary holds).
-fn is_vocabulary(owner: &str, key: &str) -> bool {
-    let model = r4();
-    let is = |ty: &str| model.is_subtype(owner, ty);
+fn is_vocabulary(owner: Kind, key: &str) -> bool {
+    use Kind::*;
     match key {
-        "system" => is("Coding") || is("Quantity") || is("Identifier"),
-        "version" => is("Coding"),
-        "unit" => is("Quantity"),
-        "type" => is("Reference"),
-        "profile" => is("Meta"),
+        "system" => matches!(owner, Coding | Quantity | Age | Identifier),
+        "version" => owner == Coding,
+        "unit" => matches!(owner, Quantity | Age),
+        "type" => owner == Reference,
+        "profile" => owner == Meta,
+        "state" | "country" => owner == Address,
         // An extension's definition, not data.
-        "url" => is("Extension"),
-        "state" | "country" => is("Address"),
+        "url" => owner == Extension,
         _ => false,
     }
 }
@@ -243,17 +276,45 @@ pub(crate) fn fingerprint(text: &str) -> u64 {
 pub(crate) fn scan_resource(doc: &Json, cx: &Context, out: &mut Findings) {
     let Some(rt) = doc.get("resourceType").and_then(Json::as_str).and_then(|t| r4().type_name(t)) else {
         if let Json::Object(map) = doc {
-            scan_object(map, "Resource", "(unknown)", "(unknown)", cx, out);
+            scan_object(map, "Resource", "(unknown)", &At::root("(unknown)"), cx, out);
         }
         return;
     };
     if let Json::Object(map) = doc {
-        scan_object(map, rt, rt, rt, cx, out);
+        scan_object(map, rt, rt, &At::root(rt), cx, out);
     }
 }
 
-fn add(out: &mut Findings, category: Category, path: &str) {
-    *out.entry(category).or_default().entry(path.to_string()).or_default() += 1;
+fn add(out: &mut Findings, category: Category, path: &At) {
+    *out.entry(category).or_default().entry(path.render()).or_default() += 1;
+}
+
+/// Where a value sits: the chain of JSON keys from its resource type,
+/// rendered (`Patient.address.city`) only for a finding, so that the walk
+/// over the many values that are fine allocates nothing.
+pub(crate) struct At<'a> {
+    parent: Option<&'a At<'a>>,
+    key: &'a str,
+}
+
+impl<'a> At<'a> {
+    fn root(key: &'a str) -> At<'a> {
+        At { parent: None, key }
+    }
+
+    fn child<'b>(&'b self, key: &'b str) -> At<'b>
+    where
+        'a: 'b,
+    {
+        At { parent: Some(self), key }
+    }
+
+    fn render(&self) -> String {
+        match self.parent {
+            Some(p) => p.render() + "." + self.key,
+            None => self.key.to_string(),
+        }
+    }
 }
 
 /// `owner` is the type (or backbone path) defining the object's elements;
@@ -262,23 +323,23 @@ fn scan_object(
     map: &serde_json::Map<String, Json>,
     owner: &'static str,
     resource: &str,
-    path: &str,
+    path: &At,
     cx: &Context,
     out: &mut Findings,
 ) {
     let model = r4();
     let text = |key: &str| map.get(key).and_then(Json::as_str);
-    if model.is_subtype(owner, "Coding") && veil_deid::is_security_label(text("system"), text("code"), text("display"))
-    {
+    let owner_kind = kind(owner);
+    if owner_kind == Kind::Coding && veil_deid::is_security_label(text("system"), text("code"), text("display")) {
         return; // a label de-identification wrote (`REDACTED`), not data
     }
-    if model.is_subtype(owner, "Identifier")
+    if owner_kind == Kind::Identifier
         && let Some(value) = map.get("value").and_then(Json::as_str)
         && !is_pseudonym(value)
     {
-        add(out, identifier_category(map, resource), &format!("{path}.value"));
+        add(out, identifier_category(map, resource), &path.child("value"));
     }
-    if model.is_subtype(owner, "ContactPoint")
+    if owner_kind == Kind::ContactPoint
         && let Some(value) = map.get("value").and_then(Json::as_str)
         && !value.trim().is_empty()
     {
@@ -288,15 +349,15 @@ fn scan_object(
             Some("url") => Category::Urls,
             _ => Category::Phone,
         };
-        let path = format!("{path}.value");
+        let path = path.child("value");
         add(out, category, &path);
         check_patterns(value, &path, false, out);
     }
-    if model.is_subtype(owner, "Age")
+    if owner_kind == Kind::Age
         && let Some(years) = map.get("value").and_then(Json::as_f64)
         && years > 89.0
     {
-        add(out, Category::Dates, &format!("{path}.value"));
+        add(out, Category::Dates, &path.child("value"));
     }
     for (key, value) in map {
         if key == "resourceType" {
@@ -306,10 +367,10 @@ fn scan_object(
         let Some((el, ty)) = model.element_for_key(owner, base) else {
             // Not an R4 element: whatever it holds is read as free text,
             // under a path that does not repeat its key (which could be data).
-            scan_untyped(value, &format!("{path}.(unknown)"), cx, out);
+            scan_untyped(value, &path.child("(unknown)"), cx, out);
             continue;
         };
-        let child_path = format!("{path}.{key}");
+        let child_path = path.child(key);
         if key.starts_with('_') {
             // A primitive's id and extensions.
             each_item(value, |item| {
@@ -326,10 +387,10 @@ fn scan_object(
         let child_owner = el.children_owner(ty);
         each_item(value, |item| match item {
             Json::Object(m) => match m.get("resourceType").and_then(Json::as_str).and_then(|t| model.type_name(t)) {
-                Some(rt) => scan_object(m, rt, rt, &format!("{child_path}.{rt}"), cx, out),
+                Some(rt) => scan_object(m, rt, rt, &child_path.child(rt), cx, out),
                 None => scan_object(m, child_owner, resource, &child_path, cx, out),
             },
-            Json::String(s) => scan_string(s, owner, resource, base, ty, &child_path, cx, out),
+            Json::String(s) => scan_string(s, owner, owner_kind, resource, base, ty, &child_path, cx, out),
             _ => {}
         });
     }
@@ -342,7 +403,7 @@ fn each_item<'a>(value: &'a Json, mut f: impl FnMut(&'a Json)) {
     }
 }
 
-fn scan_untyped(value: &Json, path: &str, cx: &Context, out: &mut Findings) {
+fn scan_untyped(value: &Json, path: &At, cx: &Context, out: &mut Findings) {
     match value {
         Json::String(s) => scan_text(s, path, true, cx, out),
         Json::Array(items) => items.iter().for_each(|v| scan_untyped(v, path, cx, out)),
@@ -356,10 +417,11 @@ fn scan_untyped(value: &Json, path: &str, cx: &Context, out: &mut Findings) {
 fn scan_string(
     s: &str,
     owner: &'static str,
+    owner_kind: Kind,
     resource: &str,
     key: &str,
     ty: &str,
-    path: &str,
+    path: &At,
     cx: &Context,
     out: &mut Findings,
 ) {
@@ -375,17 +437,17 @@ fn scan_string(
         "code" | "boolean" | "integer" | "decimal" | "positiveInt" | "unsignedInt" | "time" => return,
         _ => {}
     }
-    if model.is_subtype(owner, "Identifier") && key == "value" {
+    if owner_kind == Kind::Identifier && key == "value" {
         return; // judged with its type, above
     }
-    if model.is_subtype(owner, "ContactPoint") && key == "value" {
+    if owner_kind == Kind::ContactPoint && key == "value" {
         return;
     }
-    if is_vocabulary(owner, key) {
+    if is_vocabulary(owner_kind, key) {
         check_patterns(s, path, false, out);
         return;
     }
-    if model.is_subtype(owner, "Address") {
+    if owner_kind == Kind::Address {
         match key {
             "line" => add(out, Category::StreetAddresses, path),
             "city" | "district" => add(out, Category::SmallGeography, path),
@@ -400,7 +462,7 @@ fn scan_string(
         survived(s, path, cx, out);
         return;
     }
-    if model.is_subtype(owner, "HumanName") {
+    if owner_kind == Kind::HumanName {
         if key != "use" {
             add(out, Category::Names, path);
             survived(s, path, cx, out);
@@ -413,7 +475,7 @@ fn scan_string(
         }
         return;
     }
-    if model.is_subtype(owner, "Reference") && key == "reference" {
+    if owner_kind == Kind::Reference && key == "reference" {
         let id = s.rsplit(['/', ':', '#']).next().unwrap_or(s);
         if !is_pseudonym(id) {
             add(out, Category::OtherIdentifiers, path);
@@ -455,7 +517,7 @@ fn scan_string(
 
 /// Free text: counted as such, searched for the kinds of identifier text
 /// can carry, and looked up among the original values.
-fn scan_text(s: &str, path: &str, is_free_text: bool, cx: &Context, out: &mut Findings) {
+fn scan_text(s: &str, path: &At, is_free_text: bool, cx: &Context, out: &mut Findings) {
     if s.trim().is_empty() {
         return;
     }
@@ -468,7 +530,7 @@ fn scan_text(s: &str, path: &str, is_free_text: bool, cx: &Context, out: &mut Fi
 
 /// Patterns of identifiers inside text. `all` adds the patterns that
 /// vocabulary (a code system's URL) may match harmlessly.
-fn check_patterns(s: &str, path: &str, all: bool, out: &mut Findings) {
+fn check_patterns(s: &str, path: &At, all: bool, out: &mut Findings) {
     // Cheap tests first: most values have no '@', no ':' and few digits.
     let digits = s.bytes().filter(u8::is_ascii_digit).count();
     if s.contains('@') && EMAIL.is_match(s) {
@@ -502,7 +564,7 @@ fn is_vocabulary_url(s: &str) -> bool {
     s.starts_with("urn:oid:") || s.starts_with("http://") || s.starts_with("https://")
 }
 
-fn survived(s: &str, path: &str, cx: &Context, out: &mut Findings) {
+fn survived(s: &str, path: &At, cx: &Context, out: &mut Findings) {
     if let Some(originals) = cx.originals
         && originals.contains(&fingerprint(s))
     {
@@ -512,7 +574,7 @@ fn survived(s: &str, path: &str, cx: &Context, out: &mut Findings) {
 
 /// A date, dateTime or instant: more than a year is a finding, a birth year
 /// more than 89 years ago is one, and so is a time-zone offset other than UTC.
-fn scan_date(s: &str, key: &str, path: &str, cx: &Context, out: &mut Findings) {
+fn scan_date(s: &str, key: &str, path: &At, cx: &Context, out: &mut Findings) {
     if s.len() > 4 {
         add(out, Category::Dates, path);
         if cx.compare_dates {
@@ -561,7 +623,7 @@ fn originals_of_object(map: &serde_json::Map<String, Json>, owner: &'static str,
                     "date" | "dateTime" | "instant" => s.len() > 4,
                     "code" | "boolean" | "integer" | "decimal" | "positiveInt" | "unsignedInt" | "time" => false,
                     // Units, code systems and states are the same before and after by design.
-                    _ => !(is_vocabulary(owner, key) || key == "use" && model.is_subtype(owner, "HumanName")),
+                    _ => !(is_vocabulary(kind(owner), key) || key == "use" && kind(owner) == Kind::HumanName),
                 };
                 if wanted && s.len() >= 2 {
                     out.push(fingerprint(s));

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value as Json, json};
-use veil_deid::{Engine, OnError, Policy, Quarantined, Report, anonymize_ndjson};
+use veil_deid::{Engine, OnError, Policy, Quarantined, Report, anonymize_ndjson, anonymize_ndjson_watched};
 
 use crate::UsageError;
 use crate::output::{Destination, Progress, open_checked, upload_stage, write_atomically};
@@ -66,6 +66,11 @@ pub(crate) struct Args {
     /// `"veil": {"onError": "quarantine"}`.
     #[arg(long, value_name = "FILE")]
     quarantine: Option<PathBuf>,
+    /// Do not audit the output folder: no veil-risk.* files, and the
+    /// manifest records no verdict, so `veil share create` refuses the
+    /// folder unless told --despite-audit.
+    #[arg(long)]
+    no_audit: bool,
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -137,6 +142,11 @@ fn run_local(args: Args) -> Result<ExitCode> {
     let scope_prefix_is_folder = matches!(policy.parameters.date_shift_scope, Some(veil_deid::DateShiftScope::Folder));
     let engine = Engine::new(policy);
     let jobs = plan(&args)?;
+    // Every resource written to a file is audited as it is serialised (no
+    // second reading); the evidence is written if the output is a folder.
+    let auditor = veil_audit::Auditor::new(veil_server::share::audit_options(&policy_name(&args.config)))?;
+    let mut tally = veil_audit::Tally::default();
+    let mut skipped_any = false;
     let started = Instant::now();
     let mut total = Report::default();
     let mut quarantined: Vec<(String, Quarantined)> = Vec::new();
@@ -159,13 +169,15 @@ fn run_local(args: Args) -> Result<ExitCode> {
             && out.exists()
         {
             eprintln!("veil deid: {}: output exists, skipped (-s)", job.input.display());
+            skipped_any = true;
             continue;
         }
         bytes_in += fs::metadata(&job.input).map(|m| m.len()).unwrap_or(0);
+        let watch = (job.output.is_some() && !args.no_audit).then_some((&auditor, &mut tally));
         let result = if job.ndjson {
-            run_ndjson(&engine, job, on_error, &name)
+            run_ndjson(&engine, job, on_error, &name, watch)
         } else {
-            run_json(&engine, job, on_error, &name)
+            run_json(&engine, job, on_error, &name, watch)
         };
         match result {
             Ok((report, q)) => {
@@ -199,7 +211,13 @@ fn run_local(args: Args) -> Result<ExitCode> {
     // The audit's evidence goes beside the files, and its verdict into the manifest.
     let mut audit = None;
     if let Some(dir) = args.output.as_ref().filter(|o| o.is_dir()) {
-        let deidentified = veil_server::share::seal(dir, &policy_name(&args.config))?;
+        let policy = policy_name(&args.config);
+        // Files skipped (-s) were not seen: then the folder is read again.
+        let deidentified = match (args.no_audit, skipped_any) {
+            (true, _) => veil_storage::Deidentified { policy, audit: None },
+            (false, true) => veil_server::share::seal(dir, &policy)?,
+            (false, false) => veil_server::share::seal_with(dir, &policy, &auditor.finish(tally))?,
+        };
         audit = deidentified.audit.clone();
         let manifest = veil_storage::manifest_of_dir(dir)?.deidentified(Some(deidentified));
         write_atomically(&dir.join(veil_storage::MANIFEST_NAME), |w| w.write_all(&manifest.to_json()))?;
@@ -279,12 +297,29 @@ fn collect(dir: &Path, ext: &str, recursive: bool, out: &mut Vec<PathBuf>) -> Re
 /// place only when `write` succeeded: readers never see a partial file.
 type Outcome = (Report, Vec<Quarantined>);
 
-fn run_ndjson(engine: &Engine, job: &Job, on_error: OnError, name: &str) -> Result<Outcome> {
+/// The audit that watches what a job writes.
+type Watch<'a> = Option<(&'a veil_audit::Auditor, &'a mut veil_audit::Tally)>;
+
+fn run_ndjson(engine: &Engine, job: &Job, on_error: OnError, name: &str, mut watch: Watch) -> Result<Outcome> {
     let mut quarantined = Vec::new();
     let progress = Progress::new(name);
-    let stream = |input: Box<dyn io::BufRead>, output: &mut dyn Write, q: &mut Vec<Quarantined>| {
-        anonymize_ndjson(engine, input, output, on_error, |x| q.push(x), |n| progress.lines(n))
-            .map_err(|e| anyhow::anyhow!("{name}: {e}"))
+    let mut stream = |input: Box<dyn io::BufRead>, output: &mut dyn Write, q: &mut Vec<Quarantined>| {
+        let quarantine = |x| q.push(x);
+        let lines = |n| progress.lines(n);
+        match watch.as_mut() {
+            Some((auditor, tally)) => anonymize_ndjson_watched(
+                engine,
+                input,
+                output,
+                on_error,
+                quarantine,
+                lines,
+                &|doc| auditor.see(doc),
+                |seen| tally.add(seen),
+            ),
+            None => anonymize_ndjson(engine, input, output, on_error, quarantine, lines),
+        }
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))
     };
     let input: Box<dyn io::BufRead> = if job.input.as_os_str() == "-" {
         Box::new(io::stdin().lock())
@@ -323,7 +358,7 @@ fn run_ndjson(engine: &Engine, job: &Job, on_error: OnError, name: &str) -> Resu
     Ok((report, quarantined))
 }
 
-fn run_json(engine: &Engine, job: &Job, on_error: OnError, name: &str) -> Result<Outcome> {
+fn run_json(engine: &Engine, job: &Job, on_error: OnError, name: &str, watch: Watch) -> Result<Outcome> {
     let text = fs::read_to_string(&job.input).with_context(|| format!("cannot read {}", job.input.display()))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut report = Report::default();
@@ -355,6 +390,9 @@ fn run_json(engine: &Engine, job: &Job, on_error: OnError, name: &str) -> Result
     *report.resources_in.entry(ty.clone()).or_default() += 1;
     *report.resources_out.entry(ty).or_default() += 1;
     report.stats.add(&stats);
+    if let Some((auditor, tally)) = watch {
+        tally.add(auditor.see(&out));
+    }
     let pretty = serde_json::to_string_pretty(&out)?;
     match &job.output {
         Some(path) => write_atomically(path, |w| w.write_all(pretty.as_bytes()))?,

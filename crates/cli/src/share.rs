@@ -152,7 +152,7 @@ fn create(store: &dyn Store, c: CreateArgs) -> Result<ExitCode> {
     eprintln!("veil share: {} ({}) shares {}: {}", r.id, r.kind, r.location, made.scope);
     match &made.audit {
         Some(summary) => summary.lines().for_each(|l| eprintln!("  audit: {l}")),
-        None if !r.identified => eprintln!("  audit: none on record (an export made before Veil audited its output)"),
+        None if !r.identified => eprintln!("  audit: none on record (shared with --despite-audit)"),
         None => {}
     }
     eprintln!(

@@ -297,6 +297,13 @@ fn an_export_whose_audit_failed_is_shared_only_when_told() {
         let told = share(&["--despite-audit"]);
         assert!(told.status.success(), "{}", text(&told.stderr));
     }
+    // A folder never audited is refused too.
+    let out = veil(&["deid", "-c", "safe-harbor", "-b", "-i", &p("in"), "-o", &p("unaudited"), "--no-audit"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!t.0.join("unaudited/veil-risk.json").exists());
+    let refused = veil(&["share", "create", "--db", &db, "--path", &p("unaudited")], None);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(text(&refused.stderr).contains("was never audited"), "{}", text(&refused.stderr));
 }
 
 #[test]

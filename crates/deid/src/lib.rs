@@ -36,4 +36,6 @@ mod stream;
 
 pub use config::{ConfigError, DateShiftScope, Method, Parameters, Policy, ProcessingErrors, RangeType, Rule};
 pub use engine::{DeidError, Engine, Stats, is_security_label};
-pub use stream::{OnError, Quarantined, Report, StreamError, anonymize_ndjson, map_lines_in_parallel};
+pub use stream::{
+    OnError, Quarantined, Report, StreamError, anonymize_ndjson, anonymize_ndjson_watched, map_lines_in_parallel,
+};

@@ -88,8 +88,8 @@ const BATCH_LINES: usize = 2048;
 /// And at most this many bytes of input per batch, for very long lines.
 const BATCH_BYTES: usize = 64 << 20;
 
-enum LineResult {
-    Written { ty: String, text: String, stats: Stats },
+enum LineResult<S> {
+    Written { ty: String, text: String, stats: Stats, seen: S },
     Failed { ty: String, reason: String },
     Blank,
 }
@@ -98,7 +98,7 @@ fn resource_type(doc: &Json) -> String {
     doc.get("resourceType").and_then(Json::as_str).unwrap_or("(unknown)").to_string()
 }
 
-fn process_line(engine: &Engine, line: &str) -> LineResult {
+fn process_line<S>(engine: &Engine, line: &str, see: &(impl Fn(&Json) -> S + Sync)) -> LineResult<S> {
     if line.trim().is_empty() {
         return LineResult::Blank;
     }
@@ -119,7 +119,9 @@ fn process_line(engine: &Engine, line: &str) -> LineResult {
     };
     let ty = resource_type(&doc);
     match engine.anonymize_counted(doc) {
-        Ok((out, stats)) => LineResult::Written { ty: resource_type(&out), text: out.to_string(), stats },
+        Ok((out, stats)) => {
+            LineResult::Written { ty: resource_type(&out), text: out.to_string(), stats, seen: see(&out) }
+        }
         Err(e) => LineResult::Failed { ty, reason: describe(&e) },
     }
 }
@@ -178,14 +180,32 @@ pub fn map_lines_in_parallel<T: Send, E: From<std::io::Error>>(
 pub fn anonymize_ndjson(
     engine: &Engine,
     input: impl BufRead,
+    output: impl Write,
+    on_error: OnError,
+    quarantine: impl FnMut(Quarantined),
+    progress: impl FnMut(u64),
+) -> Result<Report, StreamError> {
+    anonymize_ndjson_watched(engine, input, output, on_error, quarantine, progress, &|_| (), |()| {})
+}
+
+/// [`anonymize_ndjson`], with every resource written also handed to `see`
+/// on the worker threads (as it is about to be serialised), and what `see`
+/// made of it to `keep`, in input order: Veil's audit looks at the output
+/// this way without parsing it again.
+#[allow(clippy::too_many_arguments)]
+pub fn anonymize_ndjson_watched<S: Send>(
+    engine: &Engine,
+    input: impl BufRead,
     mut output: impl Write,
     on_error: OnError,
     mut quarantine: impl FnMut(Quarantined),
     mut progress: impl FnMut(u64),
+    see: &(impl Fn(&Json) -> S + Sync),
+    mut keep: impl FnMut(S),
 ) -> Result<Report, StreamError> {
     let mut report = Report::default();
     let work = |line: Result<&str, &str>| match line {
-        Ok(line) => process_line(engine, line),
+        Ok(line) => process_line(engine, line, see),
         Err(reason) => LineResult::Failed { ty: "(unparsed)".into(), reason: reason.to_string() },
     };
     let mut lines = 0;
@@ -193,7 +213,8 @@ pub fn anonymize_ndjson(
         lines = line_no;
         match result {
             LineResult::Blank => {}
-            LineResult::Written { ty, text, stats } => {
+            LineResult::Written { ty, text, stats, seen } => {
+                keep(seen);
                 *report.resources_in.entry(ty.clone()).or_default() += 1;
                 *report.resources_out.entry(ty).or_default() += 1;
                 report.stats.add(&stats);

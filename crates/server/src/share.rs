@@ -248,8 +248,22 @@ pub enum Exposure {
 /// files, and returns what its manifest is to say. Every writer of
 /// de-identified folders calls it before writing the manifest.
 pub fn seal(dir: &std::path::Path, policy: &str) -> Result<veil_storage::Deidentified, veil_audit::AuditError> {
-    let options = veil_audit::Options::new(veil_audit::Standard::of_policy(policy));
-    let evidence = veil_audit::audit_dir(dir, &options)?;
+    let evidence = veil_audit::audit_dir(dir, &audit_options(policy))?;
+    seal_with(dir, policy, &evidence)
+}
+
+/// The audit a de-identified folder made with `policy` gets.
+pub fn audit_options(policy: &str) -> veil_audit::Options {
+    veil_audit::Options::new(veil_audit::Standard::of_policy(policy))
+}
+
+/// [`seal`], with the evidence of an audit made while the files were
+/// written (`veil deid` audits each resource as it serialises it).
+pub fn seal_with(
+    dir: &std::path::Path,
+    policy: &str,
+    evidence: &veil_audit::Evidence,
+) -> Result<veil_storage::Deidentified, veil_audit::AuditError> {
     evidence
         .write_beside(dir)
         .map_err(|source| veil_audit::AuditError::Io { path: dir.display().to_string(), source })?;
@@ -315,10 +329,15 @@ pub fn make_share(
         cloud => Storage::open(cloud)?.read_manifest()?,
     };
     let identified = match (&manifest.deidentified, exposure) {
-        (Some(d), Exposure::DeidentifiedOnly) if d.audit.as_ref().is_some_and(|a| !a.passes) => {
-            let audit = d.audit.as_ref().map_or("", |a| a.summary.as_str());
+        (Some(d), Exposure::DeidentifiedOnly) if !d.audit.as_ref().is_some_and(|a| a.passes) => {
+            let why = match &d.audit {
+                Some(a) => format!("failed its de-identification audit:\n{}", a.summary),
+                None => format!(
+                    "was never audited (its {MANIFEST_NAME} records no verdict: made with --no-audit, or by an older Veil; veil audit shows what it holds).\n"
+                ),
+            };
             return Err(ShareError::Refused(format!(
-                "{location} failed its de-identification audit:\n{audit}To share it all the same (an expert's determination or a data use agreement covers what the audit found), add --despite-audit"
+                "{location} {why}To share it all the same (an expert's determination or a data use agreement covers what it holds), add --despite-audit"
             )));
         }
         (Some(_), _) => false,
