@@ -358,13 +358,30 @@ pub(crate) fn sort_rows(rows: &mut [Vec<Json>]) {
 /// The first and last day in a date column, the last capped at `today`.
 fn date_range(table: &Table, column: &str, today: &str) -> (Option<String>, Option<String>) {
     let col = table.index(column);
-    let days = table.rows.iter().filter_map(|r| r[col].as_str()).filter(|v| ymd(v).is_some()).map(|v| &v[..10]);
-    let (mut min, mut max): (Option<&str>, Option<&str>) = (None, None);
-    for d in days {
-        min = Some(min.map_or(d, |m| m.min(d)));
-        max = Some(max.map_or(d, |m| m.max(d)));
+    let (mut min, mut max): (Option<String>, Option<String>) = (None, None);
+    for (first, last) in table.rows.iter().filter_map(|r| r[col].as_str()).filter_map(day_span) {
+        min = Some(min.map_or(first.clone(), |m| m.min(first)));
+        max = Some(max.map_or(last.clone(), |m| m.max(last)));
     }
-    (min.map(str::to_string), max.map(|m| m.min(today).to_string()))
+    (min, max.map(|m| m.as_str().min(today).to_string()))
+}
+
+/// The first and last day a date stands for: itself when given to the day,
+/// its month or its whole year when cut to that (as Safe Harbor cuts them).
+fn day_span(value: &str) -> Option<(String, String)> {
+    if ymd(value).is_some() {
+        return Some((value[..10].to_string(), value[..10].to_string()));
+    }
+    let year: i32 = value.get(..4)?.parse().ok()?;
+    match value.len() {
+        4 => Some((format!("{year:04}-01-01"), format!("{year:04}-12-31"))),
+        7 if value.as_bytes()[4] == b'-' => {
+            let month: u32 = value[5..7].parse().ok().filter(|m| (1..=12).contains(m))?;
+            let last = veil_util::calendar::days_in_month(year, month);
+            Some((format!("{year:04}-{month:02}-01"), format!("{year:04}-{month:02}-{last:02}")))
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -466,6 +483,14 @@ mod tests {
         assert_eq!(cells(cube), ["6,*,*", "3,female,*"]);
         assert!(cube.suppressed > 5);
         assert!(cube.rows.iter().all(|r| r[0].as_u64().unwrap() >= 3));
+    }
+
+    #[test]
+    fn dates_cut_to_the_year_or_month_span_it() {
+        assert_eq!(day_span("2019"), Some(("2019-01-01".into(), "2019-12-31".into())));
+        assert_eq!(day_span("2020-02"), Some(("2020-02-01".into(), "2020-02-29".into())));
+        assert_eq!(day_span("2020-02-03T10:00:00Z"), Some(("2020-02-03".into(), "2020-02-03".into())));
+        assert_eq!(day_span("20x9"), None);
     }
 
     #[test]
