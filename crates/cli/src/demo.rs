@@ -342,14 +342,10 @@ fn build_flu_study(study: &veil_study::Study, export: &std::path::Path, out: &st
     let t = Instant::now();
     let built = crate::study::build_from(study, &crate::input::ndjson_files(export)?)?;
     println!("Built the flu study from {} de-identified resources in {}:", built.resources, ms(t.elapsed()));
-    for t in built.tables.iter().filter(|t| t.min_cell.is_some()) {
-        println!(
-            "  {}: {} cells kept, {} under {} dropped",
-            t.name,
-            t.rows.len(),
-            t.suppressed,
-            t.min_cell.unwrap_or_default()
-        );
+    for t in &built.tables {
+        if let Some(summary) = t.suppression_summary() {
+            println!("  {}: {summary}", t.name);
+        }
     }
     // The trend: cells where only the year is given.
     let cube = &built.tables[0];

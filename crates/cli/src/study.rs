@@ -166,8 +166,8 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     for t in &built.tables {
-        match t.min_cell {
-            Some(min) => eprintln!("  {}: {} cells kept, {} under {min} dropped", t.name, t.rows.len(), t.suppressed),
+        match t.suppression_summary() {
+            Some(summary) => eprintln!("  {}: {summary}", t.name),
             None => eprintln!("  {}", t.name),
         }
     }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use veil_views::ColumnType;
 
-use crate::definition::{AgeBandDef, CountDef, TableDef};
+use crate::definition::{AgeBandDef, CountDef, Suppression, TableDef};
 use crate::{NONE, Study, StudyError, err};
 
 /// Rows of a view or table, with their column names.
@@ -102,9 +102,27 @@ pub struct BuiltTable {
     /// The minimum cell size applied (cubes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_cell: Option<u64>,
-    /// How many cells were dropped for being under it.
+    /// How many cells were dropped for being under it (primary suppression).
     #[serde(default)]
     pub suppressed: u64,
+    /// How many more were dropped so that those cannot be worked out from
+    /// the rest (complementary suppression).
+    #[serde(default)]
+    pub complementary: u64,
+}
+
+impl BuiltTable {
+    /// For a cube, what suppression did, in words: `288 cells kept, 12
+    /// under 10 dropped, 30 more so that those cannot be worked out`.
+    pub fn suppression_summary(&self) -> Option<String> {
+        let min = self.min_cell?;
+        Some(format!(
+            "{} cells kept, {} under {min} dropped, {} more so that those cannot be worked out",
+            self.rows.len(),
+            self.suppressed,
+            self.complementary
+        ))
+    }
 }
 
 /// A built study: what `veil study export` writes out.
@@ -180,6 +198,7 @@ impl<'a> Builder<'a> {
             rows: vec![vec![min.map_or(Json::Null, Json::String), max.map_or(Json::Null, Json::String)]],
             min_cell: None,
             suppressed: 0,
+            complementary: 0,
         });
         tables.push(BuiltTable {
             name: format!("{}__meta_version", study.prefix),
@@ -189,6 +208,7 @@ impl<'a> Builder<'a> {
             rows: vec![vec![Json::from(study.data_package_version)]],
             min_cell: None,
             suppressed: 0,
+            complementary: 0,
         });
         Ok(Built {
             study: study.prefix.clone(),
@@ -274,12 +294,12 @@ fn age_band(def: &AgeBandDef, born: Option<&str>, at: Option<&str>) -> Option<St
     })
 }
 
-/// Marks a stratum rolled up in a cell's key.
-const ALL: u32 = u32::MAX;
+use crate::protect::ALL;
 
 /// One count cube: distinct values of the counted column per cell of every
 /// grouping set (all 2^k subsets of the strata), cells under the minimum
-/// dropped.
+/// dropped, and (unless the study asks for primary suppression only) the
+/// cells that would let a reader work them out ([`crate::protect`]).
 fn count(prefix: &str, def: &CountDef, table: &Table) -> BuiltTable {
     let strata: Vec<usize> = def.strata.iter().map(|s| table.index(s)).collect();
     let counted = table.index(&def.count_distinct);
@@ -288,6 +308,9 @@ fn count(prefix: &str, def: &CountDef, table: &Table) -> BuiltTable {
     let mut lookups: Vec<HashMap<String, u32>> = vec![HashMap::new(); strata.len()];
     let mut ids: HashMap<String, u32> = HashMap::new();
     let mut cells: HashMap<Vec<u32>, HashSet<u32>> = HashMap::new();
+    // A stratum is additive when every counted id has one value of it.
+    let mut value_of: Vec<HashMap<u32, u32>> = vec![HashMap::new(); strata.len()];
+    let mut additive = vec![true; strata.len()];
     let sets = 1u32 << strata.len();
     for row in &table.rows {
         let Some(id) = text(&row[counted]) else { continue };
@@ -307,19 +330,36 @@ fn count(prefix: &str, def: &CountDef, table: &Table) -> BuiltTable {
                 next
             })
             .collect();
+        for (i, &v) in values.iter().enumerate() {
+            if *value_of[i].entry(id).or_insert(v) != v {
+                additive[i] = false;
+            }
+        }
         for set in 0..sets {
             let key: Vec<u32> =
                 values.iter().enumerate().map(|(i, &v)| if set & (1 << i) != 0 { v } else { ALL }).collect();
             cells.entry(key).or_default().insert(id);
         }
     }
-    let total = cells.len() as u64;
+    let counts: HashMap<Vec<u32>, u64> = cells.into_iter().map(|(k, ids)| (k, ids.len() as u64)).collect();
+    let primary: HashSet<Vec<u32>> =
+        counts.iter().filter(|(_, n)| **n < def.min_cell).map(|(k, _)| k.clone()).collect();
+    let complementary = match def.suppression {
+        Suppression::Primary => HashSet::new(),
+        Suppression::Complementary => {
+            let values: Vec<u32> = dictionaries.iter().map(|d| d.len() as u32).collect();
+            crate::protect::complementary(
+                &crate::protect::Cube { counts: &counts, values: &values, additive: &additive },
+                &primary,
+            )
+        }
+    };
     let mut rows: Vec<Vec<Json>> =
-        cells
-            .into_iter()
-            .filter(|(_, ids)| ids.len() as u64 >= def.min_cell)
-            .map(|(key, ids)| {
-                let mut row = vec![Json::from(ids.len() as u64)];
+        counts
+            .iter()
+            .filter(|(key, _)| !primary.contains(*key) && !complementary.contains(*key))
+            .map(|(key, &n)| {
+                let mut row = vec![Json::from(n)];
                 row.extend(key.iter().enumerate().map(|(i, &v)| {
                     if v == ALL { Json::Null } else { Json::String(dictionaries[i][v as usize].clone()) }
                 }));
@@ -334,7 +374,8 @@ fn count(prefix: &str, def: &CountDef, table: &Table) -> BuiltTable {
         kind: TableKind::Cube,
         description: def.description.clone(),
         columns,
-        suppressed: total - rows.len() as u64,
+        suppressed: primary.len() as u64,
+        complementary: complementary.len() as u64,
         rows,
         min_cell: Some(def.min_cell),
     }

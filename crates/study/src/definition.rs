@@ -96,6 +96,21 @@ pub(crate) struct CountDef {
     pub(crate) count_distinct: String,
     #[serde(default = "default_min_cell")]
     pub(crate) min_cell: u64,
+    /// `complementary` (the default) or `primary` (cells under `min_cell`
+    /// only, as Cumulus does: a reader can work some of them out).
+    #[serde(default)]
+    pub(crate) suppression: Suppression,
+}
+
+/// How a count cube's small cells are hidden.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Suppression {
+    /// Cells under the minimum are dropped, nothing else.
+    Primary,
+    /// Then the cells that would let a reader recover them are dropped too.
+    #[default]
+    Complementary,
 }
 
 fn default_min_cell() -> u64 {

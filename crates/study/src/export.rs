@@ -180,6 +180,7 @@ mod tests {
                     rows: vec![vec![json!(12), json!(null)], vec![json!(11), json!("a, b")]],
                     min_cell: Some(10),
                     suppressed: 1,
+                    complementary: 0,
                 },
                 BuiltTable {
                     name: "demo__count_empty".into(),
@@ -189,6 +190,7 @@ mod tests {
                     rows: vec![],
                     min_cell: Some(10),
                     suppressed: 4,
+                    complementary: 0,
                 },
                 BuiltTable {
                     name: "demo__meta_date".into(),
@@ -198,6 +200,7 @@ mod tests {
                     rows: vec![vec![json!("2020-01-01"), json!("2021-12-31")]],
                     min_cell: None,
                     suppressed: 0,
+                    complementary: 0,
                 },
             ],
         }

@@ -21,6 +21,7 @@
 mod build;
 mod definition;
 mod export;
+mod protect;
 mod upload;
 
 pub use build::{Builder, Built, BuiltColumn, BuiltTable, TableKind, ViewRows};
