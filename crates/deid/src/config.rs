@@ -353,12 +353,14 @@ impl Policy {
         };
         let exact_date_shift = veil_flag("exactDateShift")?;
         let date_shift_to_utc = veil_flag("dateShiftToUtc")?;
-        for (name, key) in [
-            ("dateShiftKey", &parameters.date_shift_key),
-            ("cryptoHashKey", &parameters.crypto_hash_key),
-            ("encryptKey", &parameters.encrypt_key),
+        for (name, key, method) in [
+            ("dateShiftKey", &parameters.date_shift_key, Method::DateShift),
+            ("cryptoHashKey", &parameters.crypto_hash_key, Method::CryptoHash),
+            ("encryptKey", &parameters.encrypt_key, Method::Encrypt),
         ] {
-            if key.is_none() {
+            // A random key for a method no rule uses changes nothing.
+            let used = rules.iter().any(|r| std::mem::discriminant(&r.method) == std::mem::discriminant(&method));
+            if key.is_none() && used {
                 warnings.push(format!(
                     "parameters.{name} is empty: a random key is used, so outputs will not be reproducible"
                 ));
@@ -739,5 +741,10 @@ mod tests {
         assert!(Policy::built_in("Safe-Harbor").is_some() && Policy::built_in("safe-harbour").is_none());
         let inline = Policy::parse(r#"{"fhirPathRules": [], "parameters": {"cryptoHashKey": "k"}}"#).unwrap();
         assert_eq!(inline.warnings.iter().filter(|w| w.contains("cryptoHashKey is written in the policy")).count(), 1);
+        // An empty key is announced only when a rule needs it.
+        let random = |p: &Policy, key: &str| p.warnings.iter().any(|w| w.contains(&format!("{key} is empty")));
+        let sh = Policy::safe_harbor();
+        assert!(random(&sh, "cryptoHashKey") && !random(&sh, "dateShiftKey") && !random(&sh, "encryptKey"));
+        assert!(random(&Policy::built_in("expert-shift").unwrap(), "dateShiftKey"));
     }
 }
