@@ -10,8 +10,8 @@
 //! set of values (more than a real one would know) and which strata are
 //! additive. Bounds are propagated through these relations until nothing
 //! changes: single subtractions, and chains of them across strata, are
-//! found this way. (Bounds from linear programming over the whole system
-//! are not computed here.)
+//! found this way. (`tests/python/test_suppression.py` bounds each cell by
+//! linear programming over the whole system, on cubes small enough for it.)
 //!
 //! Before (Cumulus' primary suppression only) the attack recovers cells;
 //! with complementary suppression, none.
