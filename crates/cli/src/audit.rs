@@ -62,7 +62,7 @@ pub(crate) struct Args {
     html: Option<PathBuf>,
 }
 
-fn parse_standard(name: &str) -> Result<Standard, String> {
+pub(crate) fn parse_standard(name: &str) -> Result<Standard, String> {
     Standard::parse(name).ok_or_else(|| "expected safe-harbor, limited-data-set or expert".into())
 }
 

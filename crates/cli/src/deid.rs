@@ -66,6 +66,11 @@ pub(crate) struct Args {
     /// `"veil": {"onError": "quarantine"}`.
     #[arg(long, value_name = "FILE")]
     quarantine: Option<PathBuf>,
+    /// The HIPAA standard the output folder is audited against:
+    /// safe-harbor, limited-data-set or expert. By default, the one a
+    /// built-in policy is made for, and safe-harbor for any other policy.
+    #[arg(long, value_parser = crate::audit::parse_standard)]
+    standard: Option<veil_audit::Standard>,
     /// Do not audit the output folder: no veil-risk.* files, and the
     /// manifest records no verdict, so `veil share create` refuses the
     /// folder unless told --despite-audit.
@@ -144,7 +149,11 @@ fn run_local(args: Args) -> Result<ExitCode> {
     let jobs = plan(&args)?;
     // Every resource written to a file is audited as it is serialised (no
     // second reading); the evidence is written if the output is a folder.
-    let auditor = veil_audit::Auditor::new(veil_server::share::audit_options(&policy_name(&args.config)))?;
+    let options = match args.standard {
+        Some(standard) => veil_audit::Options::new(standard),
+        None => veil_server::share::audit_options(&policy_name(&args.config)),
+    };
+    let auditor = veil_audit::Auditor::new(options.clone())?;
     let mut tally = veil_audit::Tally::default();
     let mut skipped_any = false;
     let started = Instant::now();
@@ -215,7 +224,7 @@ fn run_local(args: Args) -> Result<ExitCode> {
         // Files skipped (-s) were not seen: then the folder is read again.
         let deidentified = match (args.no_audit, skipped_any) {
             (true, _) => veil_storage::Deidentified { policy, audit: None },
-            (false, true) => veil_server::share::seal(dir, &policy)?,
+            (false, true) => veil_server::share::seal_with(dir, &policy, &veil_audit::audit_dir(dir, &options)?)?,
             (false, false) => veil_server::share::seal_with(dir, &policy, &auditor.finish(tally))?,
         };
         audit = deidentified.audit.clone();

@@ -297,6 +297,22 @@ fn an_export_whose_audit_failed_is_shared_only_when_told() {
         let told = share(&["--despite-audit"]);
         assert!(told.status.success(), "{}", text(&told.stderr));
     }
+    // A policy of one's own is held to Safe Harbor unless the run claims
+    // another standard; this one shifts dates, which a limited data set may keep.
+    t.write("own.json", POLICY);
+    for (standard, passes) in [(None, false), (Some("limited-data-set"), true)] {
+        let dir = p(&format!("own-{}", standard.unwrap_or("default")));
+        let (own, input) = (p("own.json"), p("in"));
+        let mut args = vec!["deid", "-c", &own, "-b", "-i", &input, "-o", &dir];
+        args.extend(standard.iter().flat_map(|s| ["--standard", *s]));
+        let out = veil(&args, None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(format!("{dir}/veil-manifest.json")).unwrap()).unwrap();
+        let verdict = &manifest["deidentified"]["audit"];
+        assert_eq!(verdict["standard"], standard.unwrap_or("safe-harbor"));
+        assert_eq!(verdict["passes"], passes, "{verdict}");
+    }
     // A folder never audited is refused too.
     let out = veil(&["deid", "-c", "safe-harbor", "-b", "-i", &p("in"), "-o", &p("unaudited"), "--no-audit"], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
