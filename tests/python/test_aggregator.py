@@ -344,7 +344,9 @@ class ThreeSitesOnS3(ThreeSites):
             package = f.read()
         other_site = dict(fields, key=fields["key"].replace("/site_a/", "/site_b/"))
         forged = dict(fields, **{"x-amz-signature": "0" * 64})
-        longer = dict(fields, **{"x-amz-date": fields["x-amz-date"][:-3] + "00Z"})
+        # Another second than the one signed (never the same, whatever second it was).
+        date = fields["x-amz-date"]
+        longer = dict(fields, **{"x-amz-date": date[:-3] + ("01Z" if date.endswith("00Z") else "00Z")})
         # Each refused with S3's own error code (AWS and s3s name a policy mismatch differently).
         policy = {"AccessDenied", "InvalidPolicyDocument"}
         for name, form, body, codes in [("another site's key", other_site, package, policy),
