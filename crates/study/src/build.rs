@@ -294,12 +294,12 @@ fn age_band(def: &AgeBandDef, born: Option<&str>, at: Option<&str>) -> Option<St
     })
 }
 
-use crate::protect::ALL;
+use veil_suppress::ALL;
 
 /// One count cube: distinct values of the counted column per cell of every
 /// grouping set (all 2^k subsets of the strata), cells under the minimum
 /// dropped, and (unless the study asks for primary suppression only) the
-/// cells that would let a reader work them out ([`crate::protect`]).
+/// cells that would let a reader work them out ([`veil_suppress::complementary`]).
 fn count(prefix: &str, def: &CountDef, table: &Table) -> BuiltTable {
     let strata: Vec<usize> = def.strata.iter().map(|s| table.index(s)).collect();
     let counted = table.index(&def.count_distinct);
@@ -348,8 +348,8 @@ fn count(prefix: &str, def: &CountDef, table: &Table) -> BuiltTable {
         Suppression::Primary => HashSet::new(),
         Suppression::Complementary => {
             let values: Vec<u32> = dictionaries.iter().map(|d| d.len() as u32).collect();
-            crate::protect::complementary(
-                &crate::protect::Cube { counts: &counts, values: &values, additive: &additive },
+            veil_suppress::complementary(
+                &veil_suppress::Cube { counts: &counts, values: &values, additive: &additive },
                 &primary,
             )
         }

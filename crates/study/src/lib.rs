@@ -21,7 +21,6 @@
 mod build;
 mod definition;
 mod export;
-mod protect;
 mod upload;
 
 pub use build::{Builder, Built, BuiltColumn, BuiltTable, TableKind, ViewRows};

@@ -3,14 +3,10 @@
 //! relations a count cube obeys, and see which suppressed cells come out
 //! as a single value.
 //!
-//! Relations: along an additive stratum (one value per counted patient or
-//! resource) a marginal is the sum of the cells below it; along a
-//! non-additive one it is at least each of them and at most their sum;
-//! every cell is at least zero. The reader is given every stratum's full
-//! set of values (more than a real one would know) and which strata are
-//! additive. Bounds are propagated through these relations until nothing
-//! changes: single subtractions, and chains of them across strata, are
-//! found this way. (`tests/python/test_suppression.py` bounds each cell by
+//! The attack is [`veil_suppress::attack`]'s propagation of bounds along
+//! the relations a count cube obeys, given every stratum's full set of
+//! values (more than a real reader would know) and which strata are
+//! additive. (`tests/python/test_suppression.py` bounds each cell by
 //! linear programming over the whole system, on cubes small enough for it.)
 //!
 //! Before (Cumulus' primary suppression only) the attack recovers cells;
@@ -22,8 +18,8 @@ use std::path::Path;
 
 use serde_json::{Value as Json, json};
 use veil_study::{Builder, Built, BuiltTable, Study};
-
-const INF: i64 = i64::MAX / 4;
+use veil_suppress::ALL;
+use veil_suppress::attack::{Lattice, bounds};
 
 /// A cell's key: per stratum a value, or `None` for "all values".
 type Key = Vec<Option<String>>;
@@ -39,94 +35,40 @@ fn key_of(row: &[Json]) -> Key {
 }
 
 /// The suppressed cells whose bounds, from the published cells alone,
-/// close on a single value.
+/// close on a single value ([`veil_suppress::attack`]).
 fn recovered(published: &BuiltTable, truth: &HashMap<Key, u64>, additive: &[bool]) -> Vec<(Key, u64)> {
-    let d = additive.len();
-    // The lattice: every combination of each stratum's values and "all".
-    let mut domains: Vec<Vec<Option<String>>> = vec![vec![None]; d];
+    // Every stratum's values (more than a reader would know), numbered.
+    let mut domains: Vec<Vec<String>> = vec![Vec::new(); additive.len()];
     for key in truth.keys() {
         for (j, v) in key.iter().enumerate() {
-            if v.is_some() && !domains[j].contains(v) {
+            if let Some(v) = v.as_ref().filter(|v| !domains[j].contains(v)) {
                 domains[j].push(v.clone());
             }
         }
     }
-    let mut cells: Vec<Key> = vec![Vec::new()];
-    for domain in &domains {
-        cells = cells.iter().flat_map(|k| domain.iter().map(move |v| [k.clone(), vec![v.clone()]].concat())).collect();
-    }
-    let index: HashMap<&Key, usize> = cells.iter().enumerate().map(|(i, k)| (k, i)).collect();
-    let shown: HashMap<Key, u64> = published.rows.iter().map(|r| (key_of(r), r[0].as_u64().unwrap())).collect();
-    let mut lo: Vec<i64> = cells.iter().map(|k| shown.get(k).map_or(0, |&n| n as i64)).collect();
-    let mut hi: Vec<i64> = cells.iter().map(|k| shown.get(k).map_or(INF, |&n| n as i64)).collect();
-    // Relations: (stratum, parent, children).
-    let mut relations: Vec<(usize, usize, Vec<usize>)> = Vec::new();
-    for (i, k) in cells.iter().enumerate() {
-        for j in 0..d {
-            if k[j].is_none() {
-                let children = domains[j][1..]
-                    .iter()
-                    .map(|v| {
-                        let mut c = k.clone();
-                        c[j] = v.clone();
-                        index[&c]
-                    })
-                    .collect();
-                relations.push((j, i, children));
-            }
-        }
-    }
-    for _round in 0..500 {
-        let mut changed = false;
-        let mut tighten = |v: &mut i64, new: i64, up: bool| {
-            if (up && new > *v) || (!up && new < *v) {
-                *v = new;
-                changed = true;
-            }
-        };
-        for (j, p, children) in &relations {
-            // Sums of the children's bounds, counting unbounded ones apart.
-            let sum_lo: i64 = children.iter().map(|&c| lo[c]).sum();
-            let unbounded = children.iter().filter(|&&c| hi[c] >= INF).count();
-            let finite_hi: i64 = children.iter().filter(|&&c| hi[c] < INF).map(|&c| hi[c]).sum();
-            let others_hi = |c: usize| match (unbounded, hi[c] >= INF) {
-                (0, _) => finite_hi - hi[c],
-                (1, true) => finite_hi,
-                _ => INF,
-            };
-            let sum_hi = if unbounded > 0 { INF } else { finite_hi };
-            let others_hi: Vec<i64> = children.iter().map(|&c| others_hi(c)).collect();
-            if additive[*j] {
-                tighten(&mut lo[*p], sum_lo, true);
-                tighten(&mut hi[*p], sum_hi, false);
-                for (n, &c) in children.iter().enumerate() {
-                    let others_lo = sum_lo - lo[c];
-                    let (p_lo, p_hi) = (lo[*p], hi[*p]);
-                    tighten(&mut lo[c], p_lo - others_hi[n], true);
-                    tighten(&mut hi[c], p_hi - others_lo, false);
-                }
-            } else {
-                let max_lo = children.iter().map(|&c| lo[c]).max().unwrap_or(0);
-                tighten(&mut lo[*p], max_lo, true);
-                tighten(&mut hi[*p], sum_hi, false);
-                for (n, &c) in children.iter().enumerate() {
-                    let (p_lo, p_hi) = (lo[*p], hi[*p]);
-                    tighten(&mut hi[c], p_hi, false);
-                    tighten(&mut lo[c], p_lo - others_hi[n], true);
-                }
-            }
-        }
-        if !changed {
-            break;
-        }
-    }
+    let number = |key: &Key| -> Vec<u32> {
+        key.iter()
+            .enumerate()
+            .map(|(j, v)| v.as_ref().map_or(ALL, |v| domains[j].iter().position(|d| d == v).unwrap() as u32))
+            .collect()
+    };
+    let values: Vec<u32> = domains.iter().map(|d| d.len() as u32).collect();
+    let lattice = Lattice::new(&values, usize::MAX).unwrap();
+    let shown: HashMap<usize, u64> = published
+        .rows
+        .iter()
+        .map(|r| (lattice.index(&number(&key_of(r))).unwrap(), r[0].as_u64().unwrap()))
+        .collect();
+    let truth: HashMap<usize, (Key, u64)> =
+        truth.iter().map(|(k, &n)| (lattice.index(&number(k)).unwrap(), (k.clone(), n))).collect();
+    let b = bounds(&lattice, additive, &shown);
     let mut found = Vec::new();
-    for (i, k) in cells.iter().enumerate() {
-        let actual = truth.get(k).copied().unwrap_or(0) as i64;
+    for i in 0..lattice.len() {
+        let actual = truth.get(&i).map_or(0, |(_, n)| *n) as i64;
         // The attack is sound: the truth always lies within its bounds.
-        assert!(lo[i] <= actual && actual <= hi[i], "{k:?}: {actual} outside [{}, {}]", lo[i], hi[i]);
-        if !shown.contains_key(k) && actual > 0 && lo[i] == hi[i] {
-            found.push((k.clone(), actual as u64));
+        assert!(b.lo[i] <= actual && actual <= b.hi[i], "{:?}: {actual} outside [{}, {}]", lattice.key(i), b.lo[i], b.hi[i]);
+        if !shown.contains_key(&i) && b.pinned(i) {
+            found.push((truth[&i].0.clone(), actual as u64));
         }
     }
     found

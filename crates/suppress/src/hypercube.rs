@@ -38,20 +38,21 @@
 
 use std::collections::{HashMap, HashSet};
 
-/// Marks a stratum rolled up in a cell's key (as `build` does).
-pub(crate) const ALL: u32 = u32::MAX;
+use crate::ALL;
 
 /// A cube to protect: cell counts by key, and per stratum its values and
 /// whether it is additive.
-pub(crate) struct Cube<'a> {
+pub struct Cube<'a> {
+    /// Every cell's true count (a missing key counts zero).
     pub counts: &'a HashMap<Vec<u32>, u64>,
     /// Values per stratum (`0..values[j]`).
     pub values: &'a [u32],
+    /// Per stratum, whether each counted patient or resource has one value.
     pub additive: &'a [bool],
 }
 
 /// The cells to suppress besides `primary` (which it never repeats).
-pub(crate) fn complementary(cube: &Cube, primary: &HashSet<Vec<u32>>) -> HashSet<Vec<u32>> {
+pub fn complementary(cube: &Cube, primary: &HashSet<Vec<u32>>) -> HashSet<Vec<u32>> {
     let mut suppressed: HashSet<Vec<u32>> = primary.clone();
     let mut protected: HashSet<Vec<u32>> = HashSet::new();
     let mut order: Vec<&Vec<u32>> = primary.iter().collect();
