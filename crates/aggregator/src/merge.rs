@@ -7,8 +7,22 @@
 //! is the sum of the sites that reported it. Every summed cell passed the
 //! network's minimum at ingest ([`crate::package::read`]), so no merged cell
 //! is smaller than it.
+//!
+//! **Protection.** A site may have dropped only its small cells (Cumulus'
+//! primary suppression), which a reader recovers by subtraction from the
+//! site's other rows. So before anything is summed, each site's rows pass
+//! through [`veil_suppress::shield`], over the values every site reported:
+//! the rows that would let a reader pin a dropped cell to one value are
+//! withheld, from the site's own rows and from the sums alike. A cross-site
+//! cell is then the sum of the site rows published beside it, and whether
+//! it is partial ("≥ n" in the chart API) follows from which are; neither
+//! tells a reader more than the published site rows do, so the cross-site
+//! table cannot be attacked past them. A site whose cube spans too many
+//! cells to check is withheld whole. A value that no site published at
+//! all is still counted in the marginals, so the shield gives each
+//! stratum one more value standing for all such.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value as Json;
 
@@ -31,14 +45,22 @@ pub fn merge(sites: &[(&str, &Table)]) -> Aggregate {
         return Aggregate { columns: Vec::new(), rows: Vec::new() };
     };
     let strata: Vec<&Column> = first.columns.iter().filter(|c| c.name != "cnt").collect();
+    // Each site's cells: its count and its strata's values, in `strata`'s order.
+    let cells: Vec<Vec<(i64, Vec<Json>)>> = sites
+        .iter()
+        .map(|(_, table)| {
+            let cnt = table.position("cnt").expect("ingest requires cnt in cubes");
+            let positions: Vec<usize> =
+                strata.iter().map(|c| table.position(&c.name).expect("ingest requires the same columns")).collect();
+            let n = |row: &[Json]| row[cnt].as_i64().expect("ingest requires whole counts");
+            table.rows.iter().map(|row| (n(row), positions.iter().map(|&i| row[i].clone()).collect())).collect()
+        })
+        .collect();
+    let shown = shield(sites, &cells, strata.len());
     let mut sums: BTreeMap<Vec<String>, (Vec<Json>, i64)> = BTreeMap::new();
-    for (site, table) in sites {
-        let cnt = table.position("cnt").expect("ingest requires cnt in cubes");
-        let positions: Vec<usize> =
-            strata.iter().map(|c| table.position(&c.name).expect("ingest requires the same columns")).collect();
-        for row in &table.rows {
-            let n = row[cnt].as_i64().expect("ingest requires whole counts");
-            let mut values: Vec<Json> = positions.iter().map(|&i| row[i].clone()).collect();
+    for (((site, _), cells), shown) in sites.iter().zip(&cells).zip(&shown) {
+        for ((n, values), _) in cells.iter().zip(shown).filter(|(_, shown)| **shown) {
+            let (n, mut values) = (*n, values.clone());
             for site_value in [Json::Null, Json::String(site.to_string())] {
                 values.push(site_value);
                 let key = values.iter().map(Json::to_string).collect();
@@ -62,6 +84,44 @@ pub fn merge(sites: &[(&str, &Table)]) -> Aggregate {
     // As Cumulus sorts them: largest counts first.
     rows.sort_by(|a, b| b[0].as_i64().cmp(&a[0].as_i64()));
     Aggregate { columns, rows }
+}
+
+/// Per site, per row, whether it may be published ([`veil_suppress::shield`]).
+fn shield(sites: &[(&str, &Table)], cells: &[Vec<(i64, Vec<Json>)>], strata: usize) -> Vec<Vec<bool>> {
+    // Every stratum's values, as any site reported them, numbered; `NULL`
+    // is "all values".
+    let mut numbers: Vec<HashMap<String, u32>> = vec![HashMap::new(); strata];
+    for (_, values) in cells.iter().flatten() {
+        for (j, v) in values.iter().enumerate().filter(|(_, v)| !v.is_null()) {
+            let next = numbers[j].len() as u32;
+            numbers[j].entry(v.to_string()).or_insert(next);
+        }
+    }
+    // One more value per stratum stands for every value that no site
+    // published (all its cells dropped everywhere), which a reader may
+    // know of: the marginals count it too.
+    let sizes: Vec<u32> = numbers.iter().map(|n| n.len() as u32 + 1).collect();
+    let key = |values: &[Json]| -> Vec<u32> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(j, v)| if v.is_null() { veil_suppress::ALL } else { numbers[j][&v.to_string()] })
+            .collect()
+    };
+    sites
+        .iter()
+        .zip(cells)
+        .map(|((site, _), cells)| {
+            let published: HashMap<Vec<u32>, u64> = cells.iter().map(|(n, v)| (key(v), *n as u64)).collect();
+            match veil_suppress::shield(&sizes, &published) {
+                Ok(withheld) => cells.iter().map(|(_, v)| !withheld.contains(&key(v))).collect(),
+                Err(e) => {
+                    eprintln!("veil aggregator: withholding the rows of site {site}: {e}");
+                    vec![false; cells.len()]
+                }
+            }
+        })
+        .collect()
 }
 
 /// Whether two sites' tables can be merged: the same column names with the
