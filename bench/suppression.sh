@@ -6,6 +6,13 @@
 # (complementary), in the same run. Prints cells and seconds for each, and
 # the cells published before and after.
 #
+# Then the aggregator's shield: one site uploads each package in turn to a
+# `veil aggregator` (release build, SQLite) and the script times each
+# upload (its answer comes once the package is checked and merged). The
+# complementary package needs nothing withheld, so its upload is the
+# baseline; the primary-only one must be shielded. Prints the seconds and
+# the site rows the aggregator publishes for each.
+#
 #   bench/suppression.sh [PATIENTS]     (default 200000)
 #
 # Needs python3.
@@ -43,4 +50,26 @@ for mode in primary complementary; do
   "$veil" study build "$work/$mode" --input "$work/in" --build-dir "$work/build-$mode" 2> "$work/$mode.log"
   end=$(date +%s.%N)
   printf "%-14s %6.1f s   %s\n" "$mode" "$(echo "$end - $start" | bc -l)" "$(grep count_patients "$work/$mode.log")"
+done
+
+# The aggregator's shield, on the same packages.
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+db=$work/aggregator.db
+secret=$("$veil" aggregator site add bench --user bench --studies b --db "$db")
+key=$("$veil" aggregator key add --name bench --db "$db")
+"$veil" aggregator serve --db "$db" --storage "$work/archive" --listen "127.0.0.1:$port" 2> "$work/aggregator.log" &
+server=$!
+trap 'kill $server 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+for mode in complementary primary; do
+  "$veil" study export "$work/$mode" --build-dir "$work/build-$mode" --data-path "$work/export-$mode" 2> /dev/null
+  start=$(date +%s.%N)
+  CUMULUS_AGGREGATOR_USER=bench CUMULUS_AGGREGATOR_ID=$secret CUMULUS_AGGREGATOR_URL=http://127.0.0.1:$port/ \
+    "$veil" upload b --data-path "$work/export-$mode" 2> "$work/upload-$mode.log"
+  end=$(date +%s.%N)
+  sent=$(($(wc -l < "$work/export-$mode/b/b__count_patients.cube.csv") - 1))
+  id=$(curl -s -H "x-api-key: $key" "http://127.0.0.1:$port/data-packages" | jq -r '.[] | select(.name == "count_patients") | .id')
+  published=$(curl -s -H "x-api-key: $key" "http://127.0.0.1:$port/data-packages/$id/download?type=json" \
+    | jq '[.rows[] | select(.[-1] == "bench")] | length')
+  printf "aggregator, %-14s upload %6.1f s   %s rows sent, %s published\n" "$mode:" "$(echo "$end - $start" | bc -l)" "$sent" "$published"
 done

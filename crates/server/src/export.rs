@@ -473,7 +473,7 @@ pub fn run_job(
 
 /// Why a job failed before it wrote anything: the status the status
 /// endpoint reports, and what it says.
-struct JobFailed(u16, String);
+pub(crate) struct JobFailed(pub(crate) u16, pub(crate) String);
 
 impl From<JobFailed> for Outcome {
     fn from(JobFailed(status, text): JobFailed) -> Outcome {
@@ -483,7 +483,7 @@ impl From<JobFailed> for Outcome {
 
 /// The engine for the request's `_anonymizationConfig`, if it names one;
 /// a missing, changed or invalid configuration fails the job (400).
-fn policy_engine(storage: &Storage, req: &ExportRequest) -> Result<Option<veil_deid::Engine>, JobFailed> {
+pub(crate) fn policy_engine(storage: &Storage, req: &ExportRequest) -> Result<Option<veil_deid::Engine>, JobFailed> {
     let Some(name) = &req.anonymization_config else { return Ok(None) };
     let failed = |text: String| JobFailed(400, text);
     let Some(text) = storage.anonymization_config(name) else {

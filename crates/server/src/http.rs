@@ -152,11 +152,15 @@ fn known_type(ty: &str) -> Result<(), ApiError> {
 }
 
 async fn metadata(State(st): State<Arc<AppState>>) -> Response {
-    let body = st.capabilities.get_or_init(|| capability_statement(&st.base_url));
+    let body = st.capabilities.get_or_init(|| capability_statement(&st.base_url, st.auth.is_some()));
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/fhir+json")], body.clone()).into_response()
 }
 
-fn capability_statement(base_url: &str) -> String {
+/// The CapabilityStatement; with authorization on, `rest.security` names
+/// the token endpoint as SMART servers do (the `oauth-uris` extension),
+/// since some clients (SMART's bulk-data-client) look there rather than
+/// at `.well-known/smart-configuration`.
+fn capability_statement(base_url: &str, authorization: bool) -> String {
     let export = |name: &str, canonical: &str| json!({"name": name, "definition": canonical});
     let types: Vec<Json> = {
         let mut t: Vec<&str> =
@@ -192,6 +196,24 @@ fn capability_statement(base_url: &str) -> String {
             })
             .collect()
     };
+    let mut rest = json!({
+        "mode": "server",
+        "resource": types,
+        "interaction": [{"code": "transaction"}, {"code": "batch"}],
+        "operation": [export("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export")]
+    });
+    if authorization {
+        rest["security"] = json!({
+            "service": [{"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                "code": "SMART-on-FHIR"
+            }]}],
+            "extension": [{
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [{"url": "token", "valueUri": format!("{base_url}{}", crate::auth::TOKEN_PATH)}]
+            }]
+        });
+    }
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -202,12 +224,7 @@ fn capability_statement(base_url: &str) -> String {
         "implementation": {"description": "Veil FHIR server", "url": base_url},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json"],
-        "rest": [{
-            "mode": "server",
-            "resource": types,
-            "interaction": [{"code": "transaction"}, {"code": "batch"}],
-            "operation": [export("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export")]
-        }]
+        "rest": [rest]
     })
     .to_string()
 }
@@ -574,6 +591,7 @@ fn export_request(
             {
                 return bad(&format!("the _outputFormat '{value}' is not supported: use application/fhir+ndjson"));
             }
+            "_outputFormat" => {}
             "_since" | "_until" => match instant(value) {
                 Some(i) if name == "_since" => req.since = Some(i),
                 Some(i) => req.until = Some(i),
@@ -648,7 +666,11 @@ fn export_request(
                 }
                 ignored.push(format!("the {name} parameter"));
             }
-            _ => {}
+            // Refused unless the client asked for lenient handling, as the
+            // Bulk Data IG recommends: a misspelt `_since` must not export
+            // everything.
+            _ if lenient => ignored.push(format!("the {name} parameter")),
+            _ => return bad(&format!("the parameter '{name}' is not known to $export (Prefer: handling=lenient ignores it)")),
         }
     }
     // Scopes limit the types: asking for one the token cannot read is
@@ -716,7 +738,13 @@ async fn kickoff(
         crate::export::patient_ids(&req.export).into_iter().map(str::to_string).collect();
     let state = st.clone();
     let client = caller.client_id().map(str::to_string);
+    let export = req.export.clone();
     let id = veil_http::blocking(move || -> Result<String, ApiError> {
+        // The configuration is checked now, so that the client hears of a
+        // missing, changed or invalid one at kick-off (400), not only when
+        // it polls (many clients hide a failed job's message); the job
+        // checks it again when it runs.
+        crate::export::policy_engine(&state.storage, &export).map_err(|e| ApiError::invalid(e.1))?;
         let members = match &group {
             Some(g) => Some(store.group_members(g)?.ok_or_else(|| ApiError::not_found("the group is not known"))?),
             None => None,

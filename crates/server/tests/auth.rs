@@ -130,11 +130,15 @@ fn a_valid_assertion_gets_a_token_that_opens_kickoff_status_and_downloads() {
     assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
     assert_eq!(r.json::<Json>().unwrap()["resourceType"], "OperationOutcome");
     assert_eq!(with_token(client().get(&kickoff), "not-a-token").status(), 401);
-    assert_eq!(
-        client().get(format!("{}/metadata", s.base)).send().unwrap().status(),
-        200,
-        "the CapabilityStatement stays open"
-    );
+    let r = client().get(format!("{}/metadata", s.base)).send().unwrap();
+    assert_eq!(r.status(), 200, "the CapabilityStatement stays open");
+    // And it names the token endpoint too, where some clients look for it
+    // (SMART's bulk-data-client): rest.security, the oauth-uris extension.
+    let security = &r.json::<Json>().unwrap()["rest"][0]["security"];
+    assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
+    let uris = &security["extension"][0];
+    assert_eq!(uris["url"], "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris");
+    assert_eq!(uris["extension"][0], json!({"url": "token", "valueUri": token_url(&s)}));
 
     // With it: kick-off, status, downloads.
     let r = with_token(client().get(&kickoff).header("prefer", "respond-async"), &token);

@@ -75,6 +75,7 @@ fn checklist(s: &Server) {
     // metadata lists what works.
     let cap: Json = client().get(format!("{}/metadata", s.base)).send().unwrap().json().unwrap();
     assert_eq!(cap["instantiates"][0], "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data");
+    assert!(cap["rest"][0].get("security").is_none(), "no token endpoint to name without authorization");
 
     // System export: everything, split into files of at most 500 resources.
     let url = status_url(&kickoff(s, "/$export"));
@@ -180,6 +181,8 @@ fn checklist(s: &Server) {
         ("/$export?_container=../up", 400),
         ("/Group/nope/$export", 404),
         ("/$export?_type=Patient&_type=Nope", 400),
+        // A misspelt parameter would otherwise export everything.
+        ("/$export?_sinse=2024-01-01T00:00:00Z", 400),
     ] {
         let r = kickoff(s, path);
         assert_eq!(r.status(), status, "{path}");
@@ -189,7 +192,7 @@ fn checklist(s: &Server) {
     // Under handling=lenient, what cannot be honoured is ignored and reported.
     let lenient = client()
         .get(format!(
-            "{}/$export?_type=Device&_typeFilter=Observation%3Fnonsense%3Dfinal&organizeOutputBy=Patient",
+            "{}/$export?_type=Device&_typeFilter=Observation%3Fnonsense%3Dfinal&organizeOutputBy=Patient&_sinse=x",
             s.base
         ))
         .header("Prefer", "respond-async, handling=lenient")
@@ -197,8 +200,8 @@ fn checklist(s: &Server) {
         .unwrap();
     let manifest: Json = wait(&status_url(&lenient)).json().unwrap();
     let report = client().get(manifest["error"][0]["url"].as_str().unwrap()).send().unwrap().text().unwrap();
-    assert_eq!(report.lines().count(), 2, "{report}");
-    assert!(report.contains("nonsense") && report.contains("organizeOutputBy"));
+    assert_eq!(report.lines().count(), 3, "{report}");
+    assert!(report.contains("nonsense") && report.contains("organizeOutputBy") && report.contains("_sinse"));
 
     // _elements: only what was asked, plus id and meta, tagged SUBSETTED.
     let (_, text) = download(
@@ -272,16 +275,22 @@ fn checklist(s: &Server) {
         &format!("/$export?_type=Device&_anonymizationConfig=safe-harbor.json&_anonymizationConfigEtag=%22{tag}%22"),
     )));
     assert_eq!(ok.status(), 200);
-    let stale = wait(&status_url(&kickoff(
-        s,
-        "/$export?_type=Device&_anonymizationConfig=safe-harbor.json&_anonymizationConfigEtag=0x8D9",
-    )));
-    assert_eq!(stale.status(), 400);
-    // A configuration that is not there: the job fails, with an OperationOutcome.
-    let failed = wait(&status_url(&kickoff(s, "/$export?_anonymizationConfig=missing.json")));
-    assert_eq!(failed.status(), 400);
-    let body: Json = failed.json().unwrap();
-    assert!(body["issue"][0]["diagnostics"].as_str().unwrap().contains("not found"));
+    // A configuration that changed, is not there or is not valid: refused
+    // at kick-off (400 with an OperationOutcome), where every client shows
+    // the message, and no job is started.
+    std::fs::write(s.storage.join("anonymization/broken.json"), r#"{"fhirPathRules": [{"path": "Patient.x"}]}"#)
+        .unwrap();
+    for (path, says) in [
+        ("/$export?_type=Device&_anonymizationConfig=safe-harbor.json&_anonymizationConfigEtag=0x8D9", "has changed"),
+        ("/$export?_anonymizationConfig=missing.json", "not found"),
+        ("/$export?_anonymizationConfig=broken.json", "is invalid"),
+    ] {
+        let r = kickoff(s, path);
+        assert_eq!(r.status(), 400, "{path}");
+        assert!(r.headers().get("content-location").is_none(), "{path}: no job");
+        let body: Json = r.json().unwrap();
+        assert!(body["issue"][0]["diagnostics"].as_str().unwrap().contains(says), "{path}: {body}");
+    }
 
     // Reads.
     let p: Json = client().get(format!("{}/Patient/{one}", s.base)).send().unwrap().json().unwrap();
