@@ -181,7 +181,6 @@ fn run_local(args: Args) -> Result<ExitCode> {
             skipped_any = true;
             continue;
         }
-        bytes_in += fs::metadata(&job.input).map(|m| m.len()).unwrap_or(0);
         let watch = (job.output.is_some() && !args.no_audit).then_some((&auditor, &mut tally));
         let result = if job.ndjson {
             run_ndjson(&engine, job, on_error, &name, watch)
@@ -189,7 +188,8 @@ fn run_local(args: Args) -> Result<ExitCode> {
             run_json(&engine, job, on_error, &name, watch)
         };
         match result {
-            Ok((report, q)) => {
+            Ok((report, q, read)) => {
+                bytes_in += read;
                 total.add(&report);
                 quarantined.extend(q.into_iter().map(|x| (job.input.display().to_string(), x)));
             }
@@ -304,7 +304,34 @@ fn collect(dir: &Path, ext: &str, recursive: bool, out: &mut Vec<PathBuf>) -> Re
 
 /// Writes `path` through a temporary file in the same folder, renamed into
 /// place only when `write` succeeded: readers never see a partial file.
-type Outcome = (Report, Vec<Quarantined>);
+/// What a job did, what it quarantined, and how many bytes it read (the
+/// speed reported: standard input has no file size to go by).
+type Outcome = (Report, Vec<Quarantined>, u64);
+
+/// A reader that counts the bytes taken from it.
+struct Counted<R> {
+    inner: R,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: io::Read> io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl<R: io::BufRead> io::BufRead for Counted<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.inner.consume(n)
+    }
+}
 
 /// The audit that watches what a job writes.
 type Watch<'a> = Option<(&'a veil_audit::Auditor, &'a mut veil_audit::Tally)>;
@@ -330,13 +357,12 @@ fn run_ndjson(engine: &Engine, job: &Job, on_error: OnError, name: &str, mut wat
         }
         .map_err(|e| anyhow::anyhow!("{name}: {e}"))
     };
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let input: Box<dyn io::BufRead> = if job.input.as_os_str() == "-" {
-        Box::new(io::stdin().lock())
+        Box::new(Counted { inner: io::stdin().lock(), count: read.clone() })
     } else {
-        Box::new(BufReader::with_capacity(
-            1 << 20,
-            File::open(&job.input).with_context(|| format!("cannot open {}", job.input.display()))?,
-        ))
+        let file = File::open(&job.input).with_context(|| format!("cannot open {}", job.input.display()))?;
+        Box::new(Counted { inner: BufReader::with_capacity(1 << 20, file), count: read.clone() })
     };
     let report = match &job.output {
         None => {
@@ -364,7 +390,7 @@ fn run_ndjson(engine: &Engine, job: &Job, on_error: OnError, name: &str, mut wat
         }
     };
     progress.finish();
-    Ok((report, quarantined))
+    Ok((report, quarantined, read.load(std::sync::atomic::Ordering::Relaxed)))
 }
 
 fn run_json(engine: &Engine, job: &Job, on_error: OnError, name: &str, watch: Watch) -> Result<Outcome> {
@@ -377,7 +403,7 @@ fn run_json(engine: &Engine, job: &Job, on_error: OnError, name: &str, watch: Wa
             OnError::Fail => bail!("{name}: {reason}"),
             _ => {
                 *report.quarantined.entry(ty.clone()).or_default() += 1;
-                Ok((report.clone(), vec![Quarantined { line: 1, resource_type: ty, reason }]))
+                Ok((report.clone(), vec![Quarantined { line: 1, resource_type: ty, reason }], text.len() as u64))
             }
         }
     };
@@ -407,7 +433,7 @@ fn run_json(engine: &Engine, job: &Job, on_error: OnError, name: &str, watch: Wa
         Some(path) => write_atomically(path, |w| w.write_all(pretty.as_bytes()))?,
         None => println!("{pretty}"),
     }
-    Ok((report, Vec::new()))
+    Ok((report, Vec::new(), text.len() as u64))
 }
 
 fn report_json(r: &Report, quarantined: usize, started: Instant) -> Json {

@@ -1,6 +1,6 @@
 //! `veil fhirpath`: evaluate an expression and print typed results.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal as _, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,6 +30,11 @@ use crate::input::for_each_document;
 ///   veil fhirpath --locations --input Observation.ndjson "Observation.value.ofType(Quantity)"
 ///
 ///   veil fhirpath --var cutoff=2010-01-01 "Patient.birthDate < %cutoff.toDate()" < patient.json
+///
+/// With no input (standard input a terminal, or empty) the expression is
+/// evaluated once without a resource:
+///
+///   veil fhirpath "(1 + 2) * 3"
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub(crate) struct Args {
@@ -63,10 +68,13 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let name = args.input.as_ref().map_or_else(|| "<stdin>".to_string(), |p| p.display().to_string());
     let reader: Box<dyn io::Read> = match &args.input {
         Some(path) => Box::new(std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?),
+        // A terminal: nothing to read, as when standard input is empty.
+        None if io::stdin().is_terminal() => Box::new(io::empty()),
         None => Box::new(io::stdin().lock()),
     };
+    let mut reader = io::BufReader::new(reader);
     let mut failed = false;
-    for_each_document(reader, &name, |doc, line| {
+    let mut evaluate = |doc: Json, line: usize| -> Result<()> {
         let mut ctx = Context::new(&doc).strict(args.strict);
         for (k, v) in &vars {
             ctx = ctx.with_var(k, Value::String(v.clone()));
@@ -85,9 +93,33 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
             }
         }
         Ok(())
-    })?;
+    };
+    if only_whitespace_left(&mut reader).with_context(|| format!("{name}: cannot read"))? {
+        // No resource: the expression is evaluated without one, as the
+        // HL7 suite's context-free cases are (`1 + 1`, `today()`).
+        evaluate(Json::Null, 1)?;
+    } else {
+        for_each_document(reader, &name, evaluate)?;
+    }
     out.flush()?;
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Skips leading whitespace; whether nothing else is left to read.
+fn only_whitespace_left(reader: &mut impl io::BufRead) -> io::Result<bool> {
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(true);
+        }
+        let blanks = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
+        if blanks < buf.len() {
+            reader.consume(blanks);
+            return Ok(false);
+        }
+        let n = buf.len();
+        reader.consume(n);
+    }
 }
 
 fn render_item(item: &Item<'_>, root: &str, with_location: bool) -> Json {

@@ -68,6 +68,31 @@ fn reads_ndjson_from_a_file_one_line_per_resource() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// With nothing to read, the expression is evaluated without a resource,
+/// as the HL7 suite's context-free cases are.
+#[test]
+fn an_expression_without_input_is_evaluated_without_a_resource() {
+    for stdin in [None, Some("  \n")] {
+        let out = veil(&["fhirpath", "(1 + 2) * 3"], stdin);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "[{\"type\":\"Integer\",\"value\":9}]\n");
+    }
+}
+
+/// The speed `veil deid` reports counts the bytes it read, standard input
+/// included (it has no file size to go by).
+#[test]
+fn deid_from_standard_input_reports_its_speed() {
+    let lines: String = (0..2000)
+        .map(|i| format!("{{\"resourceType\":\"Patient\",\"id\":\"p{i}\",\"gender\":\"female\"}}\n"))
+        .collect();
+    let out = veil(&["deid", "-c", "safe-harbor"], Some(&lines));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    let speed = err.split(" MB/s").next().and_then(|s| s.rsplit('(').next()).unwrap_or_default();
+    assert!(speed.parse::<f64>().is_ok_and(|v| v > 0.0), "{err}");
+}
+
 #[test]
 fn invalid_expression_exits_2_with_position() {
     let out = veil(&["fhirpath", "Patient.name.where(given = )"], Some(PATIENT));

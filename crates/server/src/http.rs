@@ -670,7 +670,11 @@ fn export_request(
             // Bulk Data IG recommends: a misspelt `_since` must not export
             // everything.
             _ if lenient => ignored.push(format!("the {name} parameter")),
-            _ => return bad(&format!("the parameter '{name}' is not known to $export (Prefer: handling=lenient ignores it)")),
+            _ => {
+                return bad(&format!(
+                    "the parameter '{name}' is not known to $export (Prefer: handling=lenient ignores it)"
+                ));
+            }
         }
     }
     // Scopes limit the types: asking for one the token cannot read is

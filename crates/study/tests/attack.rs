@@ -54,11 +54,8 @@ fn recovered(published: &BuiltTable, truth: &HashMap<Key, u64>, additive: &[bool
     };
     let values: Vec<u32> = domains.iter().map(|d| d.len() as u32).collect();
     let lattice = Lattice::new(&values, usize::MAX).unwrap();
-    let shown: HashMap<usize, u64> = published
-        .rows
-        .iter()
-        .map(|r| (lattice.index(&number(&key_of(r))).unwrap(), r[0].as_u64().unwrap()))
-        .collect();
+    let shown: HashMap<usize, u64> =
+        published.rows.iter().map(|r| (lattice.index(&number(&key_of(r))).unwrap(), r[0].as_u64().unwrap())).collect();
     let truth: HashMap<usize, (Key, u64)> =
         truth.iter().map(|(k, &n)| (lattice.index(&number(k)).unwrap(), (k.clone(), n))).collect();
     let b = bounds(&lattice, additive, &shown);
@@ -66,7 +63,13 @@ fn recovered(published: &BuiltTable, truth: &HashMap<Key, u64>, additive: &[bool
     for i in 0..lattice.len() {
         let actual = truth.get(&i).map_or(0, |(_, n)| *n) as i64;
         // The attack is sound: the truth always lies within its bounds.
-        assert!(b.lo[i] <= actual && actual <= b.hi[i], "{:?}: {actual} outside [{}, {}]", lattice.key(i), b.lo[i], b.hi[i]);
+        assert!(
+            b.lo[i] <= actual && actual <= b.hi[i],
+            "{:?}: {actual} outside [{}, {}]",
+            lattice.key(i),
+            b.lo[i],
+            b.hi[i]
+        );
         if !shown.contains_key(&i) && b.pinned(i) {
             found.push((truth[&i].0.clone(), actual as u64));
         }

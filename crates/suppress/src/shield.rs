@@ -42,8 +42,7 @@ pub struct TooLarge;
 /// outside `values` are ignored.
 pub fn shield(values: &[u32], published: &HashMap<Vec<u32>, u64>) -> Result<HashSet<Vec<u32>>, TooLarge> {
     let lattice = Lattice::new(values, MAX_CELLS).ok_or(TooLarge)?;
-    let shown: HashMap<usize, u64> =
-        published.iter().filter_map(|(k, &n)| Some((lattice.index(k)?, n))).collect();
+    let shown: HashMap<usize, u64> = published.iter().filter_map(|(k, &n)| Some((lattice.index(k)?, n))).collect();
     let mut additive = additivity(&lattice, values, &shown);
     let mut withheld: HashSet<usize> = HashSet::new();
     loop {
