@@ -189,7 +189,7 @@ fn serve_and_export(data: &std::path::Path, out: &std::path::Path) -> Result<vei
     let t = Instant::now();
     let mut loaded = 0u64;
     for_each_json_in_tar_gz(data, |name, doc| {
-        loaded += veil_server::load_document(&*store, doc, name)?.written.values().sum::<u64>();
+        loaded += veil_server::load_document(&*store, doc, name)?.created.values().sum::<u64>();
         Ok(())
     })?;
     println!("Loaded {loaded} resources into an empty store ({db}) in {}", ms(t.elapsed()));

@@ -21,7 +21,10 @@ use crate::UsageError;
 ///   veil load data/synthea-r4-100.tar.gz
 ///   veil load --db postgres://veil@db/veil Patient.ndjson Observation.ndjson
 ///
-/// A resource written again replaces the earlier version.
+/// A resource written again with another body becomes its next version;
+/// written again as it is, it stays as it was. The summary counts each
+/// kind: created, updated (a new version), unchanged (a resource repeated
+/// in the input, such as Synthea's organizations, or loaded before).
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub(crate) struct Args {
@@ -61,13 +64,23 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         };
         total.add(&report);
     }
-    let n: u64 = total.written.values().sum();
+    let sum = |counts: &std::collections::BTreeMap<String, u64>| counts.values().sum::<u64>();
     eprintln!(
-        "veil load: {n} resources written to {} in {:.1} s",
+        "veil load: {} resources created, {} updated, {} unchanged in {} in {:.1} s",
+        sum(&total.created),
+        sum(&total.updated),
+        sum(&total.unchanged),
         veil_store::printable_url(&args.db),
         started.elapsed().as_secs_f64()
     );
-    let kinds: Vec<String> = total.written.iter().map(|(t, c)| format!("{t} {c}")).collect();
-    eprintln!("  {}", kinds.join(", "));
+    if !total.deleted.is_empty() {
+        eprintln!("  deleted: {}", sum(&total.deleted));
+    }
+    for (what, counts) in [("created", &total.created), ("updated", &total.updated), ("unchanged", &total.unchanged)] {
+        if !counts.is_empty() {
+            let kinds: Vec<String> = counts.iter().map(|(t, c)| format!("{t} {c}")).collect();
+            eprintln!("  {what}: {}", kinds.join(", "));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

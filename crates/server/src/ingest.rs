@@ -23,8 +23,14 @@ pub enum LoadError {
 /// Resources written per type.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadReport {
-    /// Written (created or updated) per resourceType.
-    pub written: BTreeMap<String, u64>,
+    /// New resources per resourceType.
+    pub created: BTreeMap<String, u64>,
+    /// Resources given a new version per resourceType (a different body).
+    pub updated: BTreeMap<String, u64>,
+    /// Resources the store held with the same body already, per
+    /// resourceType (a resource repeated in the input counts here from its
+    /// second time on).
+    pub unchanged: BTreeMap<String, u64>,
     /// Deleted per resourceType (`DELETE` entries).
     pub deleted: BTreeMap<String, u64>,
     /// Each written resource as `Type/id/_history/version`, in order.
@@ -34,11 +40,15 @@ pub struct LoadReport {
 impl LoadReport {
     /// Adds another report's counts.
     pub fn add(&mut self, other: &LoadReport) {
-        for (k, v) in &other.written {
-            *self.written.entry(k.clone()).or_default() += v;
-        }
-        for (k, v) in &other.deleted {
-            *self.deleted.entry(k.clone()).or_default() += v;
+        for (mine, theirs) in [
+            (&mut self.created, &other.created),
+            (&mut self.updated, &other.updated),
+            (&mut self.unchanged, &other.unchanged),
+            (&mut self.deleted, &other.deleted),
+        ] {
+            for (k, v) in theirs {
+                *mine.entry(k.clone()).or_default() += v;
+            }
         }
         self.locations.extend(other.locations.iter().cloned());
     }
@@ -130,8 +140,13 @@ fn write(store: &dyn Store, prepared: &[Prepared], report: &mut LoadReport) -> R
             group_members: p.group_members.as_deref(),
         })
         .collect();
-    for stored in store.put(&writes)? {
-        *report.written.entry(stored.resource_type.clone()).or_default() += 1;
+    for veil_store::Written { stored, change } in store.put(&writes)? {
+        let counts = match change {
+            veil_store::Change::Created => &mut report.created,
+            veil_store::Change::Updated => &mut report.updated,
+            veil_store::Change::Unchanged => &mut report.unchanged,
+        };
+        *counts.entry(stored.resource_type.clone()).or_default() += 1;
         report.locations.push(format!("{}/{}/_history/{}", stored.resource_type, stored.id, stored.version));
     }
     Ok(())

@@ -20,7 +20,7 @@
 //!         "code": {"text": "x"}, "subject": {"reference": "urn:uuid:p1"}}, "request": {"method": "POST", "url": "Observation"}}
 //! ]});
 //! let report = veil_server::load_document(&*store, bundle, "example")?;
-//! assert_eq!(report.written["Observation"], 1);
+//! assert_eq!(report.created["Observation"], 1);
 //! let obs = store.get("Observation", "o1")?.unwrap();
 //! assert!(obs.body.unwrap().contains(r#""reference":"Patient/p1""#));
 //! # Ok::<(), Box<dyn std::error::Error>>(())

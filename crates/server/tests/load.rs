@@ -29,15 +29,20 @@ fn the_synthea_sample_loads_as_it_is() {
         }
         total.add(&veil_server::load_document(&*store, doc, &name).unwrap());
     }
-    let written: u64 = total.written.values().sum();
-    assert_eq!(written as usize, entries_in, "every entry stored, and the Group file");
-    // Organizations and practitioners recur across patients' bundles: stored once each.
+    let seen: u64 = [&total.created, &total.updated, &total.unchanged].iter().flat_map(|c| c.values()).sum();
+    assert_eq!(seen as usize, entries_in, "every entry counted, and the Group file");
+    // Organizations and practitioners recur across patients' bundles: stored
+    // once each, and counted as created once, the same again unchanged.
     let expected: std::collections::BTreeMap<String, u64> =
         distinct.iter().map(|(t, ids)| (t.clone(), ids.len() as u64)).collect();
     let mut counts = store.counts().unwrap();
     assert_eq!(counts.remove("Group"), Some(1));
     assert_eq!(counts, expected);
-    assert_eq!(total.written["Patient"], 100);
+    let mut created = total.created.clone();
+    assert_eq!(created.remove("Group"), Some(1));
+    assert_eq!(created, expected, "created: what the store holds");
+    assert!(total.unchanged.values().sum::<u64>() > 0, "repeated resources are counted apart");
+    assert_eq!(total.created["Patient"], 100);
     // References between entries now point at Type/id. (The Group, loaded on
     // its own, still names its members by urn:uuid: there is no Bundle to
     // resolve them in; its membership is read from them all the same.)
@@ -73,7 +78,7 @@ fn the_synthea_sample_loads_as_it_is() {
             },
         )
         .unwrap();
-    assert_eq!(in_compartments, total.written["Observation"], "every Observation belongs to a patient");
+    assert_eq!(in_compartments, total.created["Observation"], "every Observation belongs to a patient");
     // The sample's Group lists all 100 patients.
     let mut groups = Vec::new();
     store
@@ -96,7 +101,16 @@ fn ndjson_loads_in_batches_and_names_bad_lines() {
     let store = veil_store::open("sqlite::memory:").unwrap();
     let text = "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n\n{\"resourceType\":\"Patient\",\"id\":\"b\"}\n{\"resourceType\":\"Observation\",\"id\":\"o\",\"status\":\"final\",\"code\":{\"text\":\"x\"},\"subject\":{\"reference\":\"Patient/a\"}}\n";
     let report = veil_server::load_ndjson(&*store, text.as_bytes(), "x.ndjson", 2).unwrap();
-    assert_eq!(report.written["Patient"], 2);
+    assert_eq!(report.created["Patient"], 2);
+    // Again: nothing changes, not even the versions; then one resource differs.
+    let again = veil_server::load_ndjson(&*store, text.as_bytes(), "x.ndjson", 2).unwrap();
+    assert_eq!((again.unchanged["Patient"], again.unchanged["Observation"]), (2, 1));
+    assert!(again.created.is_empty() && again.updated.is_empty(), "{again:?}");
+    assert_eq!(store.get("Patient", "a").unwrap().unwrap().version, 1);
+    let changed = text.replace("\"id\":\"b\"", "\"id\":\"b\",\"gender\":\"other\"");
+    let third = veil_server::load_ndjson(&*store, changed.as_bytes(), "x.ndjson", 2).unwrap();
+    assert_eq!((third.updated["Patient"], third.unchanged["Patient"]), (1, 1));
+    assert_eq!(store.get("Patient", "b").unwrap().unwrap().version, 2);
     let err = veil_server::load_ndjson(
         &*store,
         "{\"resourceType\":\"Patient\",\"id\":\"c\"}\n{oops Zebulon\n".as_bytes(),

@@ -77,6 +77,28 @@ impl Write<'_> {
     }
 }
 
+/// What one write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The resource was new (version 1).
+    Created,
+    /// It replaced a different body, or a tombstone (a new version).
+    Updated,
+    /// It held the same body already: nothing was written, and the stored
+    /// version, time and change order stay (an export `_since` then does
+    /// not send it again).
+    Unchanged,
+}
+
+/// A write's outcome: what the store holds, and what changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The resource as stored after the write.
+    pub stored: Stored,
+    /// What the write did.
+    pub change: Change,
+}
+
 /// A stored resource (or a tombstone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
@@ -230,9 +252,10 @@ pub struct ShareDownload {
 
 /// Persistence, implemented for SQLite and PostgreSQL.
 pub trait Store: Send + Sync {
-    /// Creates or replaces resources, all in one transaction; each gets the
-    /// next version and the current time.
-    fn put(&self, writes: &[Write<'_>]) -> Result<Vec<Stored>>;
+    /// Creates or replaces resources, all in one transaction; each one
+    /// whose body differs from the stored one gets the next version and the
+    /// current time, the others stay as they are ([`Change::Unchanged`]).
+    fn put(&self, writes: &[Write<'_>]) -> Result<Vec<Written>>;
     /// The current version of a resource, a tombstone included.
     fn get(&self, resource_type: &str, id: &str) -> Result<Option<Stored>>;
     /// Deletes a resource, leaving a tombstone; `None` if there was none.

@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use veil_sql::{Database, Dialect, Row, Sql, args};
 use veil_util::clock::{instant_in, now_instant};
 
-use crate::{ClientRecord, Job, JobState, Result, ScanFilter, ShareDownload, ShareRecord, Store, Stored, Write};
+use crate::{
+    Change, ClientRecord, Job, JobState, Result, ScanFilter, ShareDownload, ShareRecord, Store, Stored, Write, Written,
+};
 
 /// Serialises the creation of the tables on one PostgreSQL server (the
 /// aggregator's ledger uses 7357002).
@@ -202,17 +204,32 @@ fn replace_group(db: &mut dyn Sql, group: &str, members: &[String]) -> veil_sql:
     Ok(())
 }
 
-/// Writes one resource, row by row.
-fn put_one(db: &mut dyn Sql, w: &Write<'_>, now: &str) -> veil_sql::Result<Stored> {
+/// The resource as it is stored, for a write that changed nothing.
+fn unchanged(db: &mut dyn Sql, w: &Write<'_>) -> veil_sql::Result<Written> {
+    let sql = format!("SELECT {COLS} FROM resources WHERE type = ?1 AND id = ?2");
+    let stored = stored(db.query_one(&sql, args![w.resource_type, w.id])?)?;
+    Ok(Written { stored, change: Change::Unchanged })
+}
+
+fn change_of(version: i64) -> Change {
+    if version == 1 { Change::Created } else { Change::Updated }
+}
+
+/// Writes one resource, row by row; one whose body is the stored one
+/// already keeps its version.
+fn put_one(db: &mut dyn Sql, w: &Write<'_>, now: &str) -> veil_sql::Result<Written> {
     let seq = next_seq(db)?;
-    let version = db
-        .query_one(
-            "INSERT INTO resources (type, id, version, last_updated, seq, body) VALUES (?1, ?2, 1, ?3, ?4, ?5)
-             ON CONFLICT (type, id) DO UPDATE SET version = resources.version + 1, last_updated = ?3, seq = ?4, body = ?5
-             RETURNING version",
-            args![w.resource_type, w.id, now, seq, w.body],
-        )?
-        .int(0)?;
+    let returned = db.query(
+        "INSERT INTO resources (type, id, version, last_updated, seq, body) VALUES (?1, ?2, 1, ?3, ?4, ?5)
+         ON CONFLICT (type, id) DO UPDATE SET version = resources.version + 1, last_updated = ?3, seq = ?4, body = ?5
+         WHERE resources.body IS DISTINCT FROM excluded.body
+         RETURNING version",
+        args![w.resource_type, w.id, now, seq, w.body],
+    )?;
+    let version = returned.into_iter().next().map(|mut row| row.int(0)).transpose()?;
+    // The compartment and membership are the caller's reading of the body,
+    // and are replaced even when the body is not: a reload after the
+    // rules for them changed brings them up to date.
     db.execute("DELETE FROM compartment WHERE type = ?1 AND id = ?2", args![w.resource_type, w.id])?;
     for p in w.patients {
         db.execute(
@@ -223,13 +240,16 @@ fn put_one(db: &mut dyn Sql, w: &Write<'_>, now: &str) -> veil_sql::Result<Store
     if let Some(members) = w.group_members {
         replace_group(db, w.id, members)?;
     }
-    Ok(w.stored(version, seq, now))
+    match version {
+        Some(version) => Ok(Written { stored: w.stored(version, seq, now), change: change_of(version) }),
+        None => unchanged(db, w),
+    }
 }
 
 /// Writes a batch of distinct resources in a few round trips, arrays
 /// unnested by PostgreSQL. (One `INSERT … ON CONFLICT` cannot update a row
 /// twice, so a batch naming a resource twice goes row by row.)
-fn put_batch_on_postgres(db: &mut dyn Sql, writes: &[Write<'_>], now: &str) -> veil_sql::Result<Vec<Stored>> {
+fn put_batch_on_postgres(db: &mut dyn Sql, writes: &[Write<'_>], now: &str) -> veil_sql::Result<Vec<Written>> {
     let types: Vec<&str> = writes.iter().map(|w| w.resource_type).collect();
     let ids: Vec<&str> = writes.iter().map(|w| w.id).collect();
     let bodies: Vec<&str> = writes.iter().map(|w| w.body).collect();
@@ -239,6 +259,7 @@ fn put_batch_on_postgres(db: &mut dyn Sql, writes: &[Write<'_>], now: &str) -> v
          SELECT t, i, 1, ?3, nextval('resource_seq'), b FROM UNNEST(?1::text[], ?2::text[], ?4::text[]) AS u(t, i, b)
          ON CONFLICT (type, id) DO UPDATE SET version = resources.version + 1, last_updated = ?3,
              seq = nextval('resource_seq'), body = EXCLUDED.body
+         WHERE resources.body IS DISTINCT FROM EXCLUDED.body
          RETURNING type, id, version, seq",
         args![&types, &ids, now, &bodies],
     )? {
@@ -268,8 +289,13 @@ fn put_batch_on_postgres(db: &mut dyn Sql, writes: &[Write<'_>], now: &str) -> v
         if let Some(members) = w.group_members {
             replace_group(db, w.id, members)?;
         }
-        let (version, seq) = written.remove(&(w.resource_type.to_string(), w.id.to_string())).unwrap_or((1, 0));
-        out.push(w.stored(version, seq, now));
+        // Not returned: the body was the stored one already.
+        match written.remove(&(w.resource_type.to_string(), w.id.to_string())) {
+            Some((version, seq)) => {
+                out.push(Written { stored: w.stored(version, seq, now), change: change_of(version) })
+            }
+            None => out.push(unchanged(db, w)?),
+        }
     }
     Ok(out)
 }
@@ -353,7 +379,7 @@ impl SqlStore {
 }
 
 impl Store for SqlStore {
-    fn put(&self, writes: &[Write<'_>]) -> Result<Vec<Stored>> {
+    fn put(&self, writes: &[Write<'_>]) -> Result<Vec<Written>> {
         let now = now_instant();
         let mut seen = HashSet::with_capacity(writes.len());
         let distinct = writes.iter().all(|w| seen.insert((w.resource_type, w.id)));

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use veil_store::{ClientRecord, JobState, ScanFilter, ShareDownload, ShareRecord, Store, Write, open};
+use veil_store::{Change, ClientRecord, JobState, ScanFilter, ShareDownload, ShareRecord, Store, Write, Written, open};
 
 fn pg_url() -> String {
     std::env::var("VEIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
@@ -151,7 +151,7 @@ both! {
         assert_eq!((first.version, first.body.as_deref()), (1, Some(body.as_str())));
         assert_eq!(first.last_updated.len(), 24);
         std::thread::sleep(std::time::Duration::from_millis(5));
-        put(s, "Patient", "p1", &patient("p1"), &["p1"]);
+        put(s, "Patient", "p1", &patient("p1").replace("1970", "1971"), &["p1"]);
         let second = s.get("Patient", "p1").unwrap().unwrap();
         assert_eq!(second.version, 2);
         assert!(second.last_updated > first.last_updated && second.seq > first.seq);
@@ -206,23 +206,40 @@ both! {
 
     a_batch_may_name_a_resource_twice => |s: &dyn Store| {
         let a = patient("p1");
+        let a2 = a.replace("1.50", "1.75");
         let writes = [
             Write { resource_type: "Patient", id: "p1", body: &a, patients: &[], group_members: None },
-            Write { resource_type: "Patient", id: "p1", body: &a, patients: &[], group_members: None },
+            Write { resource_type: "Patient", id: "p1", body: &a2, patients: &[], group_members: None },
+            Write { resource_type: "Patient", id: "p1", body: &a2, patients: &[], group_members: None },
         ];
-        let stored = s.put(&writes).unwrap();
-        assert_eq!(stored.iter().map(|x| x.version).collect::<Vec<_>>(), [1, 2]);
+        let written = s.put(&writes).unwrap();
+        let outcome = |w: &[Written]| w.iter().map(|x| (x.stored.id.clone(), x.stored.version, x.change)).collect::<Vec<_>>();
+        assert_eq!(
+            outcome(&written),
+            [("p1".into(), 1, Change::Created), ("p1".into(), 2, Change::Updated), ("p1".into(), 2, Change::Unchanged)]
+        );
         assert_eq!(s.get("Patient", "p1").unwrap().unwrap().version, 2);
-        // A batch of distinct resources reports each one's version.
+        // A batch of distinct resources reports each one's version; the
+        // same body again keeps its version and its place in the change order.
+        let before = s.get("Patient", "p1").unwrap().unwrap();
         let b = patient("p2");
         let writes = [
-            Write { resource_type: "Patient", id: "p1", body: &a, patients: &["p1".into()], group_members: None },
+            Write { resource_type: "Patient", id: "p1", body: &a2, patients: &["p1".into()], group_members: None },
             Write { resource_type: "Patient", id: "p2", body: &b, patients: &["p2".into()], group_members: None },
         ];
-        let stored = s.put(&writes).unwrap();
-        assert_eq!(stored.iter().map(|x| (x.id.as_str(), x.version)).collect::<Vec<_>>(), [("p1", 3), ("p2", 1)]);
-        assert_ne!(stored[0].seq, stored[1].seq, "each write takes its own place in the change order");
+        let written = s.put(&writes).unwrap();
+        assert_eq!(outcome(&written), [("p1".into(), 2, Change::Unchanged), ("p2".into(), 1, Change::Created)]);
+        assert_eq!(written[0].stored, before, "unchanged: version, time and change order kept");
+        let writes = [
+            Write { resource_type: "Patient", id: "p1", body: &a, patients: &["p1".into()], group_members: None },
+            Write { resource_type: "Patient", id: "p2", body: &a2.replace("p1", "p2"), patients: &["p2".into()], group_members: None },
+        ];
+        let written = s.put(&writes).unwrap();
+        assert_eq!(outcome(&written), [("p1".into(), 3, Change::Updated), ("p2".into(), 2, Change::Updated)]);
+        assert_ne!(written[0].stored.seq, written[1].stored.seq, "each write takes its own place in the change order");
+        // The compartment is the caller's, replaced even when the body is not.
         assert_eq!(scan(s, &ScanFilter { patients: Some(vec!["p2".into()]), ..Default::default() }), ["Patient/p2"]);
+        assert_eq!(scan(s, &ScanFilter { patients: Some(vec!["p1".into()]), ..Default::default() }), ["Patient/p1"]);
     };
 
     groups_keep_their_members => |s: &dyn Store| {
