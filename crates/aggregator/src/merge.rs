@@ -18,9 +18,7 @@
 //! it is partial ("≥ n" in the chart API) follows from which are; neither
 //! tells a reader more than the published site rows do, so the cross-site
 //! table cannot be attacked past them. A site whose cube spans too many
-//! cells to check is withheld whole. A value that no site published at
-//! all is still counted in the marginals, so the shield gives each
-//! stratum one more value standing for all such.
+//! cells to check is withheld whole.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -97,10 +95,6 @@ fn shield(sites: &[(&str, &Table)], cells: &[Vec<(i64, Vec<Json>)>], strata: usi
             numbers[j].entry(v.to_string()).or_insert(next);
         }
     }
-    // One more value per stratum stands for every value that no site
-    // published (all its cells dropped everywhere), which a reader may
-    // know of: the marginals count it too.
-    let sizes: Vec<u32> = numbers.iter().map(|n| n.len() as u32 + 1).collect();
     let key = |values: &[Json]| -> Vec<u32> {
         values
             .iter()
@@ -113,7 +107,7 @@ fn shield(sites: &[(&str, &Table)], cells: &[Vec<(i64, Vec<Json>)>], strata: usi
         .zip(cells)
         .map(|((site, _), cells)| {
             let published: HashMap<Vec<u32>, u64> = cells.iter().map(|(n, v)| (key(v), *n as u64)).collect();
-            match veil_suppress::shield(&sizes, &published) {
+            match veil_suppress::shield(&published) {
                 Ok(withheld) => cells.iter().map(|(_, v)| !withheld.contains(&key(v))).collect(),
                 Err(e) => {
                     eprintln!("veil aggregator: withholding the rows of site {site}: {e}");

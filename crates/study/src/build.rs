@@ -181,7 +181,7 @@ impl<'a> Builder<'a> {
         }
         let mut tables = Vec::new();
         for def in &study.counts {
-            tables.push(count(&study.prefix, def, &sources[&def.from]));
+            tables.push(count(&study.prefix, def, &sources[&def.from])?);
         }
         let (min, max) = match &study.meta_date {
             Some(m) => date_range(&sources[&m.from], &m.column, today),
@@ -300,7 +300,7 @@ use veil_suppress::ALL;
 /// grouping set (all 2^k subsets of the strata), cells under the minimum
 /// dropped, and (unless the study asks for primary suppression only) the
 /// cells that would let a reader work them out ([`veil_suppress::complementary`]).
-fn count(prefix: &str, def: &CountDef, table: &Table) -> BuiltTable {
+fn count(prefix: &str, def: &CountDef, table: &Table) -> Result<BuiltTable, StudyError> {
     let strata: Vec<usize> = def.strata.iter().map(|s| table.index(s)).collect();
     let counted = table.index(&def.count_distinct);
     // Values are interned per column so that cells are keyed by small integers.
@@ -352,6 +352,12 @@ fn count(prefix: &str, def: &CountDef, table: &Table) -> BuiltTable {
                 &veil_suppress::Cube { counts: &counts, values: &values, additive: &additive },
                 &primary,
             )
+            .map_err(|e| {
+                StudyError(format!(
+                    "{prefix}__{}: {e}: use fewer strata or strata with fewer values, or suppression = \"primary\"",
+                    def.name
+                ))
+            })?
         }
     };
     let mut rows: Vec<Vec<Json>> =
@@ -369,7 +375,7 @@ fn count(prefix: &str, def: &CountDef, table: &Table) -> BuiltTable {
     sort_rows(&mut rows);
     let mut columns = vec![BuiltColumn::new("cnt", ColumnType::BigInt)];
     columns.extend(def.strata.iter().map(|s| BuiltColumn::new(s, ColumnType::Text)));
-    BuiltTable {
+    Ok(BuiltTable {
         name: format!("{prefix}__{}", def.name),
         kind: TableKind::Cube,
         description: def.description.clone(),
@@ -378,7 +384,7 @@ fn count(prefix: &str, def: &CountDef, table: &Table) -> BuiltTable {
         complementary: complementary.len() as u64,
         rows,
         min_cell: Some(def.min_cell),
-    }
+    })
 }
 
 /// Cumulus' export order: by every column, descending, nulls first.

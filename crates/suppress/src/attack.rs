@@ -156,7 +156,9 @@ pub fn bounds(lattice: &Lattice, additive: &[bool], published: &HashMap<usize, u
                 changed |= propagate(&mut lo, &mut hi, p, &children, additive[j]);
             }
         }
-        if !changed {
+        // A contradiction only grows from here on (a stratum assumed
+        // additive that is not): stop, and let the caller see it.
+        if !changed || lo.iter().zip(&hi).any(|(l, h)| l > h) {
             break;
         }
     }
@@ -166,9 +168,10 @@ pub fn bounds(lattice: &Lattice, additive: &[bool], published: &HashMap<usize, u
 /// One relation, parent `p` over `children`: tightens every bound it can,
 /// and says whether it did.
 fn propagate(lo: &mut [i64], hi: &mut [i64], p: usize, children: &[usize], additive: bool) -> bool {
-    let sum_lo: i64 = children.iter().map(|&c| lo[c]).sum();
+    let sum_lo: i64 = children.iter().fold(0i64, |sum, &c| sum.saturating_add(lo[c])).min(UNBOUNDED);
     let unbounded = children.iter().filter(|&&c| hi[c] >= UNBOUNDED).count();
-    let finite_hi: i64 = children.iter().filter(|&&c| hi[c] < UNBOUNDED).map(|&c| hi[c]).sum();
+    let finite_hi: i64 =
+        children.iter().filter(|&&c| hi[c] < UNBOUNDED).fold(0i64, |sum, &c| sum.saturating_add(hi[c])).min(UNBOUNDED);
     let sum_hi = if unbounded > 0 { UNBOUNDED } else { finite_hi };
     let parent_lo = if additive { sum_lo } else { children.iter().map(|&c| lo[c]).max().unwrap_or(0) };
     let mut changed = raise(&mut lo[p], parent_lo) | lower(&mut hi[p], sum_hi);

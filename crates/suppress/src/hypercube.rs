@@ -38,7 +38,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::ALL;
+use crate::{ALL, TooLarge};
 
 /// A cube to protect: cell counts by key, and per stratum its values and
 /// whether it is additive.
@@ -51,8 +51,11 @@ pub struct Cube<'a> {
     pub additive: &'a [bool],
 }
 
-/// The cells to suppress besides `primary` (which it never repeats).
-pub fn complementary(cube: &Cube, primary: &HashSet<Vec<u32>>) -> HashSet<Vec<u32>> {
+/// The cells to suppress besides `primary` (which it never repeats):
+/// hypercubes, then what [`crate::shield`] still withholds from the cells
+/// left published. A cube spanning more than [`crate::shield::MAX_CELLS`]
+/// cells cannot be checked, and is refused.
+pub fn complementary(cube: &Cube, primary: &HashSet<Vec<u32>>) -> Result<HashSet<Vec<u32>>, TooLarge> {
     let mut suppressed: HashSet<Vec<u32>> = primary.clone();
     let mut protected: HashSet<Vec<u32>> = HashSet::new();
     let mut order: Vec<&Vec<u32>> = primary.iter().collect();
@@ -69,8 +72,16 @@ pub fn complementary(cube: &Cube, primary: &HashSet<Vec<u32>>) -> HashSet<Vec<u3
             protected.insert(cell);
         }
     }
+    // The greedy choice can leave a cell open: a primary cell with no
+    // usable hypercube, or one counted as protected by a hypercube whose
+    // cells later choices changed. The attack the aggregator makes finds
+    // those, and the shield closes them, so that what a site publishes
+    // passes the aggregator as it is.
+    let published: HashMap<Vec<u32>, u64> =
+        cube.counts.iter().filter(|(k, n)| **n > 0 && !suppressed.contains(*k)).map(|(k, n)| (k.clone(), *n)).collect();
+    suppressed.extend(crate::shield(&published)?);
     suppressed.retain(|k| !primary.contains(k));
-    suppressed
+    Ok(suppressed)
 }
 
 impl Cube<'_> {
@@ -227,7 +238,7 @@ mod tests {
         counts.insert(vec![ALL, ALL], 93);
         let cube = Cube { counts: &counts, values: &[2, 2], additive: &[true, true] };
         let primary: HashSet<Vec<u32>> = [vec![0, 0]].into_iter().collect();
-        let extra = complementary(&cube, &primary);
+        let extra = complementary(&cube, &primary).unwrap();
         let expected: HashSet<Vec<u32>> = [vec![0, 1], vec![1, 0], vec![1, 1]].into_iter().collect();
         assert_eq!(extra, expected);
     }

@@ -20,7 +20,7 @@
 
 pub mod attack;
 mod hypercube;
-mod shield;
+pub mod shield;
 
 pub use hypercube::{Cube, complementary};
 pub use shield::{TooLarge, shield};

@@ -23,7 +23,7 @@
 //! tighter (`tests/python/test_suppression.py` checks the aggregator's
 //! output with one).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::ALL;
 use crate::attack::{Lattice, bounds};
@@ -37,46 +37,140 @@ pub const MAX_CELLS: usize = 4 << 20;
 #[error("the cube spans more than {MAX_CELLS} cells (every combination of its strata's values), too many to check")]
 pub struct TooLarge;
 
-/// The published cells (keys with `ALL` for rolled-up strata, stratum `j`
-/// taking values `0..values[j]`) to withhold as well. Cells with a value
-/// outside `values` are ignored.
-pub fn shield(values: &[u32], published: &HashMap<Vec<u32>, u64>) -> Result<HashSet<Vec<u32>>, TooLarge> {
-    let lattice = Lattice::new(values, MAX_CELLS).ok_or(TooLarge)?;
-    let shown: HashMap<usize, u64> = published.iter().filter_map(|(k, &n)| Some((lattice.index(k)?, n))).collect();
-    let mut additive = additivity(&lattice, values, &shown);
-    let mut withheld: HashSet<usize> = HashSet::new();
+/// The published cells (keys with [`ALL`] for rolled-up strata) to
+/// withhold as well.
+///
+/// Two readers are guarded against, since which one is real depends on
+/// what the published cells do not show: one who knows each stratum has
+/// exactly the values shown (where the cells do not prove otherwise), and
+/// one who knows of others, all of whose cells were dropped but whom the
+/// marginals count. The second reader's
+/// lattice has one more value per stratum standing for all of them: he can
+/// tell only their sum from the marginals, so they are protected together.
+/// The same cells get the same answer wherever they are shielded, in a
+/// site's build or at the aggregator.
+pub fn shield(published: &HashMap<Vec<u32>, u64>) -> Result<HashSet<Vec<u32>>, TooLarge> {
+    let Some(d) = published.keys().next().map(Vec::len) else { return Ok(HashSet::new()) };
+    // Each stratum's shown values, numbered densely in order.
+    let mut numbers: Vec<BTreeMap<u32, u32>> = vec![BTreeMap::new(); d];
+    for key in published.keys() {
+        for (j, &v) in key.iter().enumerate().filter(|(_, v)| **v != ALL) {
+            numbers[j].insert(v, 0);
+        }
+    }
+    for n in &mut numbers {
+        for (i, slot) in n.values_mut().enumerate() {
+            *slot = i as u32;
+        }
+    }
+    // The first reader is exact only where nothing shows values beyond
+    // those shown: a marginal larger than the sum of all its shown cells.
+    let beyond = values_beyond_those_shown(&numbers, published);
+    let mut readers = [Reader::new(&numbers, &beyond, published)?, Reader::new(&numbers, &vec![1; d], published)?];
+    let mut withheld: HashSet<&Vec<u32>> = HashSet::new();
     loop {
-        let visible: HashMap<usize, u64> =
-            shown.iter().filter(|(i, _)| !withheld.contains(i)).map(|(&i, &n)| (i, n)).collect();
-        let b = bounds(&lattice, &additive, &visible);
-        if b.contradictory() && additive.iter().any(|&a| a) {
-            additive.iter_mut().for_each(|a| *a = false);
-            continue;
-        }
-        let mut more: Vec<usize> = Vec::new();
-        for i in (0..lattice.len()).filter(|i| !visible.contains_key(i) && b.pinned(*i)) {
-            // The cheapest published cell in a relation with it; failing
-            // that (all withheld already), with one of those.
-            let cheapest = |cells: &mut dyn Iterator<Item = usize>| {
-                cells.filter_map(|c| visible.get(&c).map(|&n| (n, c))).min().map(|(_, c)| c)
-            };
-            let near = lattice.neighbours(i);
-            let pick = cheapest(&mut near.iter().copied())
-                .or_else(|| cheapest(&mut near.iter().flat_map(|&n| lattice.neighbours(n))));
-            more.extend(pick);
-        }
+        let more: Vec<&Vec<u32>> = readers.iter_mut().flat_map(|r| r.cells_to_withhold(published, &withheld)).collect();
         let before = withheld.len();
         withheld.extend(more);
         if withheld.len() == before {
-            // Nothing left near a pinned cell to withhold (never seen; the
-            // grand total alone would be such a cube): withhold everything.
-            if (0..lattice.len()).any(|i| !visible.contains_key(&i) && b.pinned(i)) {
-                withheld.extend(shown.keys());
-            }
             break;
         }
     }
-    Ok(withheld.into_iter().map(|i| lattice.key(i)).collect())
+    Ok(withheld.into_iter().cloned().collect())
+}
+
+/// One reader's view: the lattice he bounds, where each published cell
+/// sits in it, and which strata he takes as additive.
+struct Reader<'a> {
+    lattice: Lattice,
+    cells: HashMap<usize, &'a Vec<u32>>,
+    additive: Vec<bool>,
+}
+
+impl<'a> Reader<'a> {
+    /// The reader who knows of `unseen[j]` (0 or 1) more values of
+    /// stratum `j` than the published cells show.
+    fn new(
+        numbers: &[BTreeMap<u32, u32>],
+        unseen: &[u32],
+        published: &'a HashMap<Vec<u32>, u64>,
+    ) -> Result<Self, TooLarge> {
+        let values: Vec<u32> = numbers.iter().zip(unseen).map(|(n, u)| n.len() as u32 + u).collect();
+        let lattice = Lattice::new(&values, MAX_CELLS).ok_or(TooLarge)?;
+        let cells: HashMap<usize, &Vec<u32>> = published
+            .keys()
+            .map(|k| {
+                let dense: Vec<u32> =
+                    k.iter().enumerate().map(|(j, &v)| if v == ALL { ALL } else { numbers[j][&v] }).collect();
+                (lattice.index(&dense).expect("a shown value"), k)
+            })
+            .collect();
+        let shown: HashMap<usize, u64> = cells.iter().map(|(&i, k)| (i, published[*k])).collect();
+        let additive = additivity(&lattice, &values, &shown);
+        Ok(Reader { lattice, cells, additive })
+    }
+
+    /// For each hidden cell this reader pins to one value, the cheapest
+    /// published cell in a relation with it (failing that, with one of
+    /// those); everything, if nothing near is left.
+    fn cells_to_withhold(
+        &mut self,
+        published: &HashMap<Vec<u32>, u64>,
+        withheld: &HashSet<&Vec<u32>>,
+    ) -> Vec<&'a Vec<u32>> {
+        let visible: HashMap<usize, u64> =
+            self.cells.iter().filter(|(_, k)| !withheld.contains(*k)).map(|(&i, k)| (i, published[*k])).collect();
+        let mut b = bounds(&self.lattice, &self.additive, &visible);
+        if b.contradictory() && self.additive.iter().any(|&a| a) {
+            // The data are not additive where they seemed: the relations
+            // that always hold for counts of distinct patients.
+            self.additive.iter_mut().for_each(|a| *a = false);
+            b = bounds(&self.lattice, &self.additive, &visible);
+        }
+        let cheapest = |cells: &mut dyn Iterator<Item = usize>| {
+            cells.filter_map(|c| visible.get(&c).map(|&n| (n, c))).min().map(|(_, c)| c)
+        };
+        let mut more = Vec::new();
+        for i in (0..self.lattice.len()).filter(|i| !visible.contains_key(i) && b.pinned(*i)) {
+            let near = self.lattice.neighbours(i);
+            let pick = cheapest(&mut near.iter().copied())
+                .or_else(|| cheapest(&mut near.iter().flat_map(|&n| self.lattice.neighbours(n))));
+            match pick {
+                Some(c) => more.push(self.cells[&c]),
+                // Nothing near is published any more (never seen; a cube
+                // of the grand total alone would be such): withhold all.
+                None => return visible.keys().map(|i| self.cells[i]).collect(),
+            }
+        }
+        more
+    }
+}
+
+/// Per stratum, 1 where the published cells show that it has values they
+/// do not: a marginal larger than the sum of all its cells along the
+/// stratum, every one shown (a count of distinct patients is never larger
+/// than the sum over the whole domain). Else 0.
+fn values_beyond_those_shown(numbers: &[BTreeMap<u32, u32>], published: &HashMap<Vec<u32>, u64>) -> Vec<u32> {
+    let mut beyond = vec![0; numbers.len()];
+    for (key, &n) in published {
+        for j in 0..key.len() {
+            if key[j] != ALL || beyond[j] == 1 {
+                continue;
+            }
+            let mut child = key.clone();
+            let sum: Option<u64> = numbers[j]
+                .keys()
+                .map(|&v| {
+                    child[j] = v;
+                    published.get(&child).copied()
+                })
+                .sum();
+            if sum.is_some_and(|sum| sum < n) {
+                beyond[j] = 1;
+            }
+        }
+    }
+    beyond
 }
 
 /// Per stratum, whether a reader may take it as additive: no published
@@ -126,7 +220,7 @@ mod tests {
             (&[ALL, 1], 60),
             (&[ALL, ALL], 93),
         ]);
-        let withheld = shield(&[2, 2], &published).unwrap();
+        let withheld = shield(&published).unwrap();
         assert!(!withheld.is_empty());
         let lattice = Lattice::new(&[2, 2], 100).unwrap();
         let visible: HashMap<usize, u64> = published
