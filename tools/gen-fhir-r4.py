@@ -194,11 +194,32 @@ def main():
         w(f"    ({rust_str(code)}, &[{', '.join(rust_str(p) for p in ps)}]),")
     w("];")
 
+    # Each resource's mandatory top-level elements (min >= 1), from the
+    # official StructureDefinition snapshots: Bulk Data's `_elements` keeps
+    # them. Medplum's R5 back-ports (see below) are left out: no R4 row.
+    required = {}
+    r4_dir = os.path.join(md_dir, "dist", "fhir", "r4")
+    for entry in json.load(open(os.path.join(r4_dir, "profiles-resources.json"), encoding="utf-8"))["entry"]:
+        sd = entry["resource"]
+        if sd["resourceType"] != "StructureDefinition" or sd.get("derivation") == "constraint" or sd.get("kind") != "resource":
+            continue
+        if sd.get("fhirVersion") != "4.0.1" or sd["id"] in ("ResearchStudy", "EvidenceVariable"):
+            continue
+        names = sorted({el["path"].split(".")[1].replace("[x]", "") for el in sd["snapshot"]["element"]
+                        if el["path"].count(".") == 1 and el.get("min", 0) >= 1})
+        if names:
+            required[sd["type"]] = names
+    w("")
+    w("/// Each resource type's mandatory top-level elements (cardinality 1..), by base name.")
+    w("pub(crate) static REQUIRED_ELEMENTS: &[(&str, &[&str])] = &[")
+    for t in sorted(required):
+        w(f"    ({rust_str(t)}, &[{', '.join(rust_str(n) for n in required[t])}]),")
+    w("];")
+
     # An independent sample for the cross-check test: elements read straight
     # from the official StructureDefinition snapshots (not from fhirpath.js's
     # flattened tables), every 17th element so that all kinds of rows appear.
     sample = []
-    r4_dir = os.path.join(md_dir, "dist", "fhir", "r4")
     for bundle in ("profiles-types.json", "profiles-resources.json"):
         for entry in json.load(open(os.path.join(r4_dir, bundle), encoding="utf-8"))["entry"]:
             sd = entry["resource"]

@@ -140,6 +140,7 @@ pub struct Model {
     type_names: HashSet<&'static str>,
     search: Vec<SearchParam>,
     compartment: HashMap<&'static str, &'static [&'static str]>,
+    required: HashMap<&'static str, &'static [&'static str]>,
     json_keys: HashSet<&'static str>,
 }
 
@@ -210,7 +211,15 @@ impl Model {
             type_names,
             search,
             compartment: r4::PATIENT_COMPARTMENT.iter().copied().collect(),
+            required: r4::REQUIRED_ELEMENTS.iter().copied().collect(),
         }
+    }
+
+    /// A resource type's mandatory top-level elements (cardinality `1..`),
+    /// by base name (`Immunization` → `occurrence`, `patient`, `status`,
+    /// `vaccineCode`); empty for an unknown type or one with none.
+    pub fn required_elements(&self, resource_type: &str) -> &'static [&'static str] {
+        self.required.get(resource_type).copied().unwrap_or(&[])
     }
 
     /// The element `name` defined below `owner`, a type name (`HumanName`,

@@ -182,10 +182,13 @@ pub fn is_plain_file_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// `_elements`: keeps `resourceType`, `id`, `meta` and the listed elements
+/// `_elements`: keeps `resourceType`, `id`, `meta`, the listed elements
 /// that apply to the resource's type (a choice by its base name, with its
-/// primitive extensions), tagged SUBSETTED; types with no listed element
-/// are left whole.
+/// primitive extensions) and, as the Bulk Data IG asks, the type's
+/// mandatory elements (R4 cardinality `1..`), tagged SUBSETTED; types with
+/// no listed element are left whole. A de-identified export projects what
+/// de-identification wrote, so the mandatory elements kept are
+/// de-identified like the rest.
 pub fn project(resource: &mut Json, elements: &[String]) {
     let Some(ty) = resource.get("resourceType").and_then(Json::as_str).map(str::to_string) else { return };
     let keep: Vec<&str> = elements
@@ -199,6 +202,7 @@ pub fn project(resource: &mut Json, elements: &[String]) {
     if keep.is_empty() {
         return;
     }
+    let required = veil_fhir::r4().required_elements(&ty);
     let Some(map) = resource.as_object_mut() else { return };
     map.retain(|k, _| {
         let base = k.strip_prefix('_').unwrap_or(k);
@@ -206,7 +210,7 @@ pub fn project(resource: &mut Json, elements: &[String]) {
             return true;
         }
         let element = veil_fhir::r4().element_for_key(&ty, base).map_or(base, |(el, _)| el.name);
-        keep.contains(&element)
+        keep.contains(&element) || required.contains(&element)
     });
     let meta = map.entry("meta").or_insert_with(|| json!({}));
     if let Some(meta) = meta.as_object_mut() {

@@ -219,6 +219,23 @@ fn checklist(s: &Server) {
         );
         assert!(r["meta"]["tag"].to_string().contains("SUBSETTED"));
     }
+    // Mandatory elements stay (the IG): an Immunization keeps vaccineCode,
+    // patient and occurrence[x] beside the status asked for, and, exported
+    // de-identified, has them de-identified like the rest.
+    let elements = "/$export?_type=Immunization&_elements=Immunization.status";
+    let (_, plain) = download(&wait(&status_url(&kickoff(s, elements))).json().unwrap());
+    let (_, safe) = download(
+        &wait(&status_url(&kickoff(s, &format!("{elements}&_anonymizationConfig=safe-harbor.json")))).json().unwrap(),
+    );
+    assert!(!plain.is_empty());
+    for (line, deidentified) in plain.lines().zip(safe.lines()) {
+        let (r, d): (Json, Json) = (serde_json::from_str(line).unwrap(), serde_json::from_str(deidentified).unwrap());
+        let mut keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["id", "meta", "occurrenceDateTime", "patient", "resourceType", "status", "vaccineCode"]);
+        assert!(d.get("occurrenceDateTime").is_some() && d["patient"] != r["patient"], "{deidentified}");
+        assert_ne!(d["occurrenceDateTime"], r["occurrenceDateTime"], "dates de-identified");
+    }
 
     // _typeFilter: search parameters through their FHIRPath definitions.
     let final_obs = store_counts(
