@@ -25,6 +25,7 @@ import unittest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from flu_export import ROOT, listen, veil
+from test_hostile import OneServer
 from test_smart import private_jwk, public_jwk
 
 
@@ -35,7 +36,7 @@ def client_dir():
     return path
 
 
-class BulkDataClient(unittest.TestCase):
+class BulkDataClient(OneServer):
     @classmethod
     def setUpClass(cls):
         cls.client = client_dir()
@@ -65,13 +66,6 @@ class BulkDataClient(unittest.TestCase):
             }) + ";\n")
         with sqlite3.connect(cls.db_path) as store:
             cls.group = store.execute("SELECT id FROM resources WHERE type = 'Group' AND body IS NOT NULL").fetchone()[0]
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.terminate()
-        cls.server.wait()
-        cls.log.close()
-        shutil.rmtree(cls.tmp, True)
 
     def store_counts(self, patients_of_group=None, compartment=False):
         """Resources per type in the store: all of them, those in any
