@@ -46,7 +46,9 @@ pub struct TooLarge;
 /// one who knows of others, all of whose cells were dropped but whom the
 /// marginals count. The second reader's
 /// lattice has one more value per stratum standing for all of them: he can
-/// tell only their sum from the marginals, so they are protected together.
+/// tell only their sum from the marginals, so they are protected together,
+/// unless that sum is at least the smallest count shown (a single unseen
+/// value's dropped cell would be smaller).
 /// The same cells get the same answer wherever they are shielded, in a
 /// site's build or at the aggregator.
 pub fn shield(published: &HashMap<Vec<u32>, u64>) -> Result<HashSet<Vec<u32>>, TooLarge> {
@@ -85,6 +87,12 @@ struct Reader<'a> {
     lattice: Lattice,
     cells: HashMap<usize, &'a Vec<u32>>,
     additive: Vec<bool>,
+    /// Per stratum, the number standing for its unseen values, if any.
+    unseen: Vec<Option<u32>>,
+    /// The smallest published count: a lumped cell of unseen values pinned
+    /// at or above it is no dropped cell (one unseen value's dropped cell
+    /// would be smaller; a sum of several tells of none of them).
+    smallest: i64,
 }
 
 impl<'a> Reader<'a> {
@@ -107,7 +115,9 @@ impl<'a> Reader<'a> {
             .collect();
         let shown: HashMap<usize, u64> = cells.iter().map(|(&i, k)| (i, published[*k])).collect();
         let additive = additivity(&lattice, &values, &shown);
-        Ok(Reader { lattice, cells, additive })
+        let unseen = numbers.iter().zip(unseen).map(|(n, &u)| (u == 1).then_some(n.len() as u32)).collect();
+        let smallest = published.values().min().map_or(0, |&n| n as i64);
+        Ok(Reader { lattice, cells, additive, unseen, smallest })
     }
 
     /// For each hidden cell this reader pins to one value, the cheapest
@@ -131,7 +141,11 @@ impl<'a> Reader<'a> {
             cells.filter_map(|c| visible.get(&c).map(|&n| (n, c))).min().map(|(_, c)| c)
         };
         let mut more = Vec::new();
-        for i in (0..self.lattice.len()).filter(|i| !visible.contains_key(i) && b.pinned(*i)) {
+        let disclosed = |i: usize| {
+            let lumped = self.lattice.key(i).iter().zip(&self.unseen).any(|(v, u)| Some(*v) == *u);
+            b.pinned(i) && (!lumped || b.lo[i] < self.smallest)
+        };
+        for i in (0..self.lattice.len()).filter(|&i| !visible.contains_key(&i) && disclosed(i)) {
             let near = self.lattice.neighbours(i);
             let pick = cheapest(&mut near.iter().copied())
                 .or_else(|| cheapest(&mut near.iter().flat_map(|&n| self.lattice.neighbours(n))));
@@ -231,6 +245,19 @@ mod tests {
         let b = bounds(&lattice, &[true, true], &visible);
         assert!(!b.pinned(lattice.index(&[0, 0]).unwrap()));
         assert!(withheld.len() < published.len(), "not everything: {withheld:?}");
+    }
+
+    /// A site that sends only its total (every cell by sex dropped) keeps
+    /// it: the one lumped cell of unseen values equals the total, which
+    /// no dropped cell could (it would be smaller than what is shown).
+    #[test]
+    fn a_lone_total_is_published() {
+        let published = cube(&[(&[ALL], 11)]);
+        assert!(shield(&published).unwrap().is_empty());
+        // One shown value under a larger total: the rest, one value or
+        // several, is 4, which may be a dropped cell.
+        let published = cube(&[(&[ALL], 30), (&[0], 26)]);
+        assert_eq!(shield(&published).unwrap().len(), 1);
     }
 
     /// Marginals that are not the sums of their cells (patients in several
