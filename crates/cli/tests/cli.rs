@@ -155,8 +155,9 @@ fn demo_runs_on_the_bundled_sample() {
     ] {
         assert!(stdout.contains(&format!("  {kind} left: 0 ")), "{kind}: {stdout}");
     }
-    // Then the server: an empty store, the sample loaded, a de-identified $export over HTTP.
-    assert!(stdout.contains("Loaded 38971 resources into an empty store"), "{stdout}");
+    // Then the server: an empty store, the sample loaded (each distinct resource counted once), a
+    // de-identified $export over HTTP.
+    assert!(stdout.contains("Loaded 38473 resources into an empty store"), "{stdout}");
     // The research team's client gets a token the way SMART Backend Services prescribes.
     assert!(
         stdout.contains("Client 'research-team' signed an ES384 assertion and got a token from http://127.0.0.1:"),
