@@ -107,7 +107,7 @@ fn shield(sites: &[(&str, &Table)], cells: &[Vec<(i64, Vec<Json>)>], strata: usi
         .zip(cells)
         .map(|((site, _), cells)| {
             let published: HashMap<Vec<u32>, u64> = cells.iter().map(|(n, v)| (key(v), *n as u64)).collect();
-            match veil_suppress::shield(&published) {
+            match veil_suppress::shield(&published, veil_suppress::Hidden::Dropped) {
                 Ok(withheld) => cells.iter().map(|(_, v)| !withheld.contains(&key(v))).collect(),
                 Err(e) => {
                     eprintln!("veil aggregator: withholding the rows of site {site}: {e}");

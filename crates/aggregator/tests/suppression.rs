@@ -103,7 +103,10 @@ fn recovered(merged: &Aggregate, site: &str, truth: &HashMap<Key, u64>, domains:
     for (key, &n) in truth {
         let i = number(key).unwrap();
         assert!(b.lo[i] <= n as i64 && n as i64 <= b.hi[i], "the attack is sound");
-        if !shown.contains_key(&i) && b.pinned(i) {
+        // The site's suppressed cells: those it dropped for counting under
+        // the minimum. (Cells the aggregator withheld to protect them may
+        // come out: each counts at least the minimum, as the site sent it.)
+        if n < MIN_CELL && b.pinned(i) {
             found.push(key.clone());
         }
     }

@@ -79,7 +79,7 @@ pub fn complementary(cube: &Cube, primary: &HashSet<Vec<u32>>) -> Result<HashSet
     // passes the aggregator as it is.
     let published: HashMap<Vec<u32>, u64> =
         cube.counts.iter().filter(|(k, n)| **n > 0 && !suppressed.contains(*k)).map(|(k, n)| (k.clone(), *n)).collect();
-    suppressed.extend(crate::shield(&published)?);
+    suppressed.extend(crate::shield(&published, crate::Hidden::All)?);
     suppressed.retain(|k| !primary.contains(k));
     Ok(suppressed)
 }

@@ -23,7 +23,7 @@ mod hypercube;
 pub mod shield;
 
 pub use hypercube::{Cube, complementary};
-pub use shield::{TooLarge, shield};
+pub use shield::{Hidden, TooLarge, shield};
 
 /// Marks a stratum rolled up ("all values") in a cell's key.
 pub const ALL: u32 = u32::MAX;

@@ -46,12 +46,12 @@ pub struct TooLarge;
 /// one who knows of others, all of whose cells were dropped but whom the
 /// marginals count. The second reader's
 /// lattice has one more value per stratum standing for all of them: he can
-/// tell only their sum from the marginals, so they are protected together,
-/// unless that sum is at least the smallest count shown (a single unseen
-/// value's dropped cell would be smaller).
-/// The same cells get the same answer wherever they are shielded, in a
-/// site's build or at the aggregator.
-pub fn shield(published: &HashMap<Vec<u32>, u64>) -> Result<HashSet<Vec<u32>>, TooLarge> {
+/// tell only their sum from the marginals, so they are protected together.
+///
+/// Which pinned cells count is the caller's [`Hidden`]. A site guards
+/// every hidden cell; the aggregator only those a site can have dropped.
+/// What a site's build publishes therefore passes the aggregator as it is.
+pub fn shield(published: &HashMap<Vec<u32>, u64>, hidden: Hidden) -> Result<HashSet<Vec<u32>>, TooLarge> {
     let Some(d) = published.keys().next().map(Vec::len) else { return Ok(HashSet::new()) };
     // Each stratum's shown values, numbered densely in order.
     let mut numbers: Vec<BTreeMap<u32, u32>> = vec![BTreeMap::new(); d];
@@ -71,7 +71,8 @@ pub fn shield(published: &HashMap<Vec<u32>, u64>) -> Result<HashSet<Vec<u32>>, T
     let mut readers = [Reader::new(&numbers, &beyond, published)?, Reader::new(&numbers, &vec![1; d], published)?];
     let mut withheld: HashSet<&Vec<u32>> = HashSet::new();
     loop {
-        let more: Vec<&Vec<u32>> = readers.iter_mut().flat_map(|r| r.cells_to_withhold(published, &withheld)).collect();
+        let more: Vec<&Vec<u32>> =
+            readers.iter_mut().flat_map(|r| r.cells_to_withhold(published, &withheld, hidden)).collect();
         let before = withheld.len();
         withheld.extend(more);
         if withheld.len() == before {
@@ -81,18 +82,32 @@ pub fn shield(published: &HashMap<Vec<u32>, u64>) -> Result<HashSet<Vec<u32>>, T
     Ok(withheld.into_iter().cloned().collect())
 }
 
+/// Which hidden cells a shield keeps from being pinned to one value. A cell
+/// is dropped for counting under the minimum, which no published count
+/// does, so a hidden cell pinned at or above the smallest count shown is
+/// no dropped cell: a sum of several unseen values, or a cell the cube's
+/// shape leaves out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hidden {
+    /// Every hidden cell of the shown values (complementary ones too; the
+    /// one who holds the counts); sums of unseen values only below the
+    /// smallest count shown.
+    All,
+    /// Only cells below the smallest count shown (the aggregator: what a
+    /// site dropped).
+    Dropped,
+}
+
 /// One reader's view: the lattice he bounds, where each published cell
 /// sits in it, and which strata he takes as additive.
 struct Reader<'a> {
     lattice: Lattice,
     cells: HashMap<usize, &'a Vec<u32>>,
     additive: Vec<bool>,
+    /// The smallest published count.
+    smallest: i64,
     /// Per stratum, the number standing for its unseen values, if any.
     unseen: Vec<Option<u32>>,
-    /// The smallest published count: a lumped cell of unseen values pinned
-    /// at or above it is no dropped cell (one unseen value's dropped cell
-    /// would be smaller; a sum of several tells of none of them).
-    smallest: i64,
 }
 
 impl<'a> Reader<'a> {
@@ -115,9 +130,9 @@ impl<'a> Reader<'a> {
             .collect();
         let shown: HashMap<usize, u64> = cells.iter().map(|(&i, k)| (i, published[*k])).collect();
         let additive = additivity(&lattice, &values, &shown);
-        let unseen = numbers.iter().zip(unseen).map(|(n, &u)| (u == 1).then_some(n.len() as u32)).collect();
         let smallest = published.values().min().map_or(0, |&n| n as i64);
-        Ok(Reader { lattice, cells, additive, unseen, smallest })
+        let unseen = numbers.iter().zip(unseen).map(|(n, &u)| (u == 1).then_some(n.len() as u32)).collect();
+        Ok(Reader { lattice, cells, additive, smallest, unseen })
     }
 
     /// For each hidden cell this reader pins to one value, the cheapest
@@ -127,6 +142,7 @@ impl<'a> Reader<'a> {
         &mut self,
         published: &HashMap<Vec<u32>, u64>,
         withheld: &HashSet<&Vec<u32>>,
+        hidden: Hidden,
     ) -> Vec<&'a Vec<u32>> {
         let visible: HashMap<usize, u64> =
             self.cells.iter().filter(|(_, k)| !withheld.contains(*k)).map(|(&i, k)| (i, published[*k])).collect();
@@ -142,8 +158,8 @@ impl<'a> Reader<'a> {
         };
         let mut more = Vec::new();
         let disclosed = |i: usize| {
-            let lumped = self.lattice.key(i).iter().zip(&self.unseen).any(|(v, u)| Some(*v) == *u);
-            b.pinned(i) && (!lumped || b.lo[i] < self.smallest)
+            let lumped = || self.lattice.key(i).iter().zip(&self.unseen).any(|(v, u)| Some(*v) == *u);
+            b.pinned(i) && (b.lo[i] < self.smallest || (hidden == Hidden::All && !lumped()))
         };
         for i in (0..self.lattice.len()).filter(|&i| !visible.contains_key(&i) && disclosed(i)) {
             let near = self.lattice.neighbours(i);
@@ -234,7 +250,7 @@ mod tests {
             (&[ALL, 1], 60),
             (&[ALL, ALL], 93),
         ]);
-        let withheld = shield(&published).unwrap();
+        let withheld = shield(&published, Hidden::All).unwrap();
         assert!(!withheld.is_empty());
         let lattice = Lattice::new(&[2, 2], 100).unwrap();
         let visible: HashMap<usize, u64> = published
@@ -253,11 +269,11 @@ mod tests {
     #[test]
     fn a_lone_total_is_published() {
         let published = cube(&[(&[ALL], 11)]);
-        assert!(shield(&published).unwrap().is_empty());
+        assert!(shield(&published, Hidden::All).unwrap().is_empty());
         // One shown value under a larger total: the rest, one value or
         // several, is 4, which may be a dropped cell.
         let published = cube(&[(&[ALL], 30), (&[0], 26)]);
-        assert_eq!(shield(&published).unwrap().len(), 1);
+        assert_eq!(shield(&published, Hidden::All).unwrap().len(), 1);
     }
 
     /// Marginals that are not the sums of their cells (patients in several
