@@ -55,14 +55,14 @@ done
 # The aggregator's shield, on the same packages.
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 db=$work/aggregator.db
-secret=$("$veil" aggregator site add bench --user bench --studies b --db "$db")
-key=$("$veil" aggregator key add --name bench --db "$db")
+secret=$("$veil" aggregator site add bench --user bench --studies b --db "$db" 2>/dev/null)
+key=$("$veil" aggregator key add --name bench --db "$db" 2>/dev/null)
 "$veil" aggregator serve --db "$db" --storage "$work/archive" --listen "127.0.0.1:$port" 2> "$work/aggregator.log" &
 server=$!
 trap 'kill $server 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
 for mode in complementary primary; do
-  "$veil" study export "$work/$mode" --build-dir "$work/build-$mode" --data-path "$work/export-$mode" 2> /dev/null
+  "$veil" study export "$work/$mode" --build-dir "$work/build-$mode" --data-path "$work/export-$mode" >/dev/null 2>&1
   start=$(date +%s.%N)
   CUMULUS_AGGREGATOR_USER=bench CUMULUS_AGGREGATOR_ID=$secret CUMULUS_AGGREGATOR_URL=http://127.0.0.1:$port/ \
     "$veil" upload b --data-path "$work/export-$mode" 2> "$work/upload-$mode.log"

@@ -11,8 +11,8 @@
 //! **Protection.** A site may have dropped only its small cells (Cumulus'
 //! primary suppression), which a reader recovers by subtraction from the
 //! site's other rows. So before anything is summed, each site's rows pass
-//! through [`veil_suppress::shield`], over the values every site reported:
-//! the rows that would let a reader pin a dropped cell to one value are
+//! through [`veil_suppress::shield`]: the rows that would let a reader pin
+//! a dropped cell to one value are
 //! withheld, from the site's own rows and from the sums alike. A cross-site
 //! cell is then the sum of the site rows published beside it, and whether
 //! it is partial ("≥ n" in the chart API) follows from which are; neither

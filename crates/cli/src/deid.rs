@@ -302,8 +302,6 @@ fn collect(dir: &Path, ext: &str, recursive: bool, out: &mut Vec<PathBuf>) -> Re
     Ok(())
 }
 
-/// Writes `path` through a temporary file in the same folder, renamed into
-/// place only when `write` succeeded: readers never see a partial file.
 /// What a job did, what it quarantined, and how many bytes it read (the
 /// speed reported: standard input has no file size to go by).
 type Outcome = (Report, Vec<Quarantined>, u64);

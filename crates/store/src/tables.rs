@@ -204,11 +204,15 @@ fn replace_group(db: &mut dyn Sql, group: &str, members: &[String]) -> veil_sql:
     Ok(())
 }
 
-/// The resource as it is stored, for a write that changed nothing.
+/// The resource as it is stored, for a write that changed nothing (its
+/// body is the write's: only the version, time and place are read).
 fn unchanged(db: &mut dyn Sql, w: &Write<'_>) -> veil_sql::Result<Written> {
-    let sql = format!("SELECT {COLS} FROM resources WHERE type = ?1 AND id = ?2");
-    let stored = stored(db.query_one(&sql, args![w.resource_type, w.id])?)?;
-    Ok(Written { stored, change: Change::Unchanged })
+    let mut row = db.query_one(
+        "SELECT version, seq, last_updated FROM resources WHERE type = ?1 AND id = ?2",
+        args![w.resource_type, w.id],
+    )?;
+    let (version, seq, last_updated) = (row.int(0)?, row.int(1)?, row.text(2)?);
+    Ok(Written { stored: w.stored(version, seq, &last_updated), change: Change::Unchanged })
 }
 
 fn change_of(version: i64) -> Change {

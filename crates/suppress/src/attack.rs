@@ -139,11 +139,10 @@ impl Bounds {
 /// Bounds every cell of `lattice` from the `published` cells (by number)
 /// and the relations, stratum `j` additive where `additive[j]`.
 pub fn bounds(lattice: &Lattice, additive: &[bool], published: &HashMap<usize, u64>) -> Bounds {
-    let mut lo = vec![0i64; lattice.len];
-    let mut hi = vec![UNBOUNDED; lattice.len];
+    let mut b = Bounds { lo: vec![0i64; lattice.len], hi: vec![UNBOUNDED; lattice.len] };
     for (&i, &n) in published {
-        lo[i] = n as i64;
-        hi[i] = n as i64;
+        b.lo[i] = n as i64;
+        b.hi[i] = n as i64;
     }
     let d = lattice.values.len();
     let mut children: Vec<usize> = Vec::new();
@@ -153,16 +152,16 @@ pub fn bounds(lattice: &Lattice, additive: &[bool], published: &HashMap<usize, u
             for j in (0..d).filter(|&j| lattice.is_all(p, j)) {
                 children.clear();
                 children.extend(lattice.children(p, j));
-                changed |= propagate(&mut lo, &mut hi, p, &children, additive[j]);
+                changed |= propagate(&mut b.lo, &mut b.hi, p, &children, additive[j]);
             }
         }
         // A contradiction only grows from here on (a stratum assumed
         // additive that is not): stop, and let the caller see it.
-        if !changed || lo.iter().zip(&hi).any(|(l, h)| l > h) {
+        if !changed || b.contradictory() {
             break;
         }
     }
-    Bounds { lo, hi }
+    b
 }
 
 /// One relation, parent `p` over `children`: tightens every bound it can,

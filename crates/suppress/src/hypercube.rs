@@ -31,7 +31,9 @@
 //! The cheapest usable hypercube is chosen among every `J` (up to all of
 //! `x`'s strata) and, per stratum, the two other values whose cells cost
 //! least. Primary cells are taken smallest first; a cell already inside a
-//! chosen hypercube is protected by it.
+//! chosen hypercube is protected by it. The choice is greedy and can leave
+//! a cell open; a last pass with [`crate::shield`] (what the aggregator
+//! applies) withholds what the bound-propagation attack would still pin.
 //!
 //! The grand total has no other value to trade with: when it is under the
 //! minimum, so is every cell, and nothing is published.
